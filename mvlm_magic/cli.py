@@ -1,0 +1,137 @@
+"""`mvlm`: the engine in a terminal.
+
+    mvlm export MODEL [--compression int4] [--group-size 128] [--ratio 0.8] [--cache-dir DIR]
+    mvlm ask IMAGE "QUESTION" [--model MODEL] [--device CPU] [--stats] ...
+    mvlm list | mvlm delete KEY
+    mvlm demo                      # a generated picture, a question, a streamed answer
+
+Bad input ends with one line on stderr and exit code 2; no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .cache import Compression, default_cache_dir, delete_export, list_exports
+from .errors import MvlmError
+
+DEFAULT_MODEL_HELP = "a checkpoint folder, a Hugging Face id, or a preset (mobilevlm-v2-1.7b, ...)"
+
+
+def stderr_progress(stage: str, fraction: float | None, message: str = "") -> None:
+    share = f" {fraction:4.0%}" if fraction is not None else ""
+    print(f"[{stage}{share}] {message}", file=sys.stderr, flush=True)
+
+
+def add_compression_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--compression", default="int4", choices=Compression.MODES, help="weight format (default int4)")
+    parser.add_argument("--group-size", type=int, default=None, help="int4 group size (default 128)")
+    parser.add_argument("--ratio", type=float, default=None, help="int4 share of layers, the rest int8 (default 0.8)")
+    parser.add_argument("--cache-dir", default=None, help=f"export cache (default {default_cache_dir()})")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mvlm", description="Ask MobileVLM about images, on OpenVINO.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    export = commands.add_parser("export", help="export a checkpoint to OpenVINO IR (cached)")
+    export.add_argument("model", help=DEFAULT_MODEL_HELP)
+    add_compression_options(export)
+
+    ask = commands.add_parser("ask", help="ask a question about an image; the answer streams to stdout")
+    ask.add_argument("image", help="path to an image file")
+    ask.add_argument("question", help="the question")
+    ask.add_argument("--model", default=None, help=DEFAULT_MODEL_HELP)
+    ask.add_argument("--device", default="CPU", help="OpenVINO device (CPU, GPU, AUTO, ...)")
+    add_compression_options(ask)
+    ask.add_argument("--max-new-tokens", type=int, default=256)
+    ask.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    ask.add_argument("--top-p", type=float, default=1.0)
+    ask.add_argument("--top-k", type=int, default=0)
+    ask.add_argument("--seed", type=int, default=None)
+    ask.add_argument("--precision", default="auto", choices=("auto", "f32"))
+    ask.add_argument("--stats", action="store_true", help="print timings to stderr")
+
+    listing = commands.add_parser("list", help="list cached exports")
+    listing.add_argument("--cache-dir", default=None)
+    delete = commands.add_parser("delete", help="delete a cached export")
+    delete.add_argument("key", help="the export's folder name, as `mvlm list` shows it")
+    delete.add_argument("--cache-dir", default=None)
+
+    demo = commands.add_parser("demo", help="answer a question about a generated picture with the bundled model")
+    demo.add_argument("--cache-dir", default=None)
+    return parser
+
+
+def run_export(args) -> None:
+    from .export import export_model
+
+    compression = Compression.parse(args.compression, args.group_size, args.ratio)
+    result = export_model(args.model, compression, cache_dir=args.cache_dir, progress=stderr_progress)
+    print(result.path)
+
+
+def run_ask(args) -> None:
+    from .loader import load_engine
+    from .runtime.sampling import GenerationConfig
+
+    config = GenerationConfig(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
+                              top_k=args.top_k, seed=args.seed)
+    from .runtime.preprocess import load_image
+
+    image = load_image(args.image)  # fail on a bad image before any export or compile
+    engine = load_engine(args.model or default_model(args.cache_dir), args.compression, args.device, args.precision,
+                         group_size=args.group_size, ratio=args.ratio, cache_dir=args.cache_dir,
+                         progress=stderr_progress if args.stats else lambda *a: None)
+    stream = engine.new_chat(image).ask(args.question, config)
+    for chunk in stream:
+        print(chunk, end="", flush=True)
+    print()
+    if args.stats:
+        answer = stream.result()
+        print(f"{answer.timings.summary()} · finish: {answer.finish_reason}", file=sys.stderr)
+
+
+def default_model(cache_dir=None):
+    from .bundled import bundled_model
+
+    return bundled_model(cache_dir)
+
+
+def run_list(args) -> None:
+    exports = list_exports(args.cache_dir)
+    if not exports:
+        print(f"no cached exports in {args.cache_dir or default_cache_dir()}")
+    for export in exports:
+        print(f"{export.key}\t{export.size_bytes / 1e6:.1f} MB\t{export.manifest['model_id']}")
+
+
+def run_delete(args) -> None:
+    print(f"deleted {delete_export(args.key, args.cache_dir)}")
+
+
+def run_demo(args) -> None:
+    from .bundled import demo
+
+    demo(cache_dir=args.cache_dir)
+
+
+HANDLERS = {"export": run_export, "ask": run_ask, "list": run_list, "delete": run_delete, "demo": run_demo}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        HANDLERS[args.command](args)
+    except MvlmError as err:
+        print(f"mvlm: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\nmvlm: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

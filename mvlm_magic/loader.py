@@ -1,0 +1,49 @@
+"""One call from a model name to a ready engine: find or make the export, then compile it.
+
+A cached export compiles without importing torch; only a missing export imports the exporter.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from .cache import Compression, cache_key, default_cache_dir, find_export, read_manifest
+from .errors import MvlmError
+from .model.checkpoint import Progress, no_progress, resolve_source
+from .runtime.engine import Engine
+
+
+def find_or_export(model, compression: Compression, cache_dir: Path, revision: str | None = None,
+                   progress: Progress = no_progress) -> tuple[Path, bool]:
+    """The export folder for `model`, exporting it first if needed. Returns (folder, was_cached)."""
+    path = Path(str(model)).expanduser()
+    if path.is_dir() and read_manifest(path):
+        return path, True  # already an export folder
+    source = resolve_source(model, revision, progress)
+    cached = find_export(cache_dir, cache_key(source.model_id, source.revision, compression))
+    if cached:
+        return cached.path, True
+    try:
+        from .export import export_model
+    except ImportError as err:
+        raise MvlmError(f"exporting needs the export extra ({err.name} is missing): "
+                        "pip install torch==2.13.0 && pip install 'mvlm-magic[export]'") from None
+    return export_model(model, compression, cache_dir=cache_dir, progress=progress, source=source).path, False
+
+
+def load_engine(model=None, compression: str | Compression = "int4", device: str = "CPU", precision: str = "auto",
+                *, group_size: int | None = None, ratio: float | None = None, cache_dir: Path | str | None = None,
+                revision: str | None = None, threads: int | None = None, progress: Progress = no_progress) -> Engine:
+    if model is None:
+        raise MvlmError("no model given; name a checkpoint folder, a Hugging Face id or a preset "
+                        "(e.g. mobilevlm-v2-1.7b).")
+    if isinstance(compression, str):
+        compression = Compression.parse(compression, group_size, ratio)
+    folder, was_cached = find_or_export(model, compression, Path(cache_dir or default_cache_dir()), revision, progress)
+    progress("compile", None, f"compiling on {device}" + (" (cached export, nothing to convert)" if was_cached else ""))
+    started = time.perf_counter()
+    engine = Engine(folder, device=device, precision=precision, threads=threads)
+    engine.was_cached = was_cached
+    progress("compile", 1.0, f"compiled in {time.perf_counter() - started:.1f} s")
+    return engine

@@ -1,0 +1,154 @@
+"""Find a MobileVLM checkpoint (preset name, Hugging Face id or local folder) and read its weights.
+
+Finding a checkpoint needs no torch (a cached export loads without it); reading weights does.
+
+Weights come as the mtgv repos ship them: pickled `pytorch_model.bin` (bf16; read with
+`weights_only=True`), `model.safetensors`, or either kind sharded with an `*.index.json`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from ..errors import MvlmError
+
+# Short names for the five public checkpoints.
+PRESETS = {
+    "mobilevlm-1.7b": "mtgv/MobileVLM-1.7B",
+    "mobilevlm-3b": "mtgv/MobileVLM-3B",
+    "mobilevlm-v2-1.7b": "mtgv/MobileVLM_V2-1.7B",
+    "mobilevlm-v2-3b": "mtgv/MobileVLM_V2-3B",
+    "mobilevlm-v2-7b": "mtgv/MobileVLM_V2-7B",
+}
+
+CHECKPOINT_FILES = ["*.json", "*.model", "*.bin", "*.safetensors"]
+TOKENIZER_FILES = ("tokenizer.model", "tokenizer_config.json", "special_tokens_map.json", "generation_config.json")
+
+Progress = Callable[[str, float | None, str], None]  # (stage, fraction or None, message)
+
+
+def no_progress(stage: str, fraction: float | None, message: str = "") -> None:
+    pass
+
+
+@dataclass
+class CheckpointSource:
+    model_id: str  # what the user named, normalised (preset -> hub id)
+    folder: Path  # local folder holding config.json, weights and tokenizer
+    revision: str  # hub commit hash, or a content hash for a local folder
+
+
+def is_hub_id(name: str) -> bool:
+    parts = name.split("/")
+    return len(parts) == 2 and all(parts) and not name.startswith((".", "/", "~"))
+
+
+def resolve_source(model: str | os.PathLike, revision: str | None = None, progress: Progress = no_progress) -> CheckpointSource:
+    """A local folder, a preset name or a Hugging Face id -> a local folder with a revision."""
+    name = str(model)
+    path = Path(name).expanduser()
+    if path.is_dir():
+        return CheckpointSource(str(path.resolve()), path.resolve(), folder_content_hash(path))
+    hub_id = PRESETS.get(name.lower(), name)
+    if not is_hub_id(hub_id):
+        known = ", ".join(PRESETS)
+        raise MvlmError(
+            f"model {name!r} is neither a folder nor a Hugging Face id; use a checkpoint folder, an id like "
+            f"mtgv/MobileVLM_V2-1.7B, or a preset ({known})."
+        )
+    folder = download(hub_id, revision, progress)
+    return CheckpointSource(hub_id, folder, folder.name)
+
+
+def download(hub_id: str, revision: str | None, progress: Progress) -> Path:
+    """Snapshot a hub repo into the Hugging Face cache (honours HF_HOME and HF_HUB_OFFLINE)."""
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError
+
+    progress("download", None, f"fetching {hub_id}")
+    try:
+        folder = snapshot_download(hub_id, revision=revision, allow_patterns=CHECKPOINT_FILES)
+    except LocalEntryNotFoundError:
+        raise MvlmError(
+            f"{hub_id} is not in the Hugging Face cache and the hub cannot be reached (offline?); "
+            "download it once while online, or pass a local checkpoint folder."
+        ) from None
+    except RepositoryNotFoundError:
+        raise MvlmError(f"no Hugging Face repo named {hub_id}; check the spelling (e.g. mtgv/MobileVLM_V2-1.7B).") from None
+    except (HfHubHTTPError, OSError) as err:
+        raise MvlmError(f"could not download {hub_id}: {str(err).splitlines()[0]}") from None
+    progress("download", 1.0, f"{hub_id} ready")
+    return Path(folder)
+
+
+def folder_content_hash(folder: Path, sample: int = 1 << 20) -> str:
+    """A hash of a local checkpoint: small files whole, weight files by size and sampled chunks.
+
+    Hashing multi-GB weights in full would take longer than a cached load should; size plus the
+    first, middle and last MiB changes whenever the weights are replaced.
+    """
+    digest = hashlib.sha256()
+    for path in sorted(p for p in Path(folder).iterdir() if p.is_file()):
+        digest.update(path.name.encode())
+        size = path.stat().st_size
+        digest.update(str(size).encode())
+        with open(path, "rb") as f:
+            if size <= 3 * sample:
+                digest.update(f.read())
+            else:
+                for offset in (0, size // 2, size - sample):
+                    f.seek(offset)
+                    digest.update(f.read(sample))
+    return "local-" + digest.hexdigest()[:16]
+
+
+def weight_files(folder: Path) -> list[Path]:
+    """The weight files of a checkpoint, shards listed by their index file."""
+    for index_name in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
+        index = folder / index_name
+        if index.is_file():
+            try:
+                shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+            except (json.JSONDecodeError, KeyError, TypeError):
+                raise MvlmError(f"{index} is not a valid shard index; download the checkpoint again.") from None
+            missing = [s for s in shards if not (folder / s).is_file()]
+            if missing:
+                raise MvlmError(f"{folder} lacks shard(s) {', '.join(missing)} named in {index_name}; download them.")
+            return [folder / s for s in shards]
+    for single in ("model.safetensors", "pytorch_model.bin"):
+        if (folder / single).is_file():
+            return [folder / single]
+    raise MvlmError(f"no weights in {folder} (expected pytorch_model.bin, model.safetensors or a sharded index).")
+
+
+def read_weight_file(path: Path) -> dict:
+    import torch
+
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            return load_file(str(path))
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
+    except Exception as err:  # torch/pickle/zip/safetensors each raise their own kind for a damaged file
+        first_line = (str(err).splitlines() or [type(err).__name__])[0].split(". ")[0][:80]
+        raise MvlmError(f"weight file {path} is corrupt or truncated ({first_line}); download it again.") from None
+
+
+def read_state_dict(folder: Path, progress: Progress = no_progress) -> dict:
+    files = weight_files(Path(folder))
+    state: dict = {}
+    for i, path in enumerate(files):
+        progress("load", i / len(files), f"reading {path.name}")
+        part = read_weight_file(path)
+        if not isinstance(part, dict):
+            raise MvlmError(f"{path} does not hold a state dict; is it a MobileVLM checkpoint?")
+        state.update(part)
+    progress("load", 1.0, f"read {len(state)} tensors")
+    return state

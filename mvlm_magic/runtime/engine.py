@@ -1,0 +1,292 @@
+"""Answer questions about an image with the three exported IRs; no torch anywhere.
+
+    engine = Engine(export_folder, device="CPU")
+    chat = engine.new_chat(image)
+    stream = chat.ask("What colour is the circle?")
+    for chunk in stream:            # text as it is generated
+        print(chunk, end="")
+    answer = stream.result()        # text, finish reason, timings
+    chat.ask("And the square?")     # a follow-up reuses the KV state of the first turn
+
+One engine holds one language-model InferRequest whose state is the KV cache of one chat at a
+time; a lock keeps answers from interleaving, and a chat whose state was displaced is re-prefilled.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from ..cache import read_manifest
+from ..errors import MvlmError
+from .detokenizer import IncrementalDetokenizer, answer_text
+from .device import check_device, compile_model
+from .preprocess import load_image, preprocess_image
+from .sampling import GenerationConfig, Sampler
+from .tokenizer import IMAGE_PLACEHOLDER, IMAGE_TOKEN_INDEX, Tokenizer, build_conversation, tokenize_with_image
+
+OFFICIAL_STOP = "</s>"  # the v1 template's sep2; the official keyword check looks at the newest token only
+
+
+@dataclass
+class Timings:
+    image_encode_ms: float = 0.0
+    prefill_ms: float = 0.0
+    first_token_ms: float = 0.0  # from the question to the first new token, image encode included
+    decode_ms: float = 0.0
+    prompt_tokens: int = 0  # positions fed before the first new token (image tokens included)
+    new_tokens: int = 0
+
+    @property
+    def decode_tokens_per_s(self) -> float:
+        steps = self.new_tokens - 1
+        return steps / (self.decode_ms / 1000) if steps > 0 and self.decode_ms > 0 else 0.0
+
+    def summary(self) -> str:
+        return (f"image {self.image_encode_ms:.0f} ms · first token {self.first_token_ms:.0f} ms · "
+                f"{self.decode_tokens_per_s:.1f} tokens/s · {self.new_tokens} tokens")
+
+
+@dataclass
+class Answer:
+    question: str
+    text: str
+    token_ids: list[int]
+    finish_reason: str  # eos | stop_string | max_new_tokens | stopped | context
+    timings: Timings = field(default_factory=Timings)
+
+    def __str__(self) -> str:
+        return self.text
+
+
+class Engine:
+    """The compiled vision, text-embeddings and language models of one export, plus its tokenizer."""
+
+    def __init__(self, folder: Path | str, device: str = "CPU", precision: str = "auto", threads: int | None = None):
+        folder = Path(folder)
+        self.manifest = read_manifest(folder)
+        if not self.manifest:
+            raise MvlmError(f"{folder} is not a complete export (no manifest.json); export the model again.")
+        self.folder, self.device, self.precision = folder, check_device(device), precision
+        spec = self.manifest["model"]
+        self.num_image_tokens = spec["num_image_tokens"]
+        self.context_length = spec["context_length"]
+        self.image_size = spec["image_size"]
+        self.eos_token_id = spec["eos_token_id"]
+        started = time.perf_counter()
+        self.tokenizer = Tokenizer.from_folder(folder)
+        self.vision = compile_model(folder / "vision.xml", self.device, precision, threads)
+        self.text_embeddings = compile_model(folder / "text_embeddings.xml", self.device, precision, threads)
+        self.language = compile_model(folder / "language.xml", self.device, precision, threads).create_infer_request()
+        self.compile_seconds = time.perf_counter() - started
+        self.lock = threading.RLock()
+        self.state_owner: ChatSession | None = None  # whose KV cache the language request holds
+        self.past_length = 0
+
+    @property
+    def name(self) -> str:
+        return f"{self.manifest['model_id']} [{self.manifest['compression']['label']}] on {self.device}"
+
+    def new_chat(self, image=None) -> "ChatSession":
+        return ChatSession(self, image)
+
+    def ask(self, image, question: str, config: GenerationConfig | None = None, **options) -> Answer:
+        """One question, one blocking answer (a new chat each time)."""
+        return self.new_chat(image).ask(question, config, **options).result()
+
+    # --- model calls (callers hold self.lock) ----------------------------------------------------
+
+    def encode_image(self, image) -> np.ndarray:
+        pixel_values = preprocess_image(load_image(image), image_size=self.image_size)  # (1, 3, 336, 336)
+        return self.vision(pixel_values)[0]  # (1, 144, C)
+
+    def embed(self, ids: list[int], image_embeds: np.ndarray | None) -> np.ndarray:
+        """Token ids (IMAGE_TOKEN_INDEX where the image goes) -> (1, L, C)."""
+        pieces = []
+        for is_image, group in itertools.groupby(ids, key=lambda t: t == IMAGE_TOKEN_INDEX):
+            group = list(group)
+            if is_image:
+                pieces += [image_embeds[0]] * len(group)  # (144, C) each
+            else:
+                pieces.append(self.text_embeddings(np.array([group], dtype=np.int64))[0][0])  # (T, C)
+        return np.concatenate(pieces)[None]  # (1, L, C)
+
+    def reset_state(self) -> None:
+        self.language.reset_state()
+        self.past_length = 0
+        self.state_owner = None
+
+    def feed(self, inputs_embeds: np.ndarray) -> np.ndarray:
+        """Run the language model on new positions after the cached ones; logits of the last one."""
+        new = inputs_embeds.shape[1]
+        total = self.past_length + new
+        self.language.infer({
+            "inputs_embeds": inputs_embeds,
+            "attention_mask": np.ones((1, total), dtype=np.int64),
+            "position_ids": np.arange(self.past_length, total, dtype=np.int64)[None],
+        }, share_inputs=True)
+        self.past_length = total
+        return self.language.get_tensor("logits").data[0, -1]  # (V,)
+
+    def positions(self, ids: list[int]) -> int:
+        return len(ids) + ids.count(IMAGE_TOKEN_INDEX) * (self.num_image_tokens - 1)
+
+
+class ChatSession:
+    """A conversation about one image. Each `ask` continues it; the KV cache is kept between turns."""
+
+    def __init__(self, engine: Engine, image=None):
+        self.engine = engine
+        self.image = image
+        self.history: list[tuple[str, str]] = []
+        self.image_embeds: np.ndarray | None = None
+        self.state_ids: list[int] = []  # the ids whose keys/values sit in the engine's state
+
+    def ask(self, question: str, config: GenerationConfig | None = None, stop_event: threading.Event | None = None,
+            **options) -> "AnswerStream":
+        if not isinstance(question, str) or not question.strip():
+            raise MvlmError("the question is empty; write it in the cell (or pass a non-empty string).")
+        if options:
+            config = GenerationConfig(**{**(config.__dict__ if config else {}), **options})
+        return AnswerStream(self, question.strip(), config or GenerationConfig(), stop_event)
+
+    def prompt_ids(self, question: str) -> list[int]:
+        turns = self.history + [(question, None)]
+        prompt = build_conversation(turns, with_image=self.image is not None)
+        return tokenize_with_image(self.engine.tokenizer, prompt)
+
+    def reset(self) -> None:
+        self.history.clear()
+        self.state_ids = []
+        if self.engine.state_owner is self:
+            self.engine.state_owner = None
+
+
+class AnswerStream:
+    """Iterate for text chunks; `result()` finishes the answer and returns it; `stop()` from any thread."""
+
+    def __init__(self, session: ChatSession, question: str, config: GenerationConfig, stop_event=None):
+        self.session, self.question, self.config = session, question, config
+        self.stop_event = stop_event or threading.Event()
+        self._answer: Answer | None = None
+        self._chunks = self._generate()
+
+    def stop(self) -> None:
+        self.stop_event.set()
+
+    def __iter__(self) -> Iterator[str]:
+        return self._chunks
+
+    def result(self) -> Answer:
+        for _ in self._chunks:
+            pass
+        return self._answer
+
+    @property
+    def answer(self) -> Answer | None:
+        return self._answer
+
+    def _generate(self) -> Iterator[str]:
+        session, engine, config = self.session, self.session.engine, self.config
+        tokenizer = engine.tokenizer
+        timings = Timings()
+        with engine.lock:
+            started = time.perf_counter()
+            if session.image is not None and session.image_embeds is None:
+                session.image_embeds = engine.encode_image(session.image)
+                timings.image_encode_ms = (time.perf_counter() - started) * 1000
+            ids = session.prompt_ids(self.question)
+            needed = engine.positions(ids)
+            if needed >= engine.context_length:
+                raise MvlmError(f"the conversation needs {needed} positions but the model's context holds "
+                                f"{engine.context_length}; start a new conversation or ask something shorter.")
+            reuse = engine.state_owner is session and ids[: len(session.state_ids)] == session.state_ids
+            if not reuse:
+                engine.reset_state()
+                session.state_ids = []
+            new_ids = ids[len(session.state_ids):]
+            prefill_start = time.perf_counter()
+            logits = engine.feed(engine.embed(new_ids, session.image_embeds))
+            engine.state_owner, session.state_ids = session, list(ids)
+            timings.prefill_ms = (time.perf_counter() - prefill_start) * 1000
+            timings.prompt_tokens = engine.past_length
+
+            sampler = Sampler(config)
+            previous = [t for t in ids if t >= 0]
+            detok = IncrementalDetokenizer(tokenizer)
+            stops = tuple(config.stop_strings)
+            generated: list[int] = []
+            shown = ""  # text handed out so far
+            text = ""  # the whole answer so far (stop strings not yet cut)
+            finish = "max_new_tokens"
+            decode_start = None
+            try:
+                while len(generated) < config.max_new_tokens:
+                    if self.stop_event.is_set():
+                        finish = "stopped"
+                        break
+                    token = sampler.next_token(logits, previous)
+                    if decode_start is None:
+                        decode_start = time.perf_counter()
+                        timings.first_token_ms = (decode_start - started) * 1000
+                    if token == engine.eos_token_id:
+                        finish = "eos"
+                        break
+                    generated.append(token)
+                    previous.append(token)
+                    text += detok.push(token)
+                    if OFFICIAL_STOP in tokenizer.piece(token):
+                        finish = "stop_string"
+                        break
+                    cut = first_stop(text, stops)
+                    if cut is not None:
+                        text, finish = text[:cut], "stop_string"
+                        break
+                    safe = len(text) - held_back(text, stops)
+                    if safe > len(shown):
+                        yield text[len(shown):safe]
+                        shown = text[:safe]
+                    if len(generated) >= config.max_new_tokens:
+                        break
+                    if engine.past_length + 1 >= engine.context_length:
+                        finish = "context"
+                        break
+                    logits = engine.feed(engine.embed([token], None))
+                    session.state_ids.append(token)
+            except KeyboardInterrupt:
+                finish = "stopped"  # the kernel's interrupt ends the answer, not the session
+                if engine.past_length != engine.positions(session.state_ids):
+                    engine.reset_state()  # interrupted between a model call and its bookkeeping
+            final = answer_text(tokenizer, generated)
+            if finish == "stop_string" and stops:
+                cut = first_stop(final, stops)
+                final = final[:cut].strip() if cut is not None else final
+            if final.startswith(shown) and len(final) > len(shown):
+                yield final[len(shown):]
+            if decode_start is not None:
+                timings.decode_ms = (time.perf_counter() - decode_start) * 1000
+            timings.new_tokens = len(generated)
+            session.history.append((self.question, final))
+            self._answer = Answer(self.question, final, generated, finish, timings)
+
+
+def first_stop(text: str, stops: tuple[str, ...]) -> int | None:
+    hits = [text.find(s) for s in stops if s and s in text]
+    return min(hits) if hits else None
+
+
+def held_back(text: str, stops: tuple[str, ...]) -> int:
+    """How many trailing characters could be the start of a stop string (so must not be shown yet)."""
+    longest = 0
+    for stop in stops:
+        for n in range(min(len(stop) - 1, len(text)), longest, -1):
+            if stop.startswith(text[-n:]):
+                longest = n
+                break
+    return longest

@@ -1,0 +1,90 @@
+"""Shared fixtures: tiny MobileVLM checkpoints (V1, V2) in the mtgv layout, built and exported once per session."""
+
+from __future__ import annotations
+
+import os
+
+os.environ["HF_HUB_OFFLINE"] = "1"  # tests never reach a hub
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw
+
+VERSIONS = {"v1": "ldpnet", "v2": "ldpnetv2"}
+
+
+@pytest.fixture(scope="session")
+def workdir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("mvlm")
+
+
+@pytest.fixture(scope="session")
+def cache_dir(workdir) -> Path:
+    return workdir / "cache"
+
+
+@pytest.fixture(scope="session")
+def checkpoint(workdir):
+    """checkpoint("v1" | "v2") -> folder of a tiny random checkpoint, built once."""
+    from mvlm_magic.model.tiny import build_tiny_checkpoint
+
+    @lru_cache(maxsize=None)
+    def build(version: str = "v2") -> Path:
+        return build_tiny_checkpoint(workdir / f"tiny-{version}", projector_type=VERSIONS[version], seed=7)
+
+    return build
+
+
+@pytest.fixture(scope="session")
+def exported(checkpoint, cache_dir):
+    """exported("v2", "fp32") -> export folder, exported once per session."""
+    from mvlm_magic.export import export_model
+
+    @lru_cache(maxsize=None)
+    def export(version: str = "v2", compression: str = "fp32") -> Path:
+        return export_model(checkpoint(version), compression, cache_dir=cache_dir).path
+
+    return export
+
+
+@pytest.fixture(scope="session")
+def engine(exported):
+    """engine("v2", "fp32", "f32") -> a compiled Engine, one per combination."""
+    from mvlm_magic.runtime.engine import Engine
+
+    @lru_cache(maxsize=None)
+    def make(version: str = "v2", compression: str = "fp32", precision: str = "f32") -> Engine:
+        return Engine(exported(version, compression), precision=precision)
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def torch_model(checkpoint):
+    from mvlm_magic.model.mobilevlm import MobileVLM
+
+    @lru_cache(maxsize=None)
+    def load(version: str = "v2"):
+        return MobileVLM.from_folder(checkpoint(version))
+
+    return load
+
+
+def shapes_picture(size=(300, 200), background=(30, 60, 150), seed=0) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    image = Image.new("RGB", size, background)
+    draw = ImageDraw.Draw(image)
+    for _ in range(3):
+        x, y = rng.integers(0, size[0] - 40), rng.integers(0, size[1] - 40)
+        colour = tuple(int(c) for c in rng.integers(0, 256, 3))
+        draw.ellipse((x, y, x + 40, y + 40), fill=colour)
+    return image
+
+
+@pytest.fixture
+def picture():
+    return shapes_picture()
