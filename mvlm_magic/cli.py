@@ -78,9 +78,11 @@ def run_ask(args) -> None:
 
     config = GenerationConfig(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
                               top_k=args.top_k, seed=args.seed)
+    from .runtime.engine import check_question
     from .runtime.preprocess import load_image
 
-    image = load_image(args.image)  # fail on a bad image before any export or compile
+    image = load_image(args.image)  # fail on bad input before any export or compile
+    check_question(args.question)
     engine = load_engine(args.model or default_model(args.cache_dir), args.compression, args.device, args.precision,
                          group_size=args.group_size, ratio=args.ratio, cache_dir=args.cache_dir,
                          progress=stderr_progress if args.stats else lambda *a: None)

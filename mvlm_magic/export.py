@@ -12,9 +12,12 @@ then made stateful with OpenVINO's transformation plus a state initializer sized
 
 from __future__ import annotations
 
-import json
+import contextlib
+import io
+import logging
 import shutil
 import time
+import warnings
 from importlib.metadata import version
 from pathlib import Path
 
@@ -157,6 +160,13 @@ def compress(ov_model, role: str, compression: Compression):
     if compression.mode in ("fp32", "fp16"):
         return ov_model, {}
     import nncf
+
+    nncf.set_log_level(logging.ERROR)  # its tables and bars would bury our own progress; weight_precisions() says it
+    with contextlib.redirect_stdout(io.StringIO()):
+        return _compress(nncf, ov_model, role, compression)
+
+
+def _compress(nncf, ov_model, role: str, compression: Compression):
     from nncf.quantization.advanced_parameters import AdvancedCompressionParameters, GroupSizeFallbackMode
 
     if compression.mode == "int4" and role == "language":
@@ -212,7 +222,9 @@ def export_model(model: str, compression: Compression | str = "int4", *, cache_d
                       ("language", convert_language_model)]
         for i, (role, convert) in enumerate(converters):
             progress("convert", i / len(converters), f"converting the {role} model")
-            ov_model = convert(vlm)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # tracer warnings about constants we expect to be constant
+                ov_model = convert(vlm)
             progress("compress", i / len(converters), f"compressing the {role} model ({compression.label})")
             ov_model, details[role] = compress(ov_model, role, compression)
             details[role]["weights"] = weight_precisions(ov_model)

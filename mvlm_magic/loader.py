@@ -11,6 +11,7 @@ from pathlib import Path
 from .cache import Compression, cache_key, default_cache_dir, find_export, read_manifest
 from .errors import MvlmError
 from .model.checkpoint import Progress, no_progress, resolve_source
+from .runtime.device import check_device
 from .runtime.engine import Engine
 
 
@@ -40,6 +41,7 @@ def load_engine(model=None, compression: str | Compression = "int4", device: str
                         "(e.g. mobilevlm-v2-1.7b).")
     if isinstance(compression, str):
         compression = Compression.parse(compression, group_size, ratio)
+    device = check_device(device)  # before a long export, not after
     folder, was_cached = find_or_export(model, compression, Path(cache_dir or default_cache_dir()), revision, progress)
     progress("compile", None, f"compiling on {device}" + (" (cached export, nothing to convert)" if was_cached else ""))
     started = time.perf_counter()

@@ -40,7 +40,8 @@ class Timings:
     prefill_ms: float = 0.0
     first_token_ms: float = 0.0  # from the question to the first new token, image encode included
     decode_ms: float = 0.0
-    prompt_tokens: int = 0  # positions fed before the first new token (image tokens included)
+    prompt_tokens: int = 0  # positions in the KV cache before the first new token (image tokens included)
+    prefill_tokens: int = 0  # of those, how many this turn had to feed (the rest were cached)
     new_tokens: int = 0
 
     @property
@@ -122,6 +123,15 @@ class Engine:
         self.past_length = 0
         self.state_owner = None
 
+    def truncate_state(self, positions: int) -> None:
+        """Forget the cached keys/values after the first `positions` positions."""
+        import openvino as ov
+
+        for state in self.language.query_state():
+            kept = state.state.data[:, :, :positions, :]  # (B, KV, P, D)
+            state.state = ov.Tensor(np.ascontiguousarray(kept))
+        self.past_length = positions
+
     def feed(self, inputs_embeds: np.ndarray) -> np.ndarray:
         """Run the language model on new positions after the cached ones; logits of the last one."""
         new = inputs_embeds.shape[1]
@@ -150,8 +160,7 @@ class ChatSession:
 
     def ask(self, question: str, config: GenerationConfig | None = None, stop_event: threading.Event | None = None,
             **options) -> "AnswerStream":
-        if not isinstance(question, str) or not question.strip():
-            raise MvlmError("the question is empty; write it in the cell (or pass a non-empty string).")
+        check_question(question)
         if options:
             config = GenerationConfig(**{**(config.__dict__ if config else {}), **options})
         return AnswerStream(self, question.strip(), config or GenerationConfig(), stop_event)
@@ -206,11 +215,17 @@ class AnswerStream:
             if needed >= engine.context_length:
                 raise MvlmError(f"the conversation needs {needed} positions but the model's context holds "
                                 f"{engine.context_length}; start a new conversation or ask something shorter.")
-            reuse = engine.state_owner is session and ids[: len(session.state_ids)] == session.state_ids
-            if not reuse:
+            # Keep the cached positions this prompt shares with the state (the generated answer may
+            # re-tokenize differently from how it was generated: from there on, recompute).
+            cached = common_prefix(session.state_ids, ids) if engine.state_owner is session else 0
+            cached = min(cached, len(ids) - 1)  # feed at least one position to get logits
+            if cached == 0:
                 engine.reset_state()
-                session.state_ids = []
-            new_ids = ids[len(session.state_ids):]
+            elif cached < len(session.state_ids):
+                engine.truncate_state(engine.positions(ids[:cached]))
+            session.state_ids = ids[:cached]
+            new_ids = ids[cached:]
+            timings.prefill_tokens = engine.positions(new_ids)
             prefill_start = time.perf_counter()
             logits = engine.feed(engine.embed(new_ids, session.image_embeds))
             engine.state_owner, session.state_ids = session, list(ids)
@@ -274,6 +289,20 @@ class AnswerStream:
             timings.new_tokens = len(generated)
             session.history.append((self.question, final))
             self._answer = Answer(self.question, final, generated, finish, timings)
+
+
+def check_question(question) -> None:
+    if not isinstance(question, str) or not question.strip():
+        raise MvlmError("the question is empty; write it in the cell (or pass a non-empty string).")
+
+
+def common_prefix(a: list[int], b: list[int]) -> int:
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
 
 
 def first_stop(text: str, stops: tuple[str, ...]) -> int | None:

@@ -1,0 +1,237 @@
+"""Prompt text -> token ids, exactly as the official MobileVLM code gets them (transformers 4.33.1).
+
+The official code loads LLaMA's `tokenizer.model` through the *slow* `LlamaTokenizer` of transformers
+4.33.1. Newer transformers tokenize some prompts differently (every prompt after a `</s>`, and special
+tokens typed by the user), and a model answers differently when fed different ids. So this module drives
+the `sentencepiece` model directly and reproduces the 4.33.1 rules (fact sheet §4, §5, §11.5, §11.6):
+
+* `<s>`, `</s>`, `<unk>` written in the text are split out first and become their ids;
+* legacy mode (`legacy` absent or null in tokenizer_config.json): every text segment is encoded on its
+  own, so each one, including the one right after `</s>`, gets SentencePiece's dummy-prefix `▁`;
+* non-legacy mode: one `▁` for the whole text, and segments are encoded without a dummy prefix;
+* `<image>` becomes the single id -200 between separately tokenized chunks, with one BOS in front.
+
+Only the standard library and `sentencepiece` are used: this runs where torch is absent.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import sentencepiece as spm
+
+from ..errors import MvlmError
+
+SPIECE_UNDERLINE = "▁"
+IMAGE_TOKEN_INDEX = -200
+IMAGE_PLACEHOLDER = "<image>"
+
+# Conversation template "v1" (vicuna_v1): sep " " after user turns, sep2 "</s>" after assistant turns.
+SYSTEM = (
+    "A chat between a curious user and an artificial intelligence assistant. "
+    "The assistant gives helpful, detailed, and polite answers to the user's questions."
+)
+ROLES = ("USER", "ASSISTANT")
+SEP = " "
+SEP2 = "</s>"
+
+# A serialized NormalizerSpec {add_dummy_prefix: false} wrapped as ModelProto field 3 (normalizer_spec).
+# Protobuf merges a repeated embedded message into the earlier one, so appending these bytes to a model
+# file is what transformers 4.33 does with `model.normalizer_spec.MergeFrom(...)` for legacy=False,
+# without needing the protobuf package.
+_NO_DUMMY_PREFIX_PATCH = b"\x1a\x02\x18\x00"
+
+
+class Tokenizer:
+    """A LLaMA SentencePiece model with the encode/decode rules of transformers 4.33.1's slow LlamaTokenizer."""
+
+    def __init__(self, model_path, legacy: bool = True):
+        model_path = Path(model_path)
+        if not model_path.is_file():
+            raise MvlmError(
+                f"tokenizer model {model_path} does not exist; point to a checkpoint folder with tokenizer.model."
+            )
+        data = model_path.read_bytes()
+        if not legacy:
+            data += _NO_DUMMY_PREFIX_PATCH
+        self._sp = spm.SentencePieceProcessor()
+        try:
+            self._sp.LoadFromSerializedProto(data)
+        except (RuntimeError, OSError) as error:
+            raise MvlmError(
+                f"{model_path} is not a SentencePiece model ({error}); replace it with the checkpoint's tokenizer.model."
+            )
+        self.legacy = bool(legacy)
+        self.vocab_size = self._sp.get_piece_size()
+        self.unk_id = self._sp.unk_id()
+        self.bos_id = self._sp.bos_id()
+        self.eos_id = self._sp.eos_id()
+        if min(self.unk_id, self.bos_id, self.eos_id) < 0:
+            raise MvlmError(f"{model_path} lacks <unk>, <s> or </s>; use a LLaMA-style tokenizer.model.")
+        self.unk_piece = self._sp.id_to_piece(self.unk_id)
+        self.bos_piece = self._sp.id_to_piece(self.bos_id)
+        self.eos_piece = self._sp.id_to_piece(self.eos_id)
+        self.special_ids = frozenset((self.bos_id, self.eos_id, self.unk_id))
+        self._special_by_piece = {self._sp.id_to_piece(i): i for i in self.special_ids}
+        # Longest first so that no special token is cut by a shorter one that is its prefix.
+        alternatives = sorted(self._special_by_piece, key=len, reverse=True)
+        self._special_split = re.compile("(" + "|".join(re.escape(p) for p in alternatives) + ")")
+        self._unk_length = len(self._sp.encode(self.unk_piece))
+
+    @classmethod
+    def from_folder(cls, folder) -> "Tokenizer":
+        """Load `tokenizer.model`; `legacy` comes from `tokenizer_config.json` (absent or null means True)."""
+        folder = Path(folder)
+        legacy = True
+        config_path = folder / "tokenizer_config.json"
+        if config_path.is_file():
+            try:
+                config = json.loads(config_path.read_text(encoding="utf-8"))
+            except (ValueError, UnicodeDecodeError) as error:
+                raise MvlmError(f"{config_path} is not valid JSON ({error}); fix or delete it.")
+            if config.get("legacy") is not None:
+                legacy = bool(config["legacy"])
+        return cls(folder / "tokenizer.model", legacy=legacy)
+
+    # ----------------------------------------------------------------------------------------- encoding
+
+    def encode(self, text: str, add_bos: bool = True) -> list[int]:
+        """Token ids of `text`, with BOS first unless add_bos is False (`tokenizer(text).input_ids` in 4.33.1)."""
+        if not isinstance(text, str):
+            raise MvlmError(f"text to tokenize must be a str, not {type(text).__name__}.")
+        ids = [self.bos_id] if add_bos else []
+        return ids + self._tokenize(text)
+
+    def _tokenize(self, text: str) -> list[int]:
+        if not text:
+            return []
+        if not self.legacy:
+            text = SPIECE_UNDERLINE + text.replace(SPIECE_UNDERLINE, " ")
+        ids: list[int] = []
+        drop_first = False
+        for segment in self._special_split.split(text):
+            if not segment:
+                continue
+            special = self._special_by_piece.get(segment)
+            if special is None:
+                ids.extend(self._encode_segment(segment))
+                continue
+            # Non-legacy 4.33 drops the "▁" it put in front of the text when a special token follows it.
+            if not self.legacy and len(ids) == 1 and self._sp.id_to_piece(ids[0]) == SPIECE_UNDERLINE:
+                drop_first = True
+            ids.append(special)
+        return ids[1:] if drop_first else ids
+
+    def _encode_segment(self, segment: str) -> list[int]:
+        if self.legacy or not segment.startswith((SPIECE_UNDERLINE, " ")):
+            return self._sp.encode(segment)
+        # Without a dummy prefix SentencePiece would eat the leading space; 4.33 encodes "<unk>" + segment
+        # and drops the pieces of "<unk>" to keep it.
+        ids = self._sp.encode(self.unk_piece + segment)
+        return ids[self._unk_length :] if len(ids) >= self._unk_length else ids
+
+    # ----------------------------------------------------------------------------------------- decoding
+
+    def decode(self, ids: Iterable[int], skip_special_tokens: bool = True) -> str:
+        """Text of `ids` as 4.33.1's `tokenizer.decode` gives it (no clean-up of tokenization spaces).
+
+        With skip_special_tokens, `<s>`, `</s>` and `<unk>` ids are dropped; otherwise they are written as
+        their text. The first piece loses its leading `▁` before SentencePiece decodes the rest.
+        """
+        ids = [int(i) for i in ids]
+        if skip_special_tokens:
+            ids = [i for i in ids if i not in self.special_ids]
+        if not ids:
+            return ""
+        pieces = self._pieces(ids)
+        if skip_special_tokens:
+            return self.decode_pieces(pieces)
+        if pieces[0].startswith(SPIECE_UNDERLINE):
+            pieces[0] = pieces[0][1:]
+        text, run, previous_special = "", [], False
+        for position, (token_id, piece) in enumerate(zip(ids, pieces)):
+            if token_id in self.special_ids:
+                if not previous_special and position != 0 and self.legacy:
+                    text += " "
+                text += self._sp.decode_pieces(run) + piece
+                run, previous_special = [], True
+            else:
+                run.append(piece)
+                previous_special = False
+        return text + self._sp.decode_pieces(run)
+
+    def decode_pieces(self, pieces: Sequence[str]) -> str:
+        """Text of pieces holding no special token, as `decode(..., skip_special_tokens=True)` gives it.
+
+        For callers that keep pieces rather than ids, e.g. the incremental detokenizer.
+        """
+        if not pieces:
+            return ""
+        first = pieces[0][1:] if pieces[0].startswith(SPIECE_UNDERLINE) else pieces[0]
+        return self._sp.decode_pieces([first, *pieces[1:]])
+
+    def _pieces(self, ids: list[int]) -> list[str]:
+        try:
+            return self._sp.id_to_piece(ids)
+        except IndexError:
+            bad = next(i for i in ids if not 0 <= i < self.vocab_size)
+            raise MvlmError(
+                f"token id {bad} is outside the vocabulary 0..{self.vocab_size - 1}; pass model token ids only."
+            )
+
+    def piece(self, token_id: int) -> str:
+        """The SentencePiece piece of one id, e.g. '▁the' or '<0x0A>'."""
+        return self._pieces([int(token_id)])[0]
+
+    def __repr__(self) -> str:
+        return f"Tokenizer(vocab_size={self.vocab_size}, legacy={self.legacy})"
+
+
+def tokenize_with_image(tokenizer: Tokenizer, prompt: str) -> list[int]:
+    """Ids of a prompt with `<image>` placeholders, as MobileVLM's `tokenizer_image_token` builds them.
+
+    Each chunk between placeholders is tokenized on its own (so the chunk after `<image>` gets its own
+    dummy prefix); the output has one BOS, then chunk 0, then for each later chunk IMAGE_TOKEN_INDEX and
+    that chunk without its BOS.
+    """
+    chunks = [tokenizer.encode(chunk, add_bos=True)[1:] for chunk in prompt.split(IMAGE_PLACEHOLDER)]
+    ids = [tokenizer.bos_id] + chunks[0]
+    for chunk in chunks[1:]:
+        ids.append(IMAGE_TOKEN_INDEX)
+        ids.extend(chunk)
+    return ids
+
+
+def render_prompt(turns: Sequence[tuple[str, str | None]], system: str = SYSTEM) -> str:
+    """The v1 conversation text for (user message, assistant answer) turns.
+
+    A filled message renders as "ROLE: message" plus " " after a user turn or "</s>" after an assistant
+    turn; an empty or None message renders as "ROLE:" alone (the official SeparatorStyle.TWO rule), which
+    is how the open last turn ends the prompt with "ASSISTANT:".
+    """
+    text = system + SEP
+    for user_message, answer in turns:
+        for role, message, separator in ((ROLES[0], user_message, SEP), (ROLES[1], answer, SEP2)):
+            text += f"{role}: {message}{separator}" if message else f"{role}:"
+    return text
+
+
+def build_conversation(
+    questions_and_answers: Sequence[tuple[str, str | None]] | str, with_image: bool = True, system: str = SYSTEM
+) -> str:
+    """The v1 prompt for a chat; the first question gets "<image>\\n" in front when with_image.
+
+    A bare string is a single question with the answer still open.
+    """
+    if isinstance(questions_and_answers, str):
+        questions_and_answers = [(questions_and_answers, None)]
+    turns = list(questions_and_answers)
+    if not turns:
+        raise MvlmError("a conversation needs at least one question; pass [(question, None)].")
+    if with_image:
+        first_question, first_answer = turns[0]
+        turns[0] = (IMAGE_PLACEHOLDER + "\n" + first_question, first_answer)
+    return render_prompt(turns, system=system)

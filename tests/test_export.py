@@ -1,0 +1,115 @@
+"""Export: three IRs with named ports, a stateful language model, NNCF compression, an atomic cache."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import textwrap
+
+import openvino as ov
+import pytest
+
+from mvlm_magic.cache import TMP_PREFIX, Compression, delete_export, list_exports
+from mvlm_magic.errors import MvlmError
+from mvlm_magic.export import export_model
+from mvlm_magic.loader import load_engine
+
+
+def test_export_writes_three_irs_with_named_ports(exported):
+    folder = exported("v2", "fp32")
+    core = ov.Core()
+    vision = core.read_model(folder / "vision.xml")
+    assert vision.input(0).get_any_name() == "pixel_values"
+    assert list(vision.output(0).get_partial_shape().to_shape()) == [1, 144, 64]
+    embeddings = core.read_model(folder / "text_embeddings.xml")
+    assert embeddings.input(0).get_any_name() == "input_ids"
+    language = core.read_model(folder / "language.xml")
+    assert {p.get_any_name() for p in language.inputs} == {"inputs_embeds", "attention_mask", "position_ids"}
+    assert [p.get_any_name() for p in language.outputs] == ["logits"]
+    assert len(language.get_sinks()) == 2 * 2  # key and value state for each of the 2 layers: KV lives in state
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert manifest["model"]["num_image_tokens"] == 144 and manifest["model"]["version"] == "v2"
+    assert manifest["compression"]["mode"] == "fp32" and manifest["versions"]["openvino"].startswith("2026.4")
+    for name in ("tokenizer.model", "tokenizer_config.json"):
+        assert (folder / name).is_file()
+
+
+def test_logits_come_from_the_last_position_only(engine, picture):
+    eng = engine("v2", "fp32", "f32")
+    eng.reset_state()
+    ids = eng.new_chat(picture).prompt_ids("What is this?")
+    logits = eng.feed(eng.embed(ids, eng.encode_image(picture)))
+    assert logits.shape == (eng.manifest["model"]["vocab_size"],)
+    assert eng.language.get_tensor("logits").shape[1] == 1
+    eng.reset_state()
+
+
+def test_second_export_of_the_same_key_is_the_cache(checkpoint, exported, cache_dir):
+    first = exported("v2", "fp32")
+    stages = []
+    again = export_model(checkpoint("v2"), "fp32", cache_dir=cache_dir, progress=lambda s, f, m: stages.append(s))
+    assert again.path == first and "convert" not in stages and "load" not in stages
+
+
+@pytest.mark.parametrize("compression", ["int8", "int4"])
+def test_compressed_exports_are_smaller_and_say_what_they_did(exported, compression):
+    fp32 = exported("v1", "fp32")
+    small = exported("v1", compression)
+    assert (small / "language.bin").stat().st_size < 0.5 * (fp32 / "language.bin").stat().st_size
+    manifest = json.loads((small / "manifest.json").read_text())
+    weights = manifest["compression"]["per_model"]["language"]["weights"]
+    assert "u8" in weights or "i8" in weights
+    if compression == "int4":
+        assert "u4" in weights  # group 128 does not divide width 64: NNCF adjusted the group size
+        assert manifest["compression"]["label"] == "int4-g128-r0.8"
+
+
+def test_compression_options_are_checked():
+    with pytest.raises(MvlmError, match="unknown compression 'int3'"):
+        Compression.parse("int3")
+    with pytest.raises(MvlmError, match="ratio must be in"):
+        Compression.parse("int4", ratio=1.5)
+    assert Compression.parse("int4", 64, 1.0).label == "int4-g64-r1"
+
+
+def test_list_and_delete_cached_exports(checkpoint, tmp_path):
+    cache = tmp_path / "cache"
+    made = export_model(checkpoint("v2"), "fp16", cache_dir=cache)
+    listed = list_exports(cache)
+    assert [e.key for e in listed] == [made.key] and listed[0].size_bytes > 0
+    assert made.key in str(listed[0])
+    delete_export(made.key, cache)
+    assert list_exports(cache) == []
+    with pytest.raises(MvlmError, match="no cached export"):
+        delete_export(made.key, cache)
+
+
+KILLED_EXPORT = textwrap.dedent("""
+    import os, signal, sys
+    from mvlm_magic.export import export_model
+
+    def progress(stage, fraction, message):
+        if message.startswith("saving language"):
+            os.kill(os.getpid(), signal.SIGKILL)  # die with two IRs already written
+
+    export_model(sys.argv[1], "fp16", cache_dir=sys.argv[2], progress=progress)
+""")
+
+
+def test_an_export_killed_midway_leaves_nothing_that_loads(checkpoint, tmp_path, picture):
+    model = shutil.copytree(checkpoint("v2"), tmp_path / "model")
+    cache = tmp_path / "cache"
+    run = subprocess.run([sys.executable, "-c", KILLED_EXPORT, str(model), str(cache)], capture_output=True)
+    assert run.returncode == -9
+    leftovers = list(cache.iterdir())
+    assert leftovers and all(p.name.startswith(TMP_PREFIX) for p in leftovers)
+    assert list_exports(cache) == []
+
+    stages = []
+    engine = load_engine(model, "fp16", cache_dir=cache, progress=lambda s, f, m: stages.append(s))
+    assert "convert" in stages and not engine.was_cached
+    assert [p.name for p in cache.iterdir()] == [list_exports(cache)[0].key]  # the stale temp folder is gone
+    answer = engine.ask(picture, "What is in the picture?", max_new_tokens=4)
+    assert answer.timings.new_tokens >= 1

@@ -1,0 +1,156 @@
+"""The torch-free runtime on a real exported model: streaming, stopping, chat state, guards, timings."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import shapes_picture
+from mvlm_magic.errors import MvlmError
+from mvlm_magic.runtime.engine import Engine
+
+
+@pytest.fixture(scope="module")
+def eng(engine):
+    return engine("v2", "fp32", "f32")
+
+
+def test_runtime_imports_no_torch(exported, tmp_path):
+    picture_path = tmp_path / "p.png"
+    shapes_picture().save(picture_path)
+    script = textwrap.dedent(f"""
+        import sys
+        from mvlm_magic.loader import load_engine
+        engine = load_engine({str(exported("v2", "fp32"))!r})
+        answer = engine.ask({str(picture_path)!r}, "What is this?", max_new_tokens=4)
+        heavy = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "transformers", "nncf"))
+        print("heavy:", heavy, "tokens:", answer.timings.new_tokens)
+    """)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "heavy: []" in out.stdout
+
+
+def test_streamed_chunks_add_up_to_the_answer(eng, picture):
+    stream = eng.new_chat(picture).ask("Describe the image.", max_new_tokens=40)
+    chunks = list(stream)
+    answer = stream.result()
+    assert "".join(chunks) == answer.text
+    assert answer.finish_reason in ("eos", "max_new_tokens")
+    t = answer.timings
+    assert t.image_encode_ms > 0 and t.first_token_ms >= t.image_encode_ms and t.prompt_tokens > 144
+    if t.new_tokens > 1:
+        assert t.decode_tokens_per_s > 0
+    assert "tokens/s" in t.summary()
+
+
+def test_max_new_tokens(eng, picture):
+    answer = eng.ask(picture, "What is this?", max_new_tokens=3)
+    assert answer.timings.new_tokens <= 3
+    if answer.finish_reason != "eos":
+        assert answer.finish_reason == "max_new_tokens" and answer.timings.new_tokens == 3
+
+
+def test_stop_from_another_thread(eng, picture):
+    stream = eng.new_chat(picture).ask("Describe the image.", max_new_tokens=1500, stop_strings=())
+    first_chunk = threading.Event()
+    chunks = []
+
+    def consume():
+        for chunk in stream:
+            chunks.append(chunk)
+            first_chunk.set()
+
+    worker = threading.Thread(target=consume)
+    worker.start()
+    first_chunk.wait(30)
+    stream.stop()
+    worker.join(30)
+    answer = stream.result()
+    if answer.finish_reason != "eos":
+        assert answer.finish_reason == "stopped" and answer.timings.new_tokens < 1500
+
+
+def test_kernel_interrupt_ends_the_answer_not_the_session(eng, picture):
+    chat = eng.new_chat(picture)
+    stream = chat.ask("Describe the image.", max_new_tokens=1500)
+    main = threading.get_ident()
+    timer = threading.Timer(0.3, lambda: signal.pthread_kill(main, signal.SIGINT))
+    timer.start()
+    answer = stream.result()  # the SIGINT lands here as KeyboardInterrupt
+    timer.cancel()
+    assert answer.finish_reason in ("stopped", "eos")
+    follow_up = chat.ask("And then?", max_new_tokens=3).result()
+    assert follow_up.timings.new_tokens >= 1
+
+
+def test_stop_strings_cut_the_answer_and_are_never_shown(eng, picture):
+    plain = eng.ask(picture, "Describe the image.", max_new_tokens=30).text
+    if len(plain) < 12:
+        pytest.skip("answer too short to pick a stop string from")
+    stop = plain[6:9]
+    stream = eng.new_chat(picture).ask("Describe the image.", max_new_tokens=30, stop_strings=(stop,))
+    shown = "".join(stream)
+    answer = stream.result()
+    assert answer.text == plain[: plain.find(stop)].strip()
+    assert stop not in shown and answer.finish_reason == "stop_string" and shown == answer.text
+
+
+def test_seeded_sampling_repeats(eng, picture):
+    def sample(seed):
+        return eng.ask(picture, "What is this?", max_new_tokens=12, temperature=1.0, top_p=0.9, seed=seed).token_ids
+
+    assert sample(3) == sample(3)
+
+
+def test_follow_up_reuses_the_kv_cache(eng, picture):
+    chat = eng.new_chat(picture)
+    first = chat.ask("What colour is the circle?", max_new_tokens=8).result()
+    second = chat.ask("And the square?", max_new_tokens=8).result()
+    assert second.timings.prefill_tokens < 144 < second.timings.prompt_tokens  # no image, no first turn re-fed
+    assert second.timings.prompt_tokens > first.timings.prompt_tokens
+    assert [q for q, _ in chat.history] == ["What colour is the circle?", "And the square?"]
+
+
+def test_a_new_image_starts_a_new_conversation(eng):
+    first_chat = eng.new_chat(shapes_picture(seed=10))
+    first_chat.ask("What is this?", max_new_tokens=4).result()
+    other = eng.new_chat(shapes_picture(seed=11))
+    answer = other.ask("What is this?", max_new_tokens=4).result()
+    assert len(other.history) == 1 and answer.timings.prefill_tokens == answer.timings.prompt_tokens
+    # the first chat's KV state was displaced: it is rebuilt from its history, image included
+    again = first_chat.ask("Tell me more.", max_new_tokens=4).result()
+    assert again.timings.prefill_tokens > 144
+
+
+def test_prompt_beyond_the_context_is_refused(eng, picture):
+    with pytest.raises(MvlmError, match="context holds 2048"):
+        eng.ask(picture, "circle " * 3000)
+
+
+def test_bad_questions_and_images(eng):
+    with pytest.raises(MvlmError, match="question is empty"):
+        eng.new_chat(shapes_picture()).ask("   ")
+    with pytest.raises(MvlmError, match="at least one pixel|no pixels"):
+        eng.ask(Image.new("RGB", (0, 5)), "What is this?")
+    with pytest.raises(MvlmError, match="at least one pixel|no pixels"):
+        eng.ask(np.zeros((0, 0, 3), dtype=np.uint8), "What is this?")
+    with pytest.raises(MvlmError):
+        eng.ask("/no/such/picture.png", "What is this?")
+
+
+def test_unknown_device_lists_the_available_ones(exported):
+    with pytest.raises(MvlmError, match=r"unknown device 'TPU'; available: CPU.*AUTO"):
+        Engine(exported("v2", "fp32"), device="TPU")
+
+
+def test_an_incomplete_export_does_not_load(tmp_path):
+    with pytest.raises(MvlmError, match="not a complete export"):
+        Engine(tmp_path)
