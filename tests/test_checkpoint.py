@@ -153,3 +153,36 @@ def test_checkpoint_missing_a_weight(tmp_path, checkpoint):
     with pytest.raises(MvlmError) as err:
         MobileVLM.from_folder(folder)
     assert "model.mm_projector.peg.peg.0.bias" in one_line(err.value)
+
+
+HUB_LOOKUP = """
+import sys
+from mvlm_magic.model.checkpoint import resolve_source
+from mvlm_magic.errors import MvlmError
+try:
+    source = resolve_source(sys.argv[1])
+    print("resolved", source.model_id, source.revision, source.folder)
+except MvlmError as err:
+    print("error", err)
+"""
+
+
+def test_hub_ids_resolve_from_the_hf_cache_offline(tmp_path, checkpoint):
+    """A hub id goes through huggingface_hub, which honours HF_HOME and HF_HUB_OFFLINE."""
+    import subprocess
+    import sys
+
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "hf" / "hub" / "models--mtgv--MobileVLM_V2-1.7B"
+    shutil.copytree(checkpoint("v2"), repo / "snapshots" / commit)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    env = {**__import__("os").environ, "HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1"}
+
+    def lookup(name):
+        out = subprocess.run([sys.executable, "-c", HUB_LOOKUP, name], env=env, capture_output=True, text=True)
+        return out.stdout.strip()
+
+    assert lookup("mobilevlm-v2-1.7b") == f"resolved mtgv/MobileVLM_V2-1.7B {commit} {repo / 'snapshots' / commit}"
+    missing = lookup("mtgv/MobileVLM-3B")
+    assert missing.startswith("error mtgv/MobileVLM-3B is not in the Hugging Face cache") and "\n" not in missing

@@ -202,93 +202,96 @@ class AnswerStream:
         return self._answer
 
     def _generate(self) -> Iterator[str]:
-        session, engine, config = self.session, self.session.engine, self.config
-        tokenizer = engine.tokenizer
-        timings = Timings()
+        engine = self.session.engine
         with engine.lock:
+            timings = Timings()
             started = time.perf_counter()
-            if session.image is not None and session.image_embeds is None:
-                session.image_embeds = engine.encode_image(session.image)
-                timings.image_encode_ms = (time.perf_counter() - started) * 1000
-            ids = session.prompt_ids(self.question)
-            needed = engine.positions(ids)
-            if needed >= engine.context_length:
-                raise MvlmError(f"the conversation needs {needed} positions but the model's context holds "
-                                f"{engine.context_length}; start a new conversation or ask something shorter.")
-            # Keep the cached positions this prompt shares with the state (the generated answer may
-            # re-tokenize differently from how it was generated: from there on, recompute).
-            cached = common_prefix(session.state_ids, ids) if engine.state_owner is session else 0
-            cached = min(cached, len(ids) - 1)  # feed at least one position to get logits
-            if cached == 0:
-                engine.reset_state()
-            elif cached < len(session.state_ids):
-                engine.truncate_state(engine.positions(ids[:cached]))
-            session.state_ids = ids[:cached]
-            new_ids = ids[cached:]
-            timings.prefill_tokens = engine.positions(new_ids)
-            prefill_start = time.perf_counter()
-            logits = engine.feed(engine.embed(new_ids, session.image_embeds))
-            engine.state_owner, session.state_ids = session, list(ids)
-            timings.prefill_ms = (time.perf_counter() - prefill_start) * 1000
-            timings.prompt_tokens = engine.past_length
-
-            sampler = Sampler(config)
-            previous = [t for t in ids if t >= 0]
-            detok = IncrementalDetokenizer(tokenizer)
-            stops = tuple(config.stop_strings)
+            ids, logits = self._prefill(timings, started)
             generated: list[int] = []
-            shown = ""  # text handed out so far
-            text = ""  # the whole answer so far (stop strings not yet cut)
-            finish = "max_new_tokens"
-            decode_start = None
+            shown = []  # the text handed out so far, as chunks
             try:
-                while len(generated) < config.max_new_tokens:
-                    if self.stop_event.is_set():
-                        finish = "stopped"
-                        break
-                    token = sampler.next_token(logits, previous)
-                    if decode_start is None:
-                        decode_start = time.perf_counter()
-                        timings.first_token_ms = (decode_start - started) * 1000
-                    if token == engine.eos_token_id:
-                        finish = "eos"
-                        break
-                    generated.append(token)
-                    previous.append(token)
-                    text += detok.push(token)
-                    if OFFICIAL_STOP in tokenizer.piece(token):
-                        finish = "stop_string"
-                        break
-                    cut = first_stop(text, stops)
-                    if cut is not None:
-                        text, finish = text[:cut], "stop_string"
-                        break
-                    safe = len(text) - held_back(text, stops)
-                    if safe > len(shown):
-                        yield text[len(shown):safe]
-                        shown = text[:safe]
-                    if len(generated) >= config.max_new_tokens:
-                        break
-                    if engine.past_length + 1 >= engine.context_length:
-                        finish = "context"
-                        break
-                    logits = engine.feed(engine.embed([token], None))
-                    session.state_ids.append(token)
+                finish = yield from self._decode(logits, ids, generated, shown, timings, started)
             except KeyboardInterrupt:
                 finish = "stopped"  # the kernel's interrupt ends the answer, not the session
-                if engine.past_length != engine.positions(session.state_ids):
+                if engine.past_length != engine.positions(self.session.state_ids):
                     engine.reset_state()  # interrupted between a model call and its bookkeeping
-            final = answer_text(tokenizer, generated)
-            if finish == "stop_string" and stops:
-                cut = first_stop(final, stops)
+            final = answer_text(engine.tokenizer, generated)
+            if finish == "stop_string" and self.config.stop_strings:
+                cut = first_stop(final, tuple(self.config.stop_strings))
                 final = final[:cut].strip() if cut is not None else final
-            if final.startswith(shown) and len(final) > len(shown):
-                yield final[len(shown):]
-            if decode_start is not None:
-                timings.decode_ms = (time.perf_counter() - decode_start) * 1000
+            shown_text = "".join(shown)
+            if final.startswith(shown_text) and len(final) > len(shown_text):
+                yield final[len(shown_text):]
+            if timings.first_token_ms:
+                timings.decode_ms = (time.perf_counter() - started) * 1000 - timings.first_token_ms
             timings.new_tokens = len(generated)
-            session.history.append((self.question, final))
+            self.session.history.append((self.question, final))
             self._answer = Answer(self.question, final, generated, finish, timings)
+
+    def _prefill(self, timings: Timings, started: float) -> tuple[list[int], np.ndarray]:
+        """Encode the image (once per chat), then feed the prompt positions the KV state lacks."""
+        session, engine = self.session, self.session.engine
+        if session.image is not None and session.image_embeds is None:
+            session.image_embeds = engine.encode_image(session.image)
+            timings.image_encode_ms = (time.perf_counter() - started) * 1000
+        ids = session.prompt_ids(self.question)
+        needed = engine.positions(ids)
+        if needed >= engine.context_length:
+            raise MvlmError(f"the conversation needs {needed} positions but the model's context holds "
+                            f"{engine.context_length}; start a new conversation or ask something shorter.")
+        # Keep the cached positions this prompt shares with the state. The previous answer may
+        # re-tokenize differently from how it was generated: from there on, recompute.
+        cached = common_prefix(session.state_ids, ids) if engine.state_owner is session else 0
+        cached = min(cached, len(ids) - 1)  # feed at least one position to get logits
+        if cached == 0:
+            engine.reset_state()
+        elif cached < len(session.state_ids):
+            engine.truncate_state(engine.positions(ids[:cached]))
+        new_ids = ids[cached:]
+        timings.prefill_tokens = engine.positions(new_ids)
+        prefill_start = time.perf_counter()
+        logits = engine.feed(engine.embed(new_ids, session.image_embeds))
+        engine.state_owner, session.state_ids = session, list(ids)
+        timings.prefill_ms = (time.perf_counter() - prefill_start) * 1000
+        timings.prompt_tokens = engine.past_length
+        return ids, logits
+
+    def _decode(self, logits, ids, generated, shown, timings, started) -> Iterator[str]:
+        """Sample, check the stop rules, feed the token back; yield text that can no longer change.
+        Returns the finish reason."""
+        session, engine, config = self.session, self.session.engine, self.config
+        sampler = Sampler(config)
+        previous = [t for t in ids if t >= 0]  # for the repetition penalty
+        detok = IncrementalDetokenizer(engine.tokenizer)
+        stops = tuple(config.stop_strings)
+        text = ""  # the whole answer so far, stop strings not yet cut
+        while len(generated) < config.max_new_tokens:
+            if self.stop_event.is_set():
+                return "stopped"
+            token = sampler.next_token(logits, previous)
+            if not timings.first_token_ms:
+                timings.first_token_ms = (time.perf_counter() - started) * 1000
+            if token == engine.eos_token_id:
+                return "eos"
+            generated.append(token)
+            previous.append(token)
+            text += detok.push(token)
+            if OFFICIAL_STOP in engine.tokenizer.piece(token):
+                return "stop_string"
+            if first_stop(text, stops) is not None:
+                return "stop_string"
+            safe = len(text) - held_back(text, stops)
+            done = sum(map(len, shown))
+            if safe > done:
+                shown.append(text[done:safe])
+                yield shown[-1]
+            if len(generated) >= config.max_new_tokens:
+                break
+            if engine.past_length + 1 >= engine.context_length:
+                return "context"
+            logits = engine.feed(engine.embed([token], None))
+            session.state_ids.append(token)
+        return "max_new_tokens"
 
 
 def check_question(question) -> None:
