@@ -1,7 +1,10 @@
 """The model that ships with the package, and the demo that runs on it.
 
-Until the trained nano model ships (mvlm_magic/data/nano), the demo builds a tiny *random*
-MobileVLM checkpoint instead: the whole pipeline runs, but its answers are noise.
+The bundled model (mvlm_magic/data/nano) is a ~1M-parameter MobileVLM V2 trained from scratch on
+synthetic pictures of shapes (mvlm_magic/nano, docs/nano.md): it answers questions about colours,
+shapes, counts, positions and sizes of simple shapes, offline, in the exact mtgv checkpoint format.
+If the package data is missing (a broken install), the demo falls back to a tiny *random* checkpoint:
+the whole pipeline runs, but its answers are noise.
 """
 
 from __future__ import annotations
@@ -22,36 +25,50 @@ def bundled_model(cache_dir=None) -> Path:
                     "(a checkpoint folder, a Hugging Face id or a preset such as mobilevlm-v2-1.7b).")
 
 
+# A held-out picture (never seen in training): a large yellow star at the top, a small red circle on
+# the left and a large blue triangle at the bottom right, on a noisy background.
+DEMO_SEED = DEMO_SEED_PLACEHOLDER
+DEMO_QUESTION = "DEMO_QUESTION_PLACEHOLDER"
+
+
 def demo_picture():
-    """A red circle and a yellow square on a blue background."""
-    from PIL import Image, ImageDraw
+    """The demo's picture, drawn by the seeded shapes generator (numpy + Pillow only)."""
+    from .nano.shapes import picture
 
-    image = Image.new("RGB", (480, 360), (40, 70, 160))
-    draw = ImageDraw.Draw(image)
-    draw.ellipse((60, 90, 220, 250), fill=(220, 30, 30))
-    draw.rectangle((300, 120, 420, 240), fill=(240, 210, 40))
-    return image
+    return picture(DEMO_SEED)[0]
 
 
-def demo(cache_dir=None, out=sys.stdout) -> str:
+def demo(cache_dir=None, out=sys.stdout, question: str = DEMO_QUESTION) -> str:
     from .loader import load_engine
+    from .nano.shapes import make_scene
 
     cache_dir = Path(cache_dir or default_cache_dir())
     try:
         model = bundled_model()
-        note = "bundled model"
+        note = "bundled nano MobileVLM (trained on synthetic shapes)"
     except MvlmError:
         from .model.tiny import build_tiny_checkpoint
 
         model = cache_dir / "tiny-random-mobilevlm"
         if not (model / "config.json").is_file():
             build_tiny_checkpoint(model)
-        note = "tiny random checkpoint (no bundled model yet: expect noise, not sense)"
-    print(f"model: {note}\nquestion: What colour is the circle?\nanswer: ", end="", file=out, flush=True)
+        note = "tiny random checkpoint (the bundled model is missing: expect noise, not sense)"
+    expected = {q: a for _, q, a in make_scene(DEMO_SEED).questions}.get(question)
+    print(f"model: {note}\npicture: shapes #{DEMO_SEED} "
+          f"({describe_scene(DEMO_SEED)})\nquestion: {question}\nanswer: ", end="", file=out, flush=True)
     engine = load_engine(model, "int8", cache_dir=cache_dir)
-    stream = engine.new_chat(demo_picture()).ask("What colour is the circle?", max_new_tokens=24)
+    stream = engine.new_chat(demo_picture()).ask(question, max_new_tokens=24)
     for chunk in stream:
         print(chunk, end="", file=out, flush=True)
     answer = stream.result()
     print(f"\n({answer.timings.summary()})", file=out)
+    if expected is not None:
+        print(f"expected: {expected}", file=out)
     return answer.text
+
+
+def describe_scene(seed: int) -> str:
+    from .nano.shapes import make_scene
+
+    things = sorted(make_scene(seed).things, key=lambda t: (t.row, t.col))
+    return ", ".join(f"{t.size} {t.colour} {t.shape} {t.where}" for t in things)

@@ -162,8 +162,22 @@ def compress(ov_model, role: str, compression: Compression):
     import nncf
 
     nncf.set_log_level(logging.ERROR)  # its tables and bars would bury our own progress; weight_precisions() says it
-    with contextlib.redirect_stdout(io.StringIO()):
+    with quiet_rich(), contextlib.redirect_stdout(io.StringIO()):
         return _compress(nncf, ov_model, role, compression)
+
+
+@contextlib.contextmanager
+def quiet_rich():
+    """NNCF draws progress bars on rich's global console, which in Jupyter means new Output widgets."""
+    import rich
+
+    console = rich.get_console()
+    saved = dict(console.__dict__)
+    rich.reconfigure(file=io.StringIO(), force_jupyter=False, force_terminal=False)
+    try:
+        yield
+    finally:
+        console.__dict__ = saved
 
 
 def _compress(nncf, ov_model, role: str, compression: Compression):

@@ -64,8 +64,11 @@ def _open_bytes(data: bytes, where: str) -> Image.Image:
     try:
         image = Image.open(io.BytesIO(data))
         image.load()  # decode now, so a truncated file fails here and not deep in preprocessing
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
-        raise MvlmError(f"{where} is not a readable picture ({error}); pass a PNG, JPEG or other picture file.")
+    except UnidentifiedImageError:
+        raise MvlmError(f"{where} is not a readable picture (unknown format); pass a PNG, JPEG or other picture file.") from None
+    except (OSError, SyntaxError, ValueError) as error:  # truncated or damaged: PIL's reason helps here
+        reason = str(error).split(" <")[0]
+        raise MvlmError(f"{where} is not a readable picture ({reason}); pass a PNG, JPEG or other picture file.") from None
     return image
 
 

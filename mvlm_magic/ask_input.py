@@ -1,0 +1,65 @@
+"""What a `%%mvlm_ask` cell asks about: the picture its line names, and its question with `{name}`s filled in."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from pathlib import Path
+from typing import Any, Mapping
+
+from .errors import MvlmError
+
+PLACEHOLDER = re.compile(r"\{\{|\}\}|\{([A-Za-z_]\w*)\}")
+PICTURE_TYPES = "a PIL image, a numpy array (HxW or HxWx3), a path string or bytes"
+
+
+def expand_question(text: str, namespace: Mapping[str, Any]) -> str:
+    """`{name}` -> str(namespace[name]); unknown names stay as written, `{{` and `}}` give single braces."""
+
+    def fill(match: re.Match) -> str:
+        token, name = match.group(0), match.group(1)
+        if name is None:
+            return token[0]
+        return str(namespace[name]) if name in namespace else token
+
+    return PLACEHOLDER.sub(fill, text)
+
+
+def resolve_image(name: str | None, namespace: Mapping[str, Any], last_displayed=None):
+    """The picture for `%%mvlm_ask [name]` as a PIL image, and words saying where it came from.
+
+    No name: the last image displayed. A name in the namespace: that variable. Otherwise: a file path.
+    """
+    from .runtime.preprocess import load_image  # numpy + Pillow only
+
+    if not name:
+        if last_displayed is None:
+            raise MvlmError("no image displayed yet; show one first (display(img), or img as a cell's last line) "
+                            "or name it: %%mvlm_ask img")
+        return load_image(last_displayed), "the last image displayed"
+    if name in namespace:
+        value = namespace[name]
+        if not is_picture_like(value):
+            raise MvlmError(f"variable {name!r} holds a {type(value).__name__} object, not a picture; pass {PICTURE_TYPES}.")
+        try:
+            return load_image(value), f"variable {name}"
+        except MvlmError as error:
+            raise MvlmError(f"variable {name!r}: {error}") from None
+    path = Path(name).expanduser()
+    if not path.exists() and name.isidentifier():
+        raise MvlmError(f"unknown variable {name!r} (and no file of that name); define it first or give a path.")
+    return load_image(path), str(path)
+
+
+def is_picture_like(value) -> bool:
+    if isinstance(value, (str, Path, bytes, bytearray, memoryview)):
+        return True
+    return hasattr(value, "getbands") or hasattr(value, "__array_interface__")
+
+
+def image_key(image) -> str:
+    """A fingerprint of the picture's pixels: the same content asked about again continues the chat."""
+    digest = hashlib.blake2b(digest_size=16)
+    digest.update(f"{image.mode}{image.size}".encode())
+    digest.update(image.tobytes())
+    return digest.hexdigest()

@@ -1,0 +1,140 @@
+"""Exact-answer accuracy of the nano model on held-out pictures: torch, and OpenVINO at fp16 / int8 / int4.
+
+    python -m mvlm_magic.nano.evaluate                       # 600 questions, all four columns
+    python -m mvlm_magic.nano.evaluate --questions 200 --columns int8
+
+The held-out questions come from seeds that training never draws (shapes.HELDOUT_SEEDS). An answer
+counts when the decoded text equals the expected answer exactly. The OpenVINO columns go through the
+product path: `load_engine(folder, compression, precision="f32")` then `engine.ask(picture, question)`,
+greedy, as a user would get it (f32 compute so that the columns differ only by weight compression).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+from . import shapes
+
+COLUMNS = ("torch", "fp16", "int8", "int4")
+MAX_NEW_TOKENS = 24
+
+
+def default_model() -> Path:
+    from ..bundled import BUNDLED_DIR
+
+    return BUNDLED_DIR
+
+
+def score(answer: Callable[[object, str], str], questions, log=None) -> dict:
+    """Run `answer(picture, question)` over (seed, kind, question, expected) tuples; accuracy overall and
+    per question kind, plus every answer given (for agreement between columns)."""
+    per_kind: dict[str, list[int]] = {}
+    answers = []
+    picture, picture_seed = None, None
+    started = time.perf_counter()
+    for i, (seed, kind, question, expected) in enumerate(questions):
+        if seed != picture_seed:
+            picture, picture_seed = shapes.picture(seed)[0], seed
+        got = answer(picture, question)
+        answers.append(got)
+        per_kind.setdefault(kind, []).append(int(got == expected))
+        if log and (i + 1) % 100 == 0:
+            done = sum(sum(v) for v in per_kind.values())
+            log(f"  {i + 1}/{len(questions)}  {done / (i + 1):.3f}")
+    n = sum(len(v) for v in per_kind.values())
+    return {
+        "questions": n,
+        "correct": sum(sum(v) for v in per_kind.values()),
+        "accuracy": sum(sum(v) for v in per_kind.values()) / max(1, n),
+        "per_kind": {k: round(sum(v) / len(v), 4) for k, v in sorted(per_kind.items())},
+        "seconds": round(time.perf_counter() - started, 1),
+        "answers": answers,
+    }
+
+
+def torch_answerer(folder: Path) -> Callable[[object, str], str]:
+    import torch
+
+    from ..model.mobilevlm import MobileVLM
+    from ..runtime.preprocess import preprocess_image
+    from ..runtime.tokenizer import Tokenizer, build_conversation, tokenize_with_image
+
+    model = MobileVLM.from_folder(folder, dtype=torch.float32)
+    tokenizer = Tokenizer.from_folder(folder)
+
+    def answer(picture, question: str) -> str:
+        ids = tokenize_with_image(tokenizer, build_conversation(question))
+        pixel_values = torch.from_numpy(preprocess_image(picture))
+        new_ids = model.generate(ids, pixel_values, max_new_tokens=MAX_NEW_TOKENS, eos_token_id=tokenizer.eos_id)
+        return tokenizer.decode(new_ids).strip()
+
+    return answer
+
+
+def openvino_answerer(folder: Path, compression: str, cache_dir=None, precision: str = "f32"):
+    from ..loader import load_engine
+
+    engine = load_engine(folder, compression, precision=precision, cache_dir=cache_dir)
+
+    def answer(picture, question: str) -> str:
+        return engine.ask(picture, question, max_new_tokens=MAX_NEW_TOKENS).text
+
+    return answer
+
+
+def evaluate(folder: Path, n_questions: int = 600, columns=COLUMNS, cache_dir=None, log=print) -> dict:
+    questions = shapes.heldout_questions(n_questions)
+    results: dict[str, dict] = {}
+    for column in columns:
+        log(f"{column}: {len(questions)} held-out questions")
+        answerer = torch_answerer(folder) if column == "torch" else openvino_answerer(folder, column, cache_dir)
+        results[column] = score(answerer, questions, log)
+        log(f"{column}: accuracy {results[column]['accuracy']:.4f} {results[column]['per_kind']} "
+            f"({results[column]['seconds']} s)")
+    if "torch" in results:
+        reference = results["torch"]["answers"]
+        for column, result in results.items():
+            result["agreement_with_torch"] = sum(a == b for a, b in zip(result["answers"], reference)) / len(reference)
+    return {"model": str(folder), "questions": [list(q) for q in questions], "results": results}
+
+
+def table(report: dict) -> str:
+    results = report["results"]
+    kinds = sorted({k for r in results.values() for k in r["per_kind"]})
+    lines = ["| column | accuracy | correct | " + " | ".join(kinds) + " | same answer as torch |",
+             "|---|---|---|" + "---|" * len(kinds) + "---|"]
+    for column, r in results.items():
+        agreement = r.get("agreement_with_torch")
+        lines.append(f"| {column} | {100 * r['accuracy']:.1f}% | {r['correct']}/{r['questions']} | "
+                     + " | ".join(f"{100 * r['per_kind'].get(k, 0):.1f}" for k in kinds)
+                     + f" | {'' if agreement is None else f'{100 * agreement:.1f}%'} |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", type=Path, default=None, help="checkpoint folder (default: the bundled model)")
+    parser.add_argument("--questions", type=int, default=600)
+    parser.add_argument("--columns", default=",".join(COLUMNS), help="comma-separated: torch,fp16,int8,int4")
+    parser.add_argument("--cache-dir", type=Path, default=None)
+    parser.add_argument("--json", type=Path, default=None, help="write the full report here")
+    args = parser.parse_args(argv)
+    folder = args.model or default_model()
+    columns = [c.strip() for c in args.columns.split(",") if c.strip()]
+    unknown = [c for c in columns if c not in COLUMNS]
+    if unknown:
+        parser.error(f"unknown column(s) {unknown}; choose from {', '.join(COLUMNS)}")
+    report = evaluate(folder, args.questions, columns, args.cache_dir, log=lambda m: print(m, flush=True))
+    print(table(report))
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,395 @@
+"""Train the nano MobileVLM that ships in mvlm_magic/data/nano, from scratch, on this CPU.
+
+    python -m mvlm_magic.nano.train --out mvlm_magic/data/nano
+
+The model is MobileVLM V2 at small width: a CLIP ViT at 336 px / patch 14 (577 tokens, the real
+preprocessing), the LDPv2 projector to 144 tokens, a few-layer LLaMA, a SentencePiece tokenizer trained
+on the question/answer corpus, prompt template v1. It is saved in the mtgv checkpoint layout
+(config.json with model_type "mobilevlm", pytorch_model.bin in bf16 under the real key names), so the
+same loader, exporter and runtime serve it as they serve mtgv/MobileVLM_V2-1.7B.
+
+Training is LLaVA-style SFT on single-turn chats: the prompt is exactly the one the runtime builds
+(`build_conversation` + `tokenize_with_image`), the pixels exactly `preprocess_image`'s, and only the
+answer tokens and the closing `</s>` carry loss. Every picture is drawn on the fly from its seed
+(training seeds and held-out seeds never overlap, see shapes.py). Everything is seeded; with the same
+versions of torch and the same thread count the run reproduces the shipped weights.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import math
+import random
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import sentencepiece as spm
+import torch
+import torch.nn.functional as F
+
+from ..model.config import MobileVLMConfig
+from ..model.mobilevlm import IMAGE_TOKEN_INDEX, MobileVLM
+from ..model.tiny import TinySpec, save_weights, tiny_config
+from ..runtime.preprocess import CLIP_MEAN, CLIP_STD, preprocess_image
+from ..runtime.tokenizer import SYSTEM, Tokenizer, build_conversation, tokenize_with_image
+from . import shapes
+
+MODEL_ID = "mvlm-magic/nano-mobilevlm"
+
+
+@dataclass
+class TrainConfig:
+    # model
+    hidden_size: int = 128
+    intermediate_size: int = 384
+    num_hidden_layers: int = 3
+    num_attention_heads: int = 4
+    vision_hidden_size: int = 64
+    vision_layers: int = 3  # layer -2 feeds the projector, so the last layer is unused (as in the real models)
+    vision_heads: int = 2
+    vision_intermediate_size: int = 256
+    vocab_size: int = 512
+    # optimisation
+    steps: int = 1000
+    images_per_step: int = 8
+    questions_per_image: int = 8
+    lr: float = 2e-3
+    min_lr_ratio: float = 0.05
+    warmup_steps: int = 60
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    seed: int = 0
+    threads: int = 2
+    eval_every: int = 200
+    eval_questions: int = 60
+
+
+# --- tokenizer ---------------------------------------------------------------------------------
+
+
+def tokenizer_corpus(seed: int) -> list[str]:
+    rng = random.Random(seed)
+    texts = [SYSTEM, "USER:", "ASSISTANT:"] + shapes.corpus_texts()
+    for s in range(400):
+        for _, question, answer in shapes.make_scene(10_000_000 + s).questions:
+            if rng.random() < 0.3:
+                texts.append(build_conversation([(question, answer)]))
+    return texts
+
+
+def train_tokenizer(folder: Path, vocab_size: int, seed: int) -> Tokenizer:
+    """A LLaMA-style SentencePiece model on the QA corpus (same trainer settings as model/tiny_tokenizer.py)."""
+    model = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(tokenizer_corpus(seed)),
+        model_writer=model,
+        vocab_size=vocab_size,
+        model_type="bpe",
+        byte_fallback=True,
+        character_coverage=1.0,
+        unk_id=0,
+        bos_id=1,
+        eos_id=2,
+        pad_id=-1,
+        normalization_rule_name="identity",
+        remove_extra_whitespaces=False,
+        add_dummy_prefix=True,
+        split_digits=True,
+        allow_whitespace_only_pieces=True,
+        num_threads=1,
+        shuffle_input_sentence=False,
+        minloglevel=2,
+    )
+    (folder / "tokenizer.model").write_bytes(model.getvalue())
+    added = {"lstrip": False, "normalized": True, "rstrip": False, "single_word": False}
+    config = {
+        "add_bos_token": True,
+        "add_eos_token": False,
+        "bos_token": {"__type": "AddedToken", **added, "content": "<s>"},
+        "clean_up_tokenization_spaces": False,
+        "eos_token": {"__type": "AddedToken", **added, "content": "</s>"},
+        "model_max_length": 2048,
+        "pad_token": None,
+        "padding_side": "right",
+        "sp_model_kwargs": {},
+        "tokenizer_class": "LlamaTokenizer",
+        "unk_token": {"__type": "AddedToken", **added, "content": "<unk>"},
+    }
+    special = {"bos_token": {**added, "content": "<s>"}, "eos_token": {**added, "content": "</s>"},
+               "pad_token": "<unk>", "unk_token": {**added, "content": "<unk>"}}
+    _write_json(folder / "tokenizer_config.json", config)
+    _write_json(folder / "special_tokens_map.json", special)
+    return Tokenizer.from_folder(folder)
+
+
+def _write_json(path: Path, data: dict) -> None:
+    path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+
+# --- data --------------------------------------------------------------------------------------
+
+
+def prompt_ids(tokenizer: Tokenizer, question: str) -> list[int]:
+    """The ids the runtime feeds for a single-turn question (with -200 for the picture)."""
+    return tokenize_with_image(tokenizer, build_conversation(question))
+
+
+def answer_ids(tokenizer: Tokenizer, question: str, answer: str) -> list[int]:
+    """The ids of `answer` as they follow the prompt when the whole chat is tokenized (plus EOS)."""
+    prompt = prompt_ids(tokenizer, question)
+    full = tokenize_with_image(tokenizer, build_conversation([(question, answer)]))  # ends "... answer</s>"
+    if full[: len(prompt)] != prompt or full[-1] != tokenizer.eos_id:
+        raise AssertionError(f"answer tokens do not extend the prompt for {question!r} -> {answer!r}")
+    return full[len(prompt):]
+
+
+_MEAN = np.asarray(CLIP_MEAN, np.float32)
+_STD = np.asarray(CLIP_STD, np.float32)
+
+
+def pixels(image) -> np.ndarray:
+    """(3, 336, 336) float32, identical to preprocess_image for a 336 x 336 RGB picture, but faster."""
+    array = np.asarray(image)
+    scaled = (array * (1 / 255)).astype(np.float32)
+    return ((scaled - _MEAN) / _STD).transpose(2, 0, 1)
+
+
+class Batches:
+    """Seeded training batches: B fresh pictures, up to Q questions each, drawn from TRAIN_SEEDS."""
+
+    def __init__(self, tokenizer: Tokenizer, config: TrainConfig):
+        self.tokenizer, self.config = tokenizer, config
+        self.rng = np.random.default_rng(config.seed)
+        self.next_seed = shapes.TRAIN_SEEDS.start
+        self.cache: dict[str, tuple[list[int], list[int]]] = {}
+
+    def encode(self, question: str, answer: str) -> tuple[list[int], list[int]]:
+        key = question + "\x00" + answer
+        if key not in self.cache:
+            self.cache[key] = (prompt_ids(self.tokenizer, question), answer_ids(self.tokenizer, question, answer))
+        return self.cache[key]
+
+    def __next__(self):
+        config = self.config
+        images, samples = [], []
+        for b in range(config.images_per_step):
+            seed = self.next_seed
+            self.next_seed += 1
+            assert seed in shapes.TRAIN_SEEDS
+            image, qa = shapes.picture(seed)
+            images.append(pixels(image))
+            picks = self.rng.permutation(len(qa))[: config.questions_per_image]
+            for i in picks:
+                _, question, answer = qa[i]
+                samples.append((b, *self.encode(question, answer)))
+        return torch.from_numpy(np.stack(images)), samples
+
+
+def train_image_features(model: MobileVLM, pixel_values: torch.Tensor) -> torch.Tensor:
+    """`get_image_features` without running the last CLIP layer, whose output layer -2 never uses.
+
+    The CLIP layers are called one by one (swapping the layer list would confuse transformers' lazily
+    installed output hooks); `check_image_features` shows the result equals `get_image_features`.
+    """
+    tower = model.vision_tower
+    tower = tower.vision_model if hasattr(tower, "vision_model") else tower
+    hidden = tower.pre_layrnorm(tower.embeddings(pixel_values))
+    layers = tower.encoder.layers
+    for layer in layers[: len(layers) + 1 + model.config.vision_select_layer]:
+        out = layer(hidden, None)
+        hidden = out[0] if isinstance(out, tuple) else out
+    return model.mm_projector(hidden[:, 1:])  # (B, 144, C)
+
+
+def loss_fn(model: MobileVLM, pixel_values: torch.Tensor, samples) -> torch.Tensor:
+    """Mean cross-entropy over answer tokens + EOS for a batch of (image index, prompt ids, answer ids).
+
+    All questions about one picture are packed into one row: the shared prefix (system text + the 144
+    image tokens) once, then each question + answer, with a mask that lets every question see the prefix
+    and itself only, and position ids that restart after the prefix for every question. Causal attention
+    makes this exactly the loss of the separate single-turn sequences (see `reference_loss`), at a
+    fraction of the cost.
+    """
+    features = train_image_features(model, pixel_values)  # (B, 144, C)
+    n_images, n_image_tokens = features.shape[:2]
+    prefixes = {tuple(p[: p.index(IMAGE_TOKEN_INDEX)]) for _, p, _ in samples}
+    assert len(prefixes) == 1, "every prompt starts with the same system text"
+    prefix = list(prefixes.pop())
+    shared = len(prefix) + n_image_tokens
+    tails: list[list[tuple[list[int], int]]] = [[] for _ in range(n_images)]
+    for image_index, prompt, answer in samples:
+        tails[image_index].append((prompt[prompt.index(IMAGE_TOKEN_INDEX) + 1:] + answer, len(answer)))
+    length = shared + max(sum(len(t) for t, _ in row) for row in tails)
+    ids = torch.zeros(n_images, length - shared, dtype=torch.long)
+    positions = torch.arange(length).repeat(n_images, 1)
+    target = torch.full((n_images, length), -100, dtype=torch.long)
+    segment = torch.full((n_images, length), -1, dtype=torch.long)  # -1 prefix, j >= 0 question j, -2 padding
+    for b, row in enumerate(tails):
+        at = shared
+        segment[b, at:] = -2
+        for j, (tail, n_answer) in enumerate(row):
+            ids[b, at - shared: at - shared + len(tail)] = torch.tensor(tail)
+            positions[b, at: at + len(tail)] = torch.arange(shared, shared + len(tail))
+            target[b, at + len(tail) - n_answer: at + len(tail)] = torch.tensor(tail[-n_answer:])
+            segment[b, at: at + len(tail)] = j
+            at += len(tail)
+    causal = torch.ones(length, length, dtype=torch.bool).tril()
+    query, key = segment[:, :, None], segment[:, None, :]
+    visible = causal & ((key == -1) | (key == query))
+    visible |= torch.eye(length, dtype=torch.bool)  # padding rows attend to themselves (no empty softmax)
+    embeds = torch.cat([model.embed_tokens(torch.tensor([prefix])).expand(n_images, -1, -1), features,
+                        model.embed_tokens(ids)], dim=1)
+    hidden = model.language_model.model(inputs_embeds=embeds, attention_mask=visible[:, None],
+                                        position_ids=positions).last_hidden_state
+    next_labels = target[:, 1:]  # position t predicts token t+1 (never across questions: see the targets)
+    keep = next_labels != -100
+    logits = model.language_model.lm_head(hidden[:, :-1][keep])
+    return F.cross_entropy(logits, next_labels[keep])
+
+
+def reference_loss(model: MobileVLM, pixel_values: torch.Tensor, samples) -> torch.Tensor:
+    """The same loss over full, independent sequences (slow; used to check `loss_fn`)."""
+    features = model.get_image_features(pixel_values)
+    losses = []
+    for image_index, prompt, answer in samples:
+        ids = prompt + answer
+        at = ids.index(IMAGE_TOKEN_INDEX)
+        embeds = torch.cat([model.embed_tokens(torch.tensor(ids[:at])), features[image_index],
+                            model.embed_tokens(torch.tensor(ids[at + 1:]))])[None]
+        logits = model.language_model(inputs_embeds=embeds).logits[0]
+        n = len(answer)
+        losses.append(F.cross_entropy(logits[-n - 1:-1], torch.tensor(answer), reduction="sum"))
+    return torch.stack(losses).sum() / sum(len(a) for _, _, a in samples)
+
+
+# --- evaluation (torch, greedy) ------------------------------------------------------------------
+
+
+@torch.no_grad()
+def torch_answer(model: MobileVLM, tokenizer: Tokenizer, image, question: str, max_new_tokens: int = 24) -> str:
+    pixel_values = torch.from_numpy(preprocess_image(image))
+    new_ids = model.generate(prompt_ids(tokenizer, question), pixel_values, max_new_tokens=max_new_tokens,
+                             eos_token_id=tokenizer.eos_id)
+    return tokenizer.decode(new_ids).strip()
+
+
+@torch.no_grad()
+def quick_accuracy(model: MobileVLM, tokenizer: Tokenizer, n: int) -> tuple[float, dict]:
+    model.eval()
+    per_kind: dict[str, list[int]] = {}
+    pictures: dict[int, object] = {}
+    for seed, kind, question, answer in shapes.heldout_questions(n):
+        if seed not in pictures:
+            pictures = {seed: shapes.picture(seed)[0]}
+        got = torch_answer(model, tokenizer, pictures[seed], question)
+        per_kind.setdefault(kind, []).append(int(got == answer))
+    model.train()
+    total = sum(sum(v) for v in per_kind.values()) / max(1, sum(len(v) for v in per_kind.values()))
+    return total, {k: round(sum(v) / len(v), 3) for k, v in per_kind.items()}
+
+
+# --- main --------------------------------------------------------------------------------------
+
+
+def build_model(config: TrainConfig, vocab_size: int) -> tuple[MobileVLM, dict]:
+    spec = TinySpec(projector_type="ldpnetv2", hidden_size=config.hidden_size,
+                    intermediate_size=config.intermediate_size, num_hidden_layers=config.num_hidden_layers,
+                    num_attention_heads=config.num_attention_heads, vision_hidden_size=config.vision_hidden_size,
+                    vision_layers=config.vision_layers, vision_heads=config.vision_heads,
+                    vision_intermediate_size=config.vision_intermediate_size, context_length=512)
+    model_config = tiny_config(spec, vocab_size)
+    model_config["_name_or_path"] = MODEL_ID
+    torch.manual_seed(config.seed)
+    model = MobileVLM(MobileVLMConfig.from_dict(model_config))
+    return model, model_config
+
+
+def lr_at(step: int, config: TrainConfig) -> float:
+    if step < config.warmup_steps:
+        return config.lr * (step + 1) / config.warmup_steps
+    progress = (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps)
+    return config.lr * (config.min_lr_ratio + (1 - config.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def save_checkpoint(model: MobileVLM, model_config: dict, folder: Path) -> None:
+    state = {k: v.detach().to(torch.bfloat16) for k, v in model.checkpoint_state().items()}
+    for old in folder.glob("pytorch_model*.bin"):
+        old.unlink()
+    save_weights(state, folder, "bin")
+    (folder / "config.json").write_text(json.dumps(model_config, indent=2) + "\n")
+    (folder / "generation_config.json").write_text(json.dumps(
+        {"_from_model_config": True, "bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 0,
+         "transformers_version": "4.33.1"}, indent=2) + "\n")
+
+
+def train(out: Path, config: TrainConfig, max_minutes: float | None = None, log=print) -> dict:
+    started = time.perf_counter()
+    torch.set_num_threads(config.threads)
+    torch.manual_seed(config.seed)
+    random.seed(config.seed)
+    np.random.seed(config.seed)
+    out.mkdir(parents=True, exist_ok=True)
+    tokenizer = train_tokenizer(out, config.vocab_size, config.seed)
+    model, model_config = build_model(config, tokenizer.vocab_size)
+    n_params = sum(p.numel() for p in model.parameters())
+    log(f"model: {n_params / 1e6:.2f} M parameters, vocab {tokenizer.vocab_size}; {config}")
+    decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and "embed" not in n]
+    no_decay = [p for n, p in model.named_parameters() if not (p.dim() >= 2 and "embed" not in n)]
+    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": config.weight_decay},
+                                   {"params": no_decay, "weight_decay": 0.0}], lr=config.lr, betas=(0.9, 0.98))
+    batches = Batches(tokenizer, config)
+    model.train()
+    history = []
+    smoothed = None
+    for step in range(config.steps):
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(step, config)
+        pixel_values, samples = next(batches)
+        loss = loss_fn(model, pixel_values, samples)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+        optimizer.step()
+        smoothed = loss.item() if smoothed is None else 0.95 * smoothed + 0.05 * loss.item()
+        elapsed = time.perf_counter() - started
+        if step % 25 == 0 or step == config.steps - 1:
+            log(f"step {step:5d}  loss {loss.item():.4f}  (avg {smoothed:.4f})  lr {lr_at(step, config):.2e}  "
+                f"{elapsed / 60:.1f} min")
+        if config.eval_every and (step + 1) % config.eval_every == 0 and step + 1 < config.steps:
+            accuracy, per_kind = quick_accuracy(model, tokenizer, config.eval_questions)
+            log(f"  held-out accuracy (torch, {config.eval_questions} questions): {accuracy:.3f} {per_kind}")
+            history.append({"step": step + 1, "accuracy": accuracy, "per_kind": per_kind})
+        if max_minutes and elapsed > max_minutes * 60:
+            log(f"stopping early at step {step + 1}: the {max_minutes} minute budget is spent")
+            break
+    save_checkpoint(model, model_config, out)
+    model = MobileVLM.from_folder(out)  # the shipped (bf16) weights, as the loader reads them
+    accuracy, per_kind = quick_accuracy(model, tokenizer, config.eval_questions)
+    minutes = (time.perf_counter() - started) / 60
+    log(f"final held-out accuracy (torch, bf16 weights, {config.eval_questions} questions): {accuracy:.3f} {per_kind}")
+    log(f"done in {minutes:.1f} min; saved to {out}")
+    summary = {"config": asdict(config), "parameters": n_params, "minutes": round(minutes, 1),
+               "steps_done": step + 1, "final_loss": smoothed, "quick_accuracy": accuracy, "per_kind": per_kind,
+               "history": history, "torch": torch.__version__}
+    (out / "training.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parents[1] / "data" / "nano")
+    parser.add_argument("--minutes", type=float, default=None, help="stop early after this many minutes")
+    defaults = TrainConfig()
+    for name, value in asdict(defaults).items():
+        parser.add_argument("--" + name.replace("_", "-"), type=type(value), default=value)
+    args = parser.parse_args(argv)
+    config = TrainConfig(**{k: getattr(args, k) for k in asdict(defaults)})
+    train(args.out, config, args.minutes, log=lambda m: print(m, flush=True))
+
+
+if __name__ == "__main__":
+    main()

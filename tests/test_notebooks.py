@@ -1,0 +1,69 @@
+"""Every notebook in examples/ runs top to bottom in a real kernel (nbclient), and its saved widget state holds the answers.
+
+nbclient is a client that cannot press buttons (it sends allow_stdin=False), so the magics run the
+answers blocking there and the widget state it records is final.
+"""
+
+from __future__ import annotations
+
+import html
+import shutil
+from pathlib import Path
+
+import nbformat
+import pytest
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+NOTEBOOKS = sorted(EXAMPLES.glob("*.ipynb"))
+WIDGET_STATE = "application/vnd.jupyter.widget-state+json"
+
+
+def execute(path: Path, workdir: Path) -> nbformat.NotebookNode:
+    from nbclient import NotebookClient
+
+    notebook = nbformat.read(path, as_version=4)
+    NotebookClient(notebook, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(workdir)}}).execute()
+    return notebook
+
+
+def stream_text(cell) -> str:
+    return "".join(output.get("text", "") for output in cell.outputs if output.output_type == "stream")
+
+
+def html_values(notebook) -> list[str]:
+    state = notebook.metadata["widgets"][WIDGET_STATE]["state"]
+    return [model["state"].get("value", "") for model in state.values() if model["model_name"] == "HTMLModel"]
+
+
+@pytest.fixture
+def kernel_cache(tmp_path, checkpoint, monkeypatch):
+    """The kernel inherits MVLM_CACHE; the tiny checkpoint is put where the notebooks look for it."""
+    cache = tmp_path / "cache"
+    shutil.copytree(checkpoint("v2"), cache / "tiny-random-mobilevlm")
+    monkeypatch.setenv("MVLM_CACHE", str(cache))
+    monkeypatch.setenv("IPYTHONDIR", str(tmp_path / "ipython"))
+    return cache
+
+
+def test_there_is_a_classroom_notebook():
+    assert EXAMPLES / "classroom.ipynb" in NOTEBOOKS
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_notebook_runs_and_saves_the_answers_in_the_widget_state(path, tmp_path, kernel_cache):
+    notebook = execute(path, tmp_path)
+    values = html_values(notebook)
+    assert values, "no widget state was saved"
+    if path.name == "classroom.ipynb":
+        check = next(c for c in notebook.cells if c.cell_type == "code" and "print(_mvlm_answer.text)" in c.source)
+        answer = stream_text(check).split("\n")[0]
+        assert answer, "the checked answer is empty"
+        assert any(html.escape(answer) in value for value in values), "the answer is not in the saved widget state"
+        asked = notebook.cells[-1]
+        panel_answer = stream_text(asked).rstrip("\n")
+        assert panel_answer and any(html.escape(panel_answer) in value for value in values)
+        # Where no widget renders (nbconvert to text, GitHub), the display's text form holds the answer too.
+        follow_up = next(c for c in notebook.cells if c.source.startswith("%%mvlm_ask --blocking"))
+        texts = [o["data"]["text/plain"] for o in follow_up.outputs if "data" in o]
+        assert any(answer in text and "tokens/s" in text for text in texts)

@@ -1,0 +1,295 @@
+"""The widgets, driven the way a student drives them: click the buttons, then read the widget state.
+
+The answers come from the real tiny exported model (noise, but real tokens streamed by the real
+engine); only the throttling test uses a synthetic stream, to get many chunks at a known pace.
+"""
+
+from __future__ import annotations
+
+import io
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+
+import pytest
+
+from mvlm_magic.widgets import AnswerView, AskPanel, LoadPanel
+
+LONG = 1500  # more tokens than any test waits for: only Stop (or a bug) ends these answers early
+
+
+def wait_until(condition, timeout=30.0, step=0.005):
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("timed out waiting")
+        time.sleep(step)
+
+
+def png_bytes(picture) -> bytes:
+    buffer = io.BytesIO()
+    picture.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="module")
+def tiny(engine):
+    return engine("v2", "fp32", "f32")
+
+
+# --- packaging ------------------------------------------------------------------------------------
+
+
+def test_installed_as_mvlm_magic_widgets_and_free_of_model_code(tmp_path):
+    # A student's own widgets.py next to the notebook must neither shadow nor break the package.
+    (tmp_path / "widgets.py").write_text("raise RuntimeError('the student widgets module was imported')\n")
+    code = textwrap.dedent("""
+        import sys
+        import mvlm_magic.widgets as w
+        assert w.__name__ == "mvlm_magic.widgets" and "widgets" not in sys.modules
+        heavy = sorted(m for m in sys.modules if m.split(".")[0] in ("openvino", "torch", "transformers", "numpy")
+                       or m.startswith(("mvlm_magic.runtime", "mvlm_magic.model", "mvlm_magic.loader")))
+        assert not heavy, heavy
+        print("ok")
+    """)
+    run = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert run.stdout.strip() == "ok", run.stderr
+
+
+# --- AnswerView -----------------------------------------------------------------------------------
+
+
+def test_answer_view_blocking_shows_the_whole_answer_and_stats(tiny, picture):
+    view = AnswerView(image=picture, question="What is this?")
+    assert view.thumbnail.value and view.thumbnail.layout.display != "none"
+    assert view.stop_button.disabled  # nothing to stop yet
+    view.stream(tiny.new_chat(picture).ask("What is this?", max_new_tokens=12), blocking=True)
+    assert view.done.is_set() and view.answer is not None
+    assert view.text == view.answer.text and len(view.answer.token_ids) == 12
+    assert view.answer.timings.summary() in view.stats.value
+    assert "tokens/s" in view.stats.value and "max tokens reached" in view.stats.value
+    assert view.stop_button.disabled
+    assert "Q: What is this?" in view._repr_mimebundle_()["text/plain"]
+
+
+def test_answer_view_streams_in_a_thread_and_stop_really_stops(tiny, picture):
+    view = AnswerView(image=picture)
+    stream = tiny.new_chat(picture).ask("Describe the picture.", max_new_tokens=LONG)
+    started = time.monotonic()
+    assert view.stream(stream) is view
+    assert time.monotonic() - started < 1.0  # returned at once; generation goes on in the background
+    wait_until(lambda: view.text)  # the first chunk has arrived
+    assert view.streaming and not view.stop_button.disabled
+    view.stop_button.click()
+    answer = view.wait(timeout=30)
+    assert answer is not None and answer.finish_reason == "stopped"
+    assert 0 < len(answer.token_ids) < LONG
+    assert view.text == answer.text
+    assert "stopped" in view.stats.value and view.stop_button.disabled and not view.error
+
+
+@dataclass
+class Timings:
+    def summary(self) -> str:
+        return "image 0 ms · first token 0 ms · 0.0 tokens/s · 0 tokens"
+
+
+@dataclass
+class FakeAnswer:
+    question: str
+    text: str
+    finish_reason: str
+    timings: Timings = field(default_factory=Timings)
+
+
+class FastStream:
+    """Many tiny chunks at a steady pace: the widget must not forward every one."""
+
+    def __init__(self, chunks=2000, pause=0.0005):
+        self.chunks, self.pause, self.stopped, self.sent = chunks, pause, threading.Event(), ""
+
+    def __iter__(self):
+        for i in range(self.chunks):
+            if self.stopped.is_set():
+                return
+            time.sleep(self.pause)
+            self.sent += f"{i % 10}"
+            yield f"{i % 10}"
+
+    def stop(self):
+        self.stopped.set()
+
+    def result(self):
+        return FakeAnswer("q", self.sent, "stopped" if self.stopped.is_set() else "max_new_tokens")
+
+
+def test_answer_view_throttles_updates_and_the_final_text_lands():
+    view = AnswerView(rate=25)
+    values = []
+    view.answer_box.observe(lambda change: values.append(change["new"]), names="value")
+    stream = FastStream()
+    started = time.monotonic()
+    view.stream(stream, blocking=True)
+    elapsed = time.monotonic() - started
+    assert len(stream.sent) == 2000
+    assert 2 <= len(values) <= 25 * elapsed + 2, (len(values), elapsed)  # ~25/s plus the final one
+    assert view.text == stream.sent and stream.sent in values[-1]
+
+
+def test_answer_view_shows_errors_as_one_line():
+    class Broken(FastStream):
+        def __iter__(self):
+            yield "partial "
+            raise RuntimeError("the device went away\nwith a long second line")
+
+    view = AnswerView()
+    view.stream(Broken())
+    view.wait(timeout=10)
+    assert view.error == "RuntimeError: the device went away"
+    assert "second line" not in view.stats.value and view.text == "partial "
+    with pytest.raises(RuntimeError):
+        AnswerView().stream(Broken(), blocking=True)  # blocking mode also raises, for the caller to report
+
+
+def test_a_second_view_waits_its_turn_visibly():
+    turn = threading.Lock()
+    first, second = AnswerView(), AnswerView()
+    slow = FastStream(chunks=400, pause=0.002)
+    first.stream(slow, lock=turn)
+    wait_until(lambda: first.text)
+    second.stream(FastStream(chunks=5), lock=turn)
+    wait_until(lambda: "waiting" in second.stats.value, timeout=5)
+    assert not second.text  # nothing interleaves while the first answer runs
+    first.stop()
+    assert second.wait(timeout=10) is not None and second.text == "01234"
+
+
+# --- LoadPanel ------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_load_panel_exports_compiles_and_fills_each_stage(checkpoint, tmp_path):
+    from mvlm_magic.loader import load_engine
+
+    loaded = []
+    panel = LoadPanel(load_engine, models=["mobilevlm-v2-1.7b"], default_model=str(checkpoint("v2")),
+                      devices=["CPU", "AUTO"], loader_options={"cache_dir": tmp_path, "precision": "f32"})
+    panel.on_loaded.append(loaded.append)
+    panel.compression.value = "int8"
+    panel.load_button.click()
+    assert panel.loading and panel.load_button.disabled
+    engine = panel.wait(timeout=240)
+    assert engine is not None and loaded == [engine] and not panel.error_message
+    for stage in ("convert", "compress", "compile"):
+        assert panel.bars[stage].bar.value == 1.0 and panel.bars[stage].bar.bar_style == "success"
+        assert panel.bars[stage].elapsed.value.endswith(" s")
+    assert panel.bars["download"].elapsed.value == "not needed"  # a local folder
+    assert "ready" in panel.message.value and "cached" not in panel.message.value
+    assert not panel.load_button.disabled
+
+    panel.load_button.click()  # the same model again: the export is reused, only compiled
+    assert panel.wait(timeout=120) is not None
+    assert "cached export: compiled only" in panel.message.value
+    assert panel.bars["convert"].elapsed.value == "not needed"
+
+
+def test_load_panel_shows_errors_as_one_line(tmp_path):
+    from mvlm_magic.loader import load_engine
+
+    panel = LoadPanel(load_engine, models=[], default_model=str(tmp_path / "no-such-model"), devices=["CPU"],
+                      loader_options={"cache_dir": tmp_path})
+    panel.load_button.click()
+    assert panel.wait(timeout=60) is None
+    assert panel.error_message and "\n" not in panel.error_message and "Traceback" not in panel.error.value
+    assert not panel.load_button.disabled
+
+    def exploding(model, **options):
+        options["progress"]("compile", None, "compiling")
+        raise RuntimeError("Exception from src/inference/src/core.cpp:100:\n[ GENERAL_ERROR ] details")
+
+    panel = LoadPanel(exploding, models=[], default_model="x", devices=["CPU"])
+    panel.load_button.click()
+    panel.wait(timeout=10)
+    assert panel.error_message == "RuntimeError: Exception from src/inference/src/core.cpp:100:"
+    assert panel.bars["compile"].bar.bar_style == "danger"
+
+    empty = LoadPanel(exploding, models=[], default_model="", devices=["CPU"])
+    empty.load_button.click()
+    assert "choose a model" in empty.error_message
+
+
+# --- AskPanel -------------------------------------------------------------------------------------
+
+
+def test_ask_panel_asks_follows_up_and_clears(tiny, picture):
+    namespace = {"img": picture, "n": 3, "text": "not a picture"}
+    panel = AskPanel(tiny, namespace, max_new_tokens=8)
+    assert [value for _, value in panel.variable.options] == ["", "img"]
+    panel.ask_button.click()
+    assert "choose a picture first" in panel.error_message and not panel.history.children
+
+    panel.variable.value = "img"
+    assert panel.image is picture and panel.preview.value
+    panel.ask_button.click()
+    assert "question is empty" in panel.error_message
+
+    panel.question.value = "What is this?"
+    panel.ask_button.click()
+    assert panel.question.value == "" and not panel.error_message
+    first = panel.view
+    assert first.wait(timeout=30) is not None and first.text == first.answer.text
+    wait_until(lambda: not panel.ask_button.disabled, timeout=5)
+    assert panel.answer is first.answer and len(panel.history.children) == 1
+
+    panel.question.value = "And what else?"
+    panel.ask_button.click()
+    panel.view.wait(timeout=30)
+    assert len(panel.session.history) == 2  # the follow-up continued the conversation
+    assert [child.question for child in panel.history.children] == ["What is this?", "And what else?"]
+
+    panel.clear_button.click()
+    assert panel.session is None and not panel.history.children and panel.image is picture
+    panel.question.value = "Again?"
+    panel.ask_button.click()
+    panel.view.wait(timeout=30)
+    assert len(panel.session.history) == 1
+
+
+def test_ask_panel_stop_button_stops(tiny, picture):
+    panel = AskPanel(tiny, image=picture, max_new_tokens=LONG)
+    panel.question.value = "Describe it."
+    panel.ask_button.click()
+    assert panel.ask_button.disabled and not panel.stop_button.disabled
+    wait_until(lambda: panel.view.text)
+    panel.stop_button.click()
+    answer = panel.view.wait(timeout=30)
+    assert answer.finish_reason == "stopped" and len(answer.token_ids) < LONG
+    wait_until(lambda: not panel.ask_button.disabled, timeout=5)
+    assert panel.stop_button.disabled
+
+
+def test_ask_panel_upload_and_errors(tiny, picture):
+    panel = AskPanel(tiny, max_new_tokens=4, blocking=True)
+    assert panel.variable.layout.display == "none"  # no namespace: only uploads
+    upload = {"name": "notes.txt", "type": "text/plain", "size": 5, "content": memoryview(b"hello"),
+              "last_modified": datetime.now(timezone.utc)}
+    panel.upload.value = (upload,)
+    assert "cannot read notes.txt as a picture" in panel.error_message and panel.image is None
+
+    data = png_bytes(picture)
+    panel.upload.value = ({**upload, "name": "shapes.png", "type": "image/png", "size": len(data),
+                           "content": memoryview(data)},)
+    assert panel.image is not None and panel.image.size == picture.size and not panel.error_message
+    assert "shapes.png" in panel.picture_note.value
+    panel.question.value = "What is this?"
+    view = panel.ask()
+    assert view.done.is_set() and len(view.answer.token_ids) == 4  # blocking: finished on return
+
+    nothing_loaded = AskPanel(None, image=picture)
+    nothing_loaded.question.value = "What is this?"
+    nothing_loaded.ask_button.click()
+    assert nothing_loaded.error_message.startswith("no model loaded")

@@ -1,0 +1,212 @@
+"""The streaming answer: one HTML widget updated at a throttled rate, a Stop button and a stats line.
+
+    view = AnswerView(image=picture, question="What is this?")
+    display(view)
+    view.stream(session.ask("What is this?"))      # returns at once; a thread consumes the stream
+    view.wait()                                    # -> the Answer, when you need it in code
+
+Why a thread: while a cell runs, the kernel queues button clicks, so a Stop button can only work if
+the cell returns while the answer is generated elsewhere. Widget trait updates are safe from a
+thread (they go out on iopub at once); printing is not (ipykernel 7 routes a thread's output to
+whichever cell happens to be running), so the thread never prints.
+
+Why throttled: each value update is a message carrying the whole text; at 25 a second the front end
+keeps up and the server's iopub rate limits stay far away. The final text always lands.
+"""
+
+from __future__ import annotations
+
+import html
+import threading
+import time
+from typing import Callable
+
+import ipywidgets as w
+
+from .messages import error_html, one_line, text_html
+from .protocol import Answer, AnswerStream
+from .thumbnail import THUMBNAIL_SIZE, thumbnail_png
+
+FINISH_NOTES = {"stopped": "stopped", "max_new_tokens": "max tokens reached", "context": "context full"}
+STATUS_STYLE = "color:#666;font-size:90%"
+
+
+class AnswerView(w.HBox):
+    """One answer as it streams. `text`, `answer`, `error`, `done` and `wait()` read its state."""
+
+    def __init__(self, image=None, question: str | None = None, *, rate: float = 25.0, show_stop: bool = True,
+                 thumbnail_size: int = THUMBNAIL_SIZE):
+        self.rate = float(rate)
+        self.question = question
+        self.thumbnail = w.Image(format="png", layout=w.Layout(max_width=f"{thumbnail_size}px", height="auto",
+                                                               margin="0 12px 0 0", flex="0 0 auto"))
+        self.set_image(image, thumbnail_size)
+        self.question_box = w.HTML(f"<b>Q:</b> {_escape(question)}" if question else "")
+        self.answer_box = w.HTML("", layout=w.Layout(width="100%"))
+        self.stop_button = w.Button(description="Stop", icon="stop", button_style="warning", disabled=True,
+                                    tooltip="stop this answer", layout=w.Layout(width="90px"))
+        self.stop_button.on_click(lambda _: self.stop())
+        if not show_stop:
+            self.stop_button.layout.display = "none"
+        self.stats = w.HTML("")
+        self.on_done: list[Callable[["AnswerView"], None]] = []  # called in the consuming thread, after `done` is set
+        self.done = threading.Event()
+        self.text = ""
+        self.answer: Answer | None = None
+        self.error = ""  # one line; empty when the answer ended normally
+        self.exception: BaseException | None = None
+        self.finished = False  # the answer (or its error) is final; `done` is set just after the last refresh
+        self.updates = 0  # how many times the answer text was sent (throttling is checked against this)
+        self._stream: AnswerStream | None = None
+        self._stop_requested = False
+        self._display_handle = None
+        controls = w.HBox([self.stop_button, self.stats], layout=w.Layout(align_items="center"))
+        body = w.VBox([self.question_box, self.answer_box, controls], layout=w.Layout(flex="1 1 auto"))
+        super().__init__([self.thumbnail, body], layout=w.Layout(align_items="flex-start", width="100%"))
+
+    def set_image(self, image, thumbnail_size: int = THUMBNAIL_SIZE) -> None:
+        png = thumbnail_png(image, thumbnail_size) if image is not None else None
+        self.thumbnail.value = png or b""
+        self.thumbnail.layout.display = None if png else "none"
+
+    @property
+    def streaming(self) -> bool:
+        return self._stream is not None and not self.done.is_set()
+
+    def stream(self, answer_stream: AnswerStream, blocking: bool = False, *, lock: threading.Lock | None = None,
+               display_handle=None) -> "AnswerView":
+        """Show `answer_stream` as it is generated.
+
+        blocking=False consumes it in a background thread and returns at once (the Stop button works);
+        blocking=True consumes it here, so the kernel's interrupt stops it and errors are raised after
+        they are shown. `lock`, if given, is held while generating: a second view waits its turn and
+        says so. `display_handle` (from `display(view, display_id=True)`) is updated with each throttled
+        refresh, for front ends without widgets that still record display updates (nbclient, nbconvert).
+        """
+        if self.streaming:
+            raise RuntimeError("this view is already showing an answer; make a new AnswerView")
+        self._stream, self._display_handle = answer_stream, display_handle
+        self._stop_requested = False
+        self.text, self.answer, self.error, self.exception = "", None, "", None
+        self.done.clear()
+        self.finished = False
+        self.stop_button.disabled = False
+        self._status("thinking…")
+        if blocking:
+            self._consume(answer_stream, lock)
+            if self.exception is not None:
+                raise self.exception
+        else:
+            threading.Thread(target=self._consume, args=(answer_stream, lock), name="mvlm-answer", daemon=True).start()
+        return self
+
+    def stop(self) -> None:
+        """Stop the answer (thread-safe); what was generated so far stays."""
+        self._stop_requested = True
+        if self._stream is not None:
+            self._stream.stop()
+
+    def wait(self, timeout: float | None = None) -> Answer | None:
+        """Block until the answer is finished; returns it (None if it failed or the wait timed out)."""
+        self.done.wait(timeout)
+        return self.answer
+
+    # --- the consuming side (background thread, or the caller's thread when blocking) ------------
+
+    def _consume(self, stream: AnswerStream, lock: threading.Lock | None) -> None:
+        acquired = started = False
+        try:
+            if lock is not None:
+                if not lock.acquire(blocking=False):
+                    self._status("waiting for the answer above to finish…")
+                    lock.acquire()
+                acquired = True
+                if self._stop_requested:
+                    stream.stop()  # Stop clicked while waiting: end before the first token
+                self._status("thinking…")
+            interval, last = 1.0 / self.rate if self.rate > 0 else 0.0, 0.0
+            started = True
+            for chunk in stream:
+                if not self.text:
+                    self._status("streaming…")
+                self.text += chunk
+                now = time.monotonic()
+                if now - last >= interval:
+                    self._show_text()
+                    last = now
+            self.answer = stream.result()
+        except KeyboardInterrupt:
+            # The kernel's interrupt reached our loop rather than the engine's: end the answer, keep what came.
+            if started:
+                self._finish_after_interrupt(stream)
+            else:
+                self.error = "interrupted while waiting for its turn"
+        except BaseException as error:  # shown as one line; re-raised by stream(blocking=True)
+            self.exception, self.error = error, one_line(error)
+        finally:
+            if self.answer is not None:
+                self.text = self.answer.text
+            self.finished = True  # before the last refresh, so its text form carries the stats line
+            self._show_text()
+            self._show_stats()
+            self.stop_button.disabled = True
+            if acquired:
+                lock.release()
+            self.done.set()
+            for callback in list(self.on_done):
+                try:
+                    callback(self)
+                except Exception as error:  # never print from here; keep the first problem visible
+                    self.error = self.error or one_line(error)
+                    self._show_stats()
+
+    def _finish_after_interrupt(self, stream: AnswerStream) -> None:
+        stream.stop()
+        try:
+            self.answer = stream.result()
+        except KeyboardInterrupt:  # a second interrupt
+            self.error = "interrupted"
+        except Exception as error:
+            self.error = one_line(error)
+
+    def _show_text(self) -> None:
+        self.answer_box.value = text_html(self.text)
+        self.updates += 1
+        if self._display_handle is not None:
+            self._display_handle.update(self)
+
+    def _status(self, message: str) -> None:
+        self.stats.value = f'<span style="{STATUS_STYLE}">{_escape(message)}</span>'
+
+    def _show_stats(self) -> None:
+        if self.error:
+            self.stats.value = error_html(self.error)
+        elif self.answer is not None:
+            note = FINISH_NOTES.get(self.answer.finish_reason)
+            summary = self.answer.timings.summary()
+            self._status(f"{note} · {summary}" if note else summary)
+        else:
+            self._status("interrupted")
+
+    # --- a text form of the view, for outputs saved where no widget renders (nbconvert, plain IPython) ---
+
+    def plain_text(self) -> str:
+        lines = [f"Q: {self.question}"] if self.question else []
+        lines.append(self.text or ("" if self.finished else "…"))
+        if self.finished:
+            if self.error:
+                lines.append(f"[{self.error}]")
+            elif self.answer is not None:
+                note = FINISH_NOTES.get(self.answer.finish_reason)
+                lines.append(f"[{note + ' · ' if note else ''}{self.answer.timings.summary()}]")
+        return "\n".join(lines)
+
+    def _repr_mimebundle_(self, **kwargs):
+        bundle = super()._repr_mimebundle_(**kwargs)
+        if bundle:
+            bundle["text/plain"] = self.plain_text()
+        return bundle
+
+
+def _escape(text: str | None) -> str:
+    return html.escape(text or "")

@@ -1,0 +1,44 @@
+"""What the panels offer when nothing is passed in: mvlm_magic's loader, presets, devices and bundled model.
+
+This is the one place that knows about `mvlm_magic`, and it imports it only when a panel is built
+without those arguments, so the widgets themselves stay free of model code (and work with any
+engine that follows `protocol.py`).
+"""
+
+from __future__ import annotations
+
+COMPRESSIONS = [("INT4", "int4"), ("INT8", "int8"), ("FP16", "fp16")]
+FALLBACK_DEVICES = ["CPU", "AUTO"]
+
+
+def default_loader():
+    from mvlm_magic.loader import load_engine
+
+    return load_engine
+
+
+def model_choices() -> list[str]:
+    try:
+        from mvlm_magic.model.checkpoint import PRESETS
+    except ImportError:
+        return []
+    return list(PRESETS)
+
+
+def device_choices() -> list[str]:
+    try:
+        from mvlm_magic.runtime.device import available_devices
+
+        return available_devices()
+    except Exception:  # no OpenVINO here: still offer the names every install understands
+        return list(FALLBACK_DEVICES)
+
+
+def bundled_model() -> tuple[str | None, str]:
+    """(the bundled model's folder or None, why there is none)."""
+    try:
+        from mvlm_magic.bundled import bundled_model as find
+
+        return str(find()), ""
+    except Exception as error:  # MvlmError: no bundled model in this version
+        return None, str(error)

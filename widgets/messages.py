@@ -1,0 +1,23 @@
+"""Turning exceptions into the one line a student reads (no traceback in a widget)."""
+
+from __future__ import annotations
+
+import html
+
+
+def one_line(error: BaseException) -> str:
+    """The first line of the message; the type name is added when the message alone says too little."""
+    text = str(error).strip().splitlines()[0].strip() if str(error).strip() else ""
+    # Our own errors (MvlmError, UsageError) carry user messages; anything else is named so it can be searched.
+    if type(error).__name__ in ("MvlmError", "UsageError") and text:
+        return text
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
+
+
+def error_html(message: str) -> str:
+    return f'<span style="color:#b00020">⚠ {html.escape(message)}</span>' if message else ""
+
+
+def text_html(text: str) -> str:
+    """Answer text as HTML that keeps line breaks and wraps long lines."""
+    return f'<div style="white-space:pre-wrap;word-break:break-word">{html.escape(text)}</div>'
