@@ -78,7 +78,9 @@ def convert_text_embeddings(model):
     return ov_model
 
 
-def convert_language_model(model):
+def convert_language_model(model, stateful: bool = True):
+    """The language model with its KV cache as OpenVINO state (or, stateful=False, as explicit
+    past_key_values.* inputs and present.* outputs, the reference notebook's design)."""
     import openvino as ov
     import torch
     from transformers.cache_utils import DynamicCache
@@ -121,7 +123,8 @@ def convert_language_model(model):
     past_names = [f"past_key_values.{i}.{kind}" for i in range(n_layers) for kind in ("key", "value")]
     present_names = [f"present.{i}.{kind}" for i in range(n_layers) for kind in ("key", "value")]
     name_ports(ov_model, ["inputs_embeds", "attention_mask", "position_ids", *past_names], ["logits", *present_names])
-    make_stateful(ov_model, dict(zip(past_names, present_names)))
+    if stateful:
+        make_stateful(ov_model, dict(zip(past_names, present_names)))
     return ov_model
 
 

@@ -124,8 +124,8 @@ class MobileVLM(nn.Module):
 
     @torch.no_grad()
     def generate(self, input_ids: list[int], pixel_values: torch.Tensor | None, max_new_tokens: int = 32,
-                 eos_token_id: int = 2) -> list[int]:
-        """Greedy decoding with a KV cache, as the official `generate(temperature=0)` does."""
+                 eos_token_id: int | None = 2) -> list[int]:
+        """Greedy decoding with a KV cache, as the official `generate(temperature=0)` does (no EOS stop if None)."""
         features = None if pixel_values is None else self.get_image_features(pixel_values)
         embeds = self.build_inputs_embeds(list(input_ids), features)  # (1, L, C)
         out = self.language_model(inputs_embeds=embeds, use_cache=True)

@@ -64,6 +64,7 @@ class TrainConfig:
     grad_clip: float = 1.0
     seed: int = 0
     threads: int = 2
+    curriculum_steps: int = 150  # first steps: pictures with few objects (1, then up to 2, then up to 3)
     eval_every: int = 200
     eval_questions: int = 60
 
@@ -173,14 +174,28 @@ class Batches:
             self.cache[key] = (prompt_ids(self.tokenizer, question), answer_ids(self.tokenizer, question, answer))
         return self.cache[key]
 
-    def __next__(self):
-        config = self.config
-        images, samples = [], []
-        for b in range(config.images_per_step):
+    def max_objects(self, step: int) -> int | None:
+        """Curriculum: the first `curriculum_steps` steps see only pictures with few objects."""
+        if step >= self.config.curriculum_steps:
+            return None
+        return 1 + 3 * step // self.config.curriculum_steps  # 1, 2, 3
+
+    def next_scene(self, max_objects: int | None):
+        while True:
             seed = self.next_seed
             self.next_seed += 1
             assert seed in shapes.TRAIN_SEEDS
-            image, qa = shapes.picture(seed)
+            scene = shapes.make_scene(seed)
+            if max_objects is None or len(scene.things) <= max_objects:
+                return scene
+
+    def next_batch(self, step: int):
+        config = self.config
+        images, samples = [], []
+        limit = self.max_objects(step)
+        for b in range(config.images_per_step):
+            scene = self.next_scene(limit)
+            image, qa = shapes.render(scene), scene.questions
             images.append(pixels(image))
             picks = self.rng.permutation(len(qa))[: config.questions_per_image]
             for i in picks:
@@ -348,7 +363,7 @@ def train(out: Path, config: TrainConfig, max_minutes: float | None = None, log=
     for step in range(config.steps):
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, config)
-        pixel_values, samples = next(batches)
+        pixel_values, samples = batches.next_batch(step)
         loss = loss_fn(model, pixel_values, samples)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

@@ -271,7 +271,7 @@ class AnswerStream:
             token = sampler.next_token(logits, previous)
             if not timings.first_token_ms:
                 timings.first_token_ms = (time.perf_counter() - started) * 1000
-            if token == engine.eos_token_id:
+            if token == engine.eos_token_id and not config.ignore_eos:
                 return "eos"
             generated.append(token)
             previous.append(token)

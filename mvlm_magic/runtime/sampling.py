@@ -29,6 +29,7 @@ class GenerationConfig:
     repetition_penalty: float = 1.0
     seed: int | None = None
     stop_strings: tuple[str, ...] = ()
+    ignore_eos: bool = False  # benchmarks force a fixed answer length
 
     def __post_init__(self):
         if isinstance(self.max_new_tokens, bool) or not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:

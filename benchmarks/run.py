@@ -1,0 +1,297 @@
+"""MobileVLM-1.7B on this CPU against its peers: export cost, then one question per fresh process.
+
+    python benchmarks/run.py                     # real 1.7B shape (random weights), V2, 3 rounds
+    python benchmarks/run.py --version v1 --rounds 5
+    python benchmarks/run.py --tiny --rounds 1   # a smoke run on tiny shapes (the tests do this)
+
+Steps: build a random-weight checkpoint of the real shape in the mtgv layout (speed does not depend
+on weight values); export it with our exporter per compression (wall time, peak RSS); build the
+peers' files (the notebook design's stateless INT4 language model; llama.cpp GGUF Q4_0 / Q4_K_M made
+with llama.cpp's own conversion script from its PyPI source package, at benchmark time); then run the
+candidates interleaved (A B C A B C ...), each in a fresh process, and take medians.
+Writes <out>/benchmarks.json, <out>/benchmarks.md and <out>/benchmarks.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+LLAMA_CPP_VERSION = "0.3.36"
+
+REAL_1_7B = dict(hidden_size=2048, intermediate_size=5632, num_hidden_layers=24, num_attention_heads=16,
+                 vocab_size=32000, vision_hidden_size=1024, vision_layers=24, vision_heads=16,
+                 vision_intermediate_size=4096, init_std=0.02)
+TINY = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, vocab_size=None,
+            vision_hidden_size=32, vision_layers=3, vision_heads=2, vision_intermediate_size=64, init_std=0.08)
+
+
+def python(code: str, *args) -> dict:
+    """Run a snippet in a fresh interpreter; it prints RESULT {json}; add its peak RSS."""
+    wrapped = ("import json, resource, sys\n" + code +
+               "\nresult['peak_rss_mb'] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024"
+               "\nprint('RESULT ' + json.dumps(result))")
+    return parse(subprocess.run([sys.executable, "-c", wrapped, *map(str, args)], capture_output=True, text=True))
+
+
+def parse(run: subprocess.CompletedProcess) -> dict:
+    for line in run.stdout.splitlines():
+        if line.startswith("RESULT "):
+            return json.loads(line[len("RESULT "):])
+    raise RuntimeError(f"no result (exit {run.returncode}):\n{run.stderr[-3000:]}")
+
+
+BUILD = """
+from mvlm_magic.model.tiny import build_tiny_checkpoint
+spec = json.loads(sys.argv[2])
+build_tiny_checkpoint(sys.argv[1], **spec)
+result = {}
+"""
+
+EXPORT = """
+import time
+from mvlm_magic.export import export_model
+started = time.perf_counter()
+path = export_model(sys.argv[1], sys.argv[2], cache_dir=sys.argv[3]).path
+result = {"seconds": time.perf_counter() - started, "path": str(path)}
+"""
+
+NOTEBOOK_IR = """
+import time, nncf, openvino as ov
+from mvlm_magic.model.mobilevlm import MobileVLM
+from mvlm_magic.export import convert_language_model, quiet_rich
+started = time.perf_counter()
+ov_model = convert_language_model(MobileVLM.from_folder(sys.argv[1]), stateful=False)
+group = 128 if sys.argv[3] == "real" else 32
+with quiet_rich():
+    ov_model = nncf.compress_weights(ov_model, mode=nncf.CompressWeightsMode.INT4_ASYM, group_size=group, ratio=0.8)
+ov.save_model(ov_model, sys.argv[2])
+result = {"seconds": time.perf_counter() - started}
+"""
+
+LM_FOR_GGUF = """
+import json, shutil, torch
+from pathlib import Path
+from safetensors.torch import save_file
+from mvlm_magic.model.checkpoint import read_state_dict
+src, dst = Path(sys.argv[1]), Path(sys.argv[2])
+dst.mkdir(parents=True, exist_ok=True)
+state = {k: v.to(torch.float16).contiguous() for k, v in read_state_dict(src).items()
+         if not k.startswith(("model.vision_tower", "model.mm_projector"))}
+save_file(state, str(dst / "model.safetensors"), metadata={"format": "pt"})
+config = json.loads((src / "config.json").read_text())
+config = {k: v for k, v in config.items() if not k.startswith(("mm_", "vision")) and k != "_name_or_path"}
+config.update(model_type="llama", architectures=["LlamaForCausalLM"], torch_dtype="float16")
+(dst / "config.json").write_text(json.dumps(config))
+for name in ("tokenizer.model", "tokenizer_config.json", "special_tokens_map.json"):
+    shutil.copy(src / name, dst / name)
+result = {}
+"""
+
+QUANTIZE = """
+import llama_cpp
+params = llama_cpp.llama_model_quantize_default_params()
+params.ftype = getattr(llama_cpp, sys.argv[3])
+params.nthread = 2
+rc = llama_cpp.llama_model_quantize(sys.argv[1].encode(), sys.argv[2].encode(), params)
+result = {"rc": rc}
+"""
+
+
+def llama_cpp_sources(work: Path) -> Path | None:
+    """llama.cpp's conversion script, from the llama-cpp-python source package (never committed)."""
+    folder = work / f"llama_cpp_python-{LLAMA_CPP_VERSION}"
+    if not folder.is_dir():
+        subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--no-binary", ":all:",
+                        f"llama-cpp-python=={LLAMA_CPP_VERSION}", "-d", str(work)], check=True)
+        with tarfile.open(work / f"llama_cpp_python-{LLAMA_CPP_VERSION}.tar.gz") as tar:
+            tar.extractall(work, filter="data")
+    return folder / "vendor" / "llama.cpp"
+
+
+def build_gguf(checkpoint: Path, work: Path) -> dict[str, Path]:
+    try:
+        import llama_cpp  # noqa: F401
+    except ImportError:
+        print("llama-cpp-python is not installed: llama.cpp peers skipped "
+              f"(pip install llama-cpp-python=={LLAMA_CPP_VERSION} builds it from source, ~12 min)")
+        return {}
+    ggufs = {"llamacpp Q4_0": work / "lm-q4_0.gguf", "llamacpp Q4_K_M": work / "lm-q4_k_m.gguf"}
+    if all(p.is_file() for p in ggufs.values()):
+        return ggufs
+    python(LM_FOR_GGUF, checkpoint, work / "lm-hf")
+    llama = llama_cpp_sources(work)
+    env = {**os.environ, "PYTHONPATH": str(llama / "gguf-py")}
+    subprocess.run([sys.executable, str(llama / "convert_hf_to_gguf.py"), str(work / "lm-hf"), "--outtype", "f16",
+                    "--outfile", str(work / "lm-f16.gguf")], check=True, env=env, capture_output=True)
+    for (name, path), ftype in zip(ggufs.items(), ("LLAMA_FTYPE_MOSTLY_Q4_0", "LLAMA_FTYPE_MOSTLY_Q4_K_M")):
+        python(QUANTIZE, work / "lm-f16.gguf", path, ftype)
+    return ggufs
+
+
+def memory_bandwidth_gbs() -> float:
+    """Read bandwidth with 2 threads' worth of numpy: the sum of a 1 GB array, best of 5."""
+    data = np.ones(1 << 27, dtype=np.float64)
+    best = 0.0
+    for _ in range(5):
+        started = time.perf_counter()
+        data.sum()
+        best = max(best, data.nbytes / (time.perf_counter() - started) / 1e9)
+    return best
+
+
+def prepare(args, work: Path) -> tuple[dict, dict, dict]:
+    checkpoint = work / f"checkpoint-{args.version}"
+    spec = {**(TINY if args.tiny else REAL_1_7B), "projector_type": {"v1": "ldpnet", "v2": "ldpnetv2"}[args.version]}
+    if not (checkpoint / "config.json").is_file():
+        print(f"building {checkpoint}", flush=True)
+        python(BUILD, checkpoint, json.dumps(spec))
+    exports, export_costs = {}, {}
+    for compression in args.compressions:
+        cost = python(EXPORT, checkpoint, compression, work / "cache")
+        exports[f"ours {compression}"] = cost["path"]
+        export_costs[compression] = {"seconds": round(cost["seconds"], 1), "peak_rss_gb": round(cost["peak_rss_mb"] / 1024, 2)}
+        print(f"export {compression}: {export_costs[compression]}", flush=True)
+    notebook_ir = work / f"notebook-lm-{args.version}.xml"
+    if not notebook_ir.is_file():
+        python(NOTEBOOK_IR, checkpoint, notebook_ir, "tiny" if args.tiny else "real")
+    candidates = {name: ["ours", "--export", path] for name, path in exports.items()}
+    candidates["notebook design INT4"] = ["notebook", "--checkpoint", checkpoint, "--lm-ir", notebook_ir]
+    if not args.skip_torch:
+        candidates["torch fp32"] = ["torch", "--checkpoint", checkpoint]
+    if not args.skip_llamacpp:
+        for name, gguf in build_gguf(checkpoint, work).items():
+            candidates[name] = ["llamacpp", "--gguf", gguf]
+    sizes = {name: lm_bytes(cmd) for name, cmd in candidates.items()}
+    return candidates, export_costs, sizes
+
+
+def lm_bytes(command: list) -> int | None:
+    """Bytes of language-model weights a decode step reads (file size of the weights)."""
+    kind, value = command[0], Path(str(command[-1]))
+    if kind == "ours":
+        return (value / "language.bin").stat().st_size + (value / "text_embeddings.bin").stat().st_size // 1000
+    if kind == "notebook":
+        return value.with_suffix(".bin").stat().st_size
+    if kind == "llamacpp":
+        return value.stat().st_size
+    return None
+
+
+def run_rounds(candidates: dict, rounds: int, new_tokens: int) -> dict[str, list[dict]]:
+    results: dict[str, list[dict]] = {name: [] for name in candidates}
+    for round_index in range(rounds):
+        for name, command in candidates.items():
+            run = subprocess.run([sys.executable, str(HERE / "candidates.py"), *map(str, command),
+                                  "--new-tokens", str(new_tokens)], capture_output=True, text=True)
+            results[name].append(parse(run))
+            r = results[name][-1]
+            print(f"round {round_index + 1} {name}: ttft {r['ttft_ms']:.0f} ms, {r['decode_tps']:.2f} tok/s, "
+                  f"{r['peak_rss_mb']:.0f} MB", flush=True)
+    return results
+
+
+def medians(runs: list[dict]) -> dict:
+    keys = [k for k in runs[0] if all(isinstance(r[k], (int, float)) for r in runs)]
+    return {k: statistics.median(r[k] for r in runs) for k in keys}
+
+
+def write_report(out: Path, report: dict) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "benchmarks.json").write_text(json.dumps(report, indent=2))
+    rows = report["medians"]
+    lines = [f"Machine: {report['machine']}; memory read bandwidth {report['bandwidth_gbs']:.1f} GB/s (numpy).",
+             f"Checkpoint: {report['checkpoint']}; {report['rounds']} rounds, interleaved, fresh process each, medians.",
+             "", "| candidate | image encode ms | first token ms | decode tok/s | bandwidth limit tok/s | load s | peak RSS MB |",
+             "|---|---|---|---|---|---|---|"]
+    for name, m in rows.items():
+        limit = report["limits"].get(name)
+        image = f"{m['image_ms']:.0f}" if "image_ms" in m else "n/a"
+        lines.append(f"| {name} | {image} | {m['ttft_ms']:.0f} | {m['decode_tps']:.2f} | "
+                     f"{limit:.1f} | {m['load_s']:.1f} | {m['peak_rss_mb']:.0f} |" if limit else
+                     f"| {name} | {image} | {m['ttft_ms']:.0f} | {m['decode_tps']:.2f} | n/a | {m['load_s']:.1f} | "
+                     f"{m['peak_rss_mb']:.0f} |")
+    lines += ["", "| export | seconds | peak RSS GB |", "|---|---|---|"]
+    lines += [f"| {c} | {v['seconds']} | {v['peak_rss_gb']} |" for c, v in report["exports"].items()]
+    (out / "benchmarks.md").write_text("\n".join(lines) + "\n")
+    draw_chart(out / "benchmarks.png", rows)
+
+
+def draw_chart(path: Path, rows: dict) -> None:
+    """Two horizontal bar charts (decode tok/s, first token ms), drawn with PIL to avoid a plotting dependency."""
+    from PIL import Image, ImageDraw
+
+    names = list(rows)
+    width, bar_h, label_w = 900, 26, 250
+    height = 60 + 2 * (len(names) * bar_h + 50)
+    image = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(image)
+    y = 10
+    for metric, title, colour in (("decode_tps", "decode tokens/s (higher is better)", (40, 110, 200)),
+                                  ("ttft_ms", "time to first token, ms (lower is better)", (220, 120, 40))):
+        draw.text((10, y), title, fill="black")
+        y += 24
+        top = max(rows[n][metric] for n in names) or 1
+        for name in names:
+            value = rows[name][metric]
+            draw.text((10, y + 6), name, fill="black")
+            length = int((width - label_w - 90) * value / top)
+            draw.rectangle((label_w, y + 3, label_w + length, y + bar_h - 3), fill=colour)
+            draw.text((label_w + length + 6, y + 6), f"{value:.1f}" if metric == "decode_tps" else f"{value:.0f}",
+                      fill="black")
+            y += bar_h
+        y += 26
+    image.save(path)
+
+
+def cpu_name() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.machine()
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--version", default="v2", choices=("v1", "v2"))
+    parser.add_argument("--tiny", action="store_true", help="tiny shapes: a smoke run of the whole script")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--new-tokens", type=int, default=128)
+    parser.add_argument("--compressions", nargs="+", default=["int4", "int8"])
+    parser.add_argument("--skip-torch", action="store_true")
+    parser.add_argument("--skip-llamacpp", action="store_true")
+    parser.add_argument("--work", type=Path, default=Path("/tmp/mvlm-bench"))
+    parser.add_argument("--out", type=Path, default=HERE.parent / "docs")
+    args = parser.parse_args(argv)
+    work = args.work / ("tiny" if args.tiny else "real")
+    work.mkdir(parents=True, exist_ok=True)
+    candidates, export_costs, sizes = prepare(args, work)
+    results = run_rounds(candidates, args.rounds, args.new_tokens)
+    bandwidth = memory_bandwidth_gbs()
+    report = {
+        "machine": f"{cpu_name()}, {os.cpu_count()} cores, "
+                   f"{os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GiB, {platform.platform()}",
+        "checkpoint": f"random MobileVLM {args.version} {'tiny' if args.tiny else '1.7B shape'}",
+        "rounds": args.rounds, "new_tokens": args.new_tokens, "bandwidth_gbs": bandwidth,
+        "exports": export_costs, "runs": results, "medians": {n: medians(r) for n, r in results.items()},
+        "limits": {n: bandwidth * 1e9 / b for n, b in sizes.items() if b},
+        "lm_bytes": sizes,
+    }
+    write_report(args.out, report)
+    print((args.out / "benchmarks.md").read_text())
+    return report
+
+
+if __name__ == "__main__":
+    main()

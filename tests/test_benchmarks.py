@@ -1,0 +1,25 @@
+"""A tiny-shape smoke run of the benchmark script: every step runs and the report is written."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+RUN = Path(__file__).resolve().parents[1] / "benchmarks" / "run.py"
+
+
+def test_benchmark_smoke_run(tmp_path):
+    out = tmp_path / "out"
+    run = subprocess.run([sys.executable, str(RUN), "--tiny", "--rounds", "1", "--new-tokens", "8",
+                          "--compressions", "int8", "--skip-llamacpp", "--work", str(tmp_path / "work"),
+                          "--out", str(out)], capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-2000:]
+    report = json.loads((out / "benchmarks.json").read_text())
+    assert set(report["medians"]) == {"ours int8", "notebook design INT4", "torch fp32"}
+    for row in report["medians"].values():
+        assert row["decode_tps"] > 0 and row["ttft_ms"] > 0 and row["peak_rss_mb"] > 0
+    assert report["exports"]["int8"]["seconds"] > 0
+    assert "| ours int8 |" in (out / "benchmarks.md").read_text()
+    assert (out / "benchmarks.png").stat().st_size > 1000
