@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import html
+import re
 
 
 def one_line(error: BaseException) -> str:
@@ -18,6 +19,10 @@ def error_html(message: str) -> str:
     return f'<span style="color:#b00020">⚠ {html.escape(message)}</span>' if message else ""
 
 
+CONTROL_CHARACTERS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
+
+
 def text_html(text: str) -> str:
-    """Answer text as HTML that keeps line breaks and wraps long lines."""
-    return f'<div style="white-space:pre-wrap;word-break:break-word">{html.escape(text)}</div>'
+    """Answer text as HTML that keeps line breaks and wraps long lines (control characters would show as boxes)."""
+    visible = CONTROL_CHARACTERS.sub("", text)
+    return f'<div style="white-space:pre-wrap;word-break:break-word">{html.escape(visible)}</div>'
