@@ -4,6 +4,7 @@
     python benchmarks/candidates.py torch  --checkpoint DIR
     python benchmarks/candidates.py notebook --checkpoint DIR --lm-ir FILE
     python benchmarks/candidates.py llamacpp --gguf FILE
+    python benchmarks/candidates.py genai --genai DIR
 
 The question: a 336x336 picture and a ~30-token question (template v1), then exactly N new tokens
 (EOS ignored), greedy, 2 threads. Reported: image encode ms, time to first token ms (image encode +
@@ -162,7 +163,31 @@ def run_llamacpp(args) -> dict:
     return result
 
 
-RUNNERS = {"ours": run_ours, "torch": run_torch, "notebook": run_notebook, "llamacpp": run_llamacpp}
+def run_genai(args) -> dict:
+    """openvino_genai.LLMPipeline (C++ loop) on our language model with the embedding inside
+    (benchmarks/genai_peer.py); a text prompt as long as ours."""
+    import openvino as ov
+    import openvino_genai as og
+
+    started = time.perf_counter()
+    pipe = og.LLMPipeline(str(args.genai), "CPU", INFERENCE_NUM_THREADS=THREADS, PERFORMANCE_HINT="LATENCY")
+    load_s = time.perf_counter() - started
+    config = og.GenerationConfig()
+    config.do_sample, config.ignore_eos = False, True
+    rng = np.random.default_rng(0)
+    result = {}
+    for timed, seed_offset in ((False, 1), (True, 0)):  # warm up with another prompt: genai caches prefixes
+        ids = [1] + [int(t) for t in rng.integers(3, 400, args.prompt_tokens - 1)] if timed else [1, 7, 9, 11]
+        config.max_new_tokens = config.min_new_tokens = args.new_tokens if timed else 3
+        inputs = og.TokenizedInputs(ov.Tensor(np.array([ids], np.int64)), ov.Tensor(np.ones((1, len(ids)), np.int64)))
+        metrics = pipe.generate(inputs, config).perf_metrics
+        result = {"image_ms": None, "ttft_ms": metrics.get_ttft().mean, "prompt_tokens": len(ids),
+                  "decode_tps": 1000.0 / metrics.get_tpot().mean, "new_tokens": args.new_tokens, "load_s": load_s}
+    return result
+
+
+RUNNERS = {"ours": run_ours, "torch": run_torch, "notebook": run_notebook, "llamacpp": run_llamacpp,
+           "genai": run_genai}
 
 
 def main() -> None:
@@ -172,6 +197,7 @@ def main() -> None:
     parser.add_argument("--checkpoint", type=Path)
     parser.add_argument("--lm-ir", type=str)
     parser.add_argument("--gguf", type=str)
+    parser.add_argument("--genai", type=str)
     parser.add_argument("--precision", default="auto")
     parser.add_argument("--new-tokens", type=int, default=128)
     parser.add_argument("--prompt-tokens", type=int, default=224, help="llama.cpp prompt length")

@@ -140,6 +140,19 @@ def build_gguf(checkpoint: Path, work: Path) -> dict[str, Path]:
     return ggufs
 
 
+def build_genai(checkpoint: Path, work: Path, shape: str) -> Path | None:
+    try:
+        import openvino_genai  # noqa: F401
+    except ImportError:
+        print("openvino-genai is not installed: its peer is skipped (pip install openvino-genai==2026.4.1.0)")
+        return None
+    folder = work / "genai"
+    if not (folder / "openvino_model.xml").is_file():
+        subprocess.run([sys.executable, str(HERE / "genai_peer.py"), str(checkpoint), str(folder),
+                        "--group-size", "128" if shape == "real" else "32"], check=True, capture_output=True)
+    return folder
+
+
 def memory_bandwidth_gbs() -> float:
     """Read bandwidth with 2 threads' worth of numpy: the sum of a 1 GB array, best of 5."""
     data = np.ones(1 << 27, dtype=np.float64)
@@ -170,6 +183,9 @@ def prepare(args, work: Path) -> tuple[dict, dict, dict]:
     candidates["notebook design INT4"] = ["notebook", "--checkpoint", checkpoint, "--lm-ir", notebook_ir]
     if not args.skip_torch:
         candidates["torch fp32"] = ["torch", "--checkpoint", checkpoint]
+    genai = build_genai(checkpoint, work, "tiny" if args.tiny else "real")
+    if genai:
+        candidates["genai LLMPipeline INT4"] = ["genai", "--genai", genai]
     if not args.skip_llamacpp:
         for name, gguf in build_gguf(checkpoint, work).items():
             candidates[name] = ["llamacpp", "--gguf", gguf]
@@ -186,6 +202,8 @@ def lm_bytes(command: list) -> int | None:
         return value.with_suffix(".bin").stat().st_size
     if kind == "llamacpp":
         return value.stat().st_size
+    if kind == "genai":
+        return (value / "openvino_model.bin").stat().st_size
     return None
 
 

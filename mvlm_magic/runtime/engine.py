@@ -140,7 +140,7 @@ class Engine:
             "inputs_embeds": inputs_embeds,
             "attention_mask": np.ones((1, total), dtype=np.int64),
             "position_ids": np.arange(self.past_length, total, dtype=np.int64)[None],
-        }, share_inputs=True)
+        })
         self.past_length = total
         return self.language.get_tensor("logits").data[0, -1]  # (V,)
 
