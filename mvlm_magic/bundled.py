@@ -25,10 +25,9 @@ def bundled_model(cache_dir=None) -> Path:
                     "(a checkpoint folder, a Hugging Face id or a preset such as mobilevlm-v2-1.7b).")
 
 
-# A held-out picture (never seen in training): a large yellow star at the top, a small red circle on
-# the left and a large blue triangle at the bottom right, on a noisy background.
-DEMO_SEED = DEMO_SEED_PLACEHOLDER
-DEMO_QUESTION = "DEMO_QUESTION_PLACEHOLDER"
+# A held-out picture (never seen in training): a blue star, a purple circle and a green cross.
+DEMO_SEED = 1_000_000_007
+DEMO_QUESTION = "What color is the circle?"
 
 
 def demo_picture():

@@ -211,9 +211,34 @@ def _polygon(shape: str, cx: float, cy: float, r: float) -> list[tuple[float, fl
     raise ValueError(shape)
 
 
+def _draw_thing(draw: ImageDraw.ImageDraw, shape: str, cx: float, cy: float, r: float, fill) -> None:
+    if shape == "circle":
+        draw.ellipse((cx - r, cy - r, cx + r, cy + r), fill=fill)
+    elif shape == "square":
+        s = r * 0.88
+        draw.rectangle((cx - s, cy - s, cx + s, cy + s), fill=fill)
+    else:
+        draw.polygon(_polygon(shape, cx, cy, r), fill=fill)
+
+
+def layout(scene: Scene) -> list[tuple[Thing, float, float, float, tuple[int, int, int]]]:
+    """Where and how each object is drawn: (thing, centre x, centre y, half-width, RGB fill)."""
+    rng = np.random.default_rng([scene.seed, 1])
+    placed = []
+    for thing in scene.things:
+        low, high = SIZES[thing.size]
+        r = float(rng.uniform(low, high))
+        margin = CELL / 2 - r - 4
+        cx = CELL * (thing.col + 0.5) + float(rng.uniform(-margin, margin))
+        cy = CELL * (thing.row + 0.5) + float(rng.uniform(-margin, margin))
+        jitter = rng.integers(-12, 13, size=3)
+        fill = tuple(int(np.clip(c + j, 0, 255)) for c, j in zip(COLOURS[thing.colour], jitter))
+        placed.append((thing, cx, cy, r, fill))
+    return placed
+
+
 def render(scene: Scene) -> Image.Image:
     """The picture of a scene: 336 x 336 RGB."""
-    rng = np.random.default_rng([scene.seed, 1])
     kind, colour_a, colour_b, angle, noise, noise_seed = scene.background
     if kind == "solid":
         pixels = np.empty((IMAGE_SIZE, IMAGE_SIZE, 3), np.float32)
@@ -224,23 +249,19 @@ def render(scene: Scene) -> Image.Image:
         pixels = (1 - t)[..., None] * np.asarray(colour_a, np.float32) + t[..., None] * np.asarray(colour_b, np.float32)
     image = Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
     draw = ImageDraw.Draw(image)
-    for thing in scene.things:
-        low, high = SIZES[thing.size]
-        r = float(rng.uniform(low, high))
-        margin = CELL / 2 - r - 4
-        cx = CELL * (thing.col + 0.5) + float(rng.uniform(-margin, margin))
-        cy = CELL * (thing.row + 0.5) + float(rng.uniform(-margin, margin))
-        jitter = rng.integers(-12, 13, size=3)
-        fill = tuple(int(np.clip(c + j, 0, 255)) for c, j in zip(COLOURS[thing.colour], jitter))
-        if thing.shape == "circle":
-            draw.ellipse((cx - r, cy - r, cx + r, cy + r), fill=fill)
-        elif thing.shape == "square":
-            s = r * 0.88
-            draw.rectangle((cx - s, cy - s, cx + s, cy + s), fill=fill)
-        else:
-            draw.polygon(_polygon(thing.shape, cx, cy, r), fill=fill)
+    for thing, cx, cy, r, fill in layout(scene):
+        _draw_thing(draw, thing.shape, cx, cy, r, fill)
     noisy = np.asarray(image, np.float32) + np.random.default_rng(noise_seed).normal(0, noise, (IMAGE_SIZE, IMAGE_SIZE, 3))
     return Image.fromarray(np.clip(np.rint(noisy), 0, 255).astype(np.uint8))
+
+
+def object_map(scene: Scene) -> np.ndarray:
+    """(336, 336) uint8: 0 for background, i + 1 where scene.things[i] is drawn (training-only labels)."""
+    image = Image.new("L", (IMAGE_SIZE, IMAGE_SIZE), 0)
+    draw = ImageDraw.Draw(image)
+    for i, (thing, cx, cy, r, _) in enumerate(layout(scene)):
+        _draw_thing(draw, thing.shape, cx, cy, r, i + 1)
+    return np.asarray(image)
 
 
 def picture(seed: int) -> tuple[Image.Image, list[tuple[str, str, str]]]:

@@ -54,7 +54,7 @@ class TrainConfig:
     vision_intermediate_size: int = 256
     vocab_size: int = 512
     # optimisation
-    steps: int = 1000
+    steps: int = 2500
     images_per_step: int = 8
     questions_per_image: int = 8
     lr: float = 2e-3
@@ -63,9 +63,12 @@ class TrainConfig:
     weight_decay: float = 0.01
     grad_clip: float = 1.0
     seed: int = 0
-    threads: int = 2
-    curriculum_steps: int = 150  # first steps: pictures with few objects (1, then up to 2, then up to 3)
-    eval_every: int = 200
+    threads: int = 1
+    position_init: float = 0.5  # std of the 2D sin-cos init of CLIP's patch position embeddings (0: keep HF's)
+    aux_hidden: int = 128  # width of the training-only MLP head (0: a linear head)
+    aux_weight: float = 1.0  # training-only per-token colour/shape/size loss on the projector output
+    curriculum_steps: int = 300  # first steps: pictures with few objects (1, then up to 2, then up to 3)
+    eval_every: int = 500
     eval_questions: int = 60
 
 
@@ -159,6 +162,30 @@ def pixels(image) -> np.ndarray:
     return ((scaled - _MEAN) / _STD).transpose(2, 0, 1)
 
 
+GRID_TOKENS = 12  # the projector's 12 x 12 token grid; each token covers 28 x 28 pixels
+AUX_CLASSES = (1 + len(shapes.COLOURS), 1 + len(shapes.SHAPES), 1 + len(shapes.SIZES))  # 0 = background
+
+
+def token_labels(scene: shapes.Scene, min_cover: float = 0.1) -> np.ndarray:
+    """(144, 3) int64: colour, shape and size class of the object covering each image token (0 = none).
+
+    Training-only targets for an auxiliary head on the projector output; they speed up learning the
+    vision tower from scratch and are not part of the shipped model.
+    """
+    cell = shapes.IMAGE_SIZE // GRID_TOKENS
+    blocks = shapes.object_map(scene).reshape(GRID_TOKENS, cell, GRID_TOKENS, cell).transpose(0, 2, 1, 3)
+    blocks = blocks.reshape(GRID_TOKENS * GRID_TOKENS, cell * cell)
+    counts = np.stack([np.bincount(row, minlength=len(scene.things) + 1) for row in blocks])
+    counts[:, 0] = 0
+    owner = counts.argmax(1)
+    owner[counts.max(1) < min_cover * cell * cell] = 0
+    table = np.zeros((len(scene.things) + 1, 3), np.int64)
+    for i, thing in enumerate(scene.things):
+        table[i + 1] = (1 + list(shapes.COLOURS).index(thing.colour), 1 + shapes.SHAPES.index(thing.shape),
+                        1 + list(shapes.SIZES).index(thing.size))
+    return table[owner]
+
+
 class Batches:
     """Seeded training batches: B fresh pictures, up to Q questions each, drawn from TRAIN_SEEDS."""
 
@@ -193,15 +220,17 @@ class Batches:
         config = self.config
         images, samples = [], []
         limit = self.max_objects(step)
+        labels = []
         for b in range(config.images_per_step):
             scene = self.next_scene(limit)
             image, qa = shapes.render(scene), scene.questions
             images.append(pixels(image))
+            labels.append(token_labels(scene))
             picks = self.rng.permutation(len(qa))[: config.questions_per_image]
             for i in picks:
                 _, question, answer = qa[i]
                 samples.append((b, *self.encode(question, answer)))
-        return torch.from_numpy(np.stack(images)), samples
+        return torch.from_numpy(np.stack(images)), samples, torch.from_numpy(np.stack(labels))
 
 
 def train_image_features(model: MobileVLM, pixel_values: torch.Tensor) -> torch.Tensor:
@@ -220,7 +249,13 @@ def train_image_features(model: MobileVLM, pixel_values: torch.Tensor) -> torch.
     return model.mm_projector(hidden[:, 1:])  # (B, 144, C)
 
 
-def loss_fn(model: MobileVLM, pixel_values: torch.Tensor, samples) -> torch.Tensor:
+def aux_loss(head: torch.nn.Module, features: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of the per-token colour / shape / size head on the projector output."""
+    logits = head(features).split(list(AUX_CLASSES), dim=-1)
+    return sum(F.cross_entropy(l.reshape(-1, l.shape[-1]), labels[..., i].reshape(-1)) for i, l in enumerate(logits))
+
+
+def loss_fn(model: MobileVLM, pixel_values: torch.Tensor, samples, features: torch.Tensor | None = None) -> torch.Tensor:
     """Mean cross-entropy over answer tokens + EOS for a batch of (image index, prompt ids, answer ids).
 
     All questions about one picture are packed into one row: the shared prefix (system text + the 144
@@ -229,7 +264,8 @@ def loss_fn(model: MobileVLM, pixel_values: torch.Tensor, samples) -> torch.Tens
     makes this exactly the loss of the separate single-turn sequences (see `reference_loss`), at a
     fraction of the cost.
     """
-    features = train_image_features(model, pixel_values)  # (B, 144, C)
+    if features is None:
+        features = train_image_features(model, pixel_values)  # (B, 144, C)
     n_images, n_image_tokens = features.shape[:2]
     prefixes = {tuple(p[: p.index(IMAGE_TOKEN_INDEX)]) for _, p, _ in samples}
     assert len(prefixes) == 1, "every prompt starts with the same system text"
@@ -320,7 +356,40 @@ def build_model(config: TrainConfig, vocab_size: int) -> tuple[MobileVLM, dict]:
     model_config["_name_or_path"] = MODEL_ID
     torch.manual_seed(config.seed)
     model = MobileVLM(MobileVLMConfig.from_dict(model_config))
+    if config.position_init:
+        init_positions(model, config.position_init)
     return model, model_config
+
+
+@torch.no_grad()
+def init_positions(model: MobileVLM, std: float) -> None:
+    """2D sin-cos init of the patch position embeddings (the CLS position stays as initialised).
+
+    transformers initialises CLIP's position embeddings with std 0.02, ~25x weaker than the patch
+    embeddings, so a ViT trained from scratch barely knows where a patch is and learns local attention
+    (hence shapes) very slowly. A sin-cos grid at the patches' scale fixes that; it stays trainable.
+    """
+    table = model.vision_tower.embeddings.position_embedding.weight  # (1 + side*side, D)
+    side = int(round((table.shape[0] - 1) ** 0.5))
+    dim = table.shape[1]
+    quarter = dim // 4
+    omega = 1.0 / 10000 ** (torch.arange(quarter, dtype=torch.float64) / quarter)
+    ys, xs = torch.meshgrid(torch.arange(side, dtype=torch.float64), torch.arange(side, dtype=torch.float64),
+                            indexing="ij")
+    parts = []
+    for coord in (ys.reshape(-1), xs.reshape(-1)):
+        angles = coord[:, None] * omega[None]
+        parts += [angles.sin(), angles.cos()]
+    grid = torch.cat(parts, dim=1)  # (side*side, 4*quarter)
+    grid = torch.cat([grid, torch.zeros(grid.shape[0], dim - grid.shape[1], dtype=grid.dtype)], dim=1)
+    table[1:] = (grid / grid.std() * std).to(table.dtype)
+
+
+def build_aux_head(config: TrainConfig) -> torch.nn.Module:
+    if not config.aux_hidden:
+        return torch.nn.Linear(config.hidden_size, sum(AUX_CLASSES))
+    return torch.nn.Sequential(torch.nn.Linear(config.hidden_size, config.aux_hidden), torch.nn.GELU(),
+                               torch.nn.Linear(config.aux_hidden, sum(AUX_CLASSES)))
 
 
 def lr_at(step: int, config: TrainConfig) -> float:
@@ -352,8 +421,10 @@ def train(out: Path, config: TrainConfig, max_minutes: float | None = None, log=
     model, model_config = build_model(config, tokenizer.vocab_size)
     n_params = sum(p.numel() for p in model.parameters())
     log(f"model: {n_params / 1e6:.2f} M parameters, vocab {tokenizer.vocab_size}; {config}")
-    decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and "embed" not in n]
-    no_decay = [p for n, p in model.named_parameters() if not (p.dim() >= 2 and "embed" not in n)]
+    aux_head = build_aux_head(config)  # training only, never saved
+    named = list(model.named_parameters()) + [("aux_head." + n, p) for n, p in aux_head.named_parameters()]
+    decay = [p for n, p in named if p.dim() >= 2 and "embed" not in n]
+    no_decay = [p for n, p in named if not (p.dim() >= 2 and "embed" not in n)]
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": config.weight_decay},
                                    {"params": no_decay, "weight_decay": 0.0}], lr=config.lr, betas=(0.9, 0.98))
     batches = Batches(tokenizer, config)
@@ -363,16 +434,20 @@ def train(out: Path, config: TrainConfig, max_minutes: float | None = None, log=
     for step in range(config.steps):
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, config)
-        pixel_values, samples = batches.next_batch(step)
-        loss = loss_fn(model, pixel_values, samples)
+        pixel_values, samples, labels = batches.next_batch(step)
+        features = train_image_features(model, pixel_values)
+        lm_loss = loss_fn(model, pixel_values, samples, features)
+        extra = aux_loss(aux_head, features, labels) if config.aux_weight else torch.zeros(())
+        loss = lm_loss + config.aux_weight * extra
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
         optimizer.step()
-        smoothed = loss.item() if smoothed is None else 0.95 * smoothed + 0.05 * loss.item()
+        smoothed = lm_loss.item() if smoothed is None else 0.95 * smoothed + 0.05 * lm_loss.item()
         elapsed = time.perf_counter() - started
         if step % 25 == 0 or step == config.steps - 1:
-            log(f"step {step:5d}  loss {loss.item():.4f}  (avg {smoothed:.4f})  lr {lr_at(step, config):.2e}  "
+            log(f"step {step:5d}  loss {lm_loss.item():.4f}  (avg {smoothed:.4f})  aux {extra.item():.3f}  "
+                f"lr {lr_at(step, config):.2e}  "
                 f"{elapsed / 60:.1f} min")
         if config.eval_every and (step + 1) % config.eval_every == 0 and step + 1 < config.steps:
             accuracy, per_kind = quick_accuracy(model, tokenizer, config.eval_questions)
