@@ -224,13 +224,25 @@ def export_model(model: str, compression: Compression | str = "int4", *, cache_d
         return cached
     check_versions()
     started = time.perf_counter()
+    from transformers.utils import logging as hf_logging
+
+    from .model.config import MobileVLMConfig
+
+    config = MobileVLMConfig.from_folder(source.folder)  # fail on a bad config before reading GBs of weights
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # its notes about config fields we do not use would land in the answer stream
+    try:
+        return _export(source, config, key, compression, cache_dir, progress, started)
+    finally:
+        hf_logging.set_verbosity(verbosity)
+
+
+def _export(source, config, key, compression, cache_dir, progress, started) -> CachedExport:
     import openvino as ov
     import torch
 
-    from .model.config import MobileVLMConfig
     from .model.mobilevlm import MobileVLM
 
-    config = MobileVLMConfig.from_folder(source.folder)  # fail on a bad config before reading GBs of weights
     vlm = MobileVLM.from_folder(source.folder, dtype=torch.float32, progress=progress)
     temp = new_temp_folder(cache_dir, key)
     try:
