@@ -160,10 +160,14 @@ def train_tiny_tokenizer(folder, vocab_size: int = VOCAB_SIZE, seed: int = 0, *,
 
 
 def _train(model: io.BytesIO, vocab_size: int, seed: int) -> None:
+    train_sentencepiece(model, tiny_corpus(seed), vocab_size)
+
+
+def train_sentencepiece(model: io.BytesIO, sentences, vocab_size: int) -> None:
     """LLaMA's tokenizer settings (BPE, byte fallback, split digits, no whitespace clean-up), one thread
     and no shuffling so that the output is byte-identical from run to run."""
     spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(tiny_corpus(seed)),
+        sentence_iterator=iter(sentences),
         model_writer=model,
         vocab_size=vocab_size,
         model_type="bpe",

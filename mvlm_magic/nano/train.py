@@ -27,13 +27,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
-import sentencepiece as spm
 import torch
 import torch.nn.functional as F
 
 from ..model.config import MobileVLMConfig
 from ..model.mobilevlm import IMAGE_TOKEN_INDEX, MobileVLM
 from ..model.tiny import TinySpec, save_weights, tiny_config
+from ..model.tiny_tokenizer import train_sentencepiece
 from ..runtime.preprocess import CLIP_MEAN, CLIP_STD, preprocess_image
 from ..runtime.tokenizer import SYSTEM, Tokenizer, build_conversation, tokenize_with_image
 from . import shapes
@@ -88,26 +88,7 @@ def tokenizer_corpus(seed: int) -> list[str]:
 def train_tokenizer(folder: Path, vocab_size: int, seed: int) -> Tokenizer:
     """A LLaMA-style SentencePiece model on the QA corpus (same trainer settings as model/tiny_tokenizer.py)."""
     model = io.BytesIO()
-    spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(tokenizer_corpus(seed)),
-        model_writer=model,
-        vocab_size=vocab_size,
-        model_type="bpe",
-        byte_fallback=True,
-        character_coverage=1.0,
-        unk_id=0,
-        bos_id=1,
-        eos_id=2,
-        pad_id=-1,
-        normalization_rule_name="identity",
-        remove_extra_whitespaces=False,
-        add_dummy_prefix=True,
-        split_digits=True,
-        allow_whitespace_only_pieces=True,
-        num_threads=1,
-        shuffle_input_sentence=False,
-        minloglevel=2,
-    )
+    train_sentencepiece(model, tokenizer_corpus(seed), vocab_size)
     (folder / "tokenizer.model").write_bytes(model.getvalue())
     added = {"lstrip": False, "normalized": True, "rstrip": False, "single_word": False}
     config = {
