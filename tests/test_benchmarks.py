@@ -17,7 +17,7 @@ def test_benchmark_smoke_run(tmp_path):
                           "--out", str(out)], capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-2000:]
     report = json.loads((out / "benchmarks.json").read_text())
-    assert set(report["medians"]) == {"ours int8", "notebook design INT4", "torch fp32"}
+    assert {"ours int8", "notebook design INT4", "torch fp32"} <= set(report["medians"])  # + genai where installed
     for row in report["medians"].values():
         assert row["decode_tps"] > 0 and row["ttft_ms"] > 0 and row["peak_rss_mb"] > 0
     assert report["exports"]["int8"]["seconds"] > 0
