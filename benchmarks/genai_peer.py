@@ -21,7 +21,6 @@ import numpy as np
 def build(checkpoint: Path, out: Path, group_size: int = 128) -> Path:
     import nncf
     import openvino as ov
-    import torch
     from openvino import opset13
 
     from mvlm_magic.export import convert_language_model, quiet_rich
@@ -66,7 +65,6 @@ def build(checkpoint: Path, out: Path, group_size: int = 128) -> Path:
     for name in ("generation_config.json", "tokenizer.model", "tokenizer_config.json", "special_tokens_map.json"):
         if (checkpoint / name).is_file():
             shutil.copy(checkpoint / name, out / name)
-    del torch
     return out
 
 

@@ -137,7 +137,6 @@ def name_ports(ov_model, input_names: list[str], output_names: list[str]) -> Non
 
 def make_stateful(ov_model, past_to_present: dict[str, str]) -> None:
     """Turn the KV inputs/outputs into OpenVINO state that starts empty for any batch size."""
-    import openvino as ov
     from openvino import opset13
     from openvino._offline_transformations import apply_make_stateful_transformation
 
@@ -152,7 +151,6 @@ def make_stateful(ov_model, past_to_present: dict[str, str]) -> None:
                                       opset13.concat(parts, axis=0))
             op.set_arguments([zeros])
     ov_model.validate_nodes_and_infer_types()
-    del ov
 
 
 # --- NNCF ---------------------------------------------------------------------------------------

@@ -15,7 +15,6 @@ import time
 
 import numpy as np
 import pytest
-from IPython.core.error import UsageError
 
 from mvlm_magic import frontend
 from mvlm_magic.magics import ANSWER_VARIABLE, MvlmMagics

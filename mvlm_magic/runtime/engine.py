@@ -29,7 +29,7 @@ from .detokenizer import IncrementalDetokenizer, answer_text
 from .device import check_device, compile_model
 from .preprocess import load_image, preprocess_image
 from .sampling import GenerationConfig, Sampler
-from .tokenizer import IMAGE_PLACEHOLDER, IMAGE_TOKEN_INDEX, Tokenizer, build_conversation, tokenize_with_image
+from .tokenizer import IMAGE_TOKEN_INDEX, Tokenizer, build_conversation, tokenize_with_image
 
 OFFICIAL_STOP = "</s>"  # the v1 template's sep2; the official keyword check looks at the newest token only
 
@@ -86,6 +86,7 @@ class Engine:
         self.text_embeddings = compile_model(folder / "text_embeddings.xml", self.device, precision, threads)
         self.language = compile_model(folder / "language.xml", self.device, precision, threads).create_infer_request()
         self.compile_seconds = time.perf_counter() - started
+        self.was_cached = True  # load_engine() says whether it had to export first
         self.lock = threading.RLock()
         self.state_owner: ChatSession | None = None  # whose KV cache the language request holds
         self.past_length = 0
