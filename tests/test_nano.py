@@ -10,7 +10,7 @@ import pytest
 from mvlm_magic.bundled import BUNDLED_DIR, bundled_model
 from mvlm_magic.nano import shapes
 
-MIN_ACCURACY = 0.40  # the shipped weights: 46.7 % on this sample through OpenVINO int8
+MIN_ACCURACY = 0.70  # the shipped weights: 77.3 % on this sample through OpenVINO int8
 CI_QUESTIONS = 150  # the fixed held-out sample for CI; the full benchmark is `python -m mvlm_magic.nano.evaluate`
 
 
@@ -61,8 +61,8 @@ def test_int8_accuracy_on_a_fixed_heldout_sample(nano_engine):
     questions = shapes.heldout_questions(CI_QUESTIONS)
     result = score(lambda picture, question: nano_engine.ask(picture, question, max_new_tokens=24).text, questions)
     assert result["questions"] == CI_QUESTIONS
-    # Issue 4 asks for >= 95 %; the shipped weights score 48 % on 600 held-out questions (docs/nano.md).
-    # Until better weights ship this guards against regressions of the export/runtime path.
+    # Issue 4 asks for >= 95 %; the shipped weights score 75.7 % at int8 on 600 held-out questions (docs/nano.md).
+    # Until better weights ship this guards against regressions of the weights and the export/runtime path.
     assert result["accuracy"] >= MIN_ACCURACY, result["per_kind"]
 
 
@@ -111,9 +111,69 @@ def test_packed_training_loss_equals_separate_sequences(tmp_path):
     model, _ = train.build_model(config, tokenizer.vocab_size)
     model = model.double()
     pixel_values, samples, _ = train.Batches(tokenizer, config).next_batch(10**6)
+    pixel_values = torch.from_numpy(pixel_values)
     with torch.no_grad():
         packed = train.loss_fn(model, pixel_values.double(), samples)
         separate = train.reference_loss(model, pixel_values.double(), samples)
         features = train.train_image_features(model, pixel_values.double())
         assert torch.allclose(features, model.get_image_features(pixel_values.double()), atol=1e-10)
     assert abs(packed.item() - separate.item()) < 1e-9
+
+
+# --- training aids ------------------------------------------------------------------------------
+
+
+def _small_config(train, **overrides):
+    fields = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                  vision_hidden_size=16, vision_layers=2, vision_heads=2, vision_intermediate_size=32,
+                  images_per_step=2, questions_per_image=3)
+    return train.TrainConfig(**{**fields, **overrides})
+
+
+def test_prefetched_batches_are_the_seeded_batches(tmp_path):
+    torch = pytest.importorskip("torch")
+    from mvlm_magic.nano import train
+
+    config = _small_config(train, vision_steps=2, steps=2)
+    tokenizer = train.train_tokenizer(tmp_path, config.vocab_size, 0)
+    direct = train.Batches(tokenizer, config)
+    for step, (images, samples, labels) in enumerate(train.prefetched_batches(tmp_path, config)):
+        want_images, want_samples, want_labels = direct.next_batch(step)
+        assert torch.equal(images, torch.from_numpy(want_images)) and samples == want_samples
+        assert torch.equal(labels, torch.from_numpy(want_labels))
+    assert step == train.total_steps(config) - 1
+
+
+def test_token_labels_mark_objects_and_cells():
+    from mvlm_magic.nano import train
+
+    scene = shapes.make_scene(5)
+    labels = train.token_labels(scene)
+    assert labels.shape == (144, 4)
+    assert set(labels[:, 3]) == set(range(9))  # every cell is 4 x 4 tokens
+    for thing in scene.things:  # each object is labelled inside its own cell, with its own classes
+        in_cell = labels[labels[:, 3] == thing.row * 3 + thing.col]
+        shape_class = 1 + shapes.SHAPES.index(thing.shape)
+        assert (in_cell[:, 1] == shape_class).any() and set(in_cell[:, 1]) <= {0, shape_class}
+
+
+def test_local_attention_init_makes_the_vit_look_nearby():
+    torch = pytest.importorskip("torch")
+    from mvlm_magic.nano import train
+
+    config = train.TrainConfig()  # the shipped recipe's vision tower
+    model, _ = train.build_model(config, 512)
+    tower = model.vision_tower
+    picture = torch.from_numpy(train.pixels(shapes.picture(7)[0]))[None]
+    with torch.no_grad():
+        hidden = tower.pre_layrnorm(tower.embeddings(picture))
+        layer = tower.encoder.layers[0]
+        normed = layer.layer_norm1(hidden)
+        attention = layer.self_attn
+        heads, dim = attention.embed_dim // attention.head_dim, attention.head_dim
+        q = attention.q_proj(normed)[0].view(-1, heads, dim).transpose(0, 1)
+        k = attention.k_proj(normed)[0].view(-1, heads, dim).transpose(0, 1)
+        weights = torch.softmax(q @ k.transpose(1, 2) / dim**0.5, dim=-1)  # (heads, 577, 577)
+    centre = 1 + 12 * 24 + 12
+    nearby = weights[:, centre, 1:].view(heads, 24, 24)[:, 10:15, 10:15].sum((1, 2))  # 5 x 5 patches of 576
+    assert nearby.max() > 0.5, nearby  # uniform attention would put 25/577 = 0.04 there

@@ -53,7 +53,7 @@ CELL_NAMES = (
     ("left", "center", "right"),
     ("bottom left", "bottom", "bottom right"),
 )
-SIZES = {"small": (17, 25), "large": (34, 44)}  # half-width of the shape in pixels
+SIZES = {"small": (22, 28), "large": (38, 46)}  # half-width of the shape in pixels
 NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five")
 
 QUESTION_TEMPLATES = {

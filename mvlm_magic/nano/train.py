@@ -54,7 +54,7 @@ class TrainConfig:
     vision_intermediate_size: int = 256
     vocab_size: int = 512
     # optimisation
-    steps: int = 2500
+    steps: int = 3800
     images_per_step: int = 8
     questions_per_image: int = 8
     lr: float = 2e-3
@@ -64,11 +64,13 @@ class TrainConfig:
     grad_clip: float = 1.0
     seed: int = 0
     threads: int = 1
-    position_init: float = 0.5  # std of the 2D sin-cos init of CLIP's patch position embeddings (0: keep HF's)
+    local_attention: str = "0.3,1.0"  # per-head sharpness of the local-attention init of the ViT ("": HF's init)
+    vision_steps: int = 3000  # first: the vision tower + projector alone, on the per-token labels
     aux_hidden: int = 128  # width of the training-only MLP head (0: a linear head)
-    aux_weight: float = 1.0  # training-only per-token colour/shape/size loss on the projector output
+    aux_weight: float = 1.0  # training-only per-token colour/shape/size/cell loss on the projector output
+    object_weight: float = 10.0  # tokens covered by an object weigh this much more than background in that loss
     curriculum_steps: int = 300  # first steps: pictures with few objects (1, then up to 2, then up to 3)
-    eval_every: int = 500
+    eval_every: int = 1000
     eval_questions: int = 60
 
 
@@ -144,11 +146,12 @@ def pixels(image) -> np.ndarray:
 
 
 GRID_TOKENS = 12  # the projector's 12 x 12 token grid; each token covers 28 x 28 pixels
-AUX_CLASSES = (1 + len(shapes.COLOURS), 1 + len(shapes.SHAPES), 1 + len(shapes.SIZES))  # 0 = background
+AUX_CLASSES = (1 + len(shapes.COLOURS), 1 + len(shapes.SHAPES), 1 + len(shapes.SIZES), shapes.GRID ** 2)  # 0 = background
 
 
 def token_labels(scene: shapes.Scene, min_cover: float = 0.1) -> np.ndarray:
-    """(144, 3) int64: colour, shape and size class of the object covering each image token (0 = none).
+    """(144, 4) int64: colour, shape and size class of the object covering each image token (0 = none),
+    and the grid cell the token lies in (0..8, reading order; the 12 x 12 tokens tile the 3 x 3 cells exactly).
 
     Training-only targets for an auxiliary head on the projector output; they speed up learning the
     vision tower from scratch and are not part of the shipped model.
@@ -164,7 +167,10 @@ def token_labels(scene: shapes.Scene, min_cover: float = 0.1) -> np.ndarray:
     for i, thing in enumerate(scene.things):
         table[i + 1] = (1 + list(shapes.COLOURS).index(thing.colour), 1 + shapes.SHAPES.index(thing.shape),
                         1 + list(shapes.SIZES).index(thing.size))
-    return table[owner]
+    per_token = GRID_TOKENS // shapes.GRID
+    rows, cols = np.divmod(np.arange(GRID_TOKENS * GRID_TOKENS), GRID_TOKENS)
+    cell = (rows // per_token) * shapes.GRID + cols // per_token
+    return np.concatenate([table[owner], cell[:, None]], axis=1)
 
 
 class Batches:
@@ -198,6 +204,7 @@ class Batches:
                 return scene
 
     def next_batch(self, step: int):
+        """(images (B, 3, 336, 336) float32, [(image index, prompt ids, answer ids)], labels (B, 144, 3) int64)."""
         config = self.config
         images, samples = [], []
         limit = self.max_objects(step)
@@ -211,7 +218,35 @@ class Batches:
             for i in picks:
                 _, question, answer = qa[i]
                 samples.append((b, *self.encode(question, answer)))
-        return torch.from_numpy(np.stack(images)), samples, torch.from_numpy(np.stack(labels))
+        return np.stack(images), samples, np.stack(labels)
+
+
+def _produce(folder: str, config: TrainConfig, queue) -> None:
+    batches = Batches(Tokenizer.from_folder(folder), config)
+    for step in range(total_steps(config)):
+        queue.put(batches.next_batch(step))
+
+
+def prefetched_batches(folder: Path, config: TrainConfig):
+    """The same batches as `Batches(...).next_batch(step)` for step 0, 1, ..., drawn in a second process.
+
+    Drawing the pictures costs about a third of a training step; a worker on the other core overlaps it
+    with the model's work. The worker runs the same seeded code in the same order, so the batches (and
+    the trained weights) do not depend on timing.
+    """
+    import multiprocessing
+
+    context = multiprocessing.get_context("fork")
+    queue = context.Queue(maxsize=4)
+    worker = context.Process(target=_produce, args=(str(folder), config, queue), daemon=True)
+    worker.start()
+    try:
+        for _ in range(total_steps(config)):
+            images, samples, labels = queue.get()
+            yield torch.from_numpy(images), samples, torch.from_numpy(labels)
+    finally:
+        worker.terminate()
+        worker.join()
 
 
 def train_image_features(model: MobileVLM, pixel_values: torch.Tensor) -> torch.Tensor:
@@ -230,10 +265,17 @@ def train_image_features(model: MobileVLM, pixel_values: torch.Tensor) -> torch.
     return model.mm_projector(hidden[:, 1:])  # (B, 144, C)
 
 
-def aux_loss(head: torch.nn.Module, features: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy of the per-token colour / shape / size head on the projector output."""
+def aux_loss(head: torch.nn.Module, features: torch.Tensor, labels: torch.Tensor,
+             object_weight: float = 1.0) -> torch.Tensor:
+    """Cross-entropy of the per-token colour / shape / size / cell head on the projector output; tokens on
+    an object weigh `object_weight` times more (most tokens are background, and shape is the hard part)."""
     logits = head(features).split(list(AUX_CLASSES), dim=-1)
-    return sum(F.cross_entropy(l.reshape(-1, l.shape[-1]), labels[..., i].reshape(-1)) for i, l in enumerate(logits))
+    weight = (1.0 + (object_weight - 1.0) * (labels[..., 0] > 0).float()).reshape(-1)
+    total = 0
+    for i, l in enumerate(logits):
+        loss = F.cross_entropy(l.reshape(-1, l.shape[-1]), labels[..., i].reshape(-1), reduction="none")
+        total = total + (loss * weight).sum() / weight.sum()
+    return total
 
 
 def loss_fn(model: MobileVLM, pixel_values: torch.Tensor, samples, features: torch.Tensor | None = None) -> torch.Tensor:
@@ -324,6 +366,23 @@ def quick_accuracy(model: MobileVLM, tokenizer: Tokenizer, n: int) -> tuple[floa
     return total, {k: round(sum(v) / len(v), 3) for k, v in per_kind.items()}
 
 
+@torch.no_grad()
+def aux_accuracy(model: MobileVLM, head: torch.nn.Module, n_pictures: int = 32) -> list[float]:
+    """Per-token accuracy of the training-only head on held-out pictures (object tokens; all tokens for the cell)."""
+    scenes = [shapes.make_scene(seed) for seed in shapes.HELDOUT_SEEDS[:n_pictures]]
+    images = torch.from_numpy(np.stack([pixels(shapes.render(scene)) for scene in scenes]))
+    labels = torch.from_numpy(np.stack([token_labels(scene) for scene in scenes]))
+    model.eval()
+    logits = head(train_image_features(model, images)).split(list(AUX_CLASSES), dim=-1)
+    model.train()
+    on_object = labels[..., 0] > 0
+    out = []
+    for i, l in enumerate(logits):
+        keep = on_object if i < 3 else torch.ones_like(on_object)
+        out.append(round(float((l.argmax(-1)[keep] == labels[..., i][keep]).float().mean()), 3))
+    return out
+
+
 # --- main --------------------------------------------------------------------------------------
 
 
@@ -337,33 +396,51 @@ def build_model(config: TrainConfig, vocab_size: int) -> tuple[MobileVLM, dict]:
     model_config["_name_or_path"] = MODEL_ID
     torch.manual_seed(config.seed)
     model = MobileVLM(MobileVLMConfig.from_dict(model_config))
-    if config.position_init:
-        init_positions(model, config.position_init)
+    if config.local_attention:
+        init_local_attention(model, tuple(float(x) for x in config.local_attention.split(",")))
     return model, model_config
 
 
 @torch.no_grad()
-def init_positions(model: MobileVLM, std: float) -> None:
-    """2D sin-cos init of the patch position embeddings (the CLS position stays as initialised).
+def init_local_attention(model: MobileVLM, sharpness: tuple[float, ...]) -> None:
+    """Start the ViT looking locally: a from-scratch ViT learns *shape* very slowly otherwise.
 
-    transformers initialises CLIP's position embeddings with std 0.02, ~25x weaker than the patch
-    embeddings, so a ViT trained from scratch barely knows where a patch is and learns local attention
-    (hence shapes) very slowly. A sin-cos grid at the patches' scale fixes that; it stays trainable.
+    transformers initialises CLIP's position embeddings with std 0.02 and random query/key weights, so
+    at first every patch attends to all 576 others almost uniformly and gathers no local outline; it
+    takes thousands of steps to learn locality (ConViT, d'Ascoli et al. 2021, makes the same point).
+    Here the first `head_dim` channels of the residual stream hold a 2D sin-cos grid of the patch
+    position (and no pixel content), and every attention head's query and key read exactly those
+    channels, scaled so that head h attends mostly to patches within about 1/sqrt(sharpness[h]) patches
+    of itself. Everything stays trainable and in the plain CLIP format.
     """
-    table = model.vision_tower.embeddings.position_embedding.weight  # (1 + side*side, D)
+    tower = model.vision_tower
+    tower = tower.vision_model if hasattr(tower, "vision_model") else tower
+    embeddings, layers = tower.embeddings, tower.encoder.layers
+    attention = layers[0].self_attn
+    head_dim = attention.head_dim
+    table = embeddings.position_embedding.weight  # (1 + side*side, D)
     side = int(round((table.shape[0] - 1) ** 0.5))
-    dim = table.shape[1]
-    quarter = dim // 4
-    omega = 1.0 / 10000 ** (torch.arange(quarter, dtype=torch.float64) / quarter)
+    quarter = head_dim // 4
+    omega = torch.tensor([1.2 / 2**k for k in range(quarter)], dtype=torch.float64)  # radians per patch
     ys, xs = torch.meshgrid(torch.arange(side, dtype=torch.float64), torch.arange(side, dtype=torch.float64),
                             indexing="ij")
     parts = []
     for coord in (ys.reshape(-1), xs.reshape(-1)):
         angles = coord[:, None] * omega[None]
         parts += [angles.sin(), angles.cos()]
-    grid = torch.cat(parts, dim=1)  # (side*side, 4*quarter)
-    grid = torch.cat([grid, torch.zeros(grid.shape[0], dim - grid.shape[1], dtype=grid.dtype)], dim=1)
-    table[1:] = (grid / grid.std() * std).to(table.dtype)
+    table.zero_()
+    table[1:, : 4 * quarter] = torch.cat(parts, dim=1).to(table.dtype)  # (side*side, head_dim)
+    embeddings.patch_embedding.weight[:head_dim] = 0  # those channels carry position only
+    for layer in layers:
+        attention = layer.self_attn
+        for h in range(attention.embed_dim // head_dim):
+            # logits ~ sharpness * sum over frequencies of cos(omega * distance) (after layer norm, roughly)
+            scale = math.sqrt(sharpness[h % len(sharpness)] * math.sqrt(head_dim) / 3.3)
+            rows = slice(h * head_dim, (h + 1) * head_dim)
+            for proj in (attention.q_proj, attention.k_proj):
+                proj.weight[rows] = 0
+                proj.weight[rows, :head_dim] = torch.eye(head_dim) * scale
+                proj.bias[rows] = 0
 
 
 def build_aux_head(config: TrainConfig) -> torch.nn.Module:
@@ -373,11 +450,19 @@ def build_aux_head(config: TrainConfig) -> torch.nn.Module:
                                torch.nn.Linear(config.aux_hidden, sum(AUX_CLASSES)))
 
 
+def total_steps(config: TrainConfig) -> int:
+    return config.vision_steps + config.steps
+
+
 def lr_at(step: int, config: TrainConfig) -> float:
-    if step < config.warmup_steps:
-        return config.lr * (step + 1) / config.warmup_steps
-    progress = (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps)
-    return config.lr * (config.min_lr_ratio + (1 - config.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+    """Warm-up, constant through the vision-only phase, warm-up again (the language model starts then),
+    then cosine down to `min_lr_ratio`."""
+    if step < config.vision_steps:
+        return config.lr * min(1.0, (step + 1) / config.warmup_steps)
+    step -= config.vision_steps
+    warm = min(1.0, (step + 1) / config.warmup_steps)
+    progress = step / max(1, config.steps)
+    return warm * config.lr * (config.min_lr_ratio + (1 - config.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
 def save_checkpoint(model: MobileVLM, model_config: dict, folder: Path) -> None:
@@ -408,35 +493,45 @@ def train(out: Path, config: TrainConfig, max_minutes: float | None = None, log=
     no_decay = [p for n, p in named if not (p.dim() >= 2 and "embed" not in n)]
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": config.weight_decay},
                                    {"params": no_decay, "weight_decay": 0.0}], lr=config.lr, betas=(0.9, 0.98))
-    batches = Batches(tokenizer, config)
+    batches = prefetched_batches(out, config)
     model.train()
     history = []
     smoothed = None
-    for step in range(config.steps):
+    step = 0
+    n_steps = total_steps(config)
+    for step in range(n_steps):
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, config)
-        pixel_values, samples, labels = batches.next_batch(step)
+        pixel_values, samples, labels = next(batches)
         features = train_image_features(model, pixel_values)
-        lm_loss = loss_fn(model, pixel_values, samples, features)
-        extra = aux_loss(aux_head, features, labels) if config.aux_weight else torch.zeros(())
-        loss = lm_loss + config.aux_weight * extra
+        extra = aux_loss(aux_head, features, labels, config.object_weight) if config.aux_weight else torch.zeros(())
+        if step < config.vision_steps:  # vision phase: the language model waits for useful image tokens
+            lm_loss = torch.zeros(())
+            loss = extra
+        else:
+            lm_loss = loss_fn(model, pixel_values, samples, features)
+            loss = lm_loss + config.aux_weight * extra
+            smoothed = lm_loss.item() if smoothed is None else 0.95 * smoothed + 0.05 * lm_loss.item()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
         optimizer.step()
-        smoothed = lm_loss.item() if smoothed is None else 0.95 * smoothed + 0.05 * lm_loss.item()
         elapsed = time.perf_counter() - started
-        if step % 25 == 0 or step == config.steps - 1:
-            log(f"step {step:5d}  loss {lm_loss.item():.4f}  (avg {smoothed:.4f})  aux {extra.item():.3f}  "
+        if step % 25 == 0 or step == n_steps - 1:
+            log(f"step {step:5d}  loss {lm_loss.item():.4f}  (avg {smoothed or 0:.4f})  aux {extra.item():.3f}  "
                 f"lr {lr_at(step, config):.2e}  "
                 f"{elapsed / 60:.1f} min")
-        if config.eval_every and (step + 1) % config.eval_every == 0 and step + 1 < config.steps:
-            accuracy, per_kind = quick_accuracy(model, tokenizer, config.eval_questions)
-            log(f"  held-out accuracy (torch, {config.eval_questions} questions): {accuracy:.3f} {per_kind}")
-            history.append({"step": step + 1, "accuracy": accuracy, "per_kind": per_kind})
+        if config.eval_every and (step + 1) % config.eval_every == 0 and step + 1 < n_steps:
+            probe = aux_accuracy(model, aux_head)
+            log(f"  held-out per-token accuracy of the vision features (colour, shape, size, cell): {probe}")
+            if step >= config.vision_steps:
+                accuracy, per_kind = quick_accuracy(model, tokenizer, config.eval_questions)
+                log(f"  held-out accuracy (torch, {config.eval_questions} questions): {accuracy:.3f} {per_kind}")
+                history.append({"step": step + 1, "accuracy": accuracy, "per_kind": per_kind, "probe": probe})
         if max_minutes and elapsed > max_minutes * 60:
             log(f"stopping early at step {step + 1}: the {max_minutes} minute budget is spent")
             break
+    batches.close()  # stops the worker
     save_checkpoint(model, model_config, out)
     model = MobileVLM.from_folder(out)  # the shipped (bf16) weights, as the loader reads them
     accuracy, per_kind = quick_accuracy(model, tokenizer, config.eval_questions)
