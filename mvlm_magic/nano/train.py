@@ -227,6 +227,18 @@ def _produce(folder: str, config: TrainConfig, queue) -> None:
         queue.put(batches.next_batch(step))
 
 
+def _get(queue, worker):
+    """The next batch; an error if the worker died (instead of waiting for ever)."""
+    import queue as queues
+
+    while True:
+        try:
+            return queue.get(timeout=5)
+        except queues.Empty:
+            if not worker.is_alive():
+                raise RuntimeError(f"the batch worker stopped (exit code {worker.exitcode})") from None
+
+
 def prefetched_batches(folder: Path, config: TrainConfig):
     """The same batches as `Batches(...).next_batch(step)` for step 0, 1, ..., drawn in a second process.
 
@@ -242,7 +254,7 @@ def prefetched_batches(folder: Path, config: TrainConfig):
     worker.start()
     try:
         for _ in range(total_steps(config)):
-            images, samples, labels = queue.get()
+            images, samples, labels = _get(queue, worker)
             yield torch.from_numpy(images), samples, torch.from_numpy(labels)
     finally:
         worker.terminate()
