@@ -54,7 +54,7 @@ class TrainConfig:
     vision_intermediate_size: int = 256
     vocab_size: int = 512
     # optimisation
-    steps: int = 3800
+    steps: int = 4200
     images_per_step: int = 8
     questions_per_image: int = 8
     lr: float = 2e-3
@@ -66,7 +66,8 @@ class TrainConfig:
     threads: int = 1
     local_attention: str = "0.3,1.0"  # per-head sharpness of the local-attention init of the ViT ("": HF's init)
     vision_steps: int = 3000  # first: the vision tower + projector alone, on the per-token labels
-    aux_hidden: int = 128  # width of the training-only MLP head (0: a linear head)
+    aux_hidden: int = 0  # width of a hidden layer in the training-only head (0: a linear head, which keeps the
+    # classes linearly readable by the language model's attention)
     aux_weight: float = 1.0  # training-only per-token colour/shape/size/cell loss on the projector output
     object_weight: float = 10.0  # tokens covered by an object weigh this much more than background in that loss
     curriculum_steps: int = 300  # first steps: pictures with few objects (1, then up to 2, then up to 3)
