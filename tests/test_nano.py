@@ -104,9 +104,7 @@ def test_packed_training_loss_equals_separate_sequences(tmp_path):
     torch = pytest.importorskip("torch")
     from mvlm_magic.nano import train
 
-    config = train.TrainConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-                               vision_hidden_size=16, vision_layers=2, vision_heads=2, vision_intermediate_size=32,
-                               images_per_step=2, questions_per_image=3)
+    config = _small_config(train)
     tokenizer = train.train_tokenizer(tmp_path, config.vocab_size, 0)
     model, _ = train.build_model(config, tokenizer.vocab_size)
     model = model.double()

@@ -157,13 +157,13 @@ def token_labels(scene: shapes.Scene, min_cover: float = 0.1) -> np.ndarray:
     Training-only targets for an auxiliary head on the projector output; they speed up learning the
     vision tower from scratch and are not part of the shipped model.
     """
-    cell = shapes.IMAGE_SIZE // GRID_TOKENS
-    blocks = shapes.object_map(scene).reshape(GRID_TOKENS, cell, GRID_TOKENS, cell).transpose(0, 2, 1, 3)
-    blocks = blocks.reshape(GRID_TOKENS * GRID_TOKENS, cell * cell)
+    side = shapes.IMAGE_SIZE // GRID_TOKENS  # pixels per token side
+    blocks = shapes.object_map(scene).reshape(GRID_TOKENS, side, GRID_TOKENS, side).transpose(0, 2, 1, 3)
+    blocks = blocks.reshape(GRID_TOKENS * GRID_TOKENS, side * side)
     counts = np.stack([np.bincount(row, minlength=len(scene.things) + 1) for row in blocks])
     counts[:, 0] = 0
     owner = counts.argmax(1)
-    owner[counts.max(1) < min_cover * cell * cell] = 0
+    owner[counts.max(1) < min_cover * side * side] = 0
     table = np.zeros((len(scene.things) + 1, 3), np.int64)
     for i, thing in enumerate(scene.things):
         table[i + 1] = (1 + list(shapes.COLOURS).index(thing.colour), 1 + shapes.SHAPES.index(thing.shape),
@@ -205,7 +205,7 @@ class Batches:
                 return scene
 
     def next_batch(self, step: int):
-        """(images (B, 3, 336, 336) float32, [(image index, prompt ids, answer ids)], labels (B, 144, 3) int64)."""
+        """(images (B, 3, 336, 336) float32, [(image index, prompt ids, answer ids)], labels (B, 144, 4) int64)."""
         config = self.config
         images, samples = [], []
         limit = self.max_objects(step)
