@@ -1,10 +1,10 @@
 """Build an openvino_genai.LLMPipeline folder from a MobileVLM checkpoint's language model.
 
-    python benchmarks/genai_peer.py CHECKPOINT OUT_DIR [--group-size 128]
+    python benchmarks/genai_peer.py CHECKPOINT OUT_DIR [--compression int4-g128-r0.8]
 
 genai's LLMPipeline needs a stateful model that takes `input_ids` and a `beam_idx` input, so this
-traces the same language model as our exporter (same wrapper, same DynamicCache workaround, same
-INT4_ASYM group 128 ratio 0.8) with the token embedding inside and OpenVINO's beam reorder added.
+traces the same language model as our exporter (same wrapper, same DynamicCache workaround, the same
+compression code, the same beam_idx input) with the token embedding inside.
 It is the decode ceiling for our weights: genai's C++ loop over the same kind of IR.
 """
 
@@ -15,15 +15,13 @@ import json
 import shutil
 from pathlib import Path
 
-import numpy as np
 
-
-def build(checkpoint: Path, out: Path, group_size: int = 128) -> Path:
-    import nncf
+def build(checkpoint: Path, out: Path, compression: str = "int4") -> Path:
     import openvino as ov
     from openvino import opset13
 
-    from mvlm_magic.export import convert_language_model, quiet_rich
+    from mvlm_magic.cache import Compression
+    from mvlm_magic.export import compress, convert_language_model
     from mvlm_magic.model.mobilevlm import MobileVLM
 
     model = MobileVLM.from_folder(checkpoint)
@@ -37,27 +35,9 @@ def build(checkpoint: Path, out: Path, group_size: int = 128) -> Path:
     for target in old.output(0).get_target_inputs():
         target.replace_source_output(embeds.output(0))
     ov_model.remove_parameter(old)
-    beam_idx = opset13.parameter([-1], ov.Type.i32, name="beam_idx")
-    beam_idx.output(0).get_tensor().set_names({"beam_idx"})
-    ov_model.add_parameters([input_ids, beam_idx])
-    for op in ov_model.get_ops():
-        if op.get_type_name() == "ReadValue":
-            # The state initializer sized its batch from inputs_embeds; take it from input_ids now.
-            dims = [d.min_length for d in op.get_output_partial_shape(0)]
-            batch = opset13.gather(opset13.shape_of(input_ids, output_type="i64"), opset13.constant([0]),
-                                   opset13.constant(0))
-            parts = [batch if i == 0 else opset13.constant(np.array([d], np.int64)) for i, d in enumerate(dims)]
-            op.set_arguments([opset13.broadcast(opset13.constant(0.0, dtype=op.get_output_element_type(0)),
-                                                opset13.concat(parts, axis=0))])
-            consumers = op.output(0).get_target_inputs()
-            reordered = opset13.gather(op, beam_idx, opset13.constant(0))
-            for consumer in consumers:
-                if consumer.get_node().get_friendly_name() != reordered.get_friendly_name():
-                    consumer.replace_source_output(reordered.output(0))
+    ov_model.add_parameters([input_ids])  # beam_idx and the state initializers come from our exporter
     ov_model.validate_nodes_and_infer_types()
-    with quiet_rich():
-        ov_model = nncf.compress_weights(ov_model, mode=nncf.CompressWeightsMode.INT4_ASYM, group_size=group_size,
-                                         ratio=0.8)
+    ov_model, _ = compress(ov_model, "language", Compression.parse(compression))
     out.mkdir(parents=True, exist_ok=True)
     ov.save_model(ov_model, out / "openvino_model.xml")
     config = json.loads((checkpoint / "config.json").read_text())
@@ -72,9 +52,9 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("checkpoint", type=Path)
     parser.add_argument("out", type=Path)
-    parser.add_argument("--group-size", type=int, default=128)
+    parser.add_argument("--compression", default="int4", help="as for our exporter, e.g. int4-sym-g128-r1")
     args = parser.parse_args()
-    print(build(args.checkpoint, args.out, args.group_size))
+    print(build(args.checkpoint, args.out, args.compression))
 
 
 if __name__ == "__main__":

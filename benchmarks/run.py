@@ -59,12 +59,32 @@ build_tiny_checkpoint(sys.argv[1], **spec)
 result = {}
 """
 
+# A random model of the real shape picks ids from all 32000 logits; the small trained tokenizer has 400
+# pieces. Padding it with never-matched pieces lets every id decode, as a real LLaMA tokenizer would.
+PAD_TOKENIZER = """
+from pathlib import Path
+from sentencepiece import sentencepiece_model_pb2
+path, size = Path(sys.argv[1]) / "tokenizer.model", int(sys.argv[2])
+model = sentencepiece_model_pb2.ModelProto()
+model.ParseFromString(path.read_bytes())
+for i in range(len(model.pieces), size):
+    piece = model.pieces.add()
+    piece.piece, piece.score = f"<extra_{i}>", 0.0
+    piece.type = sentencepiece_model_pb2.ModelProto.SentencePiece.USER_DEFINED
+path.write_bytes(model.SerializeToString())
+result = {"pieces": len(model.pieces)}
+"""
+
 EXPORT = """
 import time
 from mvlm_magic.export import export_model
+from mvlm_magic.cache import Compression, cache_key, find_export
+from mvlm_magic.model.checkpoint import resolve_source
+source = resolve_source(sys.argv[1])
+cached = find_export(sys.argv[3], cache_key(source.model_id, source.revision, Compression.parse(sys.argv[2]))) is not None
 started = time.perf_counter()
-path = export_model(sys.argv[1], sys.argv[2], cache_dir=sys.argv[3]).path
-result = {"seconds": time.perf_counter() - started, "path": str(path)}
+path = export_model(sys.argv[1], sys.argv[2], cache_dir=sys.argv[3], source=source).path
+result = {"seconds": time.perf_counter() - started, "path": str(path), "cached": cached}
 """
 
 NOTEBOOK_IR = """
@@ -140,16 +160,16 @@ def build_gguf(checkpoint: Path, work: Path) -> dict[str, Path]:
     return ggufs
 
 
-def build_genai(checkpoint: Path, work: Path, shape: str) -> Path | None:
+def build_genai(checkpoint: Path, work: Path, compression: str) -> Path | None:
     try:
         import openvino_genai  # noqa: F401
     except ImportError:
         print("openvino-genai is not installed: its peer is skipped (pip install openvino-genai==2026.4.1.0)")
         return None
-    folder = work / "genai"
+    folder = work / f"genai-{checkpoint.name}-{compression}"
     if not (folder / "openvino_model.xml").is_file():
         subprocess.run([sys.executable, str(HERE / "genai_peer.py"), str(checkpoint), str(folder),
-                        "--group-size", "128" if shape == "real" else "32"], check=True, capture_output=True)
+                        "--compression", compression], check=True, capture_output=True)
     return folder
 
 
@@ -170,22 +190,37 @@ def prepare(args, work: Path) -> tuple[dict, dict, dict]:
     if not (checkpoint / "config.json").is_file():
         print(f"building {checkpoint}", flush=True)
         python(BUILD, checkpoint, json.dumps(spec))
+    vocab = json.loads((checkpoint / "config.json").read_text())["vocab_size"]
+    python(PAD_TOKENIZER, checkpoint, vocab)  # a no-op once padded
     exports, export_costs = {}, {}
+    measured = work / "export-costs.json"  # an export found in the cache keeps the cost measured when it was made
+    known = json.loads(measured.read_text()) if measured.is_file() else {}
     for compression in args.compressions:
         cost = python(EXPORT, checkpoint, compression, work / "cache")
         exports[f"ours {compression}"] = cost["path"]
-        export_costs[compression] = {"seconds": round(cost["seconds"], 1), "peak_rss_gb": round(cost["peak_rss_mb"] / 1024, 2)}
+        key = f"{args.version} {compression}"
+        if not cost["cached"] or key not in known:
+            known[key] = {"seconds": round(cost["seconds"], 1), "peak_rss_gb": round(cost["peak_rss_mb"] / 1024, 2),
+                          "cached": cost["cached"]}
+            measured.write_text(json.dumps(known, indent=2))
+        export_costs[compression] = known[key]
         print(f"export {compression}: {export_costs[compression]}", flush=True)
-    notebook_ir = work / f"notebook-lm-{args.version}.xml"
-    if not notebook_ir.is_file():
-        python(NOTEBOOK_IR, checkpoint, notebook_ir, "tiny" if args.tiny else "real")
     candidates = {name: ["ours", "--export", path] for name, path in exports.items()}
-    candidates["notebook design INT4"] = ["notebook", "--checkpoint", checkpoint, "--lm-ir", notebook_ir]
+    for variant in args.variant:  # "COMPRESSION KEY=VALUE ...": one of our exports with other OpenVINO properties
+        compression, *properties = variant.split()
+        candidates[f"ours {variant}"] = ["ours", "--export", exports[f"ours {compression}"], "--ov-config", *properties]
+    if not args.skip_notebook:
+        notebook_ir = work / f"notebook-lm-{args.version}.xml"
+        if not notebook_ir.is_file():
+            python(NOTEBOOK_IR, checkpoint, notebook_ir, "tiny" if args.tiny else "real")
+        candidates["notebook design INT4"] = ["notebook", "--checkpoint", checkpoint, "--lm-ir", notebook_ir]
     if not args.skip_torch:
         candidates["torch fp32"] = ["torch", "--checkpoint", checkpoint]
-    genai = build_genai(checkpoint, work, "tiny" if args.tiny else "real")
-    if genai:
-        candidates["genai LLMPipeline INT4"] = ["genai", "--genai", genai]
+    if not args.skip_genai:
+        compression = args.compressions[0]  # the same weights as our first candidate
+        genai = build_genai(checkpoint, work, compression)
+        if genai:
+            candidates[f"genai LLMPipeline {compression}"] = ["genai", "--genai", genai]
     if not args.skip_llamacpp:
         for name, gguf in build_gguf(checkpoint, work).items():
             candidates[name] = ["llamacpp", "--gguf", gguf]
@@ -195,7 +230,7 @@ def prepare(args, work: Path) -> tuple[dict, dict, dict]:
 
 def lm_bytes(command: list) -> int | None:
     """Bytes of language-model weights a decode step reads (file size of the weights)."""
-    kind, value = command[0], Path(str(command[-1]))
+    kind, value = command[0], Path(str(command[-1] if command[0] != "ours" else command[2]))
     if kind == "ours":
         return (value / "language.bin").stat().st_size + (value / "text_embeddings.bin").stat().st_size // 1000
     if kind == "notebook":
@@ -207,12 +242,21 @@ def lm_bytes(command: list) -> int | None:
     return None
 
 
-def run_rounds(candidates: dict, rounds: int, new_tokens: int) -> dict[str, list[dict]]:
+POSITIONS = """
+sys.path.insert(0, sys.argv[2])
+from candidates import prompt_ids
+ids = prompt_ids(sys.argv[1])
+result = {"positions": len(ids) - 1 + 144}
+"""
+
+
+def run_rounds(candidates: dict, rounds: int, new_tokens: int, prompt_tokens: int) -> dict[str, list[dict]]:
     results: dict[str, list[dict]] = {name: [] for name in candidates}
     for round_index in range(rounds):
         for name, command in candidates.items():
             run = subprocess.run([sys.executable, str(HERE / "candidates.py"), *map(str, command),
-                                  "--new-tokens", str(new_tokens)], capture_output=True, text=True)
+                                  "--new-tokens", str(new_tokens), "--prompt-tokens", str(prompt_tokens)],
+                                 capture_output=True, text=True)
             results[name].append(parse(run))
             r = results[name][-1]
             print(f"round {round_index + 1} {name}: ttft {r['ttft_ms']:.0f} ms, {r['decode_tps']:.2f} tok/s, "
@@ -230,7 +274,8 @@ def write_report(out: Path, report: dict) -> None:
     (out / "benchmarks.json").write_text(json.dumps(report, indent=2))
     rows = report["medians"]
     lines = [f"Machine: {report['machine']}; memory read bandwidth {report['bandwidth_gbs']:.1f} GB/s (numpy).",
-             f"Checkpoint: {report['checkpoint']}; {report['rounds']} rounds, interleaved, fresh process each, medians.",
+             f"Checkpoint: {report['checkpoint']}; {report['rounds']} rounds, interleaved, fresh process each, medians; "
+             f"prompt {report['prompt_positions']} positions (144 of them image), {report['new_tokens']} new tokens.",
              "", "| candidate | image encode ms | first token ms | decode tok/s | bandwidth limit tok/s | load s | peak RSS MB |",
              "|---|---|---|---|---|---|---|"]
     for name, m in rows.items():
@@ -289,19 +334,26 @@ def main(argv=None) -> dict:
     parser.add_argument("--compressions", nargs="+", default=["int4", "int8"])
     parser.add_argument("--skip-torch", action="store_true")
     parser.add_argument("--skip-llamacpp", action="store_true")
+    parser.add_argument("--skip-notebook", action="store_true")
+    parser.add_argument("--skip-genai", action="store_true")
+    parser.add_argument("--variant", action="append", default=[],
+                        help='one of the exported compressions with extra OpenVINO properties, e.g. '
+                             '"int4 DYNAMIC_QUANTIZATION_GROUP_SIZE=0" (repeatable)')
     parser.add_argument("--work", type=Path, default=Path("/tmp/mvlm-bench"))
-    parser.add_argument("--out", type=Path, default=HERE.parent / "docs")
+    parser.add_argument("--out", type=Path, default=HERE.parent / "docs" / "benchmarks")
     args = parser.parse_args(argv)
     work = args.work / ("tiny" if args.tiny else "real")
     work.mkdir(parents=True, exist_ok=True)
     candidates, export_costs, sizes = prepare(args, work)
-    results = run_rounds(candidates, args.rounds, args.new_tokens)
+    # the text-only peers (llama.cpp, genai) get a prompt as long as ours, image positions included
+    positions = python(POSITIONS, work / f"checkpoint-{args.version}", HERE)["positions"]
+    results = run_rounds(candidates, args.rounds, args.new_tokens, positions)
     bandwidth = memory_bandwidth_gbs()
     report = {
         "machine": f"{cpu_name()}, {os.cpu_count()} cores, "
                    f"{os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GiB, {platform.platform()}",
         "checkpoint": f"random MobileVLM {args.version} {'tiny' if args.tiny else '1.7B shape'}",
-        "rounds": args.rounds, "new_tokens": args.new_tokens, "bandwidth_gbs": bandwidth,
+        "rounds": args.rounds, "new_tokens": args.new_tokens, "prompt_positions": positions, "bandwidth_gbs": bandwidth,
         "exports": export_costs, "runs": results, "medians": {n: medians(r) for n, r in results.items()},
         "limits": {n: bandwidth * 1e9 / b for n, b in sizes.items() if b},
         "lm_bytes": sizes,

@@ -19,7 +19,7 @@ from pathlib import Path
 from .errors import MvlmError
 
 MANIFEST = "manifest.json"
-EXPORT_FORMAT = 1  # bump when the IR layout or the export code changes what it writes
+EXPORT_FORMAT = 2  # 2: the language model reads its state through beam_idx. Bump when the IR layout or the export code changes what it writes
 TMP_PREFIX = ".tmp-"
 # Libraries whose version changes the IR an export writes.
 IR_LIBRARIES = ("openvino", "nncf", "torch", "transformers")
@@ -42,17 +42,24 @@ def library_versions(names=IR_LIBRARIES) -> dict[str, str]:
     return found
 
 
+# What a bare "int4" means: the int4 variant benchmarks/run.py found fastest at the same answer quality
+# (docs/benchmarks.md): symmetric, group 128, every language-model layer in int4 (the head stays int8).
+INT4_PRESET = "int4-sym-g128-r1"
+
+
 @dataclass(frozen=True)
 class Compression:
     mode: str = "int4"  # fp32 | fp16 | int8 | int4
     group_size: int = 128  # int4 only
-    ratio: float = 0.8  # int4 only: share of layers in int4, the rest int8
+    ratio: float = 1.0  # int4 only: share of layers in int4, the rest int8
+    sym: bool = True  # int4 only: symmetric (no zero points) instead of asymmetric
 
     MODES = ("fp32", "fp16", "int8", "int4")
 
     def __post_init__(self):
         if self.mode not in self.MODES:
-            raise MvlmError(f"unknown compression {self.mode!r}; choose one of {', '.join(self.MODES)}.")
+            raise MvlmError(f"unknown compression {self.mode!r}; choose one of {', '.join(self.MODES)} "
+                            "(or an int4 label such as int4-sym-g128-r1).")
         if self.mode == "int4":
             if not (isinstance(self.group_size, int) and (self.group_size == -1 or self.group_size >= 8)):
                 raise MvlmError(f"group size must be -1 (per channel) or an integer >= 8, not {self.group_size!r}.")
@@ -60,15 +67,35 @@ class Compression:
                 raise MvlmError(f"ratio must be in (0, 1], not {self.ratio!r}.")
 
     @classmethod
-    def parse(cls, mode: str = "int4", group_size: int | None = None, ratio: float | None = None) -> "Compression":
-        mode = str(mode).lower()
+    def parse(cls, mode: str = "int4", group_size: int | None = None, ratio: float | None = None,
+              sym: bool | None = None) -> Compression:
+        """A mode ("int4" is INT4_PRESET) or a label int4[-sym][-gN][-rX] (a label's missing parts: asym, group
+        128, ratio 1); explicit arguments override either."""
+        text = str(mode).lower()
+        text = INT4_PRESET if text == "int4" else text
+        mode = text.split("-")[0]
         if mode != "int4":
+            if text != mode:
+                raise MvlmError(f"unknown compression {text!r}; only int4 takes options (e.g. int4-sym-g64-r1).")
             return cls(mode, 0, 1.0)  # group size and ratio mean nothing here; keep keys stable
-        return cls(mode, 128 if group_size is None else int(group_size), 0.8 if ratio is None else float(ratio))
+        match = re.fullmatch(r"int4(?P<sym>-sym)?(?:-g(?P<group_size>-1|\d+))?(?:-r(?P<ratio>[0-9.]+))?", text)
+        if not match:
+            raise MvlmError(f"cannot read compression {text!r}; write e.g. int4, int4-sym, int4-g64-r0.9, int4-sym-g128-r1.")
+        found = {k: v for k, v in match.groupdict().items() if v}
+        if "group_size" in found:
+            found["group_size"] = int(found["group_size"])
+        if "ratio" in found:
+            found["ratio"] = float(found["ratio"])
+        found["sym"] = "sym" in found
+        group_size = found.get("group_size", 128) if group_size is None else int(group_size)
+        ratio = found.get("ratio", 1.0) if ratio is None else float(ratio)
+        return cls(mode, group_size, ratio, found.get("sym", False) if sym is None else bool(sym))
 
     @property
     def label(self) -> str:
-        return f"int4-g{self.group_size}-r{self.ratio:g}" if self.mode == "int4" else self.mode
+        if self.mode != "int4":
+            return self.mode
+        return f"int4-{'sym-' if self.sym else ''}g{self.group_size}-r{self.ratio:g}"
 
 
 def slug(text: str) -> str:

@@ -1,6 +1,6 @@
 """`mvlm`: the engine in a terminal.
 
-    mvlm export MODEL [--compression int4] [--group-size 128] [--ratio 0.8] [--cache-dir DIR]
+    mvlm export MODEL [--compression int4] [--group-size 128] [--ratio 1] [--cache-dir DIR]
     mvlm ask IMAGE "QUESTION" [--model MODEL] [--device CPU] [--stats] ...
     mvlm list | mvlm delete KEY
     mvlm demo                      # a generated picture, a question, a streamed answer
@@ -25,9 +25,10 @@ def stderr_progress(stage: str, fraction: float | None, message: str = "") -> No
 
 
 def add_compression_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--compression", default="int4", choices=Compression.MODES, help="weight format (default int4)")
+    parser.add_argument("--compression", default="int4",
+                        help="weight format: int4 (default), int8, fp16, fp32, or an int4 label like int4-sym-g128-r1")
     parser.add_argument("--group-size", type=int, default=None, help="int4 group size (default 128)")
-    parser.add_argument("--ratio", type=float, default=None, help="int4 share of layers, the rest int8 (default 0.8)")
+    parser.add_argument("--ratio", type=float, default=None, help="int4 share of layers, the rest int8 (default 1)")
     parser.add_argument("--cache-dir", default=None, help=f"export cache (default {default_cache_dir()})")
 
 

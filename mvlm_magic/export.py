@@ -23,10 +23,25 @@ from pathlib import Path
 
 import numpy as np
 
-from .cache import (Compression, CachedExport, cache_key, default_cache_dir, find_export, library_versions,
-                    new_temp_folder, publish)
+from .cache import (
+    EXPORT_FORMAT,
+    CachedExport,
+    Compression,
+    cache_key,
+    default_cache_dir,
+    find_export,
+    library_versions,
+    new_temp_folder,
+    publish,
+)
 from .errors import MvlmError
-from .model.checkpoint import TOKENIZER_FILES, CheckpointSource, Progress, no_progress, resolve_source
+from .model.checkpoint import (
+    TOKENIZER_FILES,
+    CheckpointSource,
+    Progress,
+    no_progress,
+    resolve_source,
+)
 
 SUPPORTED = {"transformers": ("5.24",), "openvino": ("2026.4",), "nncf": ("3.4",)}
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -136,11 +151,22 @@ def name_ports(ov_model, input_names: list[str], output_names: list[str]) -> Non
 
 
 def make_stateful(ov_model, past_to_present: dict[str, str]) -> None:
-    """Turn the KV inputs/outputs into OpenVINO state that starts empty for any batch size."""
+    """Turn the KV inputs/outputs into OpenVINO state that starts empty for any batch size.
+
+    Each state is read through a Gather on a `beam_idx` input (the layout optimum-intel and openvino.genai
+    use): OpenVINO's CPU plugin recognises ReadValue -> Gather -> Concat -> ScaledDotProductAttention and
+    replaces it with its fused attention over an internal KV cache. Without it, attention is decomposed and
+    every decoded token copies the whole cache; with it, decode is ~1.5x faster (docs/benchmarks.md).
+    The runtime feeds beam_idx = [0].
+    """
+    import openvino as ov
     from openvino import opset13
     from openvino._offline_transformations import apply_make_stateful_transformation
 
     apply_make_stateful_transformation(ov_model, past_to_present)
+    beam_idx = opset13.parameter([-1], ov.Type.i32, name="beam_idx")
+    beam_idx.output(0).get_tensor().set_names({"beam_idx"})
+    ov_model.add_parameters([beam_idx])
     batch = opset13.gather(opset13.shape_of(ov_model.input("inputs_embeds"), output_type="i64"),
                            opset13.constant([0]), opset13.constant(0))
     for op in ov_model.get_ops():
@@ -150,6 +176,10 @@ def make_stateful(ov_model, past_to_present: dict[str, str]) -> None:
             zeros = opset13.broadcast(opset13.constant(0.0, dtype=op.get_output_element_type(0)),
                                       opset13.concat(parts, axis=0))
             op.set_arguments([zeros])
+            consumers = list(op.output(0).get_target_inputs())
+            reordered = opset13.gather(op, beam_idx, opset13.constant(0))  # (B, KV, P, D), rows picked by beam_idx
+            for consumer in consumers:
+                consumer.replace_source_output(reordered.output(0))
     ov_model.validate_nodes_and_infer_types()
 
 
@@ -157,7 +187,8 @@ def make_stateful(ov_model, past_to_present: dict[str, str]) -> None:
 
 
 def compress(ov_model, role: str, compression: Compression):
-    """int8: every IR INT8_ASYM. int4: the language model INT4_ASYM (rest int8 backup), others int8."""
+    """int8: every IR INT8_ASYM. int4: the language model INT4_SYM or INT4_ASYM (layers beyond the ratio and the
+    head: int8 backup), the others int8."""
     if compression.mode in ("fp32", "fp16"):
         return ov_model, {}
     import nncf
@@ -182,15 +213,19 @@ def quiet_rich():
 
 
 def _compress(nncf, ov_model, role: str, compression: Compression):
-    from nncf.quantization.advanced_parameters import AdvancedCompressionParameters, GroupSizeFallbackMode
+    from nncf.quantization.advanced_parameters import (
+        AdvancedCompressionParameters,
+        GroupSizeFallbackMode,
+    )
 
     if compression.mode == "int4" and role == "language":
         params = AdvancedCompressionParameters(group_size_fallback_mode=GroupSizeFallbackMode.ADJUST,
                                                min_adjusted_group_size=16)
-        compressed = nncf.compress_weights(ov_model, mode=nncf.CompressWeightsMode.INT4_ASYM,
-                                           group_size=compression.group_size, ratio=compression.ratio,
-                                           advanced_parameters=params)
-        return compressed, {"mode": "int4_asym", "group_size": compression.group_size, "ratio": compression.ratio}
+        mode = nncf.CompressWeightsMode.INT4_SYM if compression.sym else nncf.CompressWeightsMode.INT4_ASYM
+        compressed = nncf.compress_weights(ov_model, mode=mode, group_size=compression.group_size,
+                                           ratio=compression.ratio, advanced_parameters=params)
+        return compressed, {"mode": "int4_sym" if compression.sym else "int4_asym", "group_size": compression.group_size,
+                            "ratio": compression.ratio}
     return nncf.compress_weights(ov_model, mode=nncf.CompressWeightsMode.INT8_ASYM), {"mode": "int8_asym"}
 
 
@@ -280,10 +315,11 @@ def _export(source, config, key, compression, cache_dir, progress, started) -> C
 def build_manifest(source, compression: Compression, config, details: dict, seconds: float) -> dict:
     text = config.text
     return {
-        "format": 1,
+        "format": EXPORT_FORMAT,
         "model_id": source.model_id,
         "revision": source.revision,
         "compression": {"mode": compression.mode, "group_size": compression.group_size, "ratio": compression.ratio,
+                        "sym": compression.sym,
                         "label": compression.label, "per_model": details},
         "versions": {**library_versions(), "mvlm_magic": version("mvlm-magic") if _installed() else "source"},
         "model": {

@@ -26,7 +26,7 @@ from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_cell_magic, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
 from IPython.display import display
-from traitlets import Enum, Float, Int, Unicode
+from traitlets import Enum, Float, Int, TraitError, Unicode, validate
 
 from . import frontend
 from .ask_input import expand_question, image_key, resolve_image
@@ -34,7 +34,7 @@ from .errors import MvlmError
 from .last_image import LastImage
 
 ANSWER_VARIABLE = "_mvlm_answer"
-COMPRESSIONS = ("int4", "int8", "fp16", "fp32")
+COMPRESSION_HELP = "int4, int8, fp16, fp32, or an int4 label such as int4-sym-g128-r1"
 
 NO_MODEL = "no model loaded; run %mvlm_load first (e.g. %mvlm_load mobilevlm-v2-1.7b)."
 EMPTY_QUESTION = "the question is empty; write it in the cell, on the lines below %%mvlm_ask."
@@ -57,7 +57,7 @@ class MvlmMagics(Magics):
     cache_dir = Unicode("", help="Export cache folder ('' = $MVLM_CACHE or ~/.cache/mvlm_magic).").tag(config=True)
     default_model = Unicode("", help="Model %mvlm_load uses when none is named ('' = the bundled model).").tag(config=True)
     device = Unicode("CPU", help="OpenVINO device: CPU, GPU, NPU, AUTO, ...").tag(config=True)
-    compression = Enum(COMPRESSIONS, default_value="int4", help="Weight format of new exports.").tag(config=True)
+    compression = Unicode("int4", help=f"Weight format of new exports: {COMPRESSION_HELP}.").tag(config=True)
     max_new_tokens = Int(256, help="Longest answer, in tokens (--max-new-tokens overrides).").tag(config=True)
     temperature = Float(0.0, help="Sampling temperature; 0 = greedy (--temperature overrides).").tag(config=True)
     top_p = Float(1.0, help="Nucleus sampling share; 1 = off (--top-p overrides).").tag(config=True)
@@ -66,6 +66,16 @@ class MvlmMagics(Magics):
                     help="Generate in the cell's own thread: 'auto' does so where no widget front end listens "
                          "(nbclient, terminal), True always (the kernel's interrupt stops it), False never."
                     ).tag(config=True)
+
+    @validate("compression")
+    def _check_compression(self, proposal):
+        from .cache import Compression
+
+        try:
+            Compression.parse(proposal["value"])
+        except MvlmError as error:
+            raise TraitError(str(error)) from None
+        return proposal["value"]
 
     def __init__(self, shell=None, **kwargs):
         super().__init__(shell=shell, **kwargs)  # also registers us in shell.configurables, for %config
@@ -86,10 +96,10 @@ class MvlmMagics(Magics):
               help="A preset (mobilevlm-v2-1.7b, ...), a Hugging Face id, a checkpoint folder or an export folder. "
                    "Without it (and without --list/--delete) a panel to choose one is shown.")
     @argument("-d", "--device", default=None, help="OpenVINO device (default: %%config MvlmMagics.device).")
-    @argument("-c", "--compression", default=None, choices=COMPRESSIONS,
-              help="Weight format (default: %%config MvlmMagics.compression).")
+    @argument("-c", "--compression", default=None,
+              help=f"Weight format: {COMPRESSION_HELP} (default: %%config MvlmMagics.compression).")
     @argument("--group-size", type=int, default=None, help="INT4 group size (default 128).")
-    @argument("--ratio", type=float, default=None, help="INT4 share of layers, the rest INT8 (default 0.8).")
+    @argument("--ratio", type=float, default=None, help="INT4 share of layers, the rest INT8 (default 1).")
     @argument("--precision", default="auto", choices=("auto", "f32"),
               help="Inference precision: auto (fast, bf16 where the CPU has it) or f32 (exact).")
     @argument("--list", action="store_true", help="List the cached exports with their sizes.")

@@ -13,13 +13,15 @@ RUN = Path(__file__).resolve().parents[1] / "benchmarks" / "run.py"
 def test_benchmark_smoke_run(tmp_path):
     out = tmp_path / "out"
     run = subprocess.run([sys.executable, str(RUN), "--tiny", "--rounds", "1", "--new-tokens", "8",
-                          "--compressions", "int8", "--skip-llamacpp", "--work", str(tmp_path / "work"),
+                          "--compressions", "int8", "int4-sym-g32-r1", "--skip-llamacpp",
+                          "--variant", "int8 KV_CACHE_PRECISION=f32", "--work", str(tmp_path / "work"),
                           "--out", str(out)], capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-2000:]
     report = json.loads((out / "benchmarks.json").read_text())
-    assert {"ours int8", "notebook design INT4", "torch fp32"} <= set(report["medians"])  # + genai where installed
+    assert {"ours int8", "ours int4-sym-g32-r1", "ours int8 KV_CACHE_PRECISION=f32", "notebook design INT4",
+            "torch fp32"} <= set(report["medians"])  # + genai where installed
     for row in report["medians"].values():
         assert row["decode_tps"] > 0 and row["ttft_ms"] > 0 and row["peak_rss_mb"] > 0
-    assert report["exports"]["int8"]["seconds"] > 0
+    assert report["exports"]["int8"]["seconds"] > 0 and not report["exports"]["int8"]["cached"]
     assert "| ours int8 |" in (out / "benchmarks.md").read_text()
     assert (out / "benchmarks.png").stat().st_size > 1000

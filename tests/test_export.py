@@ -11,7 +11,7 @@ import textwrap
 import openvino as ov
 import pytest
 
-from mvlm_magic.cache import TMP_PREFIX, Compression, delete_export, list_exports
+from mvlm_magic.cache import EXPORT_FORMAT, TMP_PREFIX, Compression, delete_export, list_exports
 from mvlm_magic.errors import MvlmError
 from mvlm_magic.export import export_model
 from mvlm_magic.loader import load_engine
@@ -26,14 +26,28 @@ def test_export_writes_three_irs_with_named_ports(exported):
     embeddings = core.read_model(folder / "text_embeddings.xml")
     assert embeddings.input(0).get_any_name() == "input_ids"
     language = core.read_model(folder / "language.xml")
-    assert {p.get_any_name() for p in language.inputs} == {"inputs_embeds", "attention_mask", "position_ids"}
+    assert {p.get_any_name() for p in language.inputs} == {"inputs_embeds", "attention_mask", "position_ids",
+                                                           "beam_idx"}
     assert [p.get_any_name() for p in language.outputs] == ["logits"]
     assert len(language.get_sinks()) == 2 * 2  # key and value state for each of the 2 layers: KV lives in state
     manifest = json.loads((folder / "manifest.json").read_text())
     assert manifest["model"]["num_image_tokens"] == 144 and manifest["model"]["version"] == "v2"
+    assert manifest["format"] == EXPORT_FORMAT == 2
     assert manifest["compression"]["mode"] == "fp32" and manifest["versions"]["openvino"].startswith("2026.4")
     for name in ("tokenizer.model", "tokenizer_config.json"):
         assert (folder / name).is_file()
+
+
+def test_state_reads_go_through_beam_idx_so_attention_fuses(exported):
+    """Every KV state is read through Gather(beam_idx): the pattern OpenVINO's CPU plugin fuses into its
+    stateful attention (decomposed attention copies the whole cache for every decoded token)."""
+    language = ov.Core().read_model(exported("v2", "fp32") / "language.xml")
+    reads = [op for op in language.get_ordered_ops() if op.get_type_name() == "ReadValue"]
+    assert len(reads) == 2 * 2
+    for read in reads:
+        (consumer,) = [t.get_node() for t in read.output(0).get_target_inputs()]
+        assert consumer.get_type_name() == "Gather"
+        assert consumer.input(1).get_source_output().get_node().get_friendly_name() == "beam_idx"
 
 
 def test_logits_come_from_the_last_position_only(engine, picture):
@@ -62,8 +76,8 @@ def test_compressed_exports_are_smaller_and_say_what_they_did(exported, compress
     weights = manifest["compression"]["per_model"]["language"]["weights"]
     assert "u8" in weights or "i8" in weights
     if compression == "int4":
-        assert "u4" in weights  # group 128 does not divide width 64: NNCF adjusted the group size
-        assert manifest["compression"]["label"] == "int4-g128-r0.8"
+        assert "i4" in weights  # symmetric int4; group 128 does not divide width 64: NNCF adjusted the group size
+        assert manifest["compression"]["label"] == "int4-sym-g128-r1"
 
 
 def test_compression_options_are_checked():
@@ -71,7 +85,19 @@ def test_compression_options_are_checked():
         Compression.parse("int3")
     with pytest.raises(MvlmError, match="ratio must be in"):
         Compression.parse("int4", ratio=1.5)
-    assert Compression.parse("int4", 64, 1.0).label == "int4-g64-r1"
+    assert Compression.parse("int4", 64, 1.0).label == "int4-sym-g64-r1"
+    with pytest.raises(MvlmError, match="cannot read compression 'int4-x9'"):
+        Compression.parse("int4-x9")
+    with pytest.raises(MvlmError, match="only int4 takes options"):
+        Compression.parse("int8-sym")
+
+
+def test_compression_labels_round_trip():
+    for label in ("int4-g128-r0.8", "int4-sym-g128-r1", "int4-sym-g64-r0.9", "int4-g-1-r1", "int8", "fp16"):
+        assert Compression.parse(label).label == label
+    assert Compression.parse("int4") == Compression.parse("int4-sym") == Compression("int4", 128, 1.0, True)
+    assert Compression.parse("int4-g64").label == "int4-g64-r1"  # a label's missing parts: asym, ratio 1
+    assert Compression.parse("int4-sym-g64", group_size=32).label == "int4-sym-g32-r1"  # arguments win
 
 
 def test_list_and_delete_cached_exports(checkpoint, tmp_path):

@@ -15,11 +15,11 @@ import time
 
 import numpy as np
 import pytest
+from conftest import shapes_picture
+from traitlets import TraitError
 
 from mvlm_magic import frontend
 from mvlm_magic.magics import ANSWER_VARIABLE, MvlmMagics
-
-from conftest import shapes_picture
 
 LONG = 1500
 
@@ -113,6 +113,16 @@ def test_config_lists_the_settings_and_they_apply(ip, magics, capsys):
         assert len(ip.user_ns[ANSWER_VARIABLE].token_ids) == 5
     finally:
         ip.run_line_magic("config", "MvlmMagics.max_new_tokens = 256")
+
+
+def test_compression_setting_takes_labels_and_rejects_nonsense(magics):
+    magics.compression = "int4-sym-g128-r1"
+    try:
+        with pytest.raises(TraitError, match="cannot read compression 'int4-x'"):
+            magics.compression = "int4-x"
+        assert magics.compression == "int4-sym-g128-r1"
+    finally:
+        magics.compression = "int4"
 
 
 def test_help_text_covers_every_option(ip, capsys):

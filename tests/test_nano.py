@@ -175,3 +175,33 @@ def test_local_attention_init_makes_the_vit_look_nearby():
     centre = 1 + 12 * 24 + 12
     nearby = weights[:, centre, 1:].view(heads, 24, 24)[:, 10:15, 10:15].sum((1, 2))  # 5 x 5 patches of 576
     assert nearby.max() > 0.5, nearby  # uniform attention would put 25/577 = 0.04 there
+
+
+def test_joint_phase_leaves_the_vision_tower_frozen(tmp_path):
+    torch = pytest.importorskip("torch")
+    from mvlm_magic.nano import train
+
+    config = _small_config(train)
+    tokenizer = train.train_tokenizer(tmp_path, config.vocab_size, 0)
+    model, _ = train.build_model(config, tokenizer.vocab_size)
+    pixel_values, samples, _ = train.Batches(tokenizer, config).next_batch(10**6)
+    pixel_values = torch.from_numpy(pixel_values)
+    features = train.train_image_features(model, pixel_values, train_vision=False)
+    train.loss_fn(model, pixel_values, samples, features).backward()
+    vit = [p for n, p in model.named_parameters() if "vision_tower" in n]
+    assert vit and all(p.grad is None for p in vit)  # no gradient, so no update and no backward cost
+    assert all(p.grad is not None for n, p in model.named_parameters() if "mm_projector" in n)  # it still trains
+
+
+def test_question_weights_favour_the_named_kinds():
+    from mvlm_magic.nano import train
+
+    with pytest.raises(ValueError, match="unknown kind 'were'"):
+        train.parse_weights("were=3")
+    config = train.TrainConfig(questions_per_image=1, question_weights="where=50")
+    batches = train.Batches(tokenizer=None, config=config)
+    kinds = ["colour", "count", "where", "size"]
+    picks = [kinds[int(batches.pick_questions(kinds)[0])] for _ in range(200)]
+    assert picks.count("where") > 150  # 50 / 53 of the picks expected
+    few = train.Batches(tokenizer=None, config=train.TrainConfig(questions_per_image=8))
+    assert sorted(few.pick_questions(["colour"] * 3)) == [0, 1, 2]  # never more questions than a picture has

@@ -10,11 +10,11 @@ import threading
 
 import numpy as np
 import pytest
+from conftest import shapes_picture
 from PIL import Image
 
-from conftest import shapes_picture
 from mvlm_magic.errors import MvlmError
-from mvlm_magic.runtime.engine import Engine
+from mvlm_magic.runtime.engine import Engine, text_before_image
 
 
 @pytest.fixture(scope="module")
@@ -124,10 +124,21 @@ def test_a_new_image_starts_a_new_conversation(eng):
     first_chat.ask("What is this?", max_new_tokens=4).result()
     other = eng.new_chat(shapes_picture(seed=11))
     answer = other.ask("What is this?", max_new_tokens=4).result()
-    assert len(other.history) == 1 and answer.timings.prefill_tokens == answer.timings.prompt_tokens
+    # only the system prompt before the picture is reused from the first chat's state
+    system = text_before_image(other.prompt_ids("What is this?"))
+    assert len(other.history) == 1 and answer.timings.prefill_tokens == answer.timings.prompt_tokens - system
     # the first chat's KV state was displaced: it is rebuilt from its history, image included
     again = first_chat.ask("Tell me more.", max_new_tokens=4).result()
     assert again.timings.prefill_tokens > 144
+
+
+def test_a_reused_system_prompt_gives_the_same_answer(eng):
+    eng.reset_state()
+    alone = eng.new_chat(shapes_picture(seed=12)).ask("What is this?", max_new_tokens=12).result()
+    eng.new_chat(shapes_picture(seed=13)).ask("Describe the image.", max_new_tokens=6).result()
+    after = eng.new_chat(shapes_picture(seed=12)).ask("What is this?", max_new_tokens=12).result()
+    assert after.timings.prefill_tokens < alone.timings.prefill_tokens == alone.timings.prompt_tokens
+    assert after.token_ids == alone.token_ids
 
 
 def test_prompt_beyond_the_context_is_refused(eng, picture):

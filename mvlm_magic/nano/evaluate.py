@@ -15,9 +15,11 @@ import argparse
 import json
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
+from ..cache import Compression
+from ..errors import MvlmError
 from . import shapes
 
 COLUMNS = ("torch", "fp16", "int8", "int4")
@@ -120,15 +122,19 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", type=Path, default=None, help="checkpoint folder (default: the bundled model)")
     parser.add_argument("--questions", type=int, default=600)
-    parser.add_argument("--columns", default=",".join(COLUMNS), help="comma-separated: torch,fp16,int8,int4")
+    parser.add_argument("--columns", default=",".join(COLUMNS),
+                        help="comma-separated: torch and compressions (fp16, int8, int4, int4-sym-g128-r1, ...)")
     parser.add_argument("--cache-dir", type=Path, default=None)
     parser.add_argument("--json", type=Path, default=None, help="write the full report here")
     args = parser.parse_args(argv)
     folder = args.model or default_model()
     columns = [c.strip() for c in args.columns.split(",") if c.strip()]
-    unknown = [c for c in columns if c not in COLUMNS]
-    if unknown:
-        parser.error(f"unknown column(s) {unknown}; choose from {', '.join(COLUMNS)}")
+    for column in columns:
+        if column != "torch":
+            try:
+                Compression.parse(column)
+            except MvlmError as error:
+                parser.error(f"column {column!r}: {error}")
     report = evaluate(folder, args.questions, columns, args.cache_dir, log=lambda m: print(m, flush=True))
     print(table(report))
     if args.json:

@@ -40,9 +40,10 @@ def check_device(device: str) -> str:
     raise MvlmError(f"unknown device {device!r}; available: {', '.join(devices)}.")
 
 
-def compile_config(precision: str = "auto", threads: int | None = None) -> dict:
+def compile_config(precision: str = "auto", threads: int | None = None, extra: dict | None = None) -> dict:
     """`auto` keeps OpenVINO's fast defaults (bf16 compute and a u8 KV cache on CPUs that have them);
-    `f32` is for answers that must match the torch reference token for token."""
+    `f32` is for answers that must match the torch reference token for token. `extra`: any other
+    OpenVINO properties (they win)."""
     if precision not in PRECISIONS:
         raise MvlmError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}.")
     config: dict = {"PERFORMANCE_HINT": "LATENCY"}
@@ -50,11 +51,13 @@ def compile_config(precision: str = "auto", threads: int | None = None) -> dict:
         config.update({"INFERENCE_PRECISION_HINT": "f32", "KV_CACHE_PRECISION": "f32"})
     if threads:
         config["INFERENCE_NUM_THREADS"] = int(threads)
+    config.update(extra or {})
     return config
 
 
-def compile_model(path, device: str, precision: str = "auto", threads: int | None = None) -> ov.CompiledModel:
-    config = compile_config(precision, threads)
+def compile_model(path, device: str, precision: str = "auto", threads: int | None = None,
+                  extra: dict | None = None) -> ov.CompiledModel:
+    config = compile_config(precision, threads, extra)
     if device.startswith("AUTO"):
         config = {k: v for k, v in config.items() if k == "PERFORMANCE_HINT"}  # AUTO rejects device-only keys
     return core().compile_model(str(path), device, config)

@@ -17,9 +17,9 @@ from __future__ import annotations
 import itertools
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 
@@ -29,8 +29,14 @@ from .detokenizer import IncrementalDetokenizer, answer_text
 from .device import check_device, compile_model
 from .preprocess import load_image, preprocess_image
 from .sampling import GenerationConfig, Sampler
-from .tokenizer import IMAGE_TOKEN_INDEX, Tokenizer, build_conversation, tokenize_with_image
+from .tokenizer import (
+    IMAGE_TOKEN_INDEX,
+    Tokenizer,
+    build_conversation,
+    tokenize_with_image,
+)
 
+BEAM_IDX = np.zeros(1, dtype=np.int32)  # one sequence: its cache rows stay where they are
 OFFICIAL_STOP = "</s>"  # the v1 template's sep2; the official keyword check looks at the newest token only
 
 
@@ -69,7 +75,8 @@ class Answer:
 class Engine:
     """The compiled vision, text-embeddings and language models of one export, plus its tokenizer."""
 
-    def __init__(self, folder: Path | str, device: str = "CPU", precision: str = "auto", threads: int | None = None):
+    def __init__(self, folder: Path | str, device: str = "CPU", precision: str = "auto", threads: int | None = None,
+                 ov_config: dict | None = None):
         folder = Path(folder)
         self.manifest = read_manifest(folder)
         if not self.manifest:
@@ -82,9 +89,11 @@ class Engine:
         self.eos_token_id = spec["eos_token_id"]
         started = time.perf_counter()
         self.tokenizer = Tokenizer.from_folder(folder)
-        self.vision = compile_model(folder / "vision.xml", self.device, precision, threads)
-        self.text_embeddings = compile_model(folder / "text_embeddings.xml", self.device, precision, threads)
-        self.language = compile_model(folder / "language.xml", self.device, precision, threads).create_infer_request()
+        self.vision = compile_model(folder / "vision.xml", self.device, precision, threads, ov_config)
+        self.text_embeddings = compile_model(folder / "text_embeddings.xml", self.device, precision, threads, ov_config)
+        language = compile_model(folder / "language.xml", self.device, precision, threads, ov_config)
+        self.language = language.create_infer_request()
+        self.beam_inputs = {"beam_idx": BEAM_IDX} if any("beam_idx" in p.names for p in language.inputs) else {}
         self.compile_seconds = time.perf_counter() - started
         self.was_cached = True  # load_engine() says whether it had to export first
         self.lock = threading.RLock()
@@ -95,7 +104,7 @@ class Engine:
     def name(self) -> str:
         return f"{self.manifest['model_id']} [{self.manifest['compression']['label']}] on {self.device}"
 
-    def new_chat(self, image=None) -> "ChatSession":
+    def new_chat(self, image=None) -> ChatSession:
         return ChatSession(self, image)
 
     def ask(self, image, question: str, config: GenerationConfig | None = None, **options) -> Answer:
@@ -141,6 +150,7 @@ class Engine:
             "inputs_embeds": inputs_embeds,
             "attention_mask": np.ones((1, total), dtype=np.int64),
             "position_ids": np.arange(self.past_length, total, dtype=np.int64)[None],
+            **self.beam_inputs,  # exports before format 2 have no beam_idx
         })
         self.past_length = total
         return self.language.get_tensor("logits").data[0, -1]  # (V,)
@@ -160,7 +170,7 @@ class ChatSession:
         self.state_ids: list[int] = []  # the ids whose keys/values sit in the engine's state
 
     def ask(self, question: str, config: GenerationConfig | None = None, stop_event: threading.Event | None = None,
-            **options) -> "AnswerStream":
+            **options) -> AnswerStream:
         check_question(question)
         if options:
             config = GenerationConfig(**{**(config.__dict__ if config else {}), **options})
@@ -241,12 +251,15 @@ class AnswerStream:
             raise MvlmError(f"the conversation needs {needed} positions but the model's context holds "
                             f"{engine.context_length}; start a new conversation or ask something shorter.")
         # Keep the cached positions this prompt shares with the state. The previous answer may
-        # re-tokenize differently from how it was generated: from there on, recompute.
-        cached = common_prefix(session.state_ids, ids) if engine.state_owner is session else 0
-        cached = min(cached, len(ids) - 1)  # feed at least one position to get logits
+        # re-tokenize differently from how it was generated: from there on, recompute. Another chat's
+        # state shares the text before its picture (the system prompt), never the picture onwards.
+        owner = engine.state_owner
+        held = owner.state_ids if owner is not None else []
+        shareable = held if owner is session else held[: text_before_image(held)]
+        cached = min(common_prefix(shareable, ids), len(ids) - 1)  # feed at least one position to get logits
         if cached == 0:
             engine.reset_state()
-        elif cached < len(session.state_ids):
+        elif cached < len(held):
             engine.truncate_state(engine.positions(ids[:cached]))
         new_ids = ids[cached:]
         timings.prefill_tokens = engine.positions(new_ids)
@@ -307,6 +320,11 @@ def common_prefix(a: list[int], b: list[int]) -> int:
             break
         n += 1
     return n
+
+
+def text_before_image(ids: list[int]) -> int:
+    """How many ids come before the first image position (all of them in a text-only chat)."""
+    return ids.index(IMAGE_TOKEN_INDEX) if IMAGE_TOKEN_INDEX in ids else len(ids)
 
 
 def first_stop(text: str, stops: tuple[str, ...]) -> int | None:
