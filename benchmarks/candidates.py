@@ -57,11 +57,7 @@ def run_ours(args) -> dict:
 
 
 def prompt_ids(folder) -> list[int]:
-    from mvlm_magic.runtime.tokenizer import (
-        Tokenizer,
-        build_conversation,
-        tokenize_with_image,
-    )
+    from mvlm_magic.runtime.tokenizer import Tokenizer, build_conversation, tokenize_with_image
 
     return tokenize_with_image(Tokenizer.from_folder(folder), build_conversation([(QUESTION, None)]))
 

@@ -77,13 +77,11 @@ result = {"pieces": len(model.pieces)}
 
 EXPORT = """
 import time
-from mvlm_magic.export import export_model
-from mvlm_magic.cache import Compression, cache_key, find_export
-from mvlm_magic.model.checkpoint import resolve_source
-source = resolve_source(sys.argv[1])
-cached = find_export(sys.argv[3], cache_key(source.model_id, source.revision, Compression.parse(sys.argv[2]))) is not None
+from pathlib import Path
+from mvlm_magic.cache import Compression
+from mvlm_magic.loader import find_or_export
 started = time.perf_counter()
-path = export_model(sys.argv[1], sys.argv[2], cache_dir=sys.argv[3], source=source).path
+path, cached = find_or_export(sys.argv[1], Compression.parse(sys.argv[2]), Path(sys.argv[3]))
 result = {"seconds": time.perf_counter() - started, "path": str(path), "cached": cached}
 """
 
@@ -274,8 +272,9 @@ def write_report(out: Path, report: dict) -> None:
     (out / "benchmarks.json").write_text(json.dumps(report, indent=2))
     rows = report["medians"]
     lines = [f"Machine: {report['machine']}; memory read bandwidth {report['bandwidth_gbs']:.1f} GB/s (numpy).",
-             f"Checkpoint: {report['checkpoint']}; {report['rounds']} rounds, interleaved, fresh process each, medians; "
-             f"prompt {report['prompt_positions']} positions (144 of them image), {report['new_tokens']} new tokens.",
+             f"Checkpoint: {report['checkpoint']}; {report['rounds']} rounds, interleaved, fresh process each, "
+             f"medians; prompt {report['prompt_positions']} positions (144 of them image), "
+             f"{report['new_tokens']} new tokens.",
              "", "| candidate | image encode ms | first token ms | decode tok/s | bandwidth limit tok/s | load s | peak RSS MB |",
              "|---|---|---|---|---|---|---|"]
     for name, m in rows.items():

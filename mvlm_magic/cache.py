@@ -19,7 +19,8 @@ from pathlib import Path
 from .errors import MvlmError
 
 MANIFEST = "manifest.json"
-EXPORT_FORMAT = 2  # 2: the language model reads its state through beam_idx. Bump when the IR layout or the export code changes what it writes
+# Bump when the IR layout or the export code changes what it writes (2: the KV state is read through beam_idx).
+EXPORT_FORMAT = 2
 TMP_PREFIX = ".tmp-"
 # Libraries whose version changes the IR an export writes.
 IR_LIBRARIES = ("openvino", "nncf", "torch", "transformers")
@@ -78,18 +79,15 @@ class Compression:
             if text != mode:
                 raise MvlmError(f"unknown compression {text!r}; only int4 takes options (e.g. int4-sym-g64-r1).")
             return cls(mode, 0, 1.0)  # group size and ratio mean nothing here; keep keys stable
-        match = re.fullmatch(r"int4(?P<sym>-sym)?(?:-g(?P<group_size>-1|\d+))?(?:-r(?P<ratio>[0-9.]+))?", text)
+        match = re.fullmatch(r"int4(-sym)?(?:-g(-1|\d+))?(?:-r([0-9.]+))?", text)
         if not match:
-            raise MvlmError(f"cannot read compression {text!r}; write e.g. int4, int4-sym, int4-g64-r0.9, int4-sym-g128-r1.")
-        found = {k: v for k, v in match.groupdict().items() if v}
-        if "group_size" in found:
-            found["group_size"] = int(found["group_size"])
-        if "ratio" in found:
-            found["ratio"] = float(found["ratio"])
-        found["sym"] = "sym" in found
-        group_size = found.get("group_size", 128) if group_size is None else int(group_size)
-        ratio = found.get("ratio", 1.0) if ratio is None else float(ratio)
-        return cls(mode, group_size, ratio, found.get("sym", False) if sym is None else bool(sym))
+            raise MvlmError(f"cannot read compression {text!r}; write e.g. int4, int4-sym, int4-g64-r0.9, "
+                            "int4-sym-g128-r1.")
+        label_sym, label_group, label_ratio = match.groups()
+        return cls(mode,
+                   int(label_group or 128) if group_size is None else int(group_size),
+                   float(label_ratio or 1.0) if ratio is None else float(ratio),
+                   bool(label_sym) if sym is None else bool(sym))
 
     @property
     def label(self) -> str:

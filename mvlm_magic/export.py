@@ -23,25 +23,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .cache import (
-    EXPORT_FORMAT,
-    CachedExport,
-    Compression,
-    cache_key,
-    default_cache_dir,
-    find_export,
-    library_versions,
-    new_temp_folder,
-    publish,
-)
+from .cache import (EXPORT_FORMAT, CachedExport, Compression, cache_key, default_cache_dir, find_export,
+                    library_versions, new_temp_folder, publish)
 from .errors import MvlmError
-from .model.checkpoint import (
-    TOKENIZER_FILES,
-    CheckpointSource,
-    Progress,
-    no_progress,
-    resolve_source,
-)
+from .model.checkpoint import TOKENIZER_FILES, CheckpointSource, Progress, no_progress, resolve_source
 
 SUPPORTED = {"transformers": ("5.24",), "openvino": ("2026.4",), "nncf": ("3.4",)}
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -213,10 +198,7 @@ def quiet_rich():
 
 
 def _compress(nncf, ov_model, role: str, compression: Compression):
-    from nncf.quantization.advanced_parameters import (
-        AdvancedCompressionParameters,
-        GroupSizeFallbackMode,
-    )
+    from nncf.quantization.advanced_parameters import AdvancedCompressionParameters, GroupSizeFallbackMode
 
     if compression.mode == "int4" and role == "language":
         params = AdvancedCompressionParameters(group_size_fallback_mode=GroupSizeFallbackMode.ADJUST,
@@ -224,8 +206,8 @@ def _compress(nncf, ov_model, role: str, compression: Compression):
         mode = nncf.CompressWeightsMode.INT4_SYM if compression.sym else nncf.CompressWeightsMode.INT4_ASYM
         compressed = nncf.compress_weights(ov_model, mode=mode, group_size=compression.group_size,
                                            ratio=compression.ratio, advanced_parameters=params)
-        return compressed, {"mode": "int4_sym" if compression.sym else "int4_asym", "group_size": compression.group_size,
-                            "ratio": compression.ratio}
+        return compressed, {"mode": "int4_sym" if compression.sym else "int4_asym",
+                            "group_size": compression.group_size, "ratio": compression.ratio}
     return nncf.compress_weights(ov_model, mode=nncf.CompressWeightsMode.INT8_ASYM), {"mode": "int8_asym"}
 
 

@@ -35,12 +35,7 @@ from ..model.mobilevlm import IMAGE_TOKEN_INDEX, MobileVLM
 from ..model.tiny import TinySpec, save_weights, tiny_config
 from ..model.tiny_tokenizer import train_sentencepiece
 from ..runtime.preprocess import CLIP_MEAN, CLIP_STD, preprocess_image
-from ..runtime.tokenizer import (
-    SYSTEM,
-    Tokenizer,
-    build_conversation,
-    tokenize_with_image,
-)
+from ..runtime.tokenizer import SYSTEM, Tokenizer, build_conversation, tokenize_with_image
 from . import shapes
 
 MODEL_ID = "mvlm-magic/nano-mobilevlm"

@@ -29,12 +29,7 @@ from .detokenizer import IncrementalDetokenizer, answer_text
 from .device import check_device, compile_model
 from .preprocess import load_image, preprocess_image
 from .sampling import GenerationConfig, Sampler
-from .tokenizer import (
-    IMAGE_TOKEN_INDEX,
-    Tokenizer,
-    build_conversation,
-    tokenize_with_image,
-)
+from .tokenizer import IMAGE_TOKEN_INDEX, Tokenizer, build_conversation, tokenize_with_image
 
 BEAM_IDX = np.zeros(1, dtype=np.int32)  # one sequence: its cache rows stay where they are
 OFFICIAL_STOP = "</s>"  # the v1 template's sep2; the official keyword check looks at the newest token only
