@@ -54,9 +54,9 @@ class TrainConfig:
     vision_intermediate_size: int = 256
     vocab_size: int = 512
     # optimisation
-    steps: int = 4200  # joint phase
+    steps: int = 3300  # joint phase
     images_per_step: int = 8
-    questions_per_image: int = 8
+    questions_per_image: int = 16  # (at most: as many as the picture has); more questions per ViT pass
     lr: float = 2e-3
     min_lr_ratio: float = 0.05
     warmup_steps: int = 60
@@ -65,7 +65,7 @@ class TrainConfig:
     seed: int = 0
     threads: int = 1
     local_attention: str = "0.3,1.0"  # per-head sharpness of the local-attention init of the ViT ("": HF's init)
-    vision_steps: int = 3000  # first: the vision tower + projector alone, on the per-token labels
+    vision_steps: int = 2600  # first: the vision tower + projector alone, on the per-token labels
     aux_hidden: int = 0  # width of a hidden layer in the training-only head (0: a linear head, which keeps the
     # classes linearly readable by the language model's attention)
     aux_weight: float = 1.0  # training-only per-token colour/shape/size/cell loss on the projector output
@@ -73,9 +73,11 @@ class TrainConfig:
     curriculum_steps: int = 300  # first steps: pictures with few objects (1, then up to 2, then up to 3)
     freeze_vision: bool = False  # joint phase: the ViT stays as the vision phase left it (as in LLaVA / MobileVLM
     # fine-tuning) and the vision phase anneals its learning rate; skipping the ViT's backward buys ~35 % more steps,
-    # but shape and size then stop improving (docs/nano.md: 91.8 % against 92.0 %)
-    question_weights: str = ""  # e.g. "where=3,describe=2": pick a picture's questions of those kinds more often
-    eval_every: int = 1000
+    # but shape and size then stop improving (docs/nano.md, session 3: 91.8 % against 92.0 %)
+    question_weights: str = "where=2,describe=2"  # pick a picture's questions of those kinds more often
+    lookup_weight: float = 0.3  # training-only: teach one head of the last layer to look at the object a question
+    # names (see `lookup_loss`); without it "where is the X?" answered with another object's place
+    eval_every: int = 1500
     eval_questions: int = 60
 
 
@@ -189,6 +191,20 @@ def parse_weights(text: str) -> dict[str, float]:
     return weights
 
 
+def question_subject(kind: str, question: str) -> tuple[int, int] | None:
+    """(column, class) in `token_labels` of the image tokens a question is about: the named shape's tokens
+    (colour, where, size, count), the named colour's (shape); None for "describe" (every object)."""
+    words = question.lower().rstrip("?.").split()
+    if kind == "shape":
+        colour = next(w for w in words if w in shapes.COLOURS)
+        return 0, 1 + list(shapes.COLOURS).index(colour)
+    if kind == "describe":
+        return None
+    plural_of = {plural: shape for shape, plural in shapes.PLURALS.items()}
+    shape = next(plural_of.get(w, w) for w in words if w in shapes.SHAPES or w in plural_of)
+    return 1, 1 + shapes.SHAPES.index(shape)
+
+
 class Batches:
     """Seeded training batches: B fresh pictures, up to Q questions each, drawn from TRAIN_SEEDS."""
 
@@ -229,7 +245,8 @@ class Batches:
         return self.rng.choice(len(kinds), n, replace=False, p=weights / weights.sum())
 
     def next_batch(self, step: int):
-        """(images (B, 3, 336, 336) float32, [(image index, prompt ids, answer ids)], labels (B, 144, 4) int64)."""
+        """(images (B, 3, 336, 336) float32, [(image index, prompt ids, answer ids, subject)],
+        labels (B, 144, 4) int64); subject as `question_subject` gives it."""
         config = self.config
         images, samples = [], []
         limit = self.max_objects(step)
@@ -241,8 +258,8 @@ class Batches:
             labels.append(token_labels(scene))
             picks = self.pick_questions([kind for kind, _, _ in qa])
             for i in picks:
-                _, question, answer = qa[i]
-                samples.append((b, *self.encode(question, answer)))
+                kind, question, answer = qa[i]
+                samples.append((b, *self.encode(question, answer), question_subject(kind, question)))
         return np.stack(images), samples, np.stack(labels)
 
 
@@ -317,7 +334,15 @@ def aux_loss(head: torch.nn.Module, features: torch.Tensor, labels: torch.Tensor
 
 
 def loss_fn(model: MobileVLM, pixel_values: torch.Tensor, samples, features: torch.Tensor | None = None) -> torch.Tensor:
-    """Mean cross-entropy over answer tokens + EOS for a batch of (image index, prompt ids, answer ids).
+    """Mean cross-entropy over answer tokens + EOS for a batch of (image index, prompt ids, answer ids, ...)."""
+    if features is None:
+        features = train_image_features(model, pixel_values)  # (B, 144, C)
+    return packed_losses(model, features, samples)[0]
+
+
+def packed_losses(model: MobileVLM, features: torch.Tensor, samples,
+                  labels: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The answer loss, and with the per-token `labels` the lookup loss (`lookup_loss`), in one forward pass.
 
     All questions about one picture are packed into one row: the shared prefix (system text + the 144
     image tokens) once, then each question + answer, with a mask that lets every question see the prefix
@@ -325,29 +350,31 @@ def loss_fn(model: MobileVLM, pixel_values: torch.Tensor, samples, features: tor
     makes this exactly the loss of the separate single-turn sequences (see `reference_loss`), at a
     fraction of the cost.
     """
-    if features is None:
-        features = train_image_features(model, pixel_values)  # (B, 144, C)
     n_images, n_image_tokens = features.shape[:2]
-    prefixes = {tuple(p[: p.index(IMAGE_TOKEN_INDEX)]) for _, p, _ in samples}
+    prefixes = {tuple(p[: p.index(IMAGE_TOKEN_INDEX)]) for _, p, *_ in samples}
     assert len(prefixes) == 1, "every prompt starts with the same system text"
     prefix = list(prefixes.pop())
     shared = len(prefix) + n_image_tokens
-    tails: list[list[tuple[list[int], int]]] = [[] for _ in range(n_images)]
-    for image_index, prompt, answer in samples:
-        tails[image_index].append((prompt[prompt.index(IMAGE_TOKEN_INDEX) + 1:] + answer, len(answer)))
-    length = shared + max(sum(len(t) for t, _ in row) for row in tails)
+    tails: list[list[tuple[list[int], int, object]]] = [[] for _ in range(n_images)]
+    for image_index, prompt, answer, *subject in samples:
+        tail = prompt[prompt.index(IMAGE_TOKEN_INDEX) + 1:] + answer
+        tails[image_index].append((tail, len(answer), subject[0] if subject else None))
+    length = shared + max(sum(len(t) for t, _, _ in row) for row in tails)
     ids = torch.zeros(n_images, length - shared, dtype=torch.long)
     positions = torch.arange(length).repeat(n_images, 1)
     target = torch.full((n_images, length), -100, dtype=torch.long)
     segment = torch.full((n_images, length), -1, dtype=torch.long)  # -1 prefix, j >= 0 question j, -2 padding
+    lookups = []  # (row, position of the last prompt token, subject)
     for b, row in enumerate(tails):
         at = shared
         segment[b, at:] = -2
-        for j, (tail, n_answer) in enumerate(row):
+        for j, (tail, n_answer, subject) in enumerate(row):
             ids[b, at - shared: at - shared + len(tail)] = torch.tensor(tail)
             positions[b, at: at + len(tail)] = torch.arange(shared, shared + len(tail))
             target[b, at + len(tail) - n_answer: at + len(tail)] = torch.tensor(tail[-n_answer:])
             segment[b, at: at + len(tail)] = j
+            if subject is not None:
+                lookups.append((b, at + len(tail) - n_answer - 1, subject))
             at += len(tail)
     causal = torch.ones(length, length, dtype=torch.bool).tril()
     query, key = segment[:, :, None], segment[:, None, :]
@@ -355,19 +382,66 @@ def loss_fn(model: MobileVLM, pixel_values: torch.Tensor, samples, features: tor
     visible |= torch.eye(length, dtype=torch.bool)  # padding rows attend to themselves (no empty softmax)
     embeds = torch.cat([model.embed_tokens(torch.tensor([prefix])).expand(n_images, -1, -1), features,
                         model.embed_tokens(ids)], dim=1)
-    hidden = model.language_model.model(inputs_embeds=embeds, attention_mask=visible[:, None],
-                                        position_ids=positions).last_hidden_state
+    captured = {}
+    attention = model.language_model.model.layers[-1].self_attn
+    hook = attention.register_forward_pre_hook(lambda _, args, kwargs: captured.update(kwargs, args=args),
+                                               with_kwargs=True) if labels is not None else None
+    try:
+        hidden = model.language_model.model(inputs_embeds=embeds, attention_mask=visible[:, None],
+                                            position_ids=positions).last_hidden_state
+    finally:
+        if hook is not None:
+            hook.remove()
     next_labels = target[:, 1:]  # position t predicts token t+1 (never across questions: see the targets)
     keep = next_labels != -100
     logits = model.language_model.lm_head(hidden[:, :-1][keep])
-    return F.cross_entropy(logits, next_labels[keep])
+    answer_loss = F.cross_entropy(logits, next_labels[keep])
+    if labels is None or not lookups:
+        return answer_loss, None
+    layer_input = captured["hidden_states"] if "hidden_states" in captured else captured["args"][0]
+    return answer_loss, lookup_loss(attention, layer_input, captured["position_embeddings"], visible, lookups,
+                                    labels, image_start=len(prefix))
+
+
+def lookup_loss(attention: torch.nn.Module, hidden: torch.Tensor, position_embeddings, visible: torch.Tensor,
+                lookups, labels: torch.Tensor, image_start: int) -> torch.Tensor:
+    """-log(attention mass on the subject's image tokens) of head 0 of the last layer, from the token that
+    predicts the first answer token, averaged over questions that name one subject.
+
+    A training-only hint, like the per-token head: the language model learned to look up "the triangle"
+    for "what colour is the triangle?" but answered "where is the triangle?" with the place of whichever
+    object it looked at (all of its "where" errors on held-out pictures with several objects). Supervising
+    one head to find the named object gives every kind of question the same lookup.
+    """
+    rows = torch.tensor([b for b, _, _ in lookups])
+    at = torch.tensor([t for _, t, _ in lookups])
+    column = torch.tensor([c for _, _, (c, _) in lookups])
+    wanted = torch.tensor([k for _, _, (_, k) in lookups])
+    on_subject = labels[rows, :, column] == wanted[:, None]  # (N, 144)
+    has_subject = on_subject.any(1)  # "how many stars?" with no star has nothing to find
+    dim = attention.head_dim
+    cos, sin = position_embeddings  # (B, L, D)
+    q = attention.q_proj(hidden[rows, at])[:, :dim]  # (N, D), head 0
+    k = attention.k_proj(hidden[rows])[..., :dim]  # (N, L, D)
+    q = q * cos[rows, at] + _rotate_half(q) * sin[rows, at]
+    k = k * cos[rows] + _rotate_half(k) * sin[rows]
+    scores = (k @ q[:, :, None])[..., 0] / dim**0.5  # (N, L)
+    scores = scores.masked_fill(~visible[rows, at], float("-inf"))
+    log_weights = scores.log_softmax(-1)[:, image_start: image_start + labels.shape[1]]  # (N, 144)
+    mass = log_weights.masked_fill(~on_subject, float("-inf")).logsumexp(-1)  # log of the mass on the subject
+    return -mass[has_subject].mean() if has_subject.any() else hidden.new_zeros(())
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
 
 
 def reference_loss(model: MobileVLM, pixel_values: torch.Tensor, samples) -> torch.Tensor:
     """The same loss over full, independent sequences (slow; used to check `loss_fn`)."""
     features = model.get_image_features(pixel_values)
     losses = []
-    for image_index, prompt, answer in samples:
+    for image_index, prompt, answer, *_ in samples:
         ids = prompt + answer
         at = ids.index(IMAGE_TOKEN_INDEX)
         embeds = torch.cat([model.embed_tokens(torch.tensor(ids[:at])), features[image_index],
@@ -375,7 +449,7 @@ def reference_loss(model: MobileVLM, pixel_values: torch.Tensor, samples) -> tor
         logits = model.language_model(inputs_embeds=embeds).logits[0]
         n = len(answer)
         losses.append(F.cross_entropy(logits[-n - 1:-1], torch.tensor(answer), reduction="sum"))
-    return torch.stack(losses).sum() / sum(len(a) for _, _, a in samples)
+    return torch.stack(losses).sum() / sum(len(a) for _, _, a, *_ in samples)
 
 
 # --- evaluation (torch, greedy) ------------------------------------------------------------------
@@ -547,12 +621,13 @@ def train(out: Path, config: TrainConfig, max_minutes: float | None = None, log=
         vision_phase = step < config.vision_steps
         features = train_image_features(model, pixel_values, train_vision=vision_phase or not config.freeze_vision)
         extra = aux_loss(aux_head, features, labels, config.object_weight) if config.aux_weight else torch.zeros(())
+        lookup = None
         if vision_phase:  # vision phase: the language model waits for useful image tokens
             lm_loss = torch.zeros(())
             loss = extra
         else:
-            lm_loss = loss_fn(model, pixel_values, samples, features)
-            loss = lm_loss + config.aux_weight * extra
+            lm_loss, lookup = packed_losses(model, features, samples, labels if config.lookup_weight else None)
+            loss = lm_loss + config.aux_weight * extra + (config.lookup_weight * lookup if lookup is not None else 0)
             smoothed = lm_loss.item() if smoothed is None else 0.95 * smoothed + 0.05 * lm_loss.item()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -560,8 +635,9 @@ def train(out: Path, config: TrainConfig, max_minutes: float | None = None, log=
         optimizer.step()
         elapsed = time.perf_counter() - started
         if step % 25 == 0 or step == n_steps - 1:
+            looked = f"lookup {lookup.item():.3f}  " if not vision_phase and lookup is not None else ""
             log(f"step {step:5d}  loss {lm_loss.item():.4f}  (avg {smoothed or 0:.4f})  aux {extra.item():.3f}  "
-                f"lr {lr_at(step, config):.2e}  "
+                f"{looked}lr {lr_at(step, config):.2e}  "
                 f"{elapsed / 60:.1f} min")
         if config.eval_every and (step + 1) % config.eval_every == 0 and step + 1 < n_steps:
             probe = aux_accuracy(model, aux_head)
