@@ -3,6 +3,7 @@
     python benchmarks/run.py                     # real 1.7B shape (random weights), V2, 3 rounds
     python benchmarks/run.py --version v1 --rounds 5
     python benchmarks/run.py --tiny --rounds 1   # a smoke run on tiny shapes (the tests do this)
+    python benchmarks/run.py --size 3b --export-only --compressions int4   # does a 3B export fit in memory?
 
 Steps: build a random-weight checkpoint of the real shape in the mtgv layout (speed does not depend
 on weight values); export it with our exporter per compression (wall time, peak RSS); build the
@@ -33,6 +34,9 @@ LLAMA_CPP_VERSION = "0.3.36"
 REAL_1_7B = dict(hidden_size=2048, intermediate_size=5632, num_hidden_layers=24, num_attention_heads=16,
                  vocab_size=32000, vision_hidden_size=1024, vision_layers=24, vision_heads=16,
                  vision_intermediate_size=4096, init_std=0.02)
+REAL_3B = {**REAL_1_7B, "hidden_size": 2560, "intermediate_size": 6912, "num_hidden_layers": 32,
+           "num_attention_heads": 32}
+SHAPES = {"1.7b": REAL_1_7B, "3b": REAL_3B}
 TINY = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, vocab_size=None,
             vision_hidden_size=32, vision_layers=3, vision_heads=2, vision_intermediate_size=64, init_std=0.08)
 
@@ -53,8 +57,10 @@ def parse(run: subprocess.CompletedProcess) -> dict:
 
 
 BUILD = """
+import torch
 from mvlm_magic.model.tiny import build_tiny_checkpoint
 spec = json.loads(sys.argv[2])
+torch.set_default_dtype(torch.bfloat16)  # the saved dtype: a 3B model in f32 plus its bf16 copy would not fit in 24 GB
 build_tiny_checkpoint(sys.argv[1], **spec)
 result = {}
 """
@@ -184,7 +190,8 @@ def memory_bandwidth_gbs() -> float:
 
 def prepare(args, work: Path) -> tuple[dict, dict, dict]:
     checkpoint = work / f"checkpoint-{args.version}"
-    spec = {**(TINY if args.tiny else REAL_1_7B), "projector_type": {"v1": "ldpnet", "v2": "ldpnetv2"}[args.version]}
+    projector = {"v1": "ldpnet", "v2": "ldpnetv2"}[args.version]
+    spec = {**(TINY if args.tiny else SHAPES[args.size]), "projector_type": projector}
     if not (checkpoint / "config.json").is_file():
         print(f"building {checkpoint}", flush=True)
         python(BUILD, checkpoint, json.dumps(spec))
@@ -203,6 +210,8 @@ def prepare(args, work: Path) -> tuple[dict, dict, dict]:
             measured.write_text(json.dumps(known, indent=2))
         export_costs[compression] = known[key]
         print(f"export {compression}: {export_costs[compression]}", flush=True)
+    if args.export_only:
+        return {}, export_costs, {}
     candidates = {name: ["ours", "--export", path] for name, path in exports.items()}
     for variant in args.variant:  # "COMPRESSION KEY=VALUE ...": one of our exports with other OpenVINO properties
         compression, *properties = variant.split()
@@ -328,6 +337,8 @@ def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--version", default="v2", choices=("v1", "v2"))
     parser.add_argument("--tiny", action="store_true", help="tiny shapes: a smoke run of the whole script")
+    parser.add_argument("--size", default="1.7b", choices=tuple(SHAPES), help="the real shape (random weights)")
+    parser.add_argument("--export-only", action="store_true", help="measure the exports (time, peak RSS) and stop")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--new-tokens", type=int, default=128)
     parser.add_argument("--compressions", nargs="+", default=["int4", "int8"])
@@ -341,9 +352,12 @@ def main(argv=None) -> dict:
     parser.add_argument("--work", type=Path, default=Path("/tmp/mvlm-bench"))
     parser.add_argument("--out", type=Path, default=HERE.parent / "docs" / "benchmarks")
     args = parser.parse_args(argv)
-    work = args.work / ("tiny" if args.tiny else "real")
+    work = args.work / ("tiny" if args.tiny else "real" if args.size == "1.7b" else f"real-{args.size}")
     work.mkdir(parents=True, exist_ok=True)
     candidates, export_costs, sizes = prepare(args, work)
+    if args.export_only:
+        print(json.dumps(export_costs, indent=2))
+        return {"exports": export_costs}
     # the text-only peers (llama.cpp, genai) get a prompt as long as ours, image positions included
     positions = python(POSITIONS, work / f"checkpoint-{args.version}", HERE)["positions"]
     results = run_rounds(candidates, args.rounds, args.new_tokens, positions)
@@ -351,7 +365,7 @@ def main(argv=None) -> dict:
     report = {
         "machine": f"{cpu_name()}, {os.cpu_count()} cores, "
                    f"{os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GiB, {platform.platform()}",
-        "checkpoint": f"random MobileVLM {args.version} {'tiny' if args.tiny else '1.7B shape'}",
+        "checkpoint": f"random MobileVLM {args.version} {'tiny' if args.tiny else args.size.upper() + ' shape'}",
         "rounds": args.rounds, "new_tokens": args.new_tokens, "prompt_positions": positions, "bandwidth_gbs": bandwidth,
         "exports": export_costs, "runs": results, "medians": {n: medians(r) for n, r in results.items()},
         "limits": {n: bandwidth * 1e9 / b for n, b in sizes.items() if b},

@@ -108,7 +108,9 @@ def _small_model_and_batch(tmp_path, double: bool = True):
     model, _ = train.build_model(config, tokenizer.vocab_size)
     pixel_values, samples, labels = train.Batches(tokenizer, config).next_batch(10**6)
     pixel_values, labels = torch.from_numpy(pixel_values), torch.from_numpy(labels)
-    return (model.double(), pixel_values.double(), samples, labels) if double else (model, pixel_values, samples, labels)
+    if double:
+        model, pixel_values = model.double(), pixel_values.double()
+    return model, pixel_values, samples, labels
 
 
 def test_packed_training_loss_equals_separate_sequences(tmp_path):

@@ -165,3 +165,40 @@ def test_unknown_device_lists_the_available_ones(exported):
 def test_an_incomplete_export_does_not_load(tmp_path):
     with pytest.raises(MvlmError, match="not a complete export"):
         Engine(tmp_path)
+
+
+# --- memory ------------------------------------------------------------------------------------
+
+
+def test_shedding_drops_mapped_file_pages_and_keeps_the_data(tmp_path):
+    import mmap
+
+    from mvlm_magic.runtime.memory import resident_bytes, shed, shedding
+
+    path = tmp_path / "weights.bin"
+    data = np.random.default_rng(0).integers(0, 255, 8 << 20, dtype=np.uint8)
+    path.write_bytes(data.tobytes())
+    with open(path, "rb") as f:
+        mapping = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        view = np.frombuffer(mapping, dtype=np.uint8)
+        assert int(view.sum()) == int(data.sum())  # every page read: resident
+        assert resident_bytes([path]) >= 7 << 20
+        assert shed([path]) >= 8 << 20
+        assert resident_bytes([path]) < 1 << 20
+        with shedding([path], every=0.001):
+            assert np.array_equal(view, data)  # pages come back from the file, unchanged
+        assert resident_bytes([path]) < 1 << 20
+        del view
+        mapping.close()
+
+
+def test_a_loaded_engine_holds_no_copied_weight_pages(exported, picture):
+    from mvlm_magic.runtime.memory import resident_bytes, shed
+
+    folder = exported("v2", "int8")
+    engine = Engine(folder)
+    weights = [folder / "vision.bin", folder / "language.bin"]
+    assert resident_bytes(weights) < 0.1 * sum(p.stat().st_size for p in weights)
+    first = engine.ask(picture, "What is this?", max_new_tokens=6).token_ids
+    shed(weights)  # again, after an answer read what it needed
+    assert engine.ask(picture, "What is this?", max_new_tokens=6).token_ids == first
