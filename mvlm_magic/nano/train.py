@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from transformers.models.llama.modeling_llama import rotate_half
 
 from ..model.config import MobileVLMConfig
 from ..model.mobilevlm import IMAGE_TOKEN_INDEX, MobileVLM
@@ -334,7 +335,7 @@ def aux_loss(head: torch.nn.Module, features: torch.Tensor, labels: torch.Tensor
 
 
 def loss_fn(model: MobileVLM, pixel_values: torch.Tensor, samples, features: torch.Tensor | None = None) -> torch.Tensor:
-    """Mean cross-entropy over answer tokens + EOS for a batch of (image index, prompt ids, answer ids, ...)."""
+    """Mean cross-entropy over answer tokens + EOS for a batch of (image index, prompt ids, answer ids, subject)."""
     if features is None:
         features = train_image_features(model, pixel_values)  # (B, 144, C)
     return packed_losses(model, features, samples)[0]
@@ -351,14 +352,13 @@ def packed_losses(model: MobileVLM, features: torch.Tensor, samples,
     fraction of the cost.
     """
     n_images, n_image_tokens = features.shape[:2]
-    prefixes = {tuple(p[: p.index(IMAGE_TOKEN_INDEX)]) for _, p, *_ in samples}
+    prefixes = {tuple(p[: p.index(IMAGE_TOKEN_INDEX)]) for _, p, _, _ in samples}
     assert len(prefixes) == 1, "every prompt starts with the same system text"
     prefix = list(prefixes.pop())
     shared = len(prefix) + n_image_tokens
     tails: list[list[tuple[list[int], int, object]]] = [[] for _ in range(n_images)]
-    for image_index, prompt, answer, *subject in samples:
-        tail = prompt[prompt.index(IMAGE_TOKEN_INDEX) + 1:] + answer
-        tails[image_index].append((tail, len(answer), subject[0] if subject else None))
+    for image_index, prompt, answer, subject in samples:
+        tails[image_index].append((prompt[prompt.index(IMAGE_TOKEN_INDEX) + 1:] + answer, len(answer), subject))
     length = shared + max(sum(len(t) for t, _, _ in row) for row in tails)
     ids = torch.zeros(n_images, length - shared, dtype=torch.long)
     positions = torch.arange(length).repeat(n_images, 1)
@@ -384,7 +384,7 @@ def packed_losses(model: MobileVLM, features: torch.Tensor, samples,
                         model.embed_tokens(ids)], dim=1)
     captured = {}
     attention = model.language_model.model.layers[-1].self_attn
-    hook = attention.register_forward_pre_hook(lambda _, args, kwargs: captured.update(kwargs, args=args),
+    hook = attention.register_forward_pre_hook(lambda _, args, kwargs: captured.update(kwargs),
                                                with_kwargs=True) if labels is not None else None
     try:
         hidden = model.language_model.model(inputs_embeds=embeds, attention_mask=visible[:, None],
@@ -398,9 +398,8 @@ def packed_losses(model: MobileVLM, features: torch.Tensor, samples,
     answer_loss = F.cross_entropy(logits, next_labels[keep])
     if labels is None or not lookups:
         return answer_loss, None
-    layer_input = captured["hidden_states"] if "hidden_states" in captured else captured["args"][0]
-    return answer_loss, lookup_loss(attention, layer_input, captured["position_embeddings"], visible, lookups,
-                                    labels, image_start=len(prefix))
+    return answer_loss, lookup_loss(attention, captured["hidden_states"], captured["position_embeddings"], visible,
+                                    lookups, labels, image_start=len(prefix))
 
 
 def lookup_loss(attention: torch.nn.Module, hidden: torch.Tensor, position_embeddings, visible: torch.Tensor,
@@ -423,8 +422,8 @@ def lookup_loss(attention: torch.nn.Module, hidden: torch.Tensor, position_embed
     cos, sin = position_embeddings  # (B, L, D)
     q = attention.q_proj(hidden[rows, at])[:, :dim]  # (N, D), head 0
     k = attention.k_proj(hidden[rows])[..., :dim]  # (N, L, D)
-    q = q * cos[rows, at] + _rotate_half(q) * sin[rows, at]
-    k = k * cos[rows] + _rotate_half(k) * sin[rows]
+    q = q * cos[rows, at] + rotate_half(q) * sin[rows, at]  # RoPE, as transformers applies it
+    k = k * cos[rows] + rotate_half(k) * sin[rows]
     scores = (k @ q[:, :, None])[..., 0] / dim**0.5  # (N, L)
     scores = scores.masked_fill(~visible[rows, at], float("-inf"))
     log_weights = scores.log_softmax(-1)[:, image_start: image_start + labels.shape[1]]  # (N, 144)
@@ -432,16 +431,11 @@ def lookup_loss(attention: torch.nn.Module, hidden: torch.Tensor, position_embed
     return -mass[has_subject].mean() if has_subject.any() else hidden.new_zeros(())
 
 
-def _rotate_half(x: torch.Tensor) -> torch.Tensor:
-    half = x.shape[-1] // 2
-    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-
-
 def reference_loss(model: MobileVLM, pixel_values: torch.Tensor, samples) -> torch.Tensor:
     """The same loss over full, independent sequences (slow; used to check `loss_fn`)."""
     features = model.get_image_features(pixel_values)
     losses = []
-    for image_index, prompt, answer, *_ in samples:
+    for image_index, prompt, answer, _ in samples:
         ids = prompt + answer
         at = ids.index(IMAGE_TOKEN_INDEX)
         embeds = torch.cat([model.embed_tokens(torch.tensor(ids[:at])), features[image_index],
@@ -449,7 +443,7 @@ def reference_loss(model: MobileVLM, pixel_values: torch.Tensor, samples) -> tor
         logits = model.language_model(inputs_embeds=embeds).logits[0]
         n = len(answer)
         losses.append(F.cross_entropy(logits[-n - 1:-1], torch.tensor(answer), reduction="sum"))
-    return torch.stack(losses).sum() / sum(len(a) for _, _, a, *_ in samples)
+    return torch.stack(losses).sum() / sum(len(a) for _, _, a, _ in samples)
 
 
 # --- evaluation (torch, greedy) ------------------------------------------------------------------

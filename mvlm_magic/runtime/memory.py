@@ -17,11 +17,13 @@ import ctypes
 import sys
 import threading
 from collections.abc import Iterable, Iterator
+from functools import lru_cache
 from pathlib import Path
 
 MADV_DONTNEED = 4
 
 
+@lru_cache(maxsize=1)
 def _madvise():
     libc = ctypes.CDLL(None, use_errno=True)
     libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
@@ -79,15 +81,15 @@ def shedding(paths: Iterable[Path | str], every: float = 0.02) -> Iterator[None]
 
 def resident_bytes(paths: Iterable[Path | str]) -> int:
     """How much of the files' mappings is resident in this process (from /proc/self/smaps)."""
-    if not sys.platform.startswith("linux"):
+    ranges = set(mapped_ranges(paths))
+    if not ranges:
         return 0
-    names = {str(Path(p).resolve()) for p in paths}
     total, inside = 0, False
     with open("/proc/self/smaps") as smaps:
         for line in smaps:
-            fields = line.split(maxsplit=5)
-            if fields and "-" in fields[0] and len(fields) >= 5 and not fields[0].endswith(":"):
-                inside = len(fields) == 6 and fields[5].rstrip("\n") in names
-            elif inside and fields[0] == "Rss:":
-                total += int(fields[1]) * 1024
+            field, _, rest = line.partition(" ")
+            if not field.endswith(":"):  # a mapping's first line: "start-end perms offset dev inode [path]"
+                inside = tuple(int(v, 16) for v in field.split("-")) in ranges
+            elif inside and field == "Rss:":
+                total += int(rest.split()[0]) * 1024
     return total
