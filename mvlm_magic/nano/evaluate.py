@@ -94,7 +94,9 @@ def evaluate(folder: Path, n_questions: int = 600, columns=COLUMNS, cache_dir=No
     results: dict[str, dict] = {}
     for column in columns:
         log(f"{column}: {len(questions)} held-out questions")
-        answerer = torch_answerer(folder) if column == "torch" else openvino_answerer(folder, column, cache_dir)
+        compression, _, precision = column.partition("@")  # "int4@auto": the default precision, our int4 kernel
+        answerer = (torch_answerer(folder) if column == "torch"
+                    else openvino_answerer(folder, compression, cache_dir, precision or "f32"))
         results[column] = score(answerer, questions, log)
         log(f"{column}: accuracy {results[column]['accuracy']:.4f} {results[column]['per_kind']} "
             f"({results[column]['seconds']} s)")
@@ -123,7 +125,8 @@ def main(argv=None) -> int:
     parser.add_argument("--model", type=Path, default=None, help="checkpoint folder (default: the bundled model)")
     parser.add_argument("--questions", type=int, default=600)
     parser.add_argument("--columns", default=",".join(COLUMNS),
-                        help="comma-separated: torch and compressions (fp16, int8, int4, int4-sym-g128-r1, ...)")
+                        help="comma-separated: torch and compressions (fp16, int8, int4, int4-sym-g128-r1, ...); "
+                             "a compression@auto runs at the default precision (where our int4 kernel is used)")
     parser.add_argument("--cache-dir", type=Path, default=None)
     parser.add_argument("--json", type=Path, default=None, help="write the full report here")
     args = parser.parse_args(argv)
@@ -132,7 +135,7 @@ def main(argv=None) -> int:
     for column in columns:
         if column != "torch":
             try:
-                Compression.parse(column)
+                Compression.parse(column.partition("@")[0])
             except MvlmError as error:
                 parser.error(f"column {column!r}: {error}")
     report = evaluate(folder, args.questions, columns, args.cache_dir, log=lambda m: print(m, flush=True))

@@ -72,7 +72,7 @@ class Engine:
     """The compiled vision, text-embeddings and language models of one export, plus its tokenizer."""
 
     def __init__(self, folder: Path | str, device: str = "CPU", precision: str = "auto", threads: int | None = None,
-                 ov_config: dict | None = None):
+                 ov_config: dict | None = None, kernels: str = "auto"):
         folder = Path(folder)
         self.manifest = read_manifest(folder)
         if not self.manifest:
@@ -90,16 +90,35 @@ class Engine:
         with shedding([folder / "vision.bin"]):
             self.vision = compile_model(folder / "vision.xml", self.device, precision, threads, ov_config)
         self.text_embeddings = compile_model(folder / "text_embeddings.xml", self.device, precision, threads, ov_config)
-        language = compile_model(folder / "language.xml", self.device, precision, threads, ov_config)
+        language_xml = self.language_model_file(kernels)
+        language = compile_model(language_xml, self.device, precision, threads, ov_config)
         self.language = language.create_infer_request()
         self.beam_inputs = {"beam_idx": BEAM_IDX} if any("beam_idx" in p.names for p in language.inputs) else {}
         self.lock = threading.RLock()
         self.state_owner: ChatSession | None = None  # whose KV cache the language request holds
         self.past_length = 0
-        with shedding([folder / "language.bin"]):
+        # Int4MatMul reads its weights straight from the mapped file: those pages are in use, not copies.
+        with shedding([folder / "language.bin"] if language_xml.name == "language.xml" else []):
             self.warm_up(language.input("inputs_embeds").get_partial_shape()[2].get_length())
         self.compile_seconds = time.perf_counter() - started
         self.was_cached = True  # load_engine() says whether it had to export first
+
+    def language_model_file(self, kernels: str) -> Path:
+        """language.xml, or its copy with our int4 operation (runtime/kernels.py) where that is faster:
+        `kernels` is "auto" (on CPUs without VNNI), "on" (wherever it builds) or "off"."""
+        if kernels not in ("auto", "on", "off"):
+            raise MvlmError(f"kernels must be 'auto', 'on' or 'off', not {kernels!r}.")
+        self.kernels = None
+        if kernels == "off" or self.device != "CPU" or self.precision != "auto":
+            return self.folder / "language.xml"  # f32 answers must match the reference: no int8 activations
+        from . import kernels as int4
+
+        if (kernels == "on" or int4.helps_here()) and int4.extension() is not None:
+            derived = int4.int4_language_model(self.folder)
+            if derived is not None:
+                self.kernels = "int4"
+                return derived
+        return self.folder / "language.xml"
 
     @property
     def name(self) -> str:

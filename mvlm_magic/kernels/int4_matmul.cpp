@@ -1,0 +1,239 @@
+// Int4MatMul: y = x @ dequantize(W).T for NNCF's symmetric int4 weights, as one OpenVINO operation.
+//
+// Why: on CPUs without AVX-512/VNNI, OpenVINO 2026.4 decompresses int4 weights to f32 before multiplying
+// (FullyConnectedCompressed, brgemm_avx2_f32) and reaches ~45% of memory bandwidth, so decoding one token
+// takes twice what reading the weights takes. Here the activations are quantized to int8 (one scale per
+// 32 values, as llama.cpp's Q8_0) and multiplied with the int4 weights in integer arithmetic
+// (AVX2 vpmaddubsw), which keeps up with memory.
+//
+// Inputs (the weight constants are NNCF's own bytes, reinterpreted, never requantized):
+//   0  x       f32 (..., K)
+//   1  weight  u8  (N, K/2)    two int4 values per byte, each stored as value + 8 (0..15): element 2i in the
+//                               low nibble, 2i+1 in the high (NNCF's i4 bytes XOR 0x88)
+//   2  scale   f16 (N, K/G)    one scale per group of G consecutive inputs (G a multiple of 32)
+// Output: f32 (..., N).
+//
+// Build: see mvlm_magic/runtime/kernels.py (one g++ call against the openvino wheel's headers).
+
+#include <immintrin.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <vector>
+
+#define OV_THREAD OV_THREAD_TBB
+#include "openvino/core/extension.hpp"
+#include "openvino/core/op_extension.hpp"
+#include "openvino/core/parallel.hpp"
+#include "openvino/core/type/float16.hpp"
+#include "openvino/op/op.hpp"
+
+namespace mvlm {
+
+constexpr size_t BLOCK = 32;  // activation values per int8 scale
+#ifndef PREFETCH
+#define PREFETCH 4096
+#endif
+
+// Rows of x, quantized: the values of each block of 32 stored evens first, then odds (the order the weight
+// nibbles unpack in), with each block's scale and 8 * scale * sum (what the +8 of the stored nibbles adds).
+struct Quantized {
+    std::vector<int8_t> values;        // (M, K)
+    std::vector<float> scale, offset;  // (M, K/32)
+};
+
+static void quantize_row(const float* x, size_t K, int8_t* values, float* scale, float* offset) {
+    for (size_t b = 0; b < K / BLOCK; ++b) {
+        const float* v = x + b * BLOCK;
+        float amax = 0.f;
+        for (size_t i = 0; i < BLOCK; ++i) amax = std::max(amax, std::fabs(v[i]));
+        const float inv = amax > 0.f ? 127.f / amax : 0.f;
+        int sum = 0;
+        for (size_t i = 0; i < BLOCK; ++i) {
+            const int value = static_cast<int>(std::nearbyint(v[i] * inv));
+            values[b * BLOCK + (i % 2) * (BLOCK / 2) + i / 2] = static_cast<int8_t>(value);
+            sum += value;
+        }
+        scale[b] = amax / 127.f;
+        offset[b] = 8.f * scale[b] * static_cast<float>(sum);
+    }
+}
+
+// 32 weights (16 bytes, stored as value + 8) -> 32 unsigned bytes: low nibbles (evens) first, then high (odds).
+static inline __m256i unpack_block(const uint8_t* bytes) {
+    const __m128i packed = _mm_loadu_si128(reinterpret_cast<const __m128i*>(bytes));
+    const __m256i both = _mm256_set_m128i(_mm_srli_epi16(packed, 4), packed);
+    return _mm256_and_si256(both, _mm256_set1_epi8(0x0F));
+}
+
+static inline float hsum(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_hadd_ps(s, s);
+    s = _mm_hadd_ps(s, s);
+    return _mm_cvtss_f32(s);
+}
+
+// y[r] = sum over K of dequantized weight row r * x, for ROWS consecutive weight rows against one x row.
+// Each x block is loaded once for all rows; the rows' sums are independent chains.
+template <int ROWS>
+static void dot_rows(const uint8_t* weight, const float* scale, const int8_t* xv, const float* xscale,
+                     const float* xoffset, size_t K, size_t G, float* y) {
+    const __m256i ones = _mm256_set1_epi16(1);
+    const size_t groups = K / G, blocks_per_group = G / BLOCK;
+    __m256 acc[ROWS];
+    float offset[ROWS];
+    for (int r = 0; r < ROWS; ++r) acc[r] = _mm256_setzero_ps(), offset[r] = 0.f;
+    for (size_t g = 0; g < groups; ++g) {
+        __m256 group_acc[ROWS];
+        for (int r = 0; r < ROWS; ++r) group_acc[r] = _mm256_setzero_ps();
+        float group_offset = 0.f;
+        for (size_t b = g * blocks_per_group; b < (g + 1) * blocks_per_group; ++b) {
+            const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xv + b * BLOCK));
+            const __m256 sv = _mm256_set1_ps(xscale[b]);
+            group_offset += xoffset[b];
+            for (int r = 0; r < ROWS; ++r) {
+                const uint8_t* here = weight + r * K / 2 + b * BLOCK / 2;
+                if (b % 4 == 0) _mm_prefetch(reinterpret_cast<const char*>(here + PREFETCH), _MM_HINT_T0);
+                const __m256i w = unpack_block(here);
+                const __m256i products = _mm256_madd_epi16(_mm256_maddubs_epi16(w, v), ones);  // 8 x i32
+                group_acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(products), sv, group_acc[r]);
+            }
+        }
+        for (int r = 0; r < ROWS; ++r) {
+            const float ws = scale[r * groups + g];
+            acc[r] = _mm256_fmadd_ps(group_acc[r], _mm256_set1_ps(ws), acc[r]);
+            offset[r] += ws * group_offset;
+        }
+    }
+    for (int r = 0; r < ROWS; ++r) y[r] = hsum(acc[r]) - offset[r];
+}
+
+// Prompts (many x rows): one weight row, already unpacked to bytes, against XR x rows at a time.
+template <int XR>
+static void dot_unpacked(const uint8_t* w, const float* scale, const Quantized& x, size_t m, size_t K, size_t G,
+                         float* y, size_t y_stride) {
+    const __m256i ones = _mm256_set1_epi16(1);
+    const size_t groups = K / G, blocks_per_group = G / BLOCK, blocks = K / BLOCK;
+    const int8_t* xv = x.values.data() + m * K;
+    const float* xscale = x.scale.data() + m * blocks;
+    const float* xoffset = x.offset.data() + m * blocks;
+    __m256 acc[XR];
+    float offset[XR];
+    for (int i = 0; i < XR; ++i) acc[i] = _mm256_setzero_ps(), offset[i] = 0.f;
+    for (size_t g = 0; g < groups; ++g) {
+        __m256 group_acc[XR];
+        float group_offset[XR];
+        for (int i = 0; i < XR; ++i) group_acc[i] = _mm256_setzero_ps(), group_offset[i] = 0.f;
+        for (size_t b = g * blocks_per_group; b < (g + 1) * blocks_per_group; ++b) {
+            const __m256i wv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + b * BLOCK));
+            for (int i = 0; i < XR; ++i) {
+                const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xv + i * K + b * BLOCK));
+                const __m256i products = _mm256_madd_epi16(_mm256_maddubs_epi16(wv, v), ones);
+                group_acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(products), _mm256_set1_ps(xscale[i * blocks + b]),
+                                               group_acc[i]);
+                group_offset[i] += xoffset[i * blocks + b];
+            }
+        }
+        const __m256 ws = _mm256_set1_ps(scale[g]);
+        for (int i = 0; i < XR; ++i) {
+            acc[i] = _mm256_fmadd_ps(group_acc[i], ws, acc[i]);
+            offset[i] += scale[g] * group_offset[i];
+        }
+    }
+    for (int i = 0; i < XR; ++i) y[i * y_stride] = hsum(acc[i]) - offset[i];
+}
+
+class Int4MatMul : public ov::op::Op {
+public:
+    OPENVINO_OP("Int4MatMul", "mvlm");
+
+    Int4MatMul() = default;
+    explicit Int4MatMul(const ov::OutputVector& args) : Op(args) { constructor_validate_and_infer_types(); }
+
+    void validate_and_infer_types() override {
+        const auto x = get_input_partial_shape(0);
+        const auto w = get_input_partial_shape(1);
+        NODE_VALIDATION_CHECK(this, x.rank().is_static() && w.rank().get_length() == 2, "x (..., K), weight (N, K/2)");
+        auto out = x;
+        out[out.size() - 1] = w[0];
+        set_output_type(0, ov::element::f32, out);
+    }
+
+    std::shared_ptr<ov::Node> clone_with_new_inputs(const ov::OutputVector& args) const override {
+        return std::make_shared<Int4MatMul>(args);
+    }
+
+    bool visit_attributes(ov::AttributeVisitor&) override { return true; }
+    bool has_evaluate() const override { return true; }
+
+    bool evaluate(ov::TensorVector& outputs, const ov::TensorVector& inputs) const override {
+        const ov::Tensor &x = inputs[0], &weight = inputs[1], &scale = inputs[2];
+        const ov::Shape x_shape = x.get_shape();
+        const size_t K = x_shape.back(), N = weight.get_shape()[0], G = K / scale.get_shape()[1];
+        const size_t M = ov::shape_size(x_shape) / K;
+        ov::Shape out_shape = x_shape;
+        out_shape.back() = N;
+        outputs[0].set_shape(out_shape);
+
+        const float* xs = x.data<const float>();
+        const size_t blocks = K / BLOCK;
+        thread_local Quantized kept;  // kept between calls: no allocation per token
+        Quantized& q = kept;           // (a lambda running on another thread must see this thread's buffers)
+        q.values.resize(M * K);
+        q.scale.resize(M * blocks);
+        q.offset.resize(M * blocks);
+        ov::parallel_for(M, [&](size_t m) {
+            quantize_row(xs + m * K, K, &q.values[m * K], &q.scale[m * blocks], &q.offset[m * blocks]);
+        });
+
+        const uint8_t* w = static_cast<const uint8_t*>(weight.data());
+        // The CPU plugin hands the f16 scales to custom operations as f32; convert here if it ever does not.
+        std::vector<float> converted;
+        const float* s = nullptr;
+        if (scale.get_element_type() == ov::element::f32) {
+            s = scale.data<const float>();
+        } else {
+            const ov::float16* half = scale.data<const ov::float16>();
+            converted.assign(half, half + scale.get_size());
+            s = converted.data();
+        }
+        float* y = outputs[0].data<float>();
+        const size_t groups = K / G;
+        if (M == 1) {  // one token: stream the weights once, 4 rows at a time
+            constexpr size_t CHUNK = 16;
+            ov::parallel_for((N + CHUNK - 1) / CHUNK, [&](size_t chunk) {
+                size_t n = chunk * CHUNK;
+                const size_t end = std::min(N, n + CHUNK);
+                for (; n + 4 <= end; n += 4)
+                    dot_rows<4>(w + n * K / 2, s + n * groups, q.values.data(), q.scale.data(), q.offset.data(), K, G, y + n);
+                for (; n < end; ++n)
+                    dot_rows<1>(w + n * K / 2, s + n * groups, q.values.data(), q.scale.data(), q.offset.data(), K, G, y + n);
+            });
+            return true;
+        }
+        // A prompt: unpack a chunk of weight rows once, then run every x row against it, 4 x rows at a time.
+        constexpr size_t CHUNK = 8;
+        ov::parallel_for((N + CHUNK - 1) / CHUNK, [&](size_t chunk) {
+            thread_local std::vector<uint8_t> unpacked;
+            const size_t first = chunk * CHUNK, rows = std::min(N, first + CHUNK) - first;
+            unpacked.resize(rows * K);
+            for (size_t r = 0; r < rows; ++r)
+                for (size_t b = 0; b < blocks; ++b)
+                    _mm256_storeu_si256(reinterpret_cast<__m256i*>(&unpacked[r * K + b * BLOCK]),
+                                        unpack_block(w + (first + r) * K / 2 + b * BLOCK / 2));
+            size_t m = 0;
+            for (; m + 4 <= M; m += 4)
+                for (size_t r = 0; r < rows; ++r)
+                    dot_unpacked<4>(&unpacked[r * K], s + (first + r) * groups, q, m, K, G, y + m * N + first + r, N);
+            for (; m < M; ++m)
+                for (size_t r = 0; r < rows; ++r)
+                    dot_unpacked<1>(&unpacked[r * K], s + (first + r) * groups, q, m, K, G, y + m * N + first + r, N);
+        });
+        return true;
+    }
+};
+
+}  // namespace mvlm
+
+OPENVINO_CREATE_EXTENSIONS(std::vector<ov::Extension::Ptr>({std::make_shared<ov::OpExtension<mvlm::Int4MatMul>>()}));

@@ -1,0 +1,205 @@
+"""Our own int4 matrix multiplication for OpenVINO on CPUs where OpenVINO's is slow.
+
+OpenVINO 2026.4 multiplies NNCF's int4 weights in integer arithmetic only on CPUs with VNNI (AVX-512 or
+AVX-VNNI). Elsewhere it decompresses them to f32 first and reads memory at ~45% of the machine's bandwidth,
+so decoding a token takes about twice as long as reading the weights (docs/benchmarks.md). The operation in
+`mvlm_magic/kernels/int4_matmul.cpp` quantizes the activations to int8 instead and keeps up with memory.
+
+How it is used:
+1. `extension()` compiles the C++ file once per OpenVINO version with the system's C++ compiler (our own
+   shipped source, nothing downloaded) into the cache folder, and registers it with OpenVINO.
+2. `int4_language_model(folder)` writes, once per export, a copy of the language IR in which every symmetric
+   int4 MatMul is replaced by the operation (same weight bytes, same scales).
+3. The engine compiles that copy instead of language.xml. Without a compiler, on other CPUs, for f32
+   answers or non-int4 exports, everything stays as it was.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import openvino as ov
+from openvino import opset13
+
+from ..cache import default_cache_dir
+from .device import core
+
+SOURCE = Path(__file__).resolve().parent.parent / "kernels" / "int4_matmul.cpp"
+FORMAT = 1  # part of the derived IR's name: bump when the operation's inputs change
+NEEDED_FLAGS = {"avx2", "fma", "f16c"}
+VNNI_FLAGS = {"avx512_vnni", "avx_vnni"}  # where OpenVINO's own int8 path exists (and we step aside)
+
+
+class Int4MatMul(ov.Op):
+    """Stand-in for the C++ operation while building the IR in Python; never executed."""
+
+    class_type_info = ov.DiscreteTypeInfo("Int4MatMul", "mvlm")
+
+    def __init__(self, inputs=None):
+        super().__init__(self, inputs)
+
+    def validate_and_infer_types(self):
+        x, weight = self.get_input_partial_shape(0), self.get_input_partial_shape(1)
+        self.set_output_type(0, ov.Type.f32, ov.PartialShape(list(x)[:-1] + [weight[0]]))
+
+    def clone_with_new_inputs(self, new_inputs):
+        return Int4MatMul(new_inputs)
+
+    def get_type_info(self):
+        return Int4MatMul.class_type_info
+
+    def visit_attributes(self, visitor):
+        return True
+
+
+def cpu_flags() -> set[str]:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def helps_here() -> bool:
+    """True on x86-64 Linux CPUs with AVX2 but without VNNI (there OpenVINO has its own int8 path)."""
+    flags = cpu_flags()
+    return NEEDED_FLAGS <= flags and not flags & VNNI_FLAGS
+
+
+_why_not: str | None = None
+
+
+@lru_cache(maxsize=1)
+def extension() -> Path | None:
+    """The compiled operation, registered with our OpenVINO core; None (see `why_not`) when it cannot be built."""
+    global _why_not
+    library, _why_not = build()
+    if library is not None:
+        core().add_extension(str(library))
+    return library
+
+
+def why_not() -> str | None:
+    """Why `extension()` returned None."""
+    return _why_not
+
+
+def build() -> tuple[Path | None, str | None]:
+    """Compile the operation into the cache folder unless it is there already: (library, None) or (None, why not)."""
+    if platform.system() != "Linux" or platform.machine() != "x86_64" or not NEEDED_FLAGS <= cpu_flags():
+        return None, "needs an x86-64 Linux CPU with AVX2, FMA and F16C"
+    package = Path(ov.__file__).parent
+    libs = package / "libs"
+    openvino_lib, tbb_lib = sorted(libs.glob("libopenvino.so.*")), sorted(libs.glob("libtbb.so.*"))
+    if not (openvino_lib and tbb_lib and (package / "include").is_dir()):
+        return None, f"the openvino package at {package} has no headers or libraries to build against"
+    compiler = os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++")
+    if not compiler or not shutil.which(compiler):
+        return None, "no C++ compiler found (install g++ or set CXX)"
+    key = hashlib.sha256(SOURCE.read_bytes() + ov.get_version().encode() + compiler.encode()).hexdigest()[:16]
+    folder = default_cache_dir() / "kernels"
+    library = folder / f"int4_matmul-{key}.so"
+    if library.is_file():
+        return library, None
+    folder.mkdir(parents=True, exist_ok=True)
+    partial = Path(tempfile.mkstemp(dir=folder, prefix=".building-", suffix=".so")[1])
+    command = [compiler, "-O3", "-mavx2", "-mfma", "-mf16c", "-std=c++17", "-shared", "-fPIC",
+               "-I", str(package / "include"), str(SOURCE), "-L", str(libs),
+               f"-l:{openvino_lib[0].name}", f"-l:{tbb_lib[0].name}", f"-Wl,-rpath,{libs}", "-o", str(partial)]
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+        failure = f"the C++ compiler failed: {done.stderr.strip()[-500:]}" if done.returncode else None
+    except (OSError, subprocess.TimeoutExpired) as error:
+        failure = f"the C++ compiler failed to run: {error}"
+    if failure:
+        partial.unlink(missing_ok=True)
+        return None, failure
+    os.replace(partial, library)  # atomic: a half-written library is never loaded
+    return library, None
+
+
+def _int4_weight(matmul) -> tuple[np.ndarray, np.ndarray] | None:
+    """(bytes (N, K/2) as value + 8, scales (N, K/G) f16) when the MatMul's weight is NNCF's symmetric int4
+    decompression (Constant i4 -> Convert -> Multiply by a scale [-> Reshape] -> Convert); else None."""
+    def kind(node, name):
+        return node.get_type_name() == name
+
+    if not kind(matmul, "MatMul") or matmul.get_attributes() != {"transpose_a": False, "transpose_b": True}:
+        return None
+    if matmul.get_input_element_type(0) != ov.Type.f32:
+        return None
+    node = matmul.input_value(1).get_node()
+    if kind(node, "Convert"):
+        node = node.input_value(0).get_node()
+    if kind(node, "Reshape"):
+        node = node.input_value(0).get_node()
+    if not kind(node, "Multiply"):
+        return None
+    first, second = (node.input_value(i).get_node() for i in range(2))
+    if kind(second, "Convert"):
+        first, second = second, first
+    if not (kind(first, "Convert") and kind(second, "Constant")):
+        return None
+    weight = first.input_value(0).get_node()
+    if not kind(weight, "Constant") or weight.get_element_type() != ov.Type.i4:
+        return None
+    shape = list(weight.get_output_shape(0))  # (N, groups, G) or (N, K) for one scale per row
+    n, k = shape[0], int(np.prod(shape[1:]))
+    groups = shape[1] if len(shape) == 3 else 1
+    weight_shape = matmul.get_input_partial_shape(1)
+    if not weight_shape.is_static or list(weight_shape.to_shape()) != [n, k]:
+        return None
+    if (k // groups) % 32 or second.get_output_element_type(0) != ov.Type.f16:
+        return None
+    scales = second.get_data().reshape(n, groups)
+    packed = weight.get_data().view(np.uint8).reshape(n, k // 2) ^ np.uint8(0x88)  # signed nibbles -> value + 8
+    return packed, scales
+
+
+def rewrite_int4_matmuls(model: ov.Model) -> int:
+    """Replace each symmetric-int4 MatMul of `model` by Int4MatMul, in place; returns how many."""
+    replaced = 0
+    for matmul in model.get_ordered_ops():
+        found = _int4_weight(matmul)
+        if found is None:
+            continue
+        packed, scales = found
+        node = Int4MatMul([matmul.input_value(0), opset13.constant(packed).output(0),
+                           opset13.constant(scales).output(0)])
+        node.set_friendly_name(matmul.get_friendly_name())
+        for target in matmul.output(0).get_target_inputs():
+            target.replace_source_output(node.output(0))
+        replaced += 1
+    return replaced
+
+
+def int4_language_model(folder: Path) -> Path | None:
+    """The export's language IR with Int4MatMul, written next to language.xml on first use; None when the
+    export has no symmetric int4 weights."""
+    folder = Path(folder)
+    derived = folder / f"language.int4-v{FORMAT}.xml"
+    if derived.is_file():
+        return derived
+    model = core().read_model(folder / "language.xml")
+    if not rewrite_int4_matmuls(model):
+        return None
+    # Save beside the export under temporary names, then rename: the .bin first, the .xml (what we look for) last.
+    temporary = Path(tempfile.mkdtemp(dir=folder, prefix=".int4-"))
+    try:
+        ov.save_model(model, temporary / derived.name, compress_to_fp16=False)
+        os.replace(temporary / derived.with_suffix(".bin").name, derived.with_suffix(".bin"))
+        os.replace(temporary / derived.name, derived)
+    finally:
+        shutil.rmtree(temporary, ignore_errors=True)
+    return derived

@@ -1,0 +1,116 @@
+"""Our int4 OpenVINO operation (runtime/kernels.py): exact against its definition, found in real exports,
+used by the engine, and answers as good as OpenVINO's own int4 path."""
+
+from __future__ import annotations
+
+import numpy as np
+import openvino as ov
+import pytest
+from openvino import opset13
+
+from mvlm_magic.runtime import kernels
+from mvlm_magic.runtime.device import core
+
+pytestmark = pytest.mark.skipif(not kernels.NEEDED_FLAGS <= kernels.cpu_flags(), reason="needs an AVX2 CPU")
+
+
+def nncf_int4_model(n: int, k: int, group: int, rng) -> tuple[ov.Model, np.ndarray, np.ndarray]:
+    """x (M, K) @ W.T with W in NNCF's symmetric int4 layout: i4 constant -> f16 -> * scale -> (N, K) -> f32.
+    group == k gives NNCF's one-scale-per-row form (no Reshape)."""
+    q = rng.integers(-8, 8, (n, k)).astype(np.int8)
+    scales = (rng.random((n, k // group)) * 0.05 + 0.001).astype(np.float16)
+    x = opset13.parameter([-1, k], ov.Type.f32, name="x")
+    if group == k:
+        unscaled = opset13.convert(opset13.constant(q, ov.Type.i4), ov.Type.f16)
+        weight = opset13.multiply(unscaled, opset13.constant(scales))
+    else:
+        grouped = opset13.convert(opset13.constant(q.reshape(n, k // group, group), ov.Type.i4), ov.Type.f16)
+        weight = opset13.reshape(opset13.multiply(grouped, opset13.constant(scales[:, :, None])), [n, k], False)
+    y = opset13.matmul(x, opset13.convert(weight, ov.Type.f32), False, True)
+    return ov.Model([y], [x]), q, scales.astype(np.float32)
+
+
+def by_definition(x: np.ndarray, q: np.ndarray, scales: np.ndarray) -> np.ndarray:
+    """The operation's arithmetic: x rounded to int8 per block of 32 (scale max|x| / 127), times the weights."""
+    m, k = x.shape
+    blocks = x.reshape(m, k // 32, 32)
+    amax = np.abs(blocks).max(-1, keepdims=True)
+    inverse = np.where(amax > 0, np.float32(127) / np.where(amax > 0, amax, 1), 0).astype(np.float32)
+    rounded = np.rint(blocks * inverse) * (amax / np.float32(127))
+    weights = q.astype(np.float64) * np.repeat(scales, q.shape[1] // scales.shape[1], axis=1)
+    return rounded.reshape(m, k).astype(np.float64) @ weights.T
+
+
+@pytest.mark.parametrize("n, k, group", [(70, 256, 128), (36, 128, 32), (9, 96, 96), (64, 384, 128)])
+def test_int4_matmul_equals_its_definition(n, k, group, tmp_path):
+    assert kernels.extension() is not None, kernels.why_not()
+    rng = np.random.default_rng(n + k)
+    model, q, scales = nncf_int4_model(n, k, group, rng)
+    plain = core().compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    assert kernels.rewrite_int4_matmuls(model) == 1
+    ov.save_model(model, tmp_path / "m.xml", compress_to_fp16=False)
+    ours = core().compile_model(tmp_path / "m.xml", "CPU", {"INFERENCE_NUM_THREADS": 2})
+    for m in (1, 4, 7):  # one token (streamed weights) and prompts (unpacked weights, 4 rows at a time + rest)
+        x = rng.standard_normal((m, k)).astype(np.float32)
+        x[0, :32] = 0  # an all-zero block
+        y = ours(x)[0]
+        assert y.shape == (m, n)
+        scale = np.abs(y).max()
+        np.testing.assert_allclose(y, by_definition(x, q, scales), atol=2e-5 * scale)
+        assert np.abs(y - plain(x)[0]).max() < 0.02 * scale  # OpenVINO's own f32 path: int8 activations only
+
+
+def test_the_language_model_of_an_int4_export_is_rewritten_once(exported):
+    folder = exported("v2", "int4")
+    original = core().read_model(folder / "language.xml")
+    int4_matmuls = sum(kernels._int4_weight(op) is not None for op in original.get_ordered_ops())
+    assert int4_matmuls >= 7 * 2  # q, k, v, o, gate, up, down of each layer
+    derived = kernels.int4_language_model(folder)
+    assert derived == folder / f"language.int4-v{kernels.FORMAT}.xml" and derived.with_suffix(".bin").is_file()
+    model = core().read_model(derived)
+    assert sum(op.get_type_name() == "Int4MatMul" for op in model.get_ordered_ops()) == int4_matmuls
+    assert not any(kernels._int4_weight(op) for op in model.get_ordered_ops())
+    assert kernels.int4_language_model(folder) == derived  # cached
+    assert not list(folder.glob(".int4-*"))  # written under a temporary name, renamed into place
+    assert kernels.int4_language_model(exported("v2", "int8")) is None  # nothing to rewrite
+
+
+def test_engine_answers_with_the_kernel_within_the_int4_drift_bound(exported, torch_model):
+    import torch
+
+    from mvlm_magic.runtime.engine import Engine
+    from mvlm_magic.runtime.preprocess import preprocess_image
+    from mvlm_magic.runtime.tokenizer import build_conversation, tokenize_with_image
+    from test_fidelity import DRIFT_BOUND, IMAGES, QUESTIONS
+
+    eng = Engine(exported("v2", "int4"), kernels="on")
+    assert eng.kernels == "int4"
+    plain = Engine(exported("v2", "int4"), kernels="off")
+    assert plain.kernels is None
+    assert Engine(exported("v2", "int4"), precision="f32", kernels="on").kernels is None  # f32 answers: exact path
+    model = torch_model("v2")
+    for image in list(IMAGES.values())[:3]:
+        ids = tokenize_with_image(eng.tokenizer, build_conversation([(QUESTIONS[0], None)], with_image=True))
+        expected = model.last_logits(ids, torch.from_numpy(preprocess_image(image))).numpy()
+        eng.reset_state()
+        actual = eng.feed(eng.embed(ids, eng.encode_image(image))).copy()
+        drift = np.abs(actual - expected).max() / (expected.max() - expected.min())
+        assert drift < DRIFT_BOUND["int4"], drift
+    answer = eng.new_chat(IMAGES["wide RGB"]).ask(QUESTIONS[0], max_new_tokens=12, ignore_eos=True).result()
+    assert len(answer.token_ids) == 12 and answer.timings.decode_tokens_per_s > 0
+
+
+def test_without_a_compiler_the_engine_uses_openvino_alone(exported, monkeypatch, tmp_path, picture):
+    from mvlm_magic.runtime.engine import Engine
+
+    monkeypatch.setenv("CXX", str(tmp_path / "no-such-compiler"))
+    monkeypatch.setenv("MVLM_CACHE", str(tmp_path / "cache"))
+    library, why = kernels.build()
+    assert library is None and "compiler" in why
+    assert not list((tmp_path / "cache" / "kernels").glob("*.so"))
+    monkeypatch.setattr(kernels, "extension", lambda: None)
+    eng = Engine(exported("v2", "int4"), kernels="on")
+    assert eng.kernels is None
+    assert eng.ask(picture, "What is this?", max_new_tokens=4).token_ids
+    with pytest.raises(Exception, match="kernels must be"):
+        Engine(exported("v2", "int4"), kernels="fast")
