@@ -30,15 +30,29 @@ def nncf_int4_model(n: int, k: int, group: int, rng) -> tuple[ov.Model, np.ndarr
     return ov.Model([y], [x]), q, scales.astype(np.float32)
 
 
-def by_definition(x: np.ndarray, q: np.ndarray, scales: np.ndarray) -> np.ndarray:
-    """The operation's arithmetic: x rounded to int8 per block of 32 (scale max|x| / 127), times the weights."""
+def nncf_int8_head(x, n: int, k: int, rng) -> tuple[ov.Output, np.ndarray, np.ndarray, np.ndarray]:
+    """x @ W.T with W in NNCF's asymmetric per-row int8 layout (an int4 export's head)."""
+    q = rng.integers(0, 256, (n, k)).astype(np.uint8)
+    zero = rng.integers(100, 156, (n, 1)).astype(np.uint8)
+    scale = (rng.random((n, 1)) * 0.01 + 0.001).astype(np.float16)
+    centred = opset13.subtract(opset13.convert(opset13.constant(q), ov.Type.f16),
+                               opset13.convert(opset13.constant(zero), ov.Type.f16))
+    weight = opset13.convert(opset13.multiply(centred, opset13.constant(scale)), ov.Type.f32)
+    return opset13.matmul(x, weight, False, True).output(0), q, zero, scale
+
+
+def rounded_x(x: np.ndarray) -> np.ndarray:
+    """x as the operations see it: rounded to int8 per block of 32, scale max|x| / 127."""
     m, k = x.shape
     blocks = x.reshape(m, k // 32, 32)
     amax = np.abs(blocks).max(-1, keepdims=True)
     inverse = np.where(amax > 0, np.float32(127) / np.where(amax > 0, amax, 1), 0).astype(np.float32)
-    rounded = np.rint(blocks * inverse) * (amax / np.float32(127))
+    return (np.rint(blocks * inverse) * (amax / np.float32(127))).reshape(m, k).astype(np.float64)
+
+
+def by_definition(x: np.ndarray, q: np.ndarray, scales: np.ndarray) -> np.ndarray:
     weights = q.astype(np.float64) * np.repeat(scales, q.shape[1] // scales.shape[1], axis=1)
-    return rounded.reshape(m, k).astype(np.float64) @ weights.T
+    return rounded_x(x) @ weights.T
 
 
 @pytest.mark.parametrize("n, k, group", [(70, 256, 128), (36, 128, 32), (9, 96, 96), (64, 384, 128)])
@@ -60,6 +74,26 @@ def test_int4_matmul_equals_its_definition(n, k, group, tmp_path):
         assert np.abs(y - plain(x)[0]).max() < 0.02 * scale  # OpenVINO's own f32 path: int8 activations only
 
 
+def test_int8_head_equals_its_definition(tmp_path):
+    rng = np.random.default_rng(3)
+    k = 256
+    model, *_ = nncf_int4_model(40, k, 128, rng)
+    head, q, zero, scale = nncf_int8_head(model.get_parameters()[0].output(0), 37, k, rng)
+    model.add_results([opset13.result(head)])
+    plain = core().compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    assert kernels.rewrite_int4_matmuls(model) == 1
+    assert sorted(op.get_type_name() for op in model.get_ordered_ops() if "MatMul" in op.get_type_name()) == \
+        ["Int4MatMul", "Int8MatMul"]
+    ov.save_model(model, tmp_path / "m.xml", compress_to_fp16=False)
+    ours = core().compile_model(tmp_path / "m.xml", "CPU", {"INFERENCE_NUM_THREADS": 2})
+    weights = (q.astype(np.float64) - zero) * scale.astype(np.float64)
+    for m in (1, 5):
+        x = rng.standard_normal((m, k)).astype(np.float32)
+        y = ours(x)[1]
+        np.testing.assert_allclose(y, rounded_x(x) @ weights.T, atol=2e-5 * np.abs(y).max())
+        assert np.abs(y - plain(x)[1]).max() < 0.02 * np.abs(y).max()
+
+
 def test_the_language_model_of_an_int4_export_is_rewritten_once(exported):
     folder = exported("v2", "int4")
     original = core().read_model(folder / "language.xml")
@@ -69,6 +103,7 @@ def test_the_language_model_of_an_int4_export_is_rewritten_once(exported):
     assert derived == folder / f"language.int4-v{kernels.FORMAT}.xml" and derived.with_suffix(".bin").is_file()
     model = core().read_model(derived)
     assert sum(op.get_type_name() == "Int4MatMul" for op in model.get_ordered_ops()) == int4_matmuls
+    assert sum(op.get_type_name() == "Int8MatMul" for op in model.get_ordered_ops()) <= 1  # the head, if int8
     assert not any(kernels._int4_weight(op) for op in model.get_ordered_ops())
     assert kernels.int4_language_model(folder) == derived  # cached
     assert not list(folder.glob(".int4-*"))  # written under a temporary name, renamed into place

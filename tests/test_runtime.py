@@ -141,6 +141,17 @@ def test_a_reused_system_prompt_gives_the_same_answer(eng):
     assert after.token_ids == alone.token_ids
 
 
+def test_a_loaded_engine_has_the_system_prompt_computed_already(exported):
+    fresh = Engine(exported("v2", "fp32"), precision="f32")
+    chat = fresh.new_chat(shapes_picture(seed=14))
+    first = chat.ask("What is this?", max_new_tokens=12).result()
+    system = text_before_image(chat.prompt_ids("What is this?"))
+    assert system > 3 and first.timings.prefill_tokens == first.timings.prompt_tokens - system
+    fresh.reset_state()  # cold: the whole prompt in one go gives the same answer
+    cold = fresh.new_chat(shapes_picture(seed=14)).ask("What is this?", max_new_tokens=12).result()
+    assert cold.timings.prefill_tokens == cold.timings.prompt_tokens and cold.token_ids == first.token_ids
+
+
 def test_prompt_beyond_the_context_is_refused(eng, picture):
     with pytest.raises(MvlmError, match="context holds 2048"):
         eng.ask(picture, "circle " * 3000)

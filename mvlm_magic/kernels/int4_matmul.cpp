@@ -111,20 +111,19 @@ static void dot_rows(const uint8_t* weight, const float* scale, const int8_t* xv
 
 // Prompts (many x rows): one weight row, already unpacked to bytes, against XR x rows at a time.
 template <int XR>
-static void dot_unpacked(const uint8_t* w, const float* scale, const Quantized& x, size_t m, size_t K, size_t G,
-                         float* y, size_t y_stride) {
+static void dot_unpacked(const uint8_t* w, const float* scale, const Quantized& x, const float* group_offsets,
+                         size_t m, size_t K, size_t G, float* y, size_t y_stride) {
     const __m256i ones = _mm256_set1_epi16(1);
     const size_t groups = K / G, blocks_per_group = G / BLOCK, blocks = K / BLOCK;
     const int8_t* xv = x.values.data() + m * K;
     const float* xscale = x.scale.data() + m * blocks;
-    const float* xoffset = x.offset.data() + m * blocks;
+    const float* xoffset = group_offsets + m * groups;
     __m256 acc[XR];
     float offset[XR];
     for (int i = 0; i < XR; ++i) acc[i] = _mm256_setzero_ps(), offset[i] = 0.f;
     for (size_t g = 0; g < groups; ++g) {
         __m256 group_acc[XR];
-        float group_offset[XR];
-        for (int i = 0; i < XR; ++i) group_acc[i] = _mm256_setzero_ps(), group_offset[i] = 0.f;
+        for (int i = 0; i < XR; ++i) group_acc[i] = _mm256_setzero_ps();
         for (size_t b = g * blocks_per_group; b < (g + 1) * blocks_per_group; ++b) {
             const __m256i wv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + b * BLOCK));
             for (int i = 0; i < XR; ++i) {
@@ -132,16 +131,38 @@ static void dot_unpacked(const uint8_t* w, const float* scale, const Quantized& 
                 const __m256i products = _mm256_madd_epi16(_mm256_maddubs_epi16(wv, v), ones);
                 group_acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(products), _mm256_set1_ps(xscale[i * blocks + b]),
                                                group_acc[i]);
-                group_offset[i] += xoffset[i * blocks + b];
             }
         }
         const __m256 ws = _mm256_set1_ps(scale[g]);
         for (int i = 0; i < XR; ++i) {
             acc[i] = _mm256_fmadd_ps(group_acc[i], ws, acc[i]);
-            offset[i] += scale[g] * group_offset[i];
+            offset[i] += scale[g] * xoffset[i * groups + g];
         }
     }
     for (int i = 0; i < XR; ++i) y[i * y_stride] = hsum(acc[i]) - offset[i];
+}
+
+// int8 weights (the output head), stored per block of 32 in the same evens-then-odds order as x:
+// sums[r] = sum over blocks of x scale * (weight . x values), 4 rows at a time. Signed * signed through
+// vpmaddubsw's unsigned * signed: |w| * (x with w's sign).
+template <int ROWS>
+static void dot_rows_int8(const int8_t* weight, const int8_t* xv, const float* xscale, size_t K, float* sums) {
+    const __m256i ones = _mm256_set1_epi16(1);
+    __m256 acc[ROWS];
+    for (int r = 0; r < ROWS; ++r) acc[r] = _mm256_setzero_ps();
+    for (size_t b = 0; b < K / BLOCK; ++b) {
+        const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xv + b * BLOCK));
+        const __m256 sv = _mm256_set1_ps(xscale[b]);
+        for (int r = 0; r < ROWS; ++r) {
+            const int8_t* here = weight + r * K + b * BLOCK;
+            if (b % 2 == 0) _mm_prefetch(reinterpret_cast<const char*>(here + PREFETCH), _MM_HINT_T0);
+            const __m256i w = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(here));
+            const __m256i products = _mm256_madd_epi16(
+                _mm256_maddubs_epi16(_mm256_sign_epi8(w, w), _mm256_sign_epi8(v, w)), ones);
+            acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(products), sv, acc[r]);
+        }
+    }
+    for (int r = 0; r < ROWS; ++r) sums[r] = hsum(acc[r]);
 }
 
 class Int4MatMul : public ov::op::Op {
@@ -212,8 +233,10 @@ public:
             });
             return true;
         }
+        std::vector<float> group_offsets(M * groups, 0.f);  // the offsets summed per weight group
+        for (size_t i = 0; i < M * blocks; ++i) group_offsets[i / blocks * groups + i % blocks / (G / BLOCK)] += q.offset[i];
         // A prompt: unpack a chunk of weight rows once, then run every x row against it, 4 x rows at a time.
-        constexpr size_t CHUNK = 8;
+        constexpr size_t CHUNK = 16;
         ov::parallel_for((N + CHUNK - 1) / CHUNK, [&](size_t chunk) {
             thread_local std::vector<uint8_t> unpacked;
             const size_t first = chunk * CHUNK, rows = std::min(N, first + CHUNK) - first;
@@ -225,10 +248,77 @@ public:
             size_t m = 0;
             for (; m + 4 <= M; m += 4)
                 for (size_t r = 0; r < rows; ++r)
-                    dot_unpacked<4>(&unpacked[r * K], s + (first + r) * groups, q, m, K, G, y + m * N + first + r, N);
+                    dot_unpacked<4>(&unpacked[r * K], s + (first + r) * groups, q, group_offsets.data(), m, K, G, y + m * N + first + r, N);
             for (; m < M; ++m)
                 for (size_t r = 0; r < rows; ++r)
-                    dot_unpacked<1>(&unpacked[r * K], s + (first + r) * groups, q, m, K, G, y + m * N + first + r, N);
+                    dot_unpacked<1>(&unpacked[r * K], s + (first + r) * groups, q, group_offsets.data(), m, K, G, y + m * N + first + r, N);
+        });
+        return true;
+    }
+};
+
+// Int8MatMul: the same for NNCF's asymmetric int8 weights with one zero point and scale per row (the head).
+// Inputs: x f32 (..., K); weight i8 (N, K) = stored u8 - 128, each block of 32 evens first then odds;
+// zero f32 (N) = zero point - 128; scale f32 (N). Output f32 (..., N) = scale * (weight - zero) . x
+class Int8MatMul : public ov::op::Op {
+public:
+    OPENVINO_OP("Int8MatMul", "mvlm");
+
+    Int8MatMul() = default;
+    explicit Int8MatMul(const ov::OutputVector& args) : Op(args) { constructor_validate_and_infer_types(); }
+
+    void validate_and_infer_types() override {
+        const auto x = get_input_partial_shape(0);
+        const auto w = get_input_partial_shape(1);
+        NODE_VALIDATION_CHECK(this, x.rank().is_static() && w.rank().get_length() == 2, "x (..., K), weight (N, K)");
+        auto out = x;
+        out[out.size() - 1] = w[0];
+        set_output_type(0, ov::element::f32, out);
+    }
+
+    std::shared_ptr<ov::Node> clone_with_new_inputs(const ov::OutputVector& args) const override {
+        return std::make_shared<Int8MatMul>(args);
+    }
+
+    bool visit_attributes(ov::AttributeVisitor&) override { return true; }
+    bool has_evaluate() const override { return true; }
+
+    bool evaluate(ov::TensorVector& outputs, const ov::TensorVector& inputs) const override {
+        const ov::Shape x_shape = inputs[0].get_shape();
+        const size_t K = x_shape.back(), N = inputs[1].get_shape()[0], M = ov::shape_size(x_shape) / K;
+        const size_t blocks = K / BLOCK;
+        ov::Shape out_shape = x_shape;
+        out_shape.back() = N;
+        outputs[0].set_shape(out_shape);
+        thread_local Quantized kept;
+        Quantized& q = kept;
+        q.values.resize(M * K);
+        q.scale.resize(M * blocks);
+        q.offset.resize(M * blocks);
+        const float* xs = inputs[0].data<const float>();
+        for (size_t m = 0; m < M; ++m)
+            quantize_row(xs + m * K, K, &q.values[m * K], &q.scale[m * blocks], &q.offset[m * blocks]);
+        const int8_t* w = static_cast<const int8_t*>(inputs[1].data());
+        const float* zero = inputs[2].data<const float>();
+        const float* scale = inputs[3].data<const float>();
+        float* y = outputs[0].data<float>();
+        std::vector<float> x_sum(M, 0.f);  // each row's sum of quantized x (offset = 8 * scale * sum)
+        for (size_t m = 0; m < M; ++m)
+            for (size_t b = 0; b < blocks; ++b) x_sum[m] += q.offset[m * blocks + b] / 8.f;
+        constexpr size_t CHUNK = 16;
+        ov::parallel_for((N + CHUNK - 1) / CHUNK, [&](size_t chunk) {
+            const size_t end = std::min(N, (chunk + 1) * CHUNK);
+            float sums[4];
+            for (size_t m = 0; m < M; ++m) {
+                for (size_t n = chunk * CHUNK; n < end;) {
+                    const int rows = n + 4 <= end ? 4 : 1;
+                    if (rows == 4)
+                        dot_rows_int8<4>(w + n * K, &q.values[m * K], &q.scale[m * blocks], K, sums);
+                    else
+                        dot_rows_int8<1>(w + n * K, &q.values[m * K], &q.scale[m * blocks], K, sums);
+                    for (int r = 0; r < rows; ++r, ++n) y[m * N + n] = scale[n] * (sums[r] - zero[n] * x_sum[m]);
+                }
+            }
         });
         return true;
     }
@@ -236,4 +326,5 @@ public:
 
 }  // namespace mvlm
 
-OPENVINO_CREATE_EXTENSIONS(std::vector<ov::Extension::Ptr>({std::make_shared<ov::OpExtension<mvlm::Int4MatMul>>()}));
+OPENVINO_CREATE_EXTENSIONS(std::vector<ov::Extension::Ptr>({std::make_shared<ov::OpExtension<mvlm::Int4MatMul>>(),
+                                                             std::make_shared<ov::OpExtension<mvlm::Int8MatMul>>()}));

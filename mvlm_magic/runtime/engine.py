@@ -99,7 +99,7 @@ class Engine:
         self.past_length = 0
         # Int4MatMul reads its weights straight from the mapped file: those pages are in use, not copies.
         with shedding([folder / "language.bin"] if language_xml.name == "language.xml" else []):
-            self.warm_up(language.input("inputs_embeds").get_partial_shape()[2].get_length())
+            self.prime()
         self.compile_seconds = time.perf_counter() - started
         self.was_cached = True  # load_engine() says whether it had to export first
 
@@ -148,11 +148,18 @@ class Engine:
                 pieces.append(self.text_embeddings(np.array([group], dtype=np.int64))[0][0])  # (T, C)
         return np.concatenate(pieces)[None]  # (1, L, C)
 
-    def warm_up(self, hidden_size: int) -> None:
-        """One position through the language model, so that its one-time weight copy happens now, while
-        loading, and not in the first answer (seconds for a 1.7B model on two cores)."""
-        self.feed(np.zeros((1, 1, hidden_size), dtype=np.float32))
-        self.reset_state()
+    def prime(self) -> None:
+        """Start from the system prompt: every picture chat begins with the same text before its picture, so
+        its keys and values are computed once, here, and each new chat reuses them (ChatSession._prefill).
+        While loading, this is also the language model's first inference, when OpenVINO makes its one-time
+        copy of the weights (seconds for a 1.7B model on two cores) — then, and not in the first answer."""
+        with self.lock:
+            self.reset_state()
+            system = ChatSession(self)
+            ids = tokenize_with_image(self.tokenizer, build_conversation([("?", None)], with_image=True))
+            system.state_ids = ids[: text_before_image(ids)]  # BOS, the system prompt, "USER:"
+            self.feed(self.embed(system.state_ids, None))
+            self.state_owner = system
 
     def reset_state(self) -> None:
         self.language.reset_state()

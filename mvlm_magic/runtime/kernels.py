@@ -33,15 +33,15 @@ from ..cache import default_cache_dir
 from .device import core
 
 SOURCE = Path(__file__).resolve().parent.parent / "kernels" / "int4_matmul.cpp"
-FORMAT = 1  # part of the derived IR's name: bump when the operation's inputs change
+FORMAT = 2  # part of the derived IR's name: bump when the operation's inputs change
 NEEDED_FLAGS = {"avx2", "fma", "f16c"}
 VNNI_FLAGS = {"avx512_vnni", "avx_vnni"}  # where OpenVINO's own int8 path exists (and we step aside)
 
 
-class Int4MatMul(ov.Op):
-    """Stand-in for the C++ operation while building the IR in Python; never executed."""
+class _StandIn(ov.Op):
+    """A C++ operation's stand-in while building the IR in Python (never executed): x (..., K) -> (..., N)."""
 
-    class_type_info = ov.DiscreteTypeInfo("Int4MatMul", "mvlm")
+    class_type_info = ov.DiscreteTypeInfo("StandIn", "mvlm")
 
     def __init__(self, inputs=None):
         super().__init__(self, inputs)
@@ -51,13 +51,21 @@ class Int4MatMul(ov.Op):
         self.set_output_type(0, ov.Type.f32, ov.PartialShape(list(x)[:-1] + [weight[0]]))
 
     def clone_with_new_inputs(self, new_inputs):
-        return Int4MatMul(new_inputs)
+        return type(self)(new_inputs)
 
     def get_type_info(self):
-        return Int4MatMul.class_type_info
+        return self.class_type_info
 
     def visit_attributes(self, visitor):
         return True
+
+
+class Int4MatMul(_StandIn):
+    class_type_info = ov.DiscreteTypeInfo("Int4MatMul", "mvlm")
+
+
+class Int8MatMul(_StandIn):
+    class_type_info = ov.DiscreteTypeInfo("Int8MatMul", "mvlm")
 
 
 def cpu_flags() -> set[str]:
@@ -167,21 +175,52 @@ def _int4_weight(matmul) -> tuple[np.ndarray, np.ndarray] | None:
     return packed, scales
 
 
+def _int8_weight(matmul) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """(weight i8 (N, K) in x's block order, zero (N,), scale (N,)) when the MatMul's weight is NNCF's asymmetric
+    int8 with one zero point and scale per row (Constant u8 -> Convert -> Subtract zero -> Multiply scale ->
+    Convert), as the head of an int4 export; else None."""
+    def kind(node, name):
+        return node.get_type_name() == name
+
+    if not kind(matmul, "MatMul") or matmul.get_attributes() != {"transpose_a": False, "transpose_b": True}:
+        return None
+    node = matmul.input_value(1).get_node()
+    if kind(node, "Convert"):
+        node = node.input_value(0).get_node()
+    if not kind(node, "Multiply") or not kind(node.input_value(1).get_node(), "Constant"):
+        return None
+    subtract, scale = node.input_value(0).get_node(), node.input_value(1).get_node()
+    if not kind(subtract, "Subtract"):
+        return None
+    weight, zero = (subtract.input_value(i).get_node() for i in range(2))
+    weight = weight.input_value(0).get_node() if kind(weight, "Convert") else weight
+    zero = zero.input_value(0).get_node() if kind(zero, "Convert") else zero
+    if not (kind(weight, "Constant") and kind(zero, "Constant")) or weight.get_element_type() != ov.Type.u8:
+        return None
+    n, k = weight.get_output_shape(0)
+    if k % 32 or zero.get_data().size != n or scale.get_data().size != n:
+        return None
+    values = weight.get_data().astype(np.int16) - 128
+    blocked = values.reshape(n, k // 32, 16, 2).transpose(0, 1, 3, 2).reshape(n, k)  # evens, then odds
+    zeros = zero.get_data().astype(np.float32).reshape(n) - 128
+    return blocked.astype(np.int8), zeros, scale.get_data().astype(np.float32).reshape(n)
+
+
 def rewrite_int4_matmuls(model: ov.Model) -> int:
-    """Replace each symmetric-int4 MatMul of `model` by Int4MatMul, in place; returns how many."""
-    replaced = 0
-    for matmul in model.get_ordered_ops():
-        found = _int4_weight(matmul)
-        if found is None:
-            continue
-        packed, scales = found
-        node = Int4MatMul([matmul.input_value(0), opset13.constant(packed).output(0),
-                           opset13.constant(scales).output(0)])
+    """Replace each symmetric-int4 MatMul of `model` by Int4MatMul, in place, and, where there were any, the
+    per-row int8 ones (the head) by Int8MatMul; returns how many int4 MatMuls it replaced.
+    (Int8 exports stay on OpenVINO's own path: their prompts are not measured with our operation.)"""
+    found = [(op, _int4_weight(op)) for op in model.get_ordered_ops()]
+    int4 = [(op, weights) for op, weights in found if weights is not None]
+    int8 = [(op, _int8_weight(op)) for op, weights in found if weights is None] if int4 else []
+    replacements = [(op, Int4MatMul, weights) for op, weights in int4]
+    replacements += [(op, Int8MatMul, weights) for op, weights in int8 if weights is not None]
+    for matmul, operation, weights in replacements:
+        node = operation([matmul.input_value(0)] + [opset13.constant(w).output(0) for w in weights])
         node.set_friendly_name(matmul.get_friendly_name())
         for target in matmul.output(0).get_target_inputs():
             target.replace_source_output(node.output(0))
-        replaced += 1
-    return replaced
+    return len(int4)
 
 
 def int4_language_model(folder: Path) -> Path | None:
