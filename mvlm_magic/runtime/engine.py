@@ -114,7 +114,10 @@ class Engine:
         from . import kernels as int4
 
         if (kernels == "on" or int4.helps_here()) and int4.extension() is not None:
-            derived = int4.int4_language_model(self.folder)
+            try:
+                derived = int4.int4_language_model(self.folder)
+            except OSError:  # a read-only cache: OpenVINO's own path
+                derived = None
             if derived is not None:
                 self.kernels = "int4"
                 return derived

@@ -92,9 +92,12 @@ _why_not: str | None = None
 def extension() -> Path | None:
     """The compiled operation, registered with our OpenVINO core; None (see `why_not`) when it cannot be built."""
     global _why_not
-    library, _why_not = build()
-    if library is not None:
-        core().add_extension(str(library))
+    try:
+        library, _why_not = build()
+        if library is not None:
+            core().add_extension(str(library))
+    except (OSError, RuntimeError) as error:  # an unwritable cache, a library OpenVINO refuses
+        library, _why_not = None, f"the int4 kernel could not be built or loaded: {error}"
     return library
 
 
