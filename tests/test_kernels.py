@@ -119,7 +119,7 @@ def test_engine_answers_with_the_kernel_within_the_int4_drift_bound(exported, to
     from test_fidelity import DRIFT_BOUND, IMAGES, QUESTIONS
 
     eng = Engine(exported("v2", "int4"), kernels="on")
-    assert eng.kernels == "int4"
+    assert eng.kernels == "int4" and eng.name.endswith("on CPU with our int4 kernel")
     plain = Engine(exported("v2", "int4"), kernels="off")
     assert plain.kernels is None
     assert Engine(exported("v2", "int4"), precision="f32", kernels="on").kernels is None  # f32 answers: exact path

@@ -1,19 +1,21 @@
-// Int4MatMul: y = x @ dequantize(W).T for NNCF's symmetric int4 weights, as one OpenVINO operation.
+// Int4MatMul: y = x @ dequantize(W).T for NNCF's symmetric int4 weights, as one OpenVINO operation
+// (and Int8MatMul, the same for the per-row int8 head of an int4 export; at the end of the file).
 //
-// Why: on CPUs without AVX-512/VNNI, OpenVINO 2026.4 decompresses int4 weights to f32 before multiplying
-// (FullyConnectedCompressed, brgemm_avx2_f32) and reaches ~45% of memory bandwidth, so decoding one token
-// takes twice what reading the weights takes. Here the activations are quantized to int8 (one scale per
-// 32 values, as llama.cpp's Q8_0) and multiplied with the int4 weights in integer arithmetic
-// (AVX2 vpmaddubsw), which keeps up with memory.
+// Why: on CPUs without VNNI, OpenVINO 2026.4 decompresses int4 weights to f32 before multiplying
+// (FullyConnectedCompressed, brgemm_avx2_f32) and reads memory at ~45-60% of its bandwidth, so decoding one
+// token takes about twice what reading the weights takes. Here the activations are quantized to int8 (one
+// scale per 32 values, as llama.cpp's Q8_0) and multiplied with the int4 weights in integer arithmetic
+// (AVX2 vpmaddubsw), which keeps up with memory. Measurements: docs/benchmarks.md.
 //
-// Inputs (the weight constants are NNCF's own bytes, reinterpreted, never requantized):
+// Inputs (the weight constants are NNCF's own bytes, never requantized):
 //   0  x       f32 (..., K)
 //   1  weight  u8  (N, K/2)    two int4 values per byte, each stored as value + 8 (0..15): element 2i in the
 //                               low nibble, 2i+1 in the high (NNCF's i4 bytes XOR 0x88)
-//   2  scale   f16 (N, K/G)    one scale per group of G consecutive inputs (G a multiple of 32)
+//   2  scale   f16 (N, K/G)    one scale per group of G consecutive inputs (G a multiple of 32); the CPU
+//                               plugin hands it over as f32
 // Output: f32 (..., N).
 //
-// Build: see mvlm_magic/runtime/kernels.py (one g++ call against the openvino wheel's headers).
+// Build: mvlm_magic/runtime/kernels.py (one g++ call against the openvino wheel's headers).
 
 #include <immintrin.h>
 
@@ -32,9 +34,9 @@
 namespace mvlm {
 
 constexpr size_t BLOCK = 32;  // activation values per int8 scale
-#ifndef PREFETCH
-#define PREFETCH 4096
-#endif
+// Ask for weights 4 KB ahead: the hardware prefetcher stops at 4 KB pages (mapped file pages here), and
+// a single-token MatMul went from ~8 to ~14 GB/s with it.
+constexpr size_t PREFETCH = 4096;
 
 // Rows of x, quantized: the values of each block of 32 stored evens first, then odds (the order the weight
 // nibbles unpack in), with each block's scale and 8 * scale * sum (what the +8 of the stored nibbles adds).
@@ -223,18 +225,21 @@ public:
         const size_t groups = K / G;
         if (M == 1) {  // one token: stream the weights once, 4 rows at a time
             constexpr size_t CHUNK = 16;
+            const int8_t* xv = q.values.data();
+            const float *xscale = q.scale.data(), *xoffset = q.offset.data();
             ov::parallel_for((N + CHUNK - 1) / CHUNK, [&](size_t chunk) {
                 size_t n = chunk * CHUNK;
                 const size_t end = std::min(N, n + CHUNK);
                 for (; n + 4 <= end; n += 4)
-                    dot_rows<4>(w + n * K / 2, s + n * groups, q.values.data(), q.scale.data(), q.offset.data(), K, G, y + n);
+                    dot_rows<4>(w + n * K / 2, s + n * groups, xv, xscale, xoffset, K, G, y + n);
                 for (; n < end; ++n)
-                    dot_rows<1>(w + n * K / 2, s + n * groups, q.values.data(), q.scale.data(), q.offset.data(), K, G, y + n);
+                    dot_rows<1>(w + n * K / 2, s + n * groups, xv, xscale, xoffset, K, G, y + n);
             });
             return true;
         }
         std::vector<float> group_offsets(M * groups, 0.f);  // the offsets summed per weight group
-        for (size_t i = 0; i < M * blocks; ++i) group_offsets[i / blocks * groups + i % blocks / (G / BLOCK)] += q.offset[i];
+        for (size_t i = 0; i < M * blocks; ++i)
+            group_offsets[i / blocks * groups + i % blocks / (G / BLOCK)] += q.offset[i];
         // A prompt: unpack a chunk of weight rows once, then run every x row against it, 4 x rows at a time.
         constexpr size_t CHUNK = 16;
         ov::parallel_for((N + CHUNK - 1) / CHUNK, [&](size_t chunk) {
@@ -245,13 +250,14 @@ public:
                 for (size_t b = 0; b < blocks; ++b)
                     _mm256_storeu_si256(reinterpret_cast<__m256i*>(&unpacked[r * K + b * BLOCK]),
                                         unpack_block(w + (first + r) * K / 2 + b * BLOCK / 2));
+            const float* offsets = group_offsets.data();
             size_t m = 0;
             for (; m + 4 <= M; m += 4)
-                for (size_t r = 0; r < rows; ++r)
-                    dot_unpacked<4>(&unpacked[r * K], s + (first + r) * groups, q, group_offsets.data(), m, K, G, y + m * N + first + r, N);
+                for (size_t r = 0, n = first; r < rows; ++r, ++n)
+                    dot_unpacked<4>(&unpacked[r * K], s + n * groups, q, offsets, m, K, G, y + m * N + n, N);
             for (; m < M; ++m)
-                for (size_t r = 0; r < rows; ++r)
-                    dot_unpacked<1>(&unpacked[r * K], s + (first + r) * groups, q, group_offsets.data(), m, K, G, y + m * N + first + r, N);
+                for (size_t r = 0, n = first; r < rows; ++r, ++n)
+                    dot_unpacked<1>(&unpacked[r * K], s + n * groups, q, offsets, m, K, G, y + m * N + n, N);
         });
         return true;
     }

@@ -125,7 +125,8 @@ class Engine:
 
     @property
     def name(self) -> str:
-        return f"{self.manifest['model_id']} [{self.manifest['compression']['label']}] on {self.device}"
+        kernel = " with our int4 kernel" if self.kernels else ""
+        return f"{self.manifest['model_id']} [{self.manifest['compression']['label']}] on {self.device}{kernel}"
 
     def new_chat(self, image=None) -> ChatSession:
         return ChatSession(self, image)
