@@ -74,6 +74,29 @@ def test_int4_matmul_equals_its_definition(n, k, group, tmp_path):
         assert np.abs(y - plain(x)[0]).max() < 0.02 * scale  # OpenVINO's own f32 path: int8 activations only
 
 
+def test_matmuls_of_one_input_become_one_operation(tmp_path):
+    rng = np.random.default_rng(5)
+    k = 128
+    x = opset13.parameter([-1, k], ov.Type.f32, name="x")
+    weights = []
+    outputs = []
+    for n in (32, 48, 36):  # like q, k, v (different widths, one input)
+        model, q, scales = nncf_int4_model(n, k, 32, rng)
+        matmul = [op for op in model.get_ordered_ops() if op.get_type_name() == "MatMul"][0]
+        outputs.append(opset13.matmul(x, matmul.input_value(1), False, True).output(0))
+        weights.append((q, scales))
+    model = ov.Model([opset13.relu(o) for o in outputs], [x])
+    assert kernels.rewrite_int4_matmuls(model) == 3
+    assert [op.get_type_name() for op in model.get_ordered_ops()].count("Int4MatMul") == 1
+    ov.save_model(model, tmp_path / "m.xml", compress_to_fp16=False)
+    ours = core().compile_model(tmp_path / "m.xml", "CPU", {"INFERENCE_NUM_THREADS": 2})
+    for m in (1, 6):
+        xs = rng.standard_normal((m, k)).astype(np.float32)
+        for y, (q, scales) in zip(ours(xs).values(), weights):
+            expected = np.maximum(by_definition(xs, q, scales), 0)
+            np.testing.assert_allclose(y, expected, atol=2e-5 * np.abs(expected).max())
+
+
 def test_int8_head_equals_its_definition(tmp_path):
     rng = np.random.default_rng(3)
     k = 256
@@ -102,7 +125,9 @@ def test_the_language_model_of_an_int4_export_is_rewritten_once(exported):
     derived = kernels.int4_language_model(folder)
     assert derived == folder / f"language.int4-v{kernels.FORMAT}.xml" and derived.with_suffix(".bin").is_file()
     model = core().read_model(derived)
-    assert sum(op.get_type_name() == "Int4MatMul" for op in model.get_ordered_ops()) == int4_matmuls
+    layers = int4_matmuls // 7  # q, k, v fused; o; gate, up fused; down
+    assert sum(op.get_type_name() == "Int4MatMul" for op in model.get_ordered_ops()) == 4 * layers
+    assert sum(op.get_type_name() == "VariadicSplit" for op in model.get_ordered_ops()) == 2 * layers
     assert sum(op.get_type_name() == "Int8MatMul" for op in model.get_ordered_ops()) <= 1  # the head, if int8
     assert not any(kernels._int4_weight(op) for op in model.get_ordered_ops())
     assert kernels.int4_language_model(folder) == derived  # cached

@@ -33,7 +33,7 @@ from ..cache import default_cache_dir
 from .device import core
 
 SOURCE = Path(__file__).resolve().parent.parent / "kernels" / "int4_matmul.cpp"
-FORMAT = 2  # part of the derived IR's name: bump when the operation's inputs change
+FORMAT = 3  # part of the derived IR's name: bump when the operation's inputs change
 NEEDED_FLAGS = {"avx2", "fma", "f16c"}
 VNNI_FLAGS = {"avx512_vnni", "avx_vnni"}  # where OpenVINO's own int8 path exists (and we step aside)
 
@@ -210,20 +210,43 @@ def _int8_weight(matmul) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
 
 
 def rewrite_int4_matmuls(model: ov.Model) -> int:
-    """Replace each symmetric-int4 MatMul of `model` by Int4MatMul, in place, and, where there were any, the
+    """Replace the symmetric-int4 MatMuls of `model` by Int4MatMul, in place, and, where there were any, the
     per-row int8 ones (the head) by Int8MatMul; returns how many int4 MatMuls it replaced.
+    MatMuls that read the same input with the same group size (q, k, v; gate, up) become one operation whose
+    output is split again: the input is quantized once and there are fewer calls per token.
     (Int8 exports stay on OpenVINO's own path: their prompts are not measured with our operation.)"""
     found = [(op, _int4_weight(op)) for op in model.get_ordered_ops()]
     int4 = [(op, weights) for op, weights in found if weights is not None]
+    siblings: dict[tuple, list] = {}  # (input node, input port, K, groups) -> [(MatMul, weights)]
+    for op, (packed, scales) in int4:
+        source = op.input_value(0)
+        key = (source.get_node().get_friendly_name(), source.get_index(), packed.shape[1], scales.shape[1])
+        siblings.setdefault(key, []).append((op, (packed, scales)))
+    for group in siblings.values():
+        matmuls = [op for op, _ in group]
+        packed = np.concatenate([weights[0] for _, weights in group])  # (sum of N, K/2)
+        scales = np.concatenate([weights[1] for _, weights in group])  # (sum of N, groups)
+        outputs = _replace(matmuls, Int4MatMul, (packed, scales))
+        if len(matmuls) > 1:
+            lengths = [op.get_output_partial_shape(0)[-1].get_length() for op in matmuls]
+            outputs = opset13.variadic_split(outputs[0], -1, lengths).outputs()
+        for matmul, output in zip(matmuls, outputs):
+            for target in matmul.output(0).get_target_inputs():
+                target.replace_source_output(output)
     int8 = [(op, _int8_weight(op)) for op, weights in found if weights is None] if int4 else []
-    replacements = [(op, Int4MatMul, weights) for op, weights in int4]
-    replacements += [(op, Int8MatMul, weights) for op, weights in int8 if weights is not None]
-    for matmul, operation, weights in replacements:
-        node = operation([matmul.input_value(0)] + [opset13.constant(w).output(0) for w in weights])
-        node.set_friendly_name(matmul.get_friendly_name())
-        for target in matmul.output(0).get_target_inputs():
-            target.replace_source_output(node.output(0))
+    for op, weights in int8:
+        if weights is not None:
+            output = _replace([op], Int8MatMul, weights)[0]
+            for target in op.output(0).get_target_inputs():
+                target.replace_source_output(output)
     return len(int4)
+
+
+def _replace(matmuls: list, operation, weights) -> list:
+    """One `operation` node on the first MatMul's input with the given weight constants; its outputs."""
+    node = operation([matmuls[0].input_value(0)] + [opset13.constant(w).output(0) for w in weights])
+    node.set_friendly_name(" + ".join(op.get_friendly_name() for op in matmuls))
+    return node.outputs()
 
 
 def int4_language_model(folder: Path) -> Path | None:
