@@ -267,4 +267,7 @@ def int4_language_model(folder: Path) -> Path | None:
         os.replace(temporary / derived.name, derived)
     finally:
         shutil.rmtree(temporary, ignore_errors=True)
+    for stale in folder.glob("language.int4-v*"):  # copies made by earlier versions of this file
+        if not stale.name.startswith(derived.stem + "."):
+            stale.unlink(missing_ok=True)
     return derived
