@@ -8,8 +8,9 @@ so decoding a token takes about twice as long as reading the weights (docs/bench
 How it is used:
 1. `extension()` compiles the C++ file once per OpenVINO version with the system's C++ compiler (our own
    shipped source, nothing downloaded) into the cache folder, and registers it with OpenVINO.
-2. `int4_language_model(folder)` writes, once per export, a copy of the language IR in which every symmetric
-   int4 MatMul is replaced by the operation (same weight bytes, same scales).
+2. `int4_language_model(folder)` writes, once per export, a copy of the language IR in which the symmetric int4
+   MatMuls are replaced by the operation (same weight bytes, same scales; those reading one input, such as
+   q/k/v, as one operation) and the int8 head by its int8 sibling.
 3. The engine compiles that copy instead of language.xml. Without a compiler, on other CPUs, for f32
    answers or non-int4 exports, everything stays as it was.
 """
@@ -220,7 +221,7 @@ def rewrite_int4_matmuls(model: ov.Model) -> int:
     siblings: dict[tuple, list] = {}  # (input node, input port, K, groups) -> [(MatMul, weights)]
     for op, (packed, scales) in int4:
         source = op.input_value(0)
-        key = (source.get_node().get_friendly_name(), source.get_index(), packed.shape[1], scales.shape[1])
+        key = (source.get_node().get_name(), source.get_index(), packed.shape[1], scales.shape[1])  # unique names
         siblings.setdefault(key, []).append((op, (packed, scales)))
     for group in siblings.values():
         matmuls = [op for op, _ in group]
