@@ -11,8 +11,7 @@
 //   0  x       f32 (..., K)
 //   1  weight  u8  (N, K/2)    two int4 values per byte, each stored as value + 8 (0..15): element 2i in the
 //                               low nibble, 2i+1 in the high (NNCF's i4 bytes XOR 0x88)
-//   2  scale   f16 (N, K/G)    one scale per group of G consecutive inputs (G a multiple of 32); the CPU
-//                               plugin hands it over as f32
+//   2  scale   f32 (N, K/G)    one scale per group of G consecutive inputs (G a multiple of 32)
 // Output: f32 (..., N).
 //
 // Build: mvlm_magic/runtime/kernels.py (one g++ call against the openvino wheel's headers).
@@ -28,7 +27,6 @@
 #include "openvino/core/extension.hpp"
 #include "openvino/core/op_extension.hpp"
 #include "openvino/core/parallel.hpp"
-#include "openvino/core/type/float16.hpp"
 #include "openvino/op/op.hpp"
 
 namespace mvlm {
@@ -167,62 +165,64 @@ static void dot_rows_int8(const int8_t* weight, const int8_t* xv, const float* x
     for (int r = 0; r < ROWS; ++r) sums[r] = hsum(acc[r]);
 }
 
-class Int4MatMul : public ov::op::Op {
-public:
-    OPENVINO_OP("Int4MatMul", "mvlm");
+// Quantize x's rows (M rows of K values) into this thread's buffers, kept between calls so that a token
+// allocates nothing, and give `out` x's shape with the last dimension N.
+static const Quantized& quantize_input(const ov::Tensor& x, size_t N, ov::Tensor& out) {
+    ov::Shape shape = x.get_shape();
+    const size_t K = shape.back(), M = ov::shape_size(shape) / K, blocks = K / BLOCK;
+    shape.back() = N;
+    out.set_shape(shape);
+    thread_local Quantized kept;
+    Quantized& q = kept;  // (a lambda running on another thread must see this thread's buffers)
+    q.values.resize(M * K);
+    q.scale.resize(M * blocks);
+    q.offset.resize(M * blocks);
+    const float* xs = x.data<const float>();
+    ov::parallel_for(M, [&](size_t m) {
+        quantize_row(xs + m * K, K, &q.values[m * K], &q.scale[m * blocks], &q.offset[m * blocks]);
+    });
+    return q;
+}
 
-    Int4MatMul() = default;
-    explicit Int4MatMul(const ov::OutputVector& args) : Op(args) { constructor_validate_and_infer_types(); }
+// What both operations share: x f32 (..., K) and a weight of N rows -> f32 (..., N), run by `evaluate`.
+template <class Self>
+class WeightMatMul : public ov::op::Op {
+public:
+    WeightMatMul() = default;
+    explicit WeightMatMul(const ov::OutputVector& args) : Op(args) {}
 
     void validate_and_infer_types() override {
         const auto x = get_input_partial_shape(0);
         const auto w = get_input_partial_shape(1);
-        NODE_VALIDATION_CHECK(this, x.rank().is_static() && w.rank().get_length() == 2, "x (..., K), weight (N, K/2)");
+        NODE_VALIDATION_CHECK(this, x.rank().is_static() && w.rank().get_length() == 2, "x (..., K), a 2-D weight");
         auto out = x;
         out[out.size() - 1] = w[0];
         set_output_type(0, ov::element::f32, out);
     }
 
     std::shared_ptr<ov::Node> clone_with_new_inputs(const ov::OutputVector& args) const override {
-        return std::make_shared<Int4MatMul>(args);
+        return std::make_shared<Self>(args);
     }
 
     bool visit_attributes(ov::AttributeVisitor&) override { return true; }
     bool has_evaluate() const override { return true; }
+};
+
+class Int4MatMul : public WeightMatMul<Int4MatMul> {
+public:
+    OPENVINO_OP("Int4MatMul", "mvlm");
+
+    Int4MatMul() = default;
+    explicit Int4MatMul(const ov::OutputVector& args) : WeightMatMul(args) { constructor_validate_and_infer_types(); }
 
     bool evaluate(ov::TensorVector& outputs, const ov::TensorVector& inputs) const override {
         const ov::Tensor &x = inputs[0], &weight = inputs[1], &scale = inputs[2];
-        const ov::Shape x_shape = x.get_shape();
-        const size_t K = x_shape.back(), N = weight.get_shape()[0], G = K / scale.get_shape()[1];
-        const size_t M = ov::shape_size(x_shape) / K;
-        ov::Shape out_shape = x_shape;
-        out_shape.back() = N;
-        outputs[0].set_shape(out_shape);
-
-        const float* xs = x.data<const float>();
-        const size_t blocks = K / BLOCK;
-        thread_local Quantized kept;  // kept between calls: no allocation per token
-        Quantized& q = kept;           // (a lambda running on another thread must see this thread's buffers)
-        q.values.resize(M * K);
-        q.scale.resize(M * blocks);
-        q.offset.resize(M * blocks);
-        ov::parallel_for(M, [&](size_t m) {
-            quantize_row(xs + m * K, K, &q.values[m * K], &q.scale[m * blocks], &q.offset[m * blocks]);
-        });
-
+        const size_t K = x.get_shape().back(), M = x.get_size() / K, N = weight.get_shape()[0];
+        const size_t groups = scale.get_shape()[1], G = K / groups, blocks = K / BLOCK;
+        const Quantized& q = quantize_input(x, N, outputs[0]);
         const uint8_t* w = static_cast<const uint8_t*>(weight.data());
-        // The CPU plugin hands the f16 scales to custom operations as f32; convert here if it ever does not.
-        std::vector<float> converted;
-        const float* s = nullptr;
-        if (scale.get_element_type() == ov::element::f32) {
-            s = scale.data<const float>();
-        } else {
-            const ov::float16* half = scale.data<const ov::float16>();
-            converted.assign(half, half + scale.get_size());
-            s = converted.data();
-        }
+        const float* s = scale.data<const float>();
         float* y = outputs[0].data<float>();
-        const size_t groups = K / G;
         if (M == 1) {  // one token: stream the weights once, 4 rows at a time
             constexpr size_t CHUNK = 16;
             const int8_t* xv = q.values.data();
@@ -266,44 +266,17 @@ public:
 // Int8MatMul: the same for NNCF's asymmetric int8 weights with one zero point and scale per row (the head).
 // Inputs: x f32 (..., K); weight i8 (N, K) = stored u8 - 128, each block of 32 evens first then odds;
 // zero f32 (N) = zero point - 128; scale f32 (N). Output f32 (..., N) = scale * (weight - zero) . x
-class Int8MatMul : public ov::op::Op {
+class Int8MatMul : public WeightMatMul<Int8MatMul> {
 public:
     OPENVINO_OP("Int8MatMul", "mvlm");
 
     Int8MatMul() = default;
-    explicit Int8MatMul(const ov::OutputVector& args) : Op(args) { constructor_validate_and_infer_types(); }
-
-    void validate_and_infer_types() override {
-        const auto x = get_input_partial_shape(0);
-        const auto w = get_input_partial_shape(1);
-        NODE_VALIDATION_CHECK(this, x.rank().is_static() && w.rank().get_length() == 2, "x (..., K), weight (N, K)");
-        auto out = x;
-        out[out.size() - 1] = w[0];
-        set_output_type(0, ov::element::f32, out);
-    }
-
-    std::shared_ptr<ov::Node> clone_with_new_inputs(const ov::OutputVector& args) const override {
-        return std::make_shared<Int8MatMul>(args);
-    }
-
-    bool visit_attributes(ov::AttributeVisitor&) override { return true; }
-    bool has_evaluate() const override { return true; }
+    explicit Int8MatMul(const ov::OutputVector& args) : WeightMatMul(args) { constructor_validate_and_infer_types(); }
 
     bool evaluate(ov::TensorVector& outputs, const ov::TensorVector& inputs) const override {
-        const ov::Shape x_shape = inputs[0].get_shape();
-        const size_t K = x_shape.back(), N = inputs[1].get_shape()[0], M = ov::shape_size(x_shape) / K;
+        const size_t K = inputs[0].get_shape().back(), M = inputs[0].get_size() / K, N = inputs[1].get_shape()[0];
         const size_t blocks = K / BLOCK;
-        ov::Shape out_shape = x_shape;
-        out_shape.back() = N;
-        outputs[0].set_shape(out_shape);
-        thread_local Quantized kept;
-        Quantized& q = kept;
-        q.values.resize(M * K);
-        q.scale.resize(M * blocks);
-        q.offset.resize(M * blocks);
-        const float* xs = inputs[0].data<const float>();
-        for (size_t m = 0; m < M; ++m)
-            quantize_row(xs + m * K, K, &q.values[m * K], &q.scale[m * blocks], &q.offset[m * blocks]);
+        const Quantized& q = quantize_input(inputs[0], N, outputs[0]);
         const int8_t* w = static_cast<const int8_t*>(inputs[1].data());
         const float* zero = inputs[2].data<const float>();
         const float* scale = inputs[3].data<const float>();

@@ -91,6 +91,7 @@ class Engine:
             self.vision = compile_model(folder / "vision.xml", self.device, precision, threads, ov_config)
         self.text_embeddings = compile_model(folder / "text_embeddings.xml", self.device, precision, threads, ov_config)
         language_xml = self.language_model_file(kernels)
+        self.kernels = None if language_xml.name == "language.xml" else "int4"  # which multiplications run
         language = compile_model(language_xml, self.device, precision, threads, ov_config)
         self.language = language.create_infer_request()
         self.beam_inputs = {"beam_idx": BEAM_IDX} if any("beam_idx" in p.names for p in language.inputs) else {}
@@ -98,7 +99,7 @@ class Engine:
         self.state_owner: ChatSession | None = None  # whose KV cache the language request holds
         self.past_length = 0
         # Int4MatMul reads its weights straight from the mapped file: those pages are in use, not copies.
-        with shedding([folder / "language.bin"] if language_xml.name == "language.xml" else []):
+        with shedding([] if self.kernels else [folder / "language.bin"]):
             self.prime()
         self.compile_seconds = time.perf_counter() - started
         self.was_cached = True  # load_engine() says whether it had to export first
@@ -108,20 +109,17 @@ class Engine:
         `kernels` is "auto" (on CPUs without VNNI), "on" (wherever it builds) or "off"."""
         if kernels not in ("auto", "on", "off"):
             raise MvlmError(f"kernels must be 'auto', 'on' or 'off', not {kernels!r}.")
-        self.kernels = None
+        plain = self.folder / "language.xml"
         if kernels == "off" or self.device != "CPU" or self.precision != "auto":
-            return self.folder / "language.xml"  # f32 answers must match the reference: no int8 activations
+            return plain  # f32 answers must match the reference: no int8 activations
         from . import kernels as int4
 
         if (kernels == "on" or int4.helps_here()) and int4.extension() is not None:
             try:
-                derived = int4.int4_language_model(self.folder)
+                return int4.int4_language_model(self.folder) or plain
             except OSError:  # a read-only cache: OpenVINO's own path
-                derived = None
-            if derived is not None:
-                self.kernels = "int4"
-                return derived
-        return self.folder / "language.xml"
+                pass
+        return plain
 
     @property
     def name(self) -> str:

@@ -34,7 +34,7 @@ from ..cache import default_cache_dir
 from .device import core
 
 SOURCE = Path(__file__).resolve().parent.parent / "kernels" / "int4_matmul.cpp"
-FORMAT = 3  # part of the derived IR's name: bump when the operation's inputs change
+FORMAT = 4  # part of the derived IR's name: bump when the operation's inputs change
 NEEDED_FLAGS = {"avx2", "fma", "f16c"}
 VNNI_FLAGS = {"avx512_vnni", "avx_vnni"}  # where OpenVINO's own int8 path exists (and we step aside)
 
@@ -141,30 +141,35 @@ def build() -> tuple[Path | None, str | None]:
     return library, None
 
 
-def _int4_weight(matmul) -> tuple[np.ndarray, np.ndarray] | None:
-    """(bytes (N, K/2) as value + 8, scales (N, K/G) f16) when the MatMul's weight is NNCF's symmetric int4
-    decompression (Constant i4 -> Convert -> Multiply by a scale [-> Reshape] -> Convert); else None."""
-    def kind(node, name):
-        return node.get_type_name() == name
+def _is(node, type_name: str) -> bool:
+    return node.get_type_name() == type_name
 
-    if not kind(matmul, "MatMul") or matmul.get_attributes() != {"transpose_a": False, "transpose_b": True}:
-        return None
-    if matmul.get_input_element_type(0) != ov.Type.f32:
+
+def _decompressed_weight(matmul):
+    """For `x @ W.T` (a MatMul with transpose_b), the node that computes W, past a final Convert; else None."""
+    if not _is(matmul, "MatMul") or matmul.get_attributes() != {"transpose_a": False, "transpose_b": True}:
         return None
     node = matmul.input_value(1).get_node()
-    if kind(node, "Convert"):
+    return node.input_value(0).get_node() if _is(node, "Convert") else node
+
+
+def _int4_weight(matmul) -> tuple[np.ndarray, np.ndarray] | None:
+    """(bytes (N, K/2) as value + 8, scales (N, K/G) f32) when the MatMul's weight is NNCF's symmetric int4
+    decompression (Constant i4 -> Convert -> Multiply by a scale [-> Reshape] -> Convert); else None."""
+    node = _decompressed_weight(matmul)
+    if node is None or matmul.get_input_element_type(0) != ov.Type.f32:
+        return None
+    if _is(node, "Reshape"):
         node = node.input_value(0).get_node()
-    if kind(node, "Reshape"):
-        node = node.input_value(0).get_node()
-    if not kind(node, "Multiply"):
+    if not _is(node, "Multiply"):
         return None
     first, second = (node.input_value(i).get_node() for i in range(2))
-    if kind(second, "Convert"):
+    if _is(second, "Convert"):
         first, second = second, first
-    if not (kind(first, "Convert") and kind(second, "Constant")):
+    if not (_is(first, "Convert") and _is(second, "Constant")):
         return None
     weight = first.input_value(0).get_node()
-    if not kind(weight, "Constant") or weight.get_element_type() != ov.Type.i4:
+    if not _is(weight, "Constant") or weight.get_element_type() != ov.Type.i4:
         return None
     shape = list(weight.get_output_shape(0))  # (N, groups, G) or (N, K) for one scale per row
     n, k = shape[0], int(np.prod(shape[1:]))
@@ -174,7 +179,7 @@ def _int4_weight(matmul) -> tuple[np.ndarray, np.ndarray] | None:
         return None
     if (k // groups) % 32 or second.get_output_element_type(0) != ov.Type.f16:
         return None
-    scales = second.get_data().reshape(n, groups)
+    scales = second.get_data().astype(np.float32).reshape(n, groups)  # what the CPU plugin would hand over anyway
     packed = weight.get_data().view(np.uint8).reshape(n, k // 2) ^ np.uint8(0x88)  # signed nibbles -> value + 8
     return packed, scales
 
@@ -183,23 +188,16 @@ def _int8_weight(matmul) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
     """(weight i8 (N, K) in x's block order, zero (N,), scale (N,)) when the MatMul's weight is NNCF's asymmetric
     int8 with one zero point and scale per row (Constant u8 -> Convert -> Subtract zero -> Multiply scale ->
     Convert), as the head of an int4 export; else None."""
-    def kind(node, name):
-        return node.get_type_name() == name
-
-    if not kind(matmul, "MatMul") or matmul.get_attributes() != {"transpose_a": False, "transpose_b": True}:
-        return None
-    node = matmul.input_value(1).get_node()
-    if kind(node, "Convert"):
-        node = node.input_value(0).get_node()
-    if not kind(node, "Multiply") or not kind(node.input_value(1).get_node(), "Constant"):
+    node = _decompressed_weight(matmul)
+    if node is None or not _is(node, "Multiply") or not _is(node.input_value(1).get_node(), "Constant"):
         return None
     subtract, scale = node.input_value(0).get_node(), node.input_value(1).get_node()
-    if not kind(subtract, "Subtract"):
+    if not _is(subtract, "Subtract"):
         return None
     weight, zero = (subtract.input_value(i).get_node() for i in range(2))
-    weight = weight.input_value(0).get_node() if kind(weight, "Convert") else weight
-    zero = zero.input_value(0).get_node() if kind(zero, "Convert") else zero
-    if not (kind(weight, "Constant") and kind(zero, "Constant")) or weight.get_element_type() != ov.Type.u8:
+    weight = weight.input_value(0).get_node() if _is(weight, "Convert") else weight
+    zero = zero.input_value(0).get_node() if _is(zero, "Convert") else zero
+    if not (_is(weight, "Constant") and _is(zero, "Constant")) or weight.get_element_type() != ov.Type.u8:
         return None
     n, k = weight.get_output_shape(0)
     if k % 32 or zero.get_data().size != n or scale.get_data().size != n:
@@ -227,27 +225,26 @@ def rewrite_int4_matmuls(model: ov.Model) -> int:
         matmuls = [op for op, _ in group]
         packed = np.concatenate([weights[0] for _, weights in group])  # (sum of N, K/2)
         scales = np.concatenate([weights[1] for _, weights in group])  # (sum of N, groups)
-        outputs = _replace(matmuls, Int4MatMul, (packed, scales))
-        if len(matmuls) > 1:
-            lengths = [op.get_output_partial_shape(0)[-1].get_length() for op in matmuls]
-            outputs = opset13.variadic_split(outputs[0], -1, lengths).outputs()
-        for matmul, output in zip(matmuls, outputs):
-            for target in matmul.output(0).get_target_inputs():
-                target.replace_source_output(output)
+        _replace(matmuls, Int4MatMul, (packed, scales))
     int8 = [(op, _int8_weight(op)) for op, weights in found if weights is None] if int4 else []
     for op, weights in int8:
         if weights is not None:
-            output = _replace([op], Int8MatMul, weights)[0]
-            for target in op.output(0).get_target_inputs():
-                target.replace_source_output(output)
+            _replace([op], Int8MatMul, weights)
     return len(int4)
 
 
-def _replace(matmuls: list, operation, weights) -> list:
-    """One `operation` node on the first MatMul's input with the given weight constants; its outputs."""
+def _replace(matmuls: list, operation, weights) -> None:
+    """Put one `operation` node (on the MatMuls' shared input, with the given weight constants) where the
+    MatMuls were; several MatMuls get its output split back into theirs."""
     node = operation([matmuls[0].input_value(0)] + [opset13.constant(w).output(0) for w in weights])
     node.set_friendly_name(" + ".join(op.get_friendly_name() for op in matmuls))
-    return node.outputs()
+    outputs = node.outputs()
+    if len(matmuls) > 1:
+        lengths = [op.get_output_partial_shape(0)[-1].get_length() for op in matmuls]
+        outputs = opset13.variadic_split(outputs[0], -1, lengths).outputs()
+    for matmul, output in zip(matmuls, outputs):
+        for target in matmul.output(0).get_target_inputs():
+            target.replace_source_output(output)
 
 
 def int4_language_model(folder: Path) -> Path | None:
