@@ -1,4 +1,4 @@
-"""Our int4 OpenVINO operation (runtime/kernels.py): exact against its definition, found in real exports,
+"""Our OpenVINO operations (runtime/kernels.py): exact against their definitions, found in real exports,
 used by the engine, and answers as good as OpenVINO's own int4 path."""
 
 from __future__ import annotations
@@ -117,6 +117,44 @@ def test_int8_head_equals_its_definition(tmp_path):
         assert np.abs(y - plain(x)[1]).max() < 0.02 * np.abs(y).max()
 
 
+def attention_model(heads: int, kv_heads: int, head: int, tmp_path) -> ov.CompiledModel:
+    """KVAttention alone: q (1, H, T, D), k and v (1, KV, T, D), mask (1, 1, T, P+T) -> (1, H, T, D)."""
+    q = opset13.parameter([1, heads, -1, head], ov.Type.f32)
+    k, v = (opset13.parameter([1, kv_heads, -1, head], ov.Type.f32) for _ in range(2))
+    mask = opset13.parameter([1, 1, -1, -1], ov.Type.boolean)
+    scale = opset13.constant(np.float32(head ** -0.5))
+    node = kernels.KVAttention([q.output(0), k.output(0), v.output(0), mask.output(0), scale.output(0)])
+    ov.save_model(ov.Model([node], [q, k, v, mask]), tmp_path / "attention.xml")
+    return core().compile_model(tmp_path / "attention.xml", "CPU", {"INFERENCE_NUM_THREADS": 2})
+
+
+@pytest.mark.parametrize("heads, kv_heads, head", [(4, 4, 16), (4, 2, 24), (2, 1, 128)])
+def test_kv_attention_equals_its_definition(heads, kv_heads, head, tmp_path):
+    assert kernels.extension() is not None, kernels.why_not()
+    attention = attention_model(heads, kv_heads, head, tmp_path).create_infer_request()
+    rng = np.random.default_rng(head)
+    keys = np.zeros((kv_heads, 0, head))  # what the cache should hold: every position's key, f16-rounded
+    values = np.zeros((kv_heads, 0, head))
+    # a prompt, tokens, a prompt continuing them, a rewind to position 5 (an earlier turn), a key masked out
+    for past, new, hidden in ((0, 7, None), (7, 1, None), (8, 1, None), (9, 6, None), (5, 2, None), (7, 5, 3)):
+        q = rng.standard_normal((1, heads, new, head)).astype(np.float32)
+        k, v = (rng.standard_normal((1, kv_heads, new, head)).astype(np.float32) for _ in range(2))
+        mask = np.tril(np.ones((new, past + new), bool), past)  # causal
+        if hidden is not None:
+            mask[:, hidden] = False
+        out = attention.infer([q, k, v, mask[None, None]])[0]
+        keys = np.concatenate([keys[:, :past], k[0].astype(np.float16)], axis=1)
+        values = np.concatenate([values[:, :past], v[0].astype(np.float16)], axis=1)
+        group = heads // kv_heads
+        scores = np.einsum("htd,hpd->htp", q[0], np.repeat(keys, group, axis=0)) / np.sqrt(head)
+        scores = np.where(mask, scores, -np.inf)
+        weights = np.exp(scores - scores.max(-1, keepdims=True))
+        expected = np.einsum("htp,hpd->htd", weights / weights.sum(-1, keepdims=True), np.repeat(values, group, 0))
+        np.testing.assert_allclose(out[0], expected, atol=2e-6 * np.abs(expected).max() + 1e-6)
+    with pytest.raises(RuntimeError, match="12 are cached"):  # positions that were never computed
+        attention.infer([q[:, :, :1], k[:, :, :1], v[:, :, :1], np.ones((1, 1, 1, 20), bool)])
+
+
 def test_the_language_model_of_an_int4_export_is_rewritten_once(exported):
     assert kernels.extension() is not None, kernels.why_not()  # reading the copy needs the operations registered
     folder = exported("v2", "int4")
@@ -135,6 +173,10 @@ def test_the_language_model_of_an_int4_export_is_rewritten_once(exported):
     assert sum(op.get_type_name() == "VariadicSplit" for op in model.get_ordered_ops()) == 2 * layers
     assert sum(op.get_type_name() == "Int8MatMul" for op in model.get_ordered_ops()) <= 1  # the head, if int8
     assert not any(kernels._int4_weight(op) for op in model.get_ordered_ops())
+    types = [op.get_type_name() for op in model.get_ordered_ops()]
+    assert types.count("KVAttention") == layers and "ScaledDotProductAttention" not in types
+    assert not model.get_variables() and not model.get_sinks()  # the operation keeps the cache
+    assert "beam_idx" in {name for p in model.get_parameters() for name in p.output(0).get_names()}  # still fed
     assert kernels.int4_language_model(folder) == derived  # cached
     assert not list(folder.glob(".int4-*"))  # written under a temporary name, renamed into place
     assert kernels.int4_language_model(exported("v2", "int8")) is None  # nothing to rewrite
@@ -149,7 +191,8 @@ def test_engine_answers_with_the_kernel_within_the_int4_drift_bound(exported, to
     from test_fidelity import DRIFT_BOUND, IMAGES, QUESTIONS
 
     eng = Engine(exported("v2", "int4"), kernels="on")
-    assert eng.kernels == "int4" and eng.name.endswith("on CPU with our int4 kernel")
+    assert eng.kernels == "int4" and eng.name.endswith("on CPU with our int4 kernels")
+    assert not eng.language.query_state()  # the keys and values are kept by our attention operation
     plain = Engine(exported("v2", "int4"), kernels="off")
     assert plain.kernels is None
     assert Engine(exported("v2", "int4"), precision="f32", kernels="on").kernels is None  # f32 answers: exact path
@@ -163,6 +206,24 @@ def test_engine_answers_with_the_kernel_within_the_int4_drift_bound(exported, to
         assert drift < DRIFT_BOUND["int4"], drift
     answer = eng.new_chat(IMAGES["wide RGB"]).ask(QUESTIONS[0], max_new_tokens=12, ignore_eos=True).result()
     assert len(answer.token_ids) == 12 and answer.timings.decode_tokens_per_s > 0
+
+
+def test_with_our_kernels_a_conversation_rebuilt_from_its_history_answers_the_same(exported):
+    from conftest import shapes_picture
+
+    from mvlm_magic.runtime.engine import Engine
+
+    eng = Engine(exported("v2", "int4"), kernels="on")
+    assert eng.kernels == "int4"
+    chat = eng.new_chat(shapes_picture(seed=21))
+    first = chat.ask("What is this?", max_new_tokens=6, ignore_eos=True).result()
+    follow_up = chat.ask("And the colours?", max_new_tokens=8, ignore_eos=True).result()  # continues the cache
+    assert follow_up.timings.prefill_tokens < 144
+    again = eng.new_chat(shapes_picture(seed=21))
+    assert again.ask("What is this?", max_new_tokens=6, ignore_eos=True).result().token_ids == first.token_ids
+    eng.new_chat(shapes_picture(seed=22)).ask("Describe it.", max_new_tokens=3).result()  # rewinds the cache
+    rebuilt = again.ask("And the colours?", max_new_tokens=8, ignore_eos=True).result()  # from its history
+    assert rebuilt.timings.prefill_tokens > 144 and rebuilt.token_ids == follow_up.token_ids
 
 
 def test_without_a_compiler_the_engine_uses_openvino_alone(exported, monkeypatch, tmp_path, picture):

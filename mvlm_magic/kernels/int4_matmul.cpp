@@ -24,10 +24,9 @@
 #include <vector>
 
 #define OV_THREAD OV_THREAD_TBB
-#include "openvino/core/extension.hpp"
-#include "openvino/core/op_extension.hpp"
 #include "openvino/core/parallel.hpp"
 #include "openvino/op/op.hpp"
+#include "simd.hpp"
 
 namespace mvlm {
 
@@ -65,13 +64,6 @@ static inline __m256i unpack_block(const uint8_t* bytes) {
     const __m128i packed = _mm_loadu_si128(reinterpret_cast<const __m128i*>(bytes));
     const __m256i both = _mm256_set_m128i(_mm_srli_epi16(packed, 4), packed);
     return _mm256_and_si256(both, _mm256_set1_epi8(0x0F));
-}
-
-static inline float hsum(__m256 v) {
-    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    s = _mm_hadd_ps(s, s);
-    s = _mm_hadd_ps(s, s);
-    return _mm_cvtss_f32(s);
 }
 
 // y[r] = sum over K of dequantized weight row r * x, for ROWS consecutive weight rows against one x row.
@@ -304,6 +296,3 @@ public:
 };
 
 }  // namespace mvlm
-
-OPENVINO_CREATE_EXTENSIONS(std::vector<ov::Extension::Ptr>({std::make_shared<ov::OpExtension<mvlm::Int4MatMul>>(),
-                                                             std::make_shared<ov::OpExtension<mvlm::Int8MatMul>>()}));

@@ -91,7 +91,7 @@ class Engine:
             self.vision = compile_model(folder / "vision.xml", self.device, precision, threads, ov_config)
         self.text_embeddings = compile_model(folder / "text_embeddings.xml", self.device, precision, threads, ov_config)
         language_xml = self.language_model_file(kernels)
-        self.kernels = None if language_xml.name == "language.xml" else "int4"  # which multiplications run
+        self.kernels = None if language_xml.name == "language.xml" else "int4"  # whose MatMuls and attention run
         language = compile_model(language_xml, self.device, precision, threads, ov_config)
         self.language = language.create_infer_request()
         self.beam_inputs = {"beam_idx": BEAM_IDX} if any("beam_idx" in p.names for p in language.inputs) else {}
@@ -99,13 +99,14 @@ class Engine:
         self.state_owner: ChatSession | None = None  # whose KV cache the language request holds
         self.past_length = 0
         # Int4MatMul reads its weights straight from the mapped file: those pages are in use, not copies.
+        # (With it, the keys and values are kept by our attention operation: query_state() is empty.)
         with shedding([] if self.kernels else [folder / "language.bin"]):
             self.prime()
         self.compile_seconds = time.perf_counter() - started
         self.was_cached = True  # load_engine() says whether it had to export first
 
     def language_model_file(self, kernels: str) -> Path:
-        """language.xml, or its copy with our int4 operation (runtime/kernels.py) where that is faster:
+        """language.xml, or its copy with our operations (int4 MatMul, attention; runtime/kernels.py) where faster:
         `kernels` is "auto" (on CPUs without VNNI), "on" (wherever it builds) or "off"."""
         if kernels not in ("auto", "on", "off"):
             raise MvlmError(f"kernels must be 'auto', 'on' or 'off', not {kernels!r}.")
@@ -123,7 +124,7 @@ class Engine:
 
     @property
     def name(self) -> str:
-        kernel = " with our int4 kernel" if self.kernels else ""
+        kernel = " with our int4 kernels" if self.kernels else ""
         return f"{self.manifest['model_id']} [{self.manifest['compression']['label']}] on {self.device}{kernel}"
 
     def new_chat(self, image=None) -> ChatSession:

@@ -33,8 +33,8 @@ from openvino import opset13
 from ..cache import default_cache_dir
 from .device import core
 
-SOURCE = Path(__file__).resolve().parent.parent / "kernels" / "int4_matmul.cpp"
-FORMAT = 4  # part of the derived IR's name: bump when the operation's inputs change
+SOURCE = Path(__file__).resolve().parent.parent / "kernels" / "extension.cpp"  # includes the others: one library
+FORMAT = 5  # part of the derived IR's name: bump when what the copy holds changes
 NEEDED_FLAGS = {"avx2", "fma", "f16c"}
 VNNI_FLAGS = {"avx512_vnni", "avx_vnni"}  # where OpenVINO's own int8 path exists (and we step aside)
 
@@ -67,6 +67,15 @@ class Int4MatMul(_StandIn):
 
 class Int8MatMul(_StandIn):
     class_type_info = ov.DiscreteTypeInfo("Int8MatMul", "mvlm")
+
+
+class KVAttention(_StandIn):
+    """Stand-in for the attention that keeps its own cache: (q, k, v, mask, scale) -> q's shape."""
+
+    class_type_info = ov.DiscreteTypeInfo("KVAttention", "mvlm")
+
+    def validate_and_infer_types(self):
+        self.set_output_type(0, ov.Type.f32, self.get_input_partial_shape(0))
 
 
 def cpu_flags() -> set[str]:
@@ -119,9 +128,10 @@ def build() -> tuple[Path | None, str | None]:
     compiler = os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++")
     if not compiler or not shutil.which(compiler):
         return None, "no C++ compiler found (install g++ or set CXX)"
-    key = hashlib.sha256(SOURCE.read_bytes() + ov.get_version().encode() + compiler.encode()).hexdigest()[:16]
+    sources = b"".join(path.read_bytes() for path in sorted(SOURCE.parent.glob("*.[ch]pp")))
+    key = hashlib.sha256(sources + ov.get_version().encode() + compiler.encode()).hexdigest()[:16]
     folder = default_cache_dir() / "kernels"
-    library = folder / f"int4_matmul-{key}.so"
+    library = folder / f"mvlm_kernels-{key}.so"
     if library.is_file():
         return library, None
     folder.mkdir(parents=True, exist_ok=True)
@@ -233,6 +243,74 @@ def rewrite_int4_matmuls(model: ov.Model) -> int:
     return len(int4)
 
 
+def _cached_input(concat):
+    """The new keys (or values) when `concat` is concat(cache, new) on positions with the cache read from a
+    variable (through the beam Gather) and written back by an Assign; else None."""
+    if not _is(concat, "Concat") or concat.get_input_size() != 2 or concat.get_attributes()["axis"] not in (-2, 2):
+        return None
+    past = concat.input_value(0).get_node()
+    if _is(past, "Gather"):
+        past = past.input_value(0).get_node()
+    users = {target.get_node().get_type_name() for target in concat.output(0).get_target_inputs()}
+    cached = _is(past, "ReadValue") and users == {"Assign", "ScaledDotProductAttention"}
+    return concat.input_value(1) if cached else None
+
+
+def use_kv_attention(model: ov.Model) -> int:
+    """Replace each ScaledDotProductAttention over a stateful cache by KVAttention, in place, removing the
+    cache's variables (the operation keeps the cache); returns how many it replaced. Only where the head size
+    is a multiple of 8 and the mask is boolean, as the language models we export have."""
+    inputs = {name: parameter for parameter in model.get_parameters() for name in parameter.output(0).get_names()}
+    if not {"inputs_embeds", "attention_mask"} <= inputs.keys():
+        return 0
+    replaced = 0
+    for sdpa in [op for op in model.get_ordered_ops() if _is(op, "ScaledDotProductAttention")]:
+        if sdpa.get_input_size() != 5 or sdpa.get_attributes().get("causal"):
+            continue
+        q, keys, values, mask, scale = (sdpa.input_value(i) for i in range(5))
+        new_keys, new_values = _cached_input(keys.get_node()), _cached_input(values.get_node())
+        head = q.get_partial_shape()[3]
+        if (new_keys is None or new_values is None or mask.get_element_type() != ov.Type.boolean
+                or not _is(scale.get_node(), "Constant") or head.is_dynamic or head.get_length() % 8):
+            continue
+        node = KVAttention([q, new_keys, new_values, mask, scale])
+        node.set_friendly_name(sdpa.get_friendly_name())
+        for target in sdpa.output(0).get_target_inputs():
+            target.replace_source_output(node.output(0))
+        for concat in (keys.get_node(), values.get_node()):
+            for target in concat.output(0).get_target_inputs():
+                if _is(target.get_node(), "Assign"):
+                    assign = target.get_node()
+                    model.remove_sink(assign)
+                    model.remove_variable(model.get_variable_by_id(assign.get_variable_id()))
+        replaced += 1
+    # The prompt's past length was read off the cache's shape (for the mask): compute that shape from the inputs.
+    for shape_of in [op for op in model.get_ordered_ops() if _is(op, "ShapeOf")]:
+        cache = shape_of.input_value(0).get_node()
+        cache = cache.input_value(0).get_node() if _is(cache, "Gather") else cache
+        if _is(cache, "ReadValue") and model.get_variable_by_id(cache.get_variable_id()) is None:
+            _, heads, _, head = cache.get_output_partial_shape(0)
+            shape = _cache_shape(inputs["inputs_embeds"], inputs["attention_mask"], heads.get_length(),
+                                 head.get_length(), shape_of.get_output_element_type(0))
+            for target in shape_of.output(0).get_target_inputs():
+                target.replace_source_output(shape)
+    return replaced
+
+
+def _cache_shape(inputs_embeds, attention_mask, heads: int, head: int, element_type):
+    """(B, heads, P, head) as a shape vector, P = the mask's length - the new positions."""
+    embeds, mask = opset13.shape_of(inputs_embeds, element_type), opset13.shape_of(attention_mask, element_type)
+
+    def dimension(shape, i: int):
+        return opset13.gather(shape, opset13.constant([i], ov.Type.i64), opset13.constant(0))
+
+    def constant(value: int):
+        return opset13.constant([value], element_type)
+
+    past = opset13.subtract(dimension(mask, 1), dimension(embeds, 1))
+    return opset13.concat([dimension(embeds, 0), constant(heads), past, constant(head)], 0).output(0)
+
+
 def _replace(matmuls: list, operation, weights) -> None:
     """Put one `operation` node (on the MatMuls' shared input, with the given weight constants) where the
     MatMuls were; several MatMuls get its output split back into theirs."""
@@ -248,8 +326,8 @@ def _replace(matmuls: list, operation, weights) -> None:
 
 
 def int4_language_model(folder: Path) -> Path | None:
-    """The export's language IR with Int4MatMul, written next to language.xml on first use; None when the
-    export has no symmetric int4 weights."""
+    """The export's language IR with Int4MatMul (and KVAttention), written next to language.xml on first use;
+    None when the export has no symmetric int4 weights."""
     folder = Path(folder)
     derived = folder / f"language.int4-v{FORMAT}.xml"
     if derived.is_file():
@@ -257,6 +335,7 @@ def int4_language_model(folder: Path) -> Path | None:
     model = core().read_model(folder / "language.xml")
     if not rewrite_int4_matmuls(model):
         return None
+    use_kv_attention(model)
     # Save beside the export under temporary names, then rename: the .bin first, the .xml (what we look for) last.
     temporary = Path(tempfile.mkdtemp(dir=folder, prefix=".int4-"))
     try:

@@ -1,0 +1,223 @@
+// KVAttention: scaled dot-product attention that keeps the key/value cache itself, in f16.
+//
+// Why: OpenVINO 2026.4's fused attention-with-cache (ScaledDotProductAttentionWithKVCache) spends ~0.4 ms per
+// layer and token at 300 cached positions on this 2-core AVX2 CPU, whatever the cache precision: ~10 ms of a
+// ~47 ms decode step of the 1.7B model at the benchmark's context, more as a conversation grows. The work
+// itself (16 heads x 300 positions x 128 x 2) is ~30 us. Measurements: docs/benchmarks.md.
+//
+// It replaces ScaledDotProductAttention(q, concat(past_k, k), concat(past_v, v), mask, scale) together with
+// the ReadValue / Concat / Assign of the cache around it. Inputs:
+//   0  q      f32 (B, H, T, D)            queries of the T new positions (after RoPE)
+//   1  k      f32 (B, KV, T, D)           their keys (after RoPE); H a multiple of KV, D a multiple of 8
+//   2  v      f32 (B, KV, T, D)           their values
+//   3  mask   boolean (B|1, 1, T|1, P+T)  true where a query may attend to a key
+//   4  scale  f32 scalar                  applied to q . k
+// Output: f32 (B, H, T, D).
+// P, the positions before these, is the mask's length minus T. This call writes positions P..P+T-1 of the
+// cache and attends over 0..P+T-1, so a conversation rewound to an earlier position (a shorter mask) needs
+// no call of its own; positions before P must have been written by earlier calls, else it is an error.
+// One cache per compiled operation: one infer request at a time (the engine has one).
+
+#include <immintrin.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <vector>
+
+#define OV_THREAD OV_THREAD_TBB
+#include "openvino/core/parallel.hpp"
+#include "openvino/op/op.hpp"
+#include "simd.hpp"
+
+namespace mvlm {
+
+// e^x for 8 floats (Cephes' polynomial, ~1e-7 relative); exactly 0 below -87 (masked scores are -inf).
+static inline __m256 exp8(__m256 x) {
+    const __m256 keep = _mm256_cmp_ps(x, _mm256_set1_ps(-87.f), _CMP_GT_OQ);
+    x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-87.f)), _mm256_set1_ps(88.f));
+    const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504f)), _MM_FROUND_TO_NEAREST_INT);
+    x = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);  // x - n ln2, ln2 in two parts for precision
+    x = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), x);
+    __m256 p = _mm256_set1_ps(1.9875691500e-4f);
+    p = _mm256_fmadd_ps(p, x, _mm256_set1_ps(1.3981999507e-3f));
+    p = _mm256_fmadd_ps(p, x, _mm256_set1_ps(8.3334519073e-3f));
+    p = _mm256_fmadd_ps(p, x, _mm256_set1_ps(4.1665795894e-2f));
+    p = _mm256_fmadd_ps(p, x, _mm256_set1_ps(1.6666665459e-1f));
+    p = _mm256_fmadd_ps(p, x, _mm256_set1_ps(5.0000001201e-1f));
+    p = _mm256_fmadd_ps(p, _mm256_mul_ps(x, x), _mm256_add_ps(x, _mm256_set1_ps(1.f)));
+    const __m256i power = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+    return _mm256_and_ps(_mm256_mul_ps(p, _mm256_castsi256_ps(power)), keep);
+}
+
+// Keys and values of every position so far, f16, (batch, kv heads, capacity, D) each.
+struct KVCache {
+    size_t batch = 0, heads = 0, dim = 0, capacity = 0, filled = 0;
+    std::vector<uint16_t> keys, values;
+
+    size_t offset(size_t b, size_t h, size_t p) const { return ((b * heads + h) * capacity + p) * dim; }
+
+    // Make room for `positions`, keeping the first `filled` (capacity doubles, so growth is amortized).
+    void reserve(size_t positions) {
+        if (positions <= capacity) return;
+        const size_t grown = std::max({positions, 2 * capacity, size_t(256)});
+        std::vector<uint16_t> k(batch * heads * grown * dim), v(batch * heads * grown * dim);
+        for (size_t bh = 0; filled && bh < batch * heads; ++bh) {
+            std::copy_n(&keys[bh * capacity * dim], filled * dim, &k[bh * grown * dim]);
+            std::copy_n(&values[bh * capacity * dim], filled * dim, &v[bh * grown * dim]);
+        }
+        keys.swap(k), values.swap(v), capacity = grown;
+    }
+};
+
+static void to_f16(const float* x, uint16_t* y, size_t n) {
+    for (size_t i = 0; i < n; i += 8)
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(y + i),
+                         _mm256_cvtps_ph(_mm256_loadu_ps(x + i), _MM_FROUND_TO_NEAREST_INT));
+}
+
+static inline __m256 load_f16(const uint16_t* x) {
+    return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(x)));
+}
+
+// R consecutive query rows of one head against keys/values 0..L-1 of its kv head: each key and value is
+// loaded once for the R rows. `mask[r]` is row r's mask (L bytes); `work` holds R * (L rounded up to 8) floats.
+template <int R>
+static void attend(const float* q, const uint16_t* keys, const uint16_t* values, const uint8_t* const* mask,
+                   size_t L, size_t D, float scale, float* out, float* work) {
+    size_t end = 0;  // keys past the last one any of the rows may see are skipped (half of a causal prompt)
+    for (int r = 0; r < R; ++r)
+        for (size_t p = L; p > end; --p)
+            if (mask[r][p - 1]) {
+                end = p;
+                break;
+            }
+    const size_t stride = (L + 7) / 8 * 8;  // work's row length
+    for (size_t p = 0; p < end; ++p) {  // scores = scale * q . k, -inf where masked
+        __m256 acc[R][2];
+        for (int r = 0; r < R; ++r) acc[r][0] = acc[r][1] = _mm256_setzero_ps();
+        size_t d = 0;
+        for (; d + 16 <= D; d += 16) {  // two chains per row: the FMA latency is not waited on
+            const __m256 k0 = load_f16(keys + p * D + d), k1 = load_f16(keys + p * D + d + 8);
+            for (int r = 0; r < R; ++r) {
+                acc[r][0] = _mm256_fmadd_ps(_mm256_loadu_ps(q + r * D + d), k0, acc[r][0]);
+                acc[r][1] = _mm256_fmadd_ps(_mm256_loadu_ps(q + r * D + d + 8), k1, acc[r][1]);
+            }
+        }
+        if (d < D) {
+            const __m256 k0 = load_f16(keys + p * D + d);
+            for (int r = 0; r < R; ++r) acc[r][0] = _mm256_fmadd_ps(_mm256_loadu_ps(q + r * D + d), k0, acc[r][0]);
+        }
+        for (int r = 0; r < R; ++r)
+            work[r * stride + p] = mask[r][p] ? scale * hsum(_mm256_add_ps(acc[r][0], acc[r][1])) : -INFINITY;
+    }
+    const size_t padded = (end + 7) / 8 * 8;  // exp8 runs on whole vectors: pad with -inf (weight 0)
+    for (int r = 0; r < R; ++r) {
+        float* w = work + r * stride;
+        for (size_t p = end; p < padded; ++p) w[p] = -INFINITY;
+        float top = -INFINITY;
+        for (size_t p = 0; p < end; ++p) top = std::max(top, w[p]);
+        if (top == -INFINITY) top = 0.f;  // a row that may see nothing gets zeros
+        __m256 total = _mm256_setzero_ps();
+        for (size_t p = 0; p < padded; p += 8) {
+            const __m256 e = exp8(_mm256_sub_ps(_mm256_loadu_ps(w + p), _mm256_set1_ps(top)));
+            _mm256_storeu_ps(w + p, e);
+            total = _mm256_add_ps(total, e);
+        }
+        const float sum = hsum(total), inverse = sum > 0.f ? 1.f / sum : 0.f;
+        for (size_t p = 0; p < end; ++p) w[p] *= inverse;
+    }
+    for (size_t d = 0; d < D; d += 16) {  // out = weights . values, 16 columns at a time
+        __m256 acc[R][2];
+        for (int r = 0; r < R; ++r) acc[r][0] = acc[r][1] = _mm256_setzero_ps();
+        for (size_t p = 0; p < end; ++p) {
+            const __m256 v0 = load_f16(values + p * D + d);
+            const __m256 v1 = d + 8 < D ? load_f16(values + p * D + d + 8) : _mm256_setzero_ps();
+            for (int r = 0; r < R; ++r) {
+                const __m256 weight = _mm256_broadcast_ss(work + r * stride + p);
+                acc[r][0] = _mm256_fmadd_ps(weight, v0, acc[r][0]);
+                acc[r][1] = _mm256_fmadd_ps(weight, v1, acc[r][1]);
+            }
+        }
+        for (int r = 0; r < R; ++r) {
+            _mm256_storeu_ps(out + r * D + d, acc[r][0]);
+            if (d + 8 < D) _mm256_storeu_ps(out + r * D + d + 8, acc[r][1]);
+        }
+    }
+}
+
+class KVAttention : public ov::op::Op {
+public:
+    OPENVINO_OP("KVAttention", "mvlm");
+
+    KVAttention() = default;
+    explicit KVAttention(const ov::OutputVector& args) : Op(args) { constructor_validate_and_infer_types(); }
+
+    void validate_and_infer_types() override {
+        const auto q = get_input_partial_shape(0);
+        NODE_VALIDATION_CHECK(this, q.rank().compatible(4), "q (B, H, T, D)");
+        set_output_type(0, ov::element::f32, q);
+    }
+
+    std::shared_ptr<ov::Node> clone_with_new_inputs(const ov::OutputVector& args) const override {
+        return std::make_shared<KVAttention>(args);  // a fresh, empty cache
+    }
+
+    bool visit_attributes(ov::AttributeVisitor&) override { return true; }
+    bool has_evaluate() const override { return true; }
+
+    bool evaluate(ov::TensorVector& outputs, const ov::TensorVector& inputs) const override {
+        const ov::Tensor &q = inputs[0], &k = inputs[1], &v = inputs[2], &mask = inputs[3];
+        const ov::Shape qs = q.get_shape(), ms = mask.get_shape();
+        const size_t B = qs[0], H = qs[1], T = qs[2], D = qs[3], KV = k.get_shape()[1], L = ms[3];
+        OPENVINO_ASSERT(L >= T && H % KV == 0 && D % 8 == 0, "KVAttention: mask length ", L, " for ", T,
+                        " new positions, ", H, " heads, ", KV, " kv heads, head size ", D);
+        const size_t P = L - T;
+        KVCache& cache = cache_;
+        if (cache.batch != B || cache.heads != KV || cache.dim != D) {  // a new shape starts a new cache
+            OPENVINO_ASSERT(P == 0, "KVAttention: a new cache shape needs a prompt from position 0, not ", P);
+            cache = KVCache{B, KV, D};
+        }
+        OPENVINO_ASSERT(P <= cache.filled, "KVAttention: the mask says ", P, " positions come before these, but ",
+                        cache.filled, " are cached");
+        cache.reserve(L);
+        const float *qs_ = q.data<const float>(), *ks_ = k.data<const float>(), *vs_ = v.data<const float>();
+        ov::parallel_for(B * KV, [&](size_t bh) {
+            const size_t b = bh / KV, h = bh % KV;
+            to_f16(ks_ + bh * T * D, &cache.keys[cache.offset(b, h, P)], T * D);
+            to_f16(vs_ + bh * T * D, &cache.values[cache.offset(b, h, P)], T * D);
+        });
+        cache.filled = L;
+
+        outputs[0].set_shape(qs);
+        float* out = outputs[0].data<float>();
+        const float scale = *inputs[4].data<const float>();
+        const uint8_t* masks = static_cast<const uint8_t*>(mask.data());
+        constexpr size_t ROWS = 4;
+        const size_t blocks = (T + ROWS - 1) / ROWS;
+        ov::parallel_for(B * H * blocks, [&](size_t item) {
+            const size_t b = item / (H * blocks), h = item / blocks % H, t = item % blocks * ROWS;
+            const size_t rows = std::min(ROWS, T - t), kv = h / (H / KV);
+            thread_local std::vector<float> work;
+            work.resize(ROWS * ((L + 7) / 8 * 8));
+            const uint8_t* row_mask[ROWS];
+            for (size_t r = 0; r < rows; ++r)
+                row_mask[r] = masks + ((ms[0] == 1 ? 0 : b) * ms[2] + (ms[2] == 1 ? 0 : t + r)) * L;
+            const float* here = qs_ + ((b * H + h) * T + t) * D;
+            const uint16_t* keys = &cache.keys[cache.offset(b, kv, 0)];
+            const uint16_t* values = &cache.values[cache.offset(b, kv, 0)];
+            float* there = out + ((b * H + h) * T + t) * D;
+            if (rows == ROWS)
+                attend<ROWS>(here, keys, values, row_mask, L, D, scale, there, work.data());
+            else
+                for (size_t r = 0; r < rows; ++r)
+                    attend<1>(here + r * D, keys, values, row_mask + r, L, D, scale, there + r * D, work.data());
+        });
+        return true;
+    }
+
+private:
+    mutable KVCache cache_;
+};
+
+}  // namespace mvlm
