@@ -55,7 +55,7 @@ def by_definition(x: np.ndarray, q: np.ndarray, scales: np.ndarray) -> np.ndarra
     return rounded_x(x) @ weights.T
 
 
-@pytest.mark.parametrize("n, k, group", [(70, 256, 128), (36, 128, 32), (9, 96, 96), (64, 384, 128)])
+@pytest.mark.parametrize("n, k, group", [(70, 256, 128), (36, 128, 64), (9, 192, 192), (64, 384, 128)])
 def test_int4_matmul_equals_its_definition(n, k, group, tmp_path):
     assert kernels.extension() is not None, kernels.why_not()
     rng = np.random.default_rng(n + k)
@@ -74,6 +74,12 @@ def test_int4_matmul_equals_its_definition(n, k, group, tmp_path):
         assert np.abs(y - plain(x)[0]).max() < 0.02 * scale  # OpenVINO's own f32 path: int8 activations only
 
 
+def test_groups_smaller_than_64_stay_with_openvino():
+    model, *_ = nncf_int4_model(16, 128, 32, np.random.default_rng(1))
+    assert kernels.rewrite_int4_matmuls(model) == 0
+    assert [op.get_type_name() for op in model.get_ordered_ops()].count("MatMul") == 1
+
+
 def test_matmuls_of_one_input_become_one_operation(tmp_path):
     rng = np.random.default_rng(5)
     k = 128
@@ -81,7 +87,7 @@ def test_matmuls_of_one_input_become_one_operation(tmp_path):
     weights = []
     outputs = []
     for n in (32, 48, 36):  # like q, k, v (different widths, one input)
-        model, q, scales = nncf_int4_model(n, k, 32, rng)
+        model, q, scales = nncf_int4_model(n, k, 64, rng)
         matmul = [op for op in model.get_ordered_ops() if op.get_type_name() == "MatMul"][0]
         outputs.append(opset13.matmul(x, matmul.input_value(1), False, True).output(0))
         weights.append((q, scales))

@@ -9,9 +9,10 @@
 //
 // Inputs (the weight constants are NNCF's own bytes, never requantized):
 //   0  x       f32 (..., K)
-//   1  weight  u8  (N, K/2)    two int4 values per byte, each stored as value + 8 (0..15): element 2i in the
-//                               low nibble, 2i+1 in the high (NNCF's i4 bytes XOR 0x88)
-//   2  scale   f32 (N, K/G)    one scale per group of G consecutive inputs (G a multiple of 32)
+//   1  weight  u8  (N, K/2)    two int4 values per byte, each stored as value + 8 (0..15); per 64 inputs,
+//                               32 bytes: byte i holds input i in its low nibble and input 32 + i in its high
+//                               one, so that one load and two masks give 64 weights in order
+//   2  scale   f32 (N, K/G)    one scale per group of G consecutive inputs (G a multiple of 64)
 // Output: f32 (..., N).
 //
 // Build: mvlm_magic/runtime/kernels.py (one g++ call against the openvino wheel's headers).
@@ -35,8 +36,8 @@ constexpr size_t BLOCK = 32;  // activation values per int8 scale
 // a single-token MatMul went from ~8 to ~14 GB/s with it.
 constexpr size_t PREFETCH = 4096;
 
-// Rows of x, quantized: the values of each block of 32 stored evens first, then odds (the order the weight
-// nibbles unpack in), with each block's scale and 8 * scale * sum (what the +8 of the stored nibbles adds).
+// Rows of x, quantized: the values, each block of 32's scale, and 8 * scale * sum (what the +8 of the
+// stored nibbles adds).
 struct Quantized {
     std::vector<int8_t> values;        // (M, K)
     std::vector<float> scale, offset;  // (M, K/32)
@@ -51,7 +52,7 @@ static void quantize_row(const float* x, size_t K, int8_t* values, float* scale,
         int sum = 0;
         for (size_t i = 0; i < BLOCK; ++i) {
             const int value = static_cast<int>(std::nearbyint(v[i] * inv));
-            values[b * BLOCK + (i % 2) * (BLOCK / 2) + i / 2] = static_cast<int8_t>(value);
+            values[b * BLOCK + i] = static_cast<int8_t>(value);
             sum += value;
         }
         scale[b] = amax / 127.f;
@@ -59,11 +60,11 @@ static void quantize_row(const float* x, size_t K, int8_t* values, float* scale,
     }
 }
 
-// 32 weights (16 bytes, stored as value + 8) -> 32 unsigned bytes: low nibbles (evens) first, then high (odds).
-static inline __m256i unpack_block(const uint8_t* bytes) {
-    const __m128i packed = _mm_loadu_si128(reinterpret_cast<const __m128i*>(bytes));
-    const __m256i both = _mm256_set_m128i(_mm_srli_epi16(packed, 4), packed);
-    return _mm256_and_si256(both, _mm256_set1_epi8(0x0F));
+// 64 weights (32 bytes, stored as value + 8) -> two blocks of 32 unsigned bytes: inputs 0-31, then 32-63.
+static inline void unpack_64(const uint8_t* bytes, __m256i& first, __m256i& second) {
+    const __m256i packed = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(bytes));
+    first = _mm256_and_si256(packed, _mm256_set1_epi8(0x0F));
+    second = _mm256_and_si256(_mm256_srli_epi16(packed, 4), _mm256_set1_epi8(0x0F));
 }
 
 // y[r] = sum over K of dequantized weight row r * x, for ROWS consecutive weight rows against one x row.
@@ -72,7 +73,7 @@ template <int ROWS>
 static void dot_rows(const uint8_t* weight, const float* scale, const int8_t* xv, const float* xscale,
                      const float* xoffset, size_t K, size_t G, float* y) {
     const __m256i ones = _mm256_set1_epi16(1);
-    const size_t groups = K / G, blocks_per_group = G / BLOCK;
+    const size_t groups = K / G, chunks_per_group = G / 64;
     __m256 acc[ROWS];
     float offset[ROWS];
     for (int r = 0; r < ROWS; ++r) acc[r] = _mm256_setzero_ps(), offset[r] = 0.f;
@@ -80,16 +81,20 @@ static void dot_rows(const uint8_t* weight, const float* scale, const int8_t* xv
         __m256 group_acc[ROWS];
         for (int r = 0; r < ROWS; ++r) group_acc[r] = _mm256_setzero_ps();
         float group_offset = 0.f;
-        for (size_t b = g * blocks_per_group; b < (g + 1) * blocks_per_group; ++b) {
-            const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xv + b * BLOCK));
-            const __m256 sv = _mm256_set1_ps(xscale[b]);
-            group_offset += xoffset[b];
+        for (size_t c = g * chunks_per_group; c < (g + 1) * chunks_per_group; ++c) {  // 64 inputs: 2 x blocks
+            const __m256i v0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xv + c * 64));
+            const __m256i v1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xv + c * 64 + BLOCK));
+            const __m256 s0 = _mm256_set1_ps(xscale[2 * c]), s1 = _mm256_set1_ps(xscale[2 * c + 1]);
+            group_offset += xoffset[2 * c] + xoffset[2 * c + 1];
             for (int r = 0; r < ROWS; ++r) {
-                const uint8_t* here = weight + r * K / 2 + b * BLOCK / 2;
-                if (b % 4 == 0) _mm_prefetch(reinterpret_cast<const char*>(here + PREFETCH), _MM_HINT_T0);
-                const __m256i w = unpack_block(here);
-                const __m256i products = _mm256_madd_epi16(_mm256_maddubs_epi16(w, v), ones);  // 8 x i32
-                group_acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(products), sv, group_acc[r]);
+                const uint8_t* here = weight + r * K / 2 + c * 32;
+                if (c % 2 == 0) _mm_prefetch(reinterpret_cast<const char*>(here + PREFETCH), _MM_HINT_T0);
+                __m256i w0, w1;
+                unpack_64(here, w0, w1);
+                const __m256i p0 = _mm256_madd_epi16(_mm256_maddubs_epi16(w0, v0), ones);  // 8 x i32
+                const __m256i p1 = _mm256_madd_epi16(_mm256_maddubs_epi16(w1, v1), ones);
+                group_acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p0), s0, group_acc[r]);
+                group_acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p1), s1, group_acc[r]);
             }
         }
         for (int r = 0; r < ROWS; ++r) {
@@ -134,7 +139,7 @@ static void dot_unpacked(const uint8_t* w, const float* scale, const Quantized& 
     for (int i = 0; i < XR; ++i) y[i * y_stride] = hsum(acc[i]) - offset[i];
 }
 
-// int8 weights (the output head), stored per block of 32 in the same evens-then-odds order as x:
+// int8 weights (the output head), in x's order:
 // sums[r] = sum over blocks of x scale * (weight . x values), 4 rows at a time. Signed * signed through
 // vpmaddubsw's unsigned * signed: |w| * (x with w's sign).
 template <int ROWS>
@@ -239,9 +244,12 @@ public:
             const size_t first = chunk * CHUNK, rows = std::min(N, first + CHUNK) - first;
             unpacked.resize(rows * K);
             for (size_t r = 0; r < rows; ++r)
-                for (size_t b = 0; b < blocks; ++b)
-                    _mm256_storeu_si256(reinterpret_cast<__m256i*>(&unpacked[r * K + b * BLOCK]),
-                                        unpack_block(w + (first + r) * K / 2 + b * BLOCK / 2));
+                for (size_t c = 0; c < K / 64; ++c) {
+                    __m256i w0, w1;
+                    unpack_64(w + (first + r) * K / 2 + c * 32, w0, w1);
+                    _mm256_storeu_si256(reinterpret_cast<__m256i*>(&unpacked[r * K + c * 64]), w0);
+                    _mm256_storeu_si256(reinterpret_cast<__m256i*>(&unpacked[r * K + c * 64 + BLOCK]), w1);
+                }
             const float* offsets = group_offsets.data();
             size_t m = 0;
             for (; m + 4 <= M; m += 4)
@@ -256,7 +264,7 @@ public:
 };
 
 // Int8MatMul: the same for NNCF's asymmetric int8 weights with one zero point and scale per row (the head).
-// Inputs: x f32 (..., K); weight i8 (N, K) = stored u8 - 128, each block of 32 evens first then odds;
+// Inputs: x f32 (..., K); weight i8 (N, K) = stored u8 - 128;
 // zero f32 (N) = zero point - 128; scale f32 (N). Output f32 (..., N) = scale * (weight - zero) . x
 class Int8MatMul : public WeightMatMul<Int8MatMul> {
 public:

@@ -34,7 +34,7 @@ from ..cache import default_cache_dir
 from .device import core
 
 SOURCE = Path(__file__).resolve().parent.parent / "kernels" / "extension.cpp"  # includes the others: one library
-FORMAT = 5  # part of the derived IR's name: bump when what the copy holds changes
+FORMAT = 6  # part of the derived IR's name: bump when what the copy holds changes
 NEEDED_FLAGS = {"avx2", "fma", "f16c"}
 VNNI_FLAGS = {"avx512_vnni", "avx_vnni"}  # where OpenVINO's own int8 path exists (and we step aside)
 
@@ -164,8 +164,9 @@ def _decompressed_weight(matmul):
 
 
 def _int4_weight(matmul) -> tuple[np.ndarray, np.ndarray] | None:
-    """(bytes (N, K/2) as value + 8, scales (N, K/G) f32) when the MatMul's weight is NNCF's symmetric int4
-    decompression (Constant i4 -> Convert -> Multiply by a scale [-> Reshape] -> Convert); else None."""
+    """(bytes (N, K/2) as value + 8 in the operation's order, scales (N, K/G) f32) when the MatMul's weight is
+    NNCF's symmetric int4 decompression (Constant i4 -> Convert -> Multiply by a scale [-> Reshape] -> Convert)
+    with groups of a multiple of 64; else None."""
     node = _decompressed_weight(matmul)
     if node is None or matmul.get_input_element_type(0) != ov.Type.f32:
         return None
@@ -187,15 +188,17 @@ def _int4_weight(matmul) -> tuple[np.ndarray, np.ndarray] | None:
     weight_shape = matmul.get_input_partial_shape(1)
     if not weight_shape.is_static or list(weight_shape.to_shape()) != [n, k]:
         return None
-    if (k // groups) % 32 or second.get_output_element_type(0) != ov.Type.f16:
+    if (k // groups) % 64 or second.get_output_element_type(0) != ov.Type.f16:
         return None
     scales = second.get_data().astype(np.float32).reshape(n, groups)  # what the CPU plugin would hand over anyway
-    packed = weight.get_data().view(np.uint8).reshape(n, k // 2) ^ np.uint8(0x88)  # signed nibbles -> value + 8
-    return packed, scales
+    nncf = weight.get_data().view(np.uint8).reshape(n, k // 2) ^ np.uint8(0x88)  # signed nibbles -> value + 8
+    values = np.stack([nncf & 0x0F, nncf >> 4], axis=-1).reshape(n, k // 64, 2, 32)  # element 2i low, 2i+1 high
+    packed = values[:, :, 0] | (values[:, :, 1] << 4)  # per 64 inputs: byte i = input i | input 32 + i << 4
+    return packed.reshape(n, k // 2), scales
 
 
 def _int8_weight(matmul) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
-    """(weight i8 (N, K) in x's block order, zero (N,), scale (N,)) when the MatMul's weight is NNCF's asymmetric
+    """(weight i8 (N, K), zero (N,), scale (N,)) when the MatMul's weight is NNCF's asymmetric
     int8 with one zero point and scale per row (Constant u8 -> Convert -> Subtract zero -> Multiply scale ->
     Convert), as the head of an int4 export; else None."""
     node = _decompressed_weight(matmul)
@@ -212,10 +215,9 @@ def _int8_weight(matmul) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
     n, k = weight.get_output_shape(0)
     if k % 32 or zero.get_data().size != n or scale.get_data().size != n:
         return None
-    values = weight.get_data().astype(np.int16) - 128
-    blocked = values.reshape(n, k // 32, 16, 2).transpose(0, 1, 3, 2).reshape(n, k)  # evens, then odds
+    values = (weight.get_data().astype(np.int16) - 128).astype(np.int8)
     zeros = zero.get_data().astype(np.float32).reshape(n) - 128
-    return blocked.astype(np.int8), zeros, scale.get_data().astype(np.float32).reshape(n)
+    return values, zeros, scale.get_data().astype(np.float32).reshape(n)
 
 
 def rewrite_int4_matmuls(model: ov.Model) -> int:
