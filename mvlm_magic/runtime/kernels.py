@@ -34,7 +34,7 @@ from ..cache import default_cache_dir
 from .device import core
 
 SOURCE = Path(__file__).resolve().parent.parent / "kernels" / "extension.cpp"  # includes the others: one library
-FORMAT = 6  # part of the derived IR's name: bump when what the copy holds changes
+FORMAT = 7  # part of the derived IR's name: bump when what the copy holds changes
 NEEDED_FLAGS = {"avx2", "fma", "f16c"}
 VNNI_FLAGS = {"avx512_vnni", "avx_vnni"}  # where OpenVINO's own int8 path exists (and we step aside)
 
@@ -164,7 +164,7 @@ def _decompressed_weight(matmul):
 
 
 def _int4_weight(matmul) -> tuple[np.ndarray, np.ndarray] | None:
-    """(bytes (N, K/2) as value + 8 in the operation's order, scales (N, K/G) f32) when the MatMul's weight is
+    """(bytes (N, K/2) as value + 8 in the operation's order, f16 scales (N, K/G) as bytes) when the MatMul's weight is
     NNCF's symmetric int4 decompression (Constant i4 -> Convert -> Multiply by a scale [-> Reshape] -> Convert)
     with groups of a multiple of 64; else None."""
     node = _decompressed_weight(matmul)
@@ -190,7 +190,7 @@ def _int4_weight(matmul) -> tuple[np.ndarray, np.ndarray] | None:
         return None
     if (k // groups) % 64 or second.get_output_element_type(0) != ov.Type.f16:
         return None
-    scales = second.get_data().astype(np.float32).reshape(n, groups)  # what the CPU plugin would hand over anyway
+    scales = second.get_data().reshape(n, groups).view(np.uint8)  # f16 bytes: the CPU plugin leaves u8 alone
     nncf = weight.get_data().view(np.uint8).reshape(n, k // 2) ^ np.uint8(0x88)  # signed nibbles -> value + 8
     values = np.stack([nncf & 0x0F, nncf >> 4], axis=-1).reshape(n, k // 64, 2, 32)  # element 2i low, 2i+1 high
     packed = values[:, :, 0] | (values[:, :, 1] << 4)  # per 64 inputs: byte i = input i | input 32 + i << 4
