@@ -1,4 +1,4 @@
-// KVAttention: scaled dot-product attention that keeps the key/value cache itself, in bytes.
+// KVAttention: scaled dot-product attention that keeps the key/value cache itself, in f16.
 //
 // Why: OpenVINO 2026.4's fused attention-with-cache (ScaledDotProductAttentionWithKVCache) spends ~0.4 ms per
 // layer and token at 300 cached positions on this 2-core AVX2 CPU, whatever the cache precision: ~10 ms of a
@@ -23,7 +23,6 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
-#include <numeric>
 #include <vector>
 
 #define OV_THREAD OV_THREAD_TBB
@@ -51,65 +50,41 @@ static inline __m256 exp8(__m256 x) {
     return _mm256_and_ps(_mm256_mul_ps(p, _mm256_castsi256_ps(power)), keep);
 }
 
-// Keys and values of every position so far as bytes, (batch, kv heads, capacity, D) each, with each position's
-// and head's scale and minimum, (batch, kv heads, capacity, 2): value = minimum + scale * byte. (OpenVINO's CPU
-// cache is u8 per position and head too; f16 would read twice the bytes every token.)
+// Keys and values of every position so far, f16, (batch, kv heads, capacity, D) each.
 struct KVCache {
     size_t batch = 0, heads = 0, dim = 0, capacity = 0, filled = 0;
-    std::vector<uint8_t> keys, values;
-    std::vector<float> key_ranges, value_ranges;
+    std::vector<uint16_t> keys, values;
 
-    size_t row(size_t b, size_t h, size_t p) const { return (b * heads + h) * capacity + p; }
+    size_t offset(size_t b, size_t h, size_t p) const { return ((b * heads + h) * capacity + p) * dim; }
 
     // Make room for `positions`, keeping the first `filled` (capacity doubles, so growth is amortized).
     void reserve(size_t positions) {
         if (positions <= capacity) return;
         const size_t grown = std::max({positions, 2 * capacity, size_t(256)});
-        std::vector<uint8_t> k(batch * heads * grown * dim), v(batch * heads * grown * dim);
-        std::vector<float> kr(batch * heads * grown * 2), vr(batch * heads * grown * 2);
+        std::vector<uint16_t> k(batch * heads * grown * dim), v(batch * heads * grown * dim);
         for (size_t bh = 0; filled && bh < batch * heads; ++bh) {
             std::copy_n(&keys[bh * capacity * dim], filled * dim, &k[bh * grown * dim]);
             std::copy_n(&values[bh * capacity * dim], filled * dim, &v[bh * grown * dim]);
-            std::copy_n(&key_ranges[bh * capacity * 2], filled * 2, &kr[bh * grown * 2]);
-            std::copy_n(&value_ranges[bh * capacity * 2], filled * 2, &vr[bh * grown * 2]);
         }
-        keys.swap(k), values.swap(v), key_ranges.swap(kr), value_ranges.swap(vr), capacity = grown;
+        keys.swap(k), values.swap(v), capacity = grown;
     }
 };
 
-// One position's D values (D a multiple of 8) -> bytes, and (scale, minimum).
-static void quantize_position(const float* x, size_t D, uint8_t* bytes, float* range) {
-    __m256 low = _mm256_loadu_ps(x), high = low;
-    for (size_t d = 8; d < D; d += 8) {
-        low = _mm256_min_ps(low, _mm256_loadu_ps(x + d));
-        high = _mm256_max_ps(high, _mm256_loadu_ps(x + d));
-    }
-    float lows[8], highs[8];
-    _mm256_storeu_ps(lows, low), _mm256_storeu_ps(highs, high);
-    const float minimum = *std::min_element(lows, lows + 8), maximum = *std::max_element(highs, highs + 8);
-    const float scale = (maximum - minimum) / 255.f, inverse = scale > 0.f ? 1.f / scale : 0.f;
-    for (size_t d = 0; d < D; d += 8) {  // round to nearest, then pack 8 int32 in 0..255 into 8 bytes
-        const __m256 v = _mm256_mul_ps(_mm256_sub_ps(_mm256_loadu_ps(x + d), _mm256_set1_ps(minimum)),
-                                       _mm256_set1_ps(inverse));
-        const __m256i i32 = _mm256_cvtps_epi32(v);
-        const __m128i u16 = _mm_packus_epi32(_mm256_castsi256_si128(i32), _mm256_extracti128_si256(i32, 1));
-        _mm_storel_epi64(reinterpret_cast<__m128i*>(bytes + d), _mm_packus_epi16(u16, u16));
-    }
-    range[0] = scale, range[1] = minimum;
+static void to_f16(const float* x, uint16_t* y, size_t n) {
+    for (size_t i = 0; i < n; i += 8)
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(y + i),
+                         _mm256_cvtps_ph(_mm256_loadu_ps(x + i), _MM_FROUND_TO_NEAREST_INT));
 }
 
-static inline __m256 load_bytes(const uint8_t* x) {
-    return _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(x))));
+static inline __m256 load_f16(const uint16_t* x) {
+    return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(x)));
 }
 
 // R consecutive query rows of one head against keys/values 0..L-1 of its kv head: each key and value is
-// loaded once for the R rows. With key = minimum + scale * bytes, q . key = scale * (q . bytes) + minimum * sum(q),
-// and likewise the weighted sum of values = sum(w * minimum) + sum((w * scale) * bytes).
-// `mask[r]` is row r's mask (L bytes); `work` holds R * (L rounded up to 8) floats.
+// loaded once for the R rows. `mask[r]` is row r's mask (L bytes); `work` holds R * (L rounded up to 8) floats.
 template <int R>
-static void attend(const float* q, const uint8_t* keys, const float* key_ranges, const uint8_t* values,
-                   const float* value_ranges, const uint8_t* const* mask, size_t L, size_t D, float scale, float* out,
-                   float* work) {
+static void attend(const float* q, const uint16_t* keys, const uint16_t* values, const uint8_t* const* mask,
+                   size_t L, size_t D, float scale, float* out, float* work) {
     size_t end = 0;  // keys past the last one any of the rows may see are skipped (half of a causal prompt)
     for (int r = 0; r < R; ++r)
         for (size_t p = L; p > end; --p)
@@ -118,12 +93,10 @@ static void attend(const float* q, const uint8_t* keys, const float* key_ranges,
                 break;
             }
     const size_t stride = (L + 7) / 8 * 8;  // work's row length
-    float q_sum[R];
-    for (int r = 0; r < R; ++r) q_sum[r] = std::accumulate(q + r * D, q + (r + 1) * D, 0.f);
     for (size_t p = 0; p < end; ++p) {  // scores = scale * q . k, -inf where masked
         // Ask for the keys a few rows ahead and for the values now: the values pass below then reads them from
         // the cache, not in column strips from memory.
-        for (size_t line = 0; line < D; line += 64) {
+        for (size_t line = 0; line < D * 2; line += 64) {
             _mm_prefetch(reinterpret_cast<const char*>(keys + (p + 8) * D) + line, _MM_HINT_T0);
             _mm_prefetch(reinterpret_cast<const char*>(values + p * D) + line, _MM_HINT_T1);
         }
@@ -131,24 +104,20 @@ static void attend(const float* q, const uint8_t* keys, const float* key_ranges,
         for (int r = 0; r < R; ++r) acc[r][0] = acc[r][1] = _mm256_setzero_ps();
         size_t d = 0;
         for (; d + 16 <= D; d += 16) {  // two chains per row: the FMA latency is not waited on
-            const __m256 k0 = load_bytes(keys + p * D + d), k1 = load_bytes(keys + p * D + d + 8);
+            const __m256 k0 = load_f16(keys + p * D + d), k1 = load_f16(keys + p * D + d + 8);
             for (int r = 0; r < R; ++r) {
                 acc[r][0] = _mm256_fmadd_ps(_mm256_loadu_ps(q + r * D + d), k0, acc[r][0]);
                 acc[r][1] = _mm256_fmadd_ps(_mm256_loadu_ps(q + r * D + d + 8), k1, acc[r][1]);
             }
         }
         if (d < D) {
-            const __m256 k0 = load_bytes(keys + p * D + d);
+            const __m256 k0 = load_f16(keys + p * D + d);
             for (int r = 0; r < R; ++r) acc[r][0] = _mm256_fmadd_ps(_mm256_loadu_ps(q + r * D + d), k0, acc[r][0]);
         }
-        for (int r = 0; r < R; ++r) {
-            const float dot = hsum(_mm256_add_ps(acc[r][0], acc[r][1]));
-            const float score = key_ranges[2 * p] * dot + key_ranges[2 * p + 1] * q_sum[r];
-            work[r * stride + p] = mask[r][p] ? scale * score : -INFINITY;
-        }
+        for (int r = 0; r < R; ++r)
+            work[r * stride + p] = mask[r][p] ? scale * hsum(_mm256_add_ps(acc[r][0], acc[r][1])) : -INFINITY;
     }
     const size_t padded = (end + 7) / 8 * 8;  // exp8 runs on whole vectors: pad with -inf (weight 0)
-    float base[R];
     for (int r = 0; r < R; ++r) {
         float* w = work + r * stride;
         for (size_t p = end; p < padded; ++p) w[p] = -INFINITY;
@@ -162,19 +131,14 @@ static void attend(const float* q, const uint8_t* keys, const float* key_ranges,
             total = _mm256_add_ps(total, e);
         }
         const float sum = hsum(total), inverse = sum > 0.f ? 1.f / sum : 0.f;
-        base[r] = 0.f;
-        for (size_t p = 0; p < end; ++p) {
-            w[p] *= inverse;
-            base[r] += w[p] * value_ranges[2 * p + 1];  // the minimums' share
-            w[p] *= value_ranges[2 * p];                // each byte's weight
-        }
+        for (size_t p = 0; p < end; ++p) w[p] *= inverse;
     }
     for (size_t d = 0; d < D; d += 16) {  // out = weights . values, 16 columns at a time
         __m256 acc[R][2];
         for (int r = 0; r < R; ++r) acc[r][0] = acc[r][1] = _mm256_setzero_ps();
         for (size_t p = 0; p < end; ++p) {
-            const __m256 v0 = load_bytes(values + p * D + d);
-            const __m256 v1 = d + 8 < D ? load_bytes(values + p * D + d + 8) : _mm256_setzero_ps();
+            const __m256 v0 = load_f16(values + p * D + d);
+            const __m256 v1 = d + 8 < D ? load_f16(values + p * D + d + 8) : _mm256_setzero_ps();
             for (int r = 0; r < R; ++r) {
                 const __m256 weight = _mm256_broadcast_ss(work + r * stride + p);
                 acc[r][0] = _mm256_fmadd_ps(weight, v0, acc[r][0]);
@@ -182,9 +146,8 @@ static void attend(const float* q, const uint8_t* keys, const float* key_ranges,
             }
         }
         for (int r = 0; r < R; ++r) {
-            const __m256 shift = _mm256_set1_ps(base[r]);
-            _mm256_storeu_ps(out + r * D + d, _mm256_add_ps(acc[r][0], shift));
-            if (d + 8 < D) _mm256_storeu_ps(out + r * D + d + 8, _mm256_add_ps(acc[r][1], shift));
+            _mm256_storeu_ps(out + r * D + d, acc[r][0]);
+            if (d + 8 < D) _mm256_storeu_ps(out + r * D + d + 8, acc[r][1]);
         }
     }
 }
@@ -226,10 +189,9 @@ public:
         cache.reserve(L);
         const float *qs_ = q.data<const float>(), *ks_ = k.data<const float>(), *vs_ = v.data<const float>();
         ov::parallel_for(B * KV, [&](size_t bh) {
-            for (size_t t = 0, row = bh * cache.capacity + P; t < T; ++t, ++row) {
-                quantize_position(ks_ + (bh * T + t) * D, D, &cache.keys[row * D], &cache.key_ranges[row * 2]);
-                quantize_position(vs_ + (bh * T + t) * D, D, &cache.values[row * D], &cache.value_ranges[row * 2]);
-            }
+            const size_t b = bh / KV, h = bh % KV;
+            to_f16(ks_ + bh * T * D, &cache.keys[cache.offset(b, h, P)], T * D);
+            to_f16(vs_ + bh * T * D, &cache.values[cache.offset(b, h, P)], T * D);
         });
         cache.filled = L;
 
@@ -248,17 +210,14 @@ public:
             for (size_t r = 0; r < rows; ++r)
                 row_mask[r] = masks + ((ms[0] == 1 ? 0 : b) * ms[2] + (ms[2] == 1 ? 0 : t + r)) * L;
             const float* here = qs_ + ((b * H + h) * T + t) * D;
-            const size_t first = cache.row(b, kv, 0);
-            const uint8_t *keys = &cache.keys[first * D], *values = &cache.values[first * D];
-            const float *key_ranges = &cache.key_ranges[first * 2], *value_ranges = &cache.value_ranges[first * 2];
+            const uint16_t* keys = &cache.keys[cache.offset(b, kv, 0)];
+            const uint16_t* values = &cache.values[cache.offset(b, kv, 0)];
             float* there = out + ((b * H + h) * T + t) * D;
             if (rows == ROWS)
-                attend<ROWS>(here, keys, key_ranges, values, value_ranges, row_mask, L, D, scale, there,
-                             work.data());
+                attend<ROWS>(here, keys, values, row_mask, L, D, scale, there, work.data());
             else
                 for (size_t r = 0; r < rows; ++r)
-                    attend<1>(here + r * D, keys, key_ranges, values, value_ranges, row_mask + r, L, D, scale,
-                              there + r * D, work.data());
+                    attend<1>(here + r * D, keys, values, row_mask + r, L, D, scale, there + r * D, work.data());
         });
         return true;
     }
