@@ -76,6 +76,9 @@ static void to_f16(const float* x, uint16_t* y, size_t n) {
                          _mm256_cvtps_ph(_mm256_loadu_ps(x + i), _MM_FROUND_TO_NEAREST_INT));
 }
 
+// n rounded up to whole vectors of 8 floats.
+static inline size_t padded(size_t n) { return (n + 7) / 8 * 8; }
+
 static inline __m256 load_f16(const uint16_t* x) {
     return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(x)));
 }
@@ -92,7 +95,7 @@ static void attend(const float* q, const uint16_t* keys, const uint16_t* values,
                 end = p;
                 break;
             }
-    const size_t stride = (L + 7) / 8 * 8;  // work's row length
+    const size_t stride = padded(L);  // work's row length
     for (size_t p = 0; p < end; ++p) {  // scores = scale * q . k, -inf where masked
         // Ask for the keys a few rows ahead and for the values now: the values pass below then reads them from
         // the cache, not in column strips from memory.
@@ -117,15 +120,15 @@ static void attend(const float* q, const uint16_t* keys, const uint16_t* values,
         for (int r = 0; r < R; ++r)
             work[r * stride + p] = mask[r][p] ? scale * hsum(_mm256_add_ps(acc[r][0], acc[r][1])) : -INFINITY;
     }
-    const size_t padded = (end + 7) / 8 * 8;  // exp8 runs on whole vectors: pad with -inf (weight 0)
+    const size_t vectors_end = padded(end);  // exp8 runs on whole vectors: pad with -inf (weight 0)
     for (int r = 0; r < R; ++r) {
         float* w = work + r * stride;
-        for (size_t p = end; p < padded; ++p) w[p] = -INFINITY;
+        for (size_t p = end; p < vectors_end; ++p) w[p] = -INFINITY;
         float top = -INFINITY;
         for (size_t p = 0; p < end; ++p) top = std::max(top, w[p]);
         if (top == -INFINITY) top = 0.f;  // a row that may see nothing gets zeros
         __m256 total = _mm256_setzero_ps();
-        for (size_t p = 0; p < padded; p += 8) {
+        for (size_t p = 0; p < vectors_end; p += 8) {
             const __m256 e = exp8(_mm256_sub_ps(_mm256_loadu_ps(w + p), _mm256_set1_ps(top)));
             _mm256_storeu_ps(w + p, e);
             total = _mm256_add_ps(total, e);
@@ -205,7 +208,7 @@ public:
             const size_t b = item / (H * blocks), h = item / blocks % H, t = item % blocks * ROWS;
             const size_t rows = std::min(ROWS, T - t), kv = h / (H / KV);
             thread_local std::vector<float> work;
-            work.resize(ROWS * ((L + 7) / 8 * 8));
+            work.resize(ROWS * padded(L));
             const uint8_t* row_mask[ROWS];
             for (size_t r = 0; r < rows; ++r)
                 row_mask[r] = masks + ((ms[0] == 1 ? 0 : b) * ms[2] + (ms[2] == 1 ? 0 : t + r)) * L;

@@ -279,8 +279,7 @@ def use_kv_attention(model: ov.Model) -> int:
             continue
         node = KVAttention([q, new_keys, new_values, mask, scale])
         node.set_friendly_name(sdpa.get_friendly_name())
-        for target in sdpa.output(0).get_target_inputs():
-            target.replace_source_output(node.output(0))
+        _redirect(sdpa.output(0), node.output(0))
         for concat in (keys.get_node(), values.get_node()):
             for target in concat.output(0).get_target_inputs():
                 if _is(target.get_node(), "Assign"):
@@ -296,8 +295,7 @@ def use_kv_attention(model: ov.Model) -> int:
             _, heads, _, head = cache.get_output_partial_shape(0)
             shape = _cache_shape(inputs["inputs_embeds"], inputs["attention_mask"], heads.get_length(),
                                  head.get_length(), shape_of.get_output_element_type(0))
-            for target in shape_of.output(0).get_target_inputs():
-                target.replace_source_output(shape)
+            _redirect(shape_of.output(0), shape)
     return replaced
 
 
@@ -325,8 +323,13 @@ def _replace(matmuls: list, operation, weights) -> None:
         lengths = [op.get_output_partial_shape(0)[-1].get_length() for op in matmuls]
         outputs = opset13.variadic_split(outputs[0], -1, lengths).outputs()
     for matmul, output in zip(matmuls, outputs):
-        for target in matmul.output(0).get_target_inputs():
-            target.replace_source_output(output)
+        _redirect(matmul.output(0), output)
+
+
+def _redirect(old, new) -> None:
+    """Make everything that reads output `old` read `new` instead."""
+    for target in old.get_target_inputs():
+        target.replace_source_output(new)
 
 
 def int4_language_model(folder: Path) -> Path | None:
