@@ -55,7 +55,9 @@ def by_definition(x: np.ndarray, q: np.ndarray, scales: np.ndarray) -> np.ndarra
     return rounded_x(x) @ weights.T
 
 
-@pytest.mark.parametrize("n, k, group", [(70, 256, 128), (36, 128, 64), (9, 192, 192), (64, 384, 128)])
+# K a multiple of 512 takes the AVX-512 prompt path (lane order), groups of 128 its one-token path
+@pytest.mark.parametrize("n, k, group", [(70, 256, 128), (36, 128, 64), (9, 192, 192), (64, 384, 128),
+                                         (21, 1024, 128), (9, 512, 64), (6, 1024, 1024)])
 def test_int4_matmul_equals_its_definition(n, k, group, tmp_path):
     assert kernels.extension() is not None, kernels.why_not()
     rng = np.random.default_rng(n + k)

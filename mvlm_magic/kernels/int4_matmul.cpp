@@ -30,6 +30,13 @@
 #include "openvino/op/op.hpp"
 #include "simd.hpp"
 
+#if defined(__AVX512VNNI__) && defined(__AVX512BW__)
+#define MVLM_AVX512 1
+#include "int4_avx512.hpp"
+#else
+#define MVLM_AVX512 0
+#endif
+
 namespace mvlm {
 
 constexpr size_t BLOCK = 32;  // activation values per int8 scale
@@ -224,6 +231,14 @@ public:
         const uint8_t* w = static_cast<const uint8_t*>(weight.data());
         const uint16_t* s = static_cast<const uint16_t*>(scale.data());
         float* y = outputs[0].data<float>();
+        if (M == 1 && MVLM_AVX512 && G % 128 == 0) {
+            decode_avx512(q, w, s, K, N, G, y);
+            return true;
+        }
+        if (M > 1 && MVLM_AVX512 && K % 512 == 0) {
+            prompt_avx512(q, w, s, M, K, N, G, y);
+            return true;
+        }
         if (M == 1) {  // one token: stream the weights once, 4 rows at a time
             constexpr size_t CHUNK = 16;
             const int8_t* xv = q.values.data();
@@ -265,6 +280,86 @@ public:
         });
         return true;
     }
+
+private:
+#if MVLM_AVX512
+    // One token, 4 weight rows at a time, x in the pair order of avx512::dot_rows.
+    static void decode_avx512(const Quantized& q, const uint8_t* w, const uint16_t* s, size_t K, size_t N, size_t G,
+                              float* y) {
+        constexpr size_t CHUNK = 16;
+        const size_t groups = K / G;
+        thread_local std::vector<int8_t> xv;
+        thread_local std::vector<float> lane_scale;
+        xv.resize(K), lane_scale.resize(K / 4);
+        avx512::to_pair_order(q.values.data(), q.scale.data(), K, xv.data(), lane_scale.data());
+        const int8_t* x = xv.data();
+        const float *xs = lane_scale.data(), *xoffset = q.offset.data();
+        ov::parallel_for((N + CHUNK - 1) / CHUNK, [&](size_t chunk) {
+            size_t n = chunk * CHUNK;
+            const size_t end = std::min(N, n + CHUNK), ahead = PREFETCH_ROWS * K / 2;
+            for (; n + 4 <= end; n += 4)
+                avx512::dot_rows<4>(w + n * K / 2, s + n * groups, x, xs, xoffset, K, G, ahead, y + n);
+            for (; n < end; ++n) avx512::dot_rows<1>(w + n * K / 2, s + n * groups, x, xs, xoffset, K, G, ahead, y + n);
+        });
+    }
+
+    // A prompt: x and each chunk of weight rows in lane order, then tiles of 4 weight rows x XR x rows.
+    static void prompt_avx512(const Quantized& q, const uint8_t* w, const uint16_t* s, size_t M, size_t K, size_t N,
+                              size_t G, float* y) {
+        constexpr size_t CHUNK = 16;
+        constexpr int XR = 3;
+        const size_t groups = K / G, blocks = K / BLOCK;
+        thread_local std::vector<int8_t> lanes;
+        lanes.resize(M * K);
+        int8_t* x = lanes.data();
+        ov::parallel_for(M, [&](size_t m) {
+            for (size_t run = 0; run < K; run += avx512::RUN)
+                avx512::to_lane_order(reinterpret_cast<const uint8_t*>(&q.values[m * K + run]),
+                                      reinterpret_cast<uint8_t*>(x + m * K + run));
+        });
+        ov::parallel_for((N + CHUNK - 1) / CHUNK, [&](size_t chunk) {
+            thread_local std::vector<uint8_t> unpacked, natural;
+            thread_local std::vector<float> wscale;
+            const size_t first = chunk * CHUNK, rows = std::min(N, first + CHUNK) - first;
+            unpacked.resize(rows * K), natural.resize(K), wscale.resize(rows * blocks);
+            for (size_t r = 0; r < rows; ++r) {
+                for (size_t c = 0; c < K / 64; ++c) {
+                    __m256i w0, w1;
+                    unpack_64(w + (first + r) * K / 2 + c * 32, w0, w1);
+                    _mm256_storeu_si256(reinterpret_cast<__m256i*>(&natural[c * 64]), w0);
+                    _mm256_storeu_si256(reinterpret_cast<__m256i*>(&natural[c * 64 + BLOCK]), w1);
+                }
+                for (size_t run = 0; run < K; run += avx512::RUN)
+                    avx512::to_lane_order(&natural[run], &unpacked[r * K + run]);
+                for (size_t b = 0; b < blocks; ++b) wscale[r * blocks + b] = _cvtsh_ss(s[(first + r) * groups + b * BLOCK / G]);
+            }
+            const float *xs = q.scale.data(), *xo = q.offset.data();
+            for (size_t m = 0; m < M;) {
+                const size_t xr = M - m >= XR ? XR : 1;
+                for (size_t r = 0; r < rows;) {
+                    const size_t wr = rows - r >= 4 ? 4 : 1;
+                    const uint8_t* wr_ = &unpacked[r * K];
+                    const float* wsr = &wscale[r * blocks];
+                    float* out = y + m * N + first + r;
+                    if (wr == 4 && xr == XR)
+                        avx512::tile<4, XR>(wr_, wsr, x + m * K, xs + m * blocks, xo + m * blocks, K, out, N);
+                    else if (wr == 4)
+                        avx512::tile<4, 1>(wr_, wsr, x + m * K, xs + m * blocks, xo + m * blocks, K, out, N);
+                    else if (xr == XR)
+                        avx512::tile<1, XR>(wr_, wsr, x + m * K, xs + m * blocks, xo + m * blocks, K, out, N);
+                    else
+                        avx512::tile<1, 1>(wr_, wsr, x + m * K, xs + m * blocks, xo + m * blocks, K, out, N);
+                    r += wr;
+                }
+                m += xr;
+            }
+        });
+    }
+#else
+    static void decode_avx512(const Quantized&, const uint8_t*, const uint16_t*, size_t, size_t, size_t, float*) {}
+    static void prompt_avx512(const Quantized&, const uint8_t*, const uint16_t*, size_t, size_t, size_t, size_t,
+                              float*) {}
+#endif
 };
 
 // Int8MatMul: the same for NNCF's asymmetric int8 weights with one zero point and scale per row (the head).
