@@ -5,13 +5,15 @@
 // (FullyConnectedCompressed, brgemm_avx2_f32) and reads memory at ~45-60% of its bandwidth, so decoding one
 // token takes about twice what reading the weights takes. Here the activations are quantized to int8 (one
 // scale per 32 values, as llama.cpp's Q8_0) and multiplied with the int4 weights in integer arithmetic
-// (AVX2 vpmaddubsw), which keeps up with memory. Measurements: docs/benchmarks.md.
+// (AVX2 vpmaddubsw; on CPUs with AVX-512 VNNI vpdpbusd, int4_avx512.hpp), which keeps up with memory.
+// Measurements: docs/benchmarks.md.
 //
 // Inputs (the weight constants are NNCF's own bytes, never requantized):
 //   0  x       f32 (..., K)
 //   1  weight  u8  (N, K/2)    two int4 values per byte, each stored as value + 8 (0..15); per 64 inputs,
-//                               32 bytes: byte i holds input i in its low nibble and input 32 + i in its high
-//                               one, so that one load and two masks give 64 weights in order
+//                               32 bytes (a "unit"): byte i holds input i in its low nibble and input 32 + i in
+//                               its high one, so that one load and two masks give 64 weights in order. Rows in
+//                               panels of 4, interleaved by units (see unit_at): a token reads one stream.
 //   2  scale   u8  (N, 2K/G)   one f16 scale per group of G consecutive inputs (G a multiple of 64), as its two
 //                               bytes: the CPU plugin hands f16 and u16 inputs over as f32 / i32, twice the bytes
 // Output: f32 (..., N).
@@ -30,21 +32,19 @@
 #include "openvino/op/op.hpp"
 #include "simd.hpp"
 
-#if defined(__AVX512VNNI__) && defined(__AVX512BW__)
-#define MVLM_AVX512 1
-#include "int4_avx512.hpp"
-#else
-#define MVLM_AVX512 0
-#endif
-
 namespace mvlm {
 
 constexpr size_t BLOCK = 32;  // activation values per int8 scale
-// Ask for the weights of the next 4 rows at the position being read: the hardware prefetcher stops at 4 KB
-// pages (mapped file pages here). A single-token MatMul went from ~8 to ~14 GB/s with a prefetch 4 KB ahead,
-// and the down projection (rows of 2816 bytes, where 4 KB ahead is not a row start) from ~14 to ~18 GB/s
-// with 4 rows ahead instead.
-constexpr size_t PREFETCH_ROWS = 4;
+constexpr size_t PANEL = 4;   // weight rows interleaved by 32-byte units
+constexpr size_t UNIT = 32;
+
+// Where unit c (32 bytes) of weight row n is, for rows of `row_bytes` in panels of 4: panel p holds rows
+// 4p..4p+3 as unit 0 of each row, then unit 1 of each, ...; a last panel of fewer rows the same way.
+// (runtime/kernels.py's `panels` writes this order.)
+static inline const uint8_t* unit_at(const uint8_t* w, size_t n, size_t c, size_t row_bytes, size_t N) {
+    const size_t panel = n / PANEL, rows = std::min(PANEL, N - panel * PANEL);
+    return w + panel * PANEL * row_bytes + (c * rows + n % PANEL) * UNIT;
+}
 
 // Rows of x, quantized: the values, each block of 32's scale, and 8 * scale * sum (what the +8 of the
 // stored nibbles adds).
@@ -77,11 +77,23 @@ static inline void unpack_64(const uint8_t* bytes, __m256i& first, __m256i& seco
     second = _mm256_and_si256(_mm256_srli_epi16(packed, 4), _mm256_set1_epi8(0x0F));
 }
 
-// y[r] = sum over K of dequantized weight row r * x, for ROWS consecutive weight rows against one x row.
-// Each x block is loaded once for all rows; the rows' sums are independent chains.
+}  // namespace mvlm
+
+#if defined(__AVX512VNNI__) && defined(__AVX512BW__)
+#define MVLM_AVX512 1
+#include "int4_avx512.hpp"
+#else
+#define MVLM_AVX512 0
+#endif
+
+namespace mvlm {
+
+// y[r] = sum over K of dequantized weight row r * x, for ROWS rows of one panel of `rows` rows (`weight` points
+// at the first one's unit 0) against one x row. Each x block is loaded once for all rows; the rows' sums are
+// independent chains. `ahead`: how far ahead to ask for weights (the hardware prefetcher stops at 4 KB pages).
 template <int ROWS>
-static void dot_rows(const uint8_t* weight, const uint16_t* scale, const int8_t* xv, const float* xscale,
-                     const float* xoffset, size_t K, size_t G, float* y) {
+static void dot_rows(const uint8_t* weight, size_t rows, const uint16_t* scale, const int8_t* xv, const float* xscale,
+                     const float* xoffset, size_t K, size_t G, size_t ahead, float* y) {
     const __m256i ones = _mm256_set1_epi16(1);
     const size_t groups = K / G, chunks_per_group = G / 64;
     __m256 acc[ROWS];
@@ -97,8 +109,8 @@ static void dot_rows(const uint8_t* weight, const uint16_t* scale, const int8_t*
             const __m256 s0 = _mm256_set1_ps(xscale[2 * c]), s1 = _mm256_set1_ps(xscale[2 * c + 1]);
             group_offset += xoffset[2 * c] + xoffset[2 * c + 1];
             for (int r = 0; r < ROWS; ++r) {
-                const uint8_t* here = weight + r * K / 2 + c * 32;
-                if (c % 2 == 0) _mm_prefetch(reinterpret_cast<const char*>(here + PREFETCH_ROWS * K / 2), _MM_HINT_T0);
+                const uint8_t* here = weight + (c * rows + r) * UNIT;
+                if (r % 2 == 0) _mm_prefetch(reinterpret_cast<const char*>(here + ahead), _MM_HINT_T0);
                 __m256i w0, w1;
                 unpack_64(here, w0, w1);
                 const __m256i p0 = _mm256_madd_epi16(_mm256_maddubs_epi16(w0, v0), ones);  // 8 x i32
@@ -150,11 +162,12 @@ static void dot_unpacked(const uint8_t* w, const uint16_t* scale, const Quantize
     for (int i = 0; i < XR; ++i) y[i * y_stride] = hsum(acc[i]) - offset[i];
 }
 
-// int8 weights (the output head), in x's order:
-// sums[r] = sum over blocks of x scale * (weight . x values), 4 rows at a time. Signed * signed through
-// vpmaddubsw's unsigned * signed: |w| * (x with w's sign).
+// int8 weights (the output head), in x's order, rows in panels as the int4 ones (a unit: 32 inputs):
+// sums[r] = sum over blocks of x scale * (weight . x values). Signed * signed through vpmaddubsw's
+// unsigned * signed: |w| * (x with w's sign).
 template <int ROWS>
-static void dot_rows_int8(const int8_t* weight, const int8_t* xv, const float* xscale, size_t K, float* sums) {
+static void dot_rows_int8(const int8_t* weight, size_t rows, const int8_t* xv, const float* xscale, size_t K,
+                          size_t ahead, float* sums) {
     const __m256i ones = _mm256_set1_epi16(1);
     __m256 acc[ROWS];
     for (int r = 0; r < ROWS; ++r) acc[r] = _mm256_setzero_ps();
@@ -162,8 +175,8 @@ static void dot_rows_int8(const int8_t* weight, const int8_t* xv, const float* x
         const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xv + b * BLOCK));
         const __m256 sv = _mm256_set1_ps(xscale[b]);
         for (int r = 0; r < ROWS; ++r) {
-            const int8_t* here = weight + r * K + b * BLOCK;
-            if (b % 2 == 0) _mm_prefetch(reinterpret_cast<const char*>(here + PREFETCH_ROWS * K), _MM_HINT_T0);
+            const int8_t* here = weight + (b * rows + r) * UNIT;
+            if (r % 2 == 0) _mm_prefetch(reinterpret_cast<const char*>(here + ahead), _MM_HINT_T0);
             const __m256i w = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(here));
             const __m256i products = _mm256_madd_epi16(
                 _mm256_maddubs_epi16(_mm256_sign_epi8(w, w), _mm256_sign_epi8(v, w)), ones);
@@ -216,6 +229,17 @@ public:
     bool has_evaluate() const override { return true; }
 };
 
+// Each thread takes whole panels, 4 at a time: `work(first row, rows)` for each panel.
+template <class Work>
+static void for_each_panel(size_t N, const Work& work) {
+    constexpr size_t PANELS = 4;
+    const size_t panels = (N + PANEL - 1) / PANEL;
+    ov::parallel_for((panels + PANELS - 1) / PANELS, [&](size_t chunk) {
+        for (size_t p = chunk * PANELS; p < std::min(panels, (chunk + 1) * PANELS); ++p)
+            work(p * PANEL, std::min(PANEL, N - p * PANEL));
+    });
+}
+
 class Int4MatMul : public WeightMatMul<Int4MatMul> {
 public:
     OPENVINO_OP("Int4MatMul", "mvlm");
@@ -231,28 +255,28 @@ public:
         const uint8_t* w = static_cast<const uint8_t*>(weight.data());
         const uint16_t* s = static_cast<const uint16_t*>(scale.data());
         float* y = outputs[0].data<float>();
-        if (M == 1 && MVLM_AVX512 && G % 128 == 0) {
-            decode_avx512(q, w, s, K, N, G, y);
-            return true;
-        }
-        if (M > 1 && MVLM_AVX512 && K % 512 == 0) {
-            prompt_avx512(q, w, s, M, K, N, G, y);
-            return true;
-        }
-        if (M == 1) {  // one token: stream the weights once, 4 rows at a time
-            constexpr size_t CHUNK = 16;
+        if (M == 1) {  // one token: stream the weights once, a panel at a time
             const int8_t* xv = q.values.data();
             const float *xscale = q.scale.data(), *xoffset = q.offset.data();
-            ov::parallel_for((N + CHUNK - 1) / CHUNK, [&](size_t chunk) {
-                size_t n = chunk * CHUNK;
-                const size_t end = std::min(N, n + CHUNK);
-                for (; n + 4 <= end; n += 4)
-                    dot_rows<4>(w + n * K / 2, s + n * groups, xv, xscale, xoffset, K, G, y + n);
-                for (; n < end; ++n)
-                    dot_rows<1>(w + n * K / 2, s + n * groups, xv, xscale, xoffset, K, G, y + n);
+            for_each_panel(N, [&](size_t n, size_t rows) {
+                const uint8_t* panel = w + n * K / 2;
+#if MVLM_AVX512
+                if (rows == PANEL)
+                    return avx512::dot_panel(panel, s + n * groups, xv, xscale, xoffset, K, G, y + n);
+#endif
+                if (rows == PANEL) return dot_rows<4>(panel, rows, s + n * groups, xv, xscale, xoffset, K, G,
+                                                      PANEL * K / 2, y + n);
+                for (size_t r = 0; r < rows; ++r)
+                    dot_rows<1>(panel + r * UNIT, rows, s + (n + r) * groups, xv, xscale, xoffset, K, G, 0, y + n + r);
             });
             return true;
         }
+#if MVLM_AVX512
+        if (K % avx512::RUN == 0) {
+            avx512::prompt(q, w, s, M, K, N, G, y);
+            return true;
+        }
+#endif
         std::vector<float> group_offsets(M * groups, 0.f);  // the offsets summed per weight group
         for (size_t i = 0; i < M * blocks; ++i)
             group_offsets[i / blocks * groups + i % blocks / (G / BLOCK)] += q.offset[i];
@@ -265,7 +289,7 @@ public:
             for (size_t r = 0; r < rows; ++r)
                 for (size_t c = 0; c < K / 64; ++c) {
                     __m256i w0, w1;
-                    unpack_64(w + (first + r) * K / 2 + c * 32, w0, w1);
+                    unpack_64(unit_at(w, first + r, c, K / 2, N), w0, w1);
                     _mm256_storeu_si256(reinterpret_cast<__m256i*>(&unpacked[r * K + c * 64]), w0);
                     _mm256_storeu_si256(reinterpret_cast<__m256i*>(&unpacked[r * K + c * 64 + BLOCK]), w1);
                 }
@@ -280,90 +304,10 @@ public:
         });
         return true;
     }
-
-private:
-#if MVLM_AVX512
-    // One token, 4 weight rows at a time, x in the pair order of avx512::dot_rows.
-    static void decode_avx512(const Quantized& q, const uint8_t* w, const uint16_t* s, size_t K, size_t N, size_t G,
-                              float* y) {
-        constexpr size_t CHUNK = 16;
-        const size_t groups = K / G;
-        thread_local std::vector<int8_t> xv;
-        thread_local std::vector<float> lane_scale;
-        xv.resize(K), lane_scale.resize(K / 4);
-        avx512::to_pair_order(q.values.data(), q.scale.data(), K, xv.data(), lane_scale.data());
-        const int8_t* x = xv.data();
-        const float *xs = lane_scale.data(), *xoffset = q.offset.data();
-        ov::parallel_for((N + CHUNK - 1) / CHUNK, [&](size_t chunk) {
-            size_t n = chunk * CHUNK;
-            const size_t end = std::min(N, n + CHUNK), ahead = PREFETCH_ROWS * K / 2;
-            for (; n + 4 <= end; n += 4)
-                avx512::dot_rows<4>(w + n * K / 2, s + n * groups, x, xs, xoffset, K, G, ahead, y + n);
-            for (; n < end; ++n) avx512::dot_rows<1>(w + n * K / 2, s + n * groups, x, xs, xoffset, K, G, ahead, y + n);
-        });
-    }
-
-    // A prompt: x and each chunk of weight rows in lane order, then tiles of 4 weight rows x XR x rows.
-    static void prompt_avx512(const Quantized& q, const uint8_t* w, const uint16_t* s, size_t M, size_t K, size_t N,
-                              size_t G, float* y) {
-        constexpr size_t CHUNK = 16;
-        constexpr int XR = 3;
-        const size_t groups = K / G, blocks = K / BLOCK;
-        thread_local std::vector<int8_t> lanes;
-        lanes.resize(M * K);
-        int8_t* x = lanes.data();
-        ov::parallel_for(M, [&](size_t m) {
-            for (size_t run = 0; run < K; run += avx512::RUN)
-                avx512::to_lane_order(reinterpret_cast<const uint8_t*>(&q.values[m * K + run]),
-                                      reinterpret_cast<uint8_t*>(x + m * K + run));
-        });
-        ov::parallel_for((N + CHUNK - 1) / CHUNK, [&](size_t chunk) {
-            thread_local std::vector<uint8_t> unpacked, natural;
-            thread_local std::vector<float> wscale;
-            const size_t first = chunk * CHUNK, rows = std::min(N, first + CHUNK) - first;
-            unpacked.resize(rows * K), natural.resize(K), wscale.resize(rows * blocks);
-            for (size_t r = 0; r < rows; ++r) {
-                for (size_t c = 0; c < K / 64; ++c) {
-                    __m256i w0, w1;
-                    unpack_64(w + (first + r) * K / 2 + c * 32, w0, w1);
-                    _mm256_storeu_si256(reinterpret_cast<__m256i*>(&natural[c * 64]), w0);
-                    _mm256_storeu_si256(reinterpret_cast<__m256i*>(&natural[c * 64 + BLOCK]), w1);
-                }
-                for (size_t run = 0; run < K; run += avx512::RUN)
-                    avx512::to_lane_order(&natural[run], &unpacked[r * K + run]);
-                for (size_t b = 0; b < blocks; ++b) wscale[r * blocks + b] = _cvtsh_ss(s[(first + r) * groups + b * BLOCK / G]);
-            }
-            const float *xs = q.scale.data(), *xo = q.offset.data();
-            for (size_t m = 0; m < M;) {
-                const size_t xr = M - m >= XR ? XR : 1;
-                for (size_t r = 0; r < rows;) {
-                    const size_t wr = rows - r >= 4 ? 4 : 1;
-                    const uint8_t* wr_ = &unpacked[r * K];
-                    const float* wsr = &wscale[r * blocks];
-                    float* out = y + m * N + first + r;
-                    if (wr == 4 && xr == XR)
-                        avx512::tile<4, XR>(wr_, wsr, x + m * K, xs + m * blocks, xo + m * blocks, K, out, N);
-                    else if (wr == 4)
-                        avx512::tile<4, 1>(wr_, wsr, x + m * K, xs + m * blocks, xo + m * blocks, K, out, N);
-                    else if (xr == XR)
-                        avx512::tile<1, XR>(wr_, wsr, x + m * K, xs + m * blocks, xo + m * blocks, K, out, N);
-                    else
-                        avx512::tile<1, 1>(wr_, wsr, x + m * K, xs + m * blocks, xo + m * blocks, K, out, N);
-                    r += wr;
-                }
-                m += xr;
-            }
-        });
-    }
-#else
-    static void decode_avx512(const Quantized&, const uint8_t*, const uint16_t*, size_t, size_t, size_t, float*) {}
-    static void prompt_avx512(const Quantized&, const uint8_t*, const uint16_t*, size_t, size_t, size_t, size_t,
-                              float*) {}
-#endif
 };
 
 // Int8MatMul: the same for NNCF's asymmetric int8 weights with one zero point and scale per row (the head).
-// Inputs: x f32 (..., K); weight i8 (N, K) = stored u8 - 128;
+// Inputs: x f32 (..., K); weight i8 (N, K) = stored u8 - 128, rows in panels of 4 interleaved by 32 bytes;
 // zero f32 (N) = zero point - 128; scale f32 (N). Output f32 (..., N) = scale * (weight - zero) . x
 class Int8MatMul : public WeightMatMul<Int8MatMul> {
 public:
@@ -383,19 +327,21 @@ public:
         std::vector<float> x_sum(M, 0.f);  // each row's sum of quantized x (offset = 8 * scale * sum)
         for (size_t m = 0; m < M; ++m)
             for (size_t b = 0; b < blocks; ++b) x_sum[m] += q.offset[m * blocks + b] / 8.f;
-        constexpr size_t CHUNK = 16;
-        ov::parallel_for((N + CHUNK - 1) / CHUNK, [&](size_t chunk) {
-            const size_t end = std::min(N, (chunk + 1) * CHUNK);
-            float sums[4];
+        for_each_panel(N, [&](size_t n, size_t rows) {
+            const int8_t* panel = w + n * K;
+            float sums[PANEL];
             for (size_t m = 0; m < M; ++m) {
-                for (size_t n = chunk * CHUNK; n < end;) {
-                    const int rows = n + 4 <= end ? 4 : 1;
-                    if (rows == 4)
-                        dot_rows_int8<4>(w + n * K, &q.values[m * K], &q.scale[m * blocks], K, sums);
-                    else
-                        dot_rows_int8<1>(w + n * K, &q.values[m * K], &q.scale[m * blocks], K, sums);
-                    for (int r = 0; r < rows; ++r, ++n) y[m * N + n] = scale[n] * (sums[r] - zero[n] * x_sum[m]);
-                }
+                const int8_t* xv = &q.values[m * K];
+                const float* xs = &q.scale[m * blocks];
+#if MVLM_AVX512
+                if (rows == PANEL) avx512::dot_panel_int8(panel, xv, xs, K, sums);
+                else
+#endif
+                if (rows == PANEL) dot_rows_int8<4>(panel, rows, xv, xs, K, PANEL * K, sums);
+                else
+                    for (size_t r = 0; r < rows; ++r) dot_rows_int8<1>(panel + r * UNIT, rows, xv, xs, K, 0, sums + r);
+                for (size_t r = 0; r < rows; ++r)
+                    y[m * N + n + r] = scale[n + r] * (sums[r] - zero[n + r] * x_sum[m]);
             }
         });
         return true;

@@ -36,7 +36,7 @@ from ..cache import default_cache_dir
 from .device import core
 
 SOURCE = Path(__file__).resolve().parent.parent / "kernels" / "extension.cpp"  # includes the others: one library
-FORMAT = 7  # part of the derived IR's name: bump when what the copy holds changes
+FORMAT = 8  # part of the derived IR's name: bump when what the copy holds changes
 NEEDED_FLAGS = {"avx2", "fma", "f16c"}
 AVX512_FLAGS = NEEDED_FLAGS | {"avx512f", "avx512bw", "avx512vl", "avx512_vnni"}  # our VNNI paths (int4_avx512.hpp)
 COMPILER_FLAGS = {"avx2": ["-mavx2", "-mfma", "-mf16c"],
@@ -237,6 +237,17 @@ def _int8_weight(matmul) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
     return values, zeros, scale.get_data().astype(np.float32).reshape(n)
 
 
+def panels(rows: np.ndarray, unit: int = 32) -> np.ndarray:
+    """Weight rows (N, B bytes) in the operations' order: panels of 4 rows interleaved by `unit` bytes (unit 0 of
+    each of the 4 rows, then unit 1, ...), a last panel of fewer rows the same way; the shape stays (N, B).
+    A token then reads one stream instead of 4 (int4_matmul.cpp's `unit_at` reads this order)."""
+    n, width = rows.shape
+    full = n // 4 * 4
+    body = rows[:full].reshape(n // 4, 4, width // unit, unit).transpose(0, 2, 1, 3)
+    rest = rows[full:].reshape(n - full, width // unit, unit).transpose(1, 0, 2)
+    return np.concatenate([body.reshape(-1), rest.reshape(-1)]).reshape(n, width)
+
+
 def rewrite_int4_matmuls(model: ov.Model) -> int:
     """Replace the symmetric-int4 MatMuls of `model` by Int4MatMul, in place, and, where there were any, the
     per-row int8 ones (the head) by Int8MatMul; returns how many int4 MatMuls it replaced.
@@ -254,11 +265,12 @@ def rewrite_int4_matmuls(model: ov.Model) -> int:
         matmuls = [op for op, _ in group]
         packed = np.concatenate([weights[0] for _, weights in group])  # (sum of N, K/2)
         scales = np.concatenate([weights[1] for _, weights in group])  # (sum of N, groups)
-        _replace(matmuls, Int4MatMul, (packed, scales))
+        _replace(matmuls, Int4MatMul, (panels(packed), scales))
     int8 = [(op, _int8_weight(op)) for op, weights in found if weights is None] if int4 else []
     for op, weights in int8:
         if weights is not None:
-            _replace([op], Int8MatMul, weights)
+            values, zeros, scales = weights
+            _replace([op], Int8MatMul, (panels(values), zeros, scales))
     return len(int4)
 
 
