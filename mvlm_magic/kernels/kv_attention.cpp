@@ -50,6 +50,14 @@ static inline __m256 exp8(__m256 x) {
     return _mm256_and_ps(_mm256_mul_ps(p, _mm256_castsi256_ps(power)), keep);
 }
 
+// Vectors of 8 columns a one-row values pass keeps: all 16 of the AVX2 registers would spill; with AVX-512
+// there are 32 (a head of 128 in one pass).
+#if defined(__AVX512F__)
+constexpr size_t WIDE_VECTORS = 16;
+#else
+constexpr size_t WIDE_VECTORS = 8;
+#endif
+
 // Keys and values of every position so far, f16, (batch, kv heads, capacity, D) each.
 struct KVCache {
     size_t batch = 0, heads = 0, dim = 0, capacity = 0, filled = 0;
@@ -136,22 +144,24 @@ static void attend(const float* q, const uint16_t* keys, const uint16_t* values,
         const float sum = hsum(total), inverse = sum > 0.f ? 1.f / sum : 0.f;
         for (size_t p = 0; p < end; ++p) w[p] *= inverse;
     }
-    for (size_t d = 0; d < D; d += 16) {  // out = weights . values, 16 columns at a time
-        __m256 acc[R][2];
-        for (int r = 0; r < R; ++r) acc[r][0] = acc[r][1] = _mm256_setzero_ps();
+    // out = weights . values, COLS columns at a time: each pass reads every value row once (a token's query
+    // takes the widest passes the registers hold: 8 passes of 16 columns made decode L2-bound).
+    constexpr size_t VECTORS = R > 1 ? 2 : WIDE_VECTORS, COLS = 8 * VECTORS;
+    for (size_t d = 0; d < D; d += COLS) {
+        const size_t vectors = std::min(COLS, D - d) / 8;
+        __m256 acc[R][VECTORS];
+        for (int r = 0; r < R; ++r)
+            for (size_t c = 0; c < VECTORS; ++c) acc[r][c] = _mm256_setzero_ps();
         for (size_t p = 0; p < end; ++p) {
-            const __m256 v0 = load_f16(values + p * D + d);
-            const __m256 v1 = d + 8 < D ? load_f16(values + p * D + d + 8) : _mm256_setzero_ps();
-            for (int r = 0; r < R; ++r) {
-                const __m256 weight = _mm256_broadcast_ss(work + r * stride + p);
-                acc[r][0] = _mm256_fmadd_ps(weight, v0, acc[r][0]);
-                acc[r][1] = _mm256_fmadd_ps(weight, v1, acc[r][1]);
+            __m256 weight[R];
+            for (int r = 0; r < R; ++r) weight[r] = _mm256_broadcast_ss(work + r * stride + p);
+            for (size_t c = 0; c < vectors; ++c) {
+                const __m256 v = load_f16(values + p * D + d + 8 * c);
+                for (int r = 0; r < R; ++r) acc[r][c] = _mm256_fmadd_ps(weight[r], v, acc[r][c]);
             }
         }
-        for (int r = 0; r < R; ++r) {
-            _mm256_storeu_ps(out + r * D + d, acc[r][0]);
-            if (d + 8 < D) _mm256_storeu_ps(out + r * D + d + 8, acc[r][1]);
-        }
+        for (int r = 0; r < R; ++r)
+            for (size_t c = 0; c < vectors; ++c) _mm256_storeu_ps(out + r * D + d + 8 * c, acc[r][c]);
     }
 }
 
