@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import sys
 import time
@@ -46,6 +47,8 @@ def run_ours(args) -> dict:
     started = time.perf_counter()
     ov_config = dict(item.split("=", 1) for item in args.ov_config)
     kernels = ov_config.pop("kernels", "auto")  # a variant "kernels=off" runs OpenVINO's own int4 path
+    if "isa" in ov_config:  # "isa=avx2": our operations' AVX2 build on an AVX-512 CPU
+        os.environ["MVLM_KERNEL_ISA"] = ov_config.pop("isa")
     engine = Engine(args.export, threads=THREADS, precision=args.precision, ov_config=ov_config, kernels=kernels)
     load_s = time.perf_counter() - started
     warm = engine.new_chat(picture()).ask("Hello there, what is this?", max_new_tokens=4, ignore_eos=True)

@@ -3,6 +3,10 @@ used by the engine, and answers as good as OpenVINO's own int4 path."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 import openvino as ov
 import pytest
@@ -74,6 +78,41 @@ def test_int4_matmul_equals_its_definition(n, k, group, tmp_path):
         scale = np.abs(y).max()
         np.testing.assert_allclose(y, by_definition(x, q, scales), atol=2e-5 * scale)
         assert np.abs(y - plain(x)[0]).max() < 0.02 * scale  # OpenVINO's own f32 path: int8 activations only
+
+
+@pytest.mark.skipif(kernels.instruction_set() != "avx512", reason="the AVX2 build is the one the tests above run")
+def test_the_avx2_build_passes_the_same_checks():
+    """On an AVX-512 CPU the tests above run the AVX-512 build; the AVX2 one (CPUs without VNNI) in a process of
+    its own, since one OpenVINO core cannot hold both."""
+    run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__,
+                          "-k", "equals_its_definition or one_input"], env={**os.environ, "MVLM_KERNEL_ISA": "avx2"},
+                         capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stdout[-3000:]
+    assert " passed" in run.stdout and " skipped" not in run.stdout
+
+
+def test_the_operations_run_where_they_are_faster(monkeypatch):
+    avx2 = {"avx2", "fma", "f16c"}
+    avx512 = avx2 | {"avx512f", "avx512bw", "avx512vl", "avx512_vnni"}
+    monkeypatch.delenv("MVLM_KERNEL_ISA", raising=False)
+    # (flags, build, used by "auto"): AVX-VNNI without AVX-512 has OpenVINO's int8 path and no build of ours
+    for flags, isa, helps in ((avx2, "avx2", True), (avx512, "avx512", True), (avx2 | {"avx_vnni"}, "avx2", False),
+                              ({"sse4_2"}, None, False)):
+        monkeypatch.setattr(kernels, "cpu_flags", lambda flags=flags: set(flags))
+        assert (kernels.instruction_set(), kernels.helps_here()) == (isa, helps), flags
+    monkeypatch.setattr(kernels, "cpu_flags", lambda: avx512)
+    monkeypatch.setenv("MVLM_KERNEL_ISA", "avx2")
+    assert kernels.instruction_set() == "avx2"
+
+
+def test_panels_put_each_unit_where_the_operations_read_it():
+    rows = np.arange(7 * 4 * 32).reshape(7, 4 * 32)  # 7 rows of 4 units: a panel of 4 and one of 3
+    units = kernels.panels(rows).reshape(-1, 32)
+    for n in range(7):
+        panel, row = divmod(n, 4)
+        rows_in_panel = min(4, 7 - 4 * panel)
+        for c in range(4):  # int4_matmul.cpp's unit_at
+            np.testing.assert_array_equal(units[panel * 4 * 4 + c * rows_in_panel + row], rows[n, c * 32:(c + 1) * 32])
 
 
 def test_groups_smaller_than_64_stay_with_openvino():

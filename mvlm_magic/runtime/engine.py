@@ -107,7 +107,7 @@ class Engine:
 
     def language_model_file(self, kernels: str) -> Path:
         """language.xml, or its copy with our operations (int4 MatMul, attention; runtime/kernels.py) where faster:
-        `kernels` is "auto" (on CPUs without VNNI), "on" (wherever it builds) or "off"."""
+        `kernels` is "auto" (where they are faster: kernels.helps_here()), "on" (wherever they build) or "off"."""
         if kernels not in ("auto", "on", "off"):
             raise MvlmError(f"kernels must be 'auto', 'on' or 'off', not {kernels!r}.")
         plain = self.folder / "language.xml"

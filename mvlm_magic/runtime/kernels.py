@@ -2,19 +2,23 @@
 
 OpenVINO 2026.4 multiplies NNCF's int4 weights in integer arithmetic only on CPUs with VNNI (AVX-512 or
 AVX-VNNI). Elsewhere it decompresses them to f32 first and reads memory at ~45% of the machine's bandwidth,
-so decoding a token takes about twice as long as reading the weights (docs/benchmarks.md). The operation in
-`mvlm_magic/kernels/int4_matmul.cpp` quantizes the activations to int8 instead and keeps up with memory; the
-one in `kv_attention.cpp` keeps the key/value cache itself, where OpenVINO's fused attention spends ~0.4 ms per
-layer and token at a few hundred cached positions on such CPUs.
+so decoding a token takes about twice as long as reading the weights; with AVX-512 VNNI it runs prompts in
+bf16 and decodes at ~0.6x of memory speed (docs/benchmarks.md). The operation in
+`mvlm_magic/kernels/int4_matmul.cpp` quantizes the activations to int8 and multiplies in integer arithmetic
+(AVX2, or AVX-512 VNNI where the CPU has it: `int4_avx512.hpp`), reading memory as one stream; the one in
+`kv_attention.cpp` keeps the key/value cache itself, where OpenVINO's fused attention spends ~0.4 ms per layer
+and token at a few hundred cached positions on AVX2 CPUs.
 
 How it is used:
-1. `extension()` compiles the C++ files once per OpenVINO version with the system's C++ compiler (our own
-   shipped source, nothing downloaded) into the cache folder, and registers them with OpenVINO.
+1. `extension()` compiles the C++ files once per OpenVINO version and instruction set (`instruction_set()`)
+   with the system's C++ compiler (our own shipped source, nothing downloaded) into the cache folder, and
+   registers them with OpenVINO.
 2. `int4_language_model(folder)` writes, once per export, a copy of the language IR in which the symmetric int4
    MatMuls are replaced by Int4MatMul (the same weights in its order, the same scales; those reading one input,
    such as q/k/v, as one operation), the int8 head by Int8MatMul and each attention with its cache by KVAttention.
-3. The engine compiles that copy instead of language.xml. Without a compiler, on other CPUs, for f32
-   answers or non-int4 exports, everything stays as it was.
+   The copy is the same for both instruction sets.
+3. The engine compiles that copy instead of language.xml where `helps_here()`. Without a compiler, on other
+   CPUs, for f32 answers or non-int4 exports, everything stays as it was.
 """
 
 from __future__ import annotations
