@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from xml.etree import ElementTree
 
 import numpy as np
 import openvino as ov
@@ -224,6 +225,8 @@ def test_the_language_model_of_an_int4_export_is_rewritten_once(exported):
     assert types.count("KVAttention") == layers and "ScaledDotProductAttention" not in types
     assert not model.get_variables() and not model.get_sinks()  # the operation keeps the cache
     assert "beam_idx" in {name for p in model.get_parameters() for name in p.output(0).get_names()}  # still fed
+    offsets = [int(data.get("offset")) for data in ElementTree.parse(derived).iter("data") if data.get("offset")]
+    assert offsets and not any(offset % 64 for offset in offsets)  # every constant on a cache line of its own
     assert kernels.int4_language_model(folder) == derived  # cached
     assert not list(folder.glob(".int4-*"))  # written under a temporary name, renamed into place
     assert kernels.int4_language_model(exported("v2", "int8")) is None  # nothing to rewrite

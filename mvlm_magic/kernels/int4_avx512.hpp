@@ -150,7 +150,7 @@ static void prompt(const Quantized& q, const uint8_t* w, const uint16_t* s, size
     constexpr size_t CHUNK = 16;
     constexpr int WR = 4, XR = 3;
     const size_t groups = K / G, blocks = K / BLOCK;
-    thread_local std::vector<int8_t> lanes;
+    thread_local Buffer<int8_t> lanes;
     lanes.resize(M * K);
     int8_t* x = lanes.data();
     ov::parallel_for(M, [&](size_t m) {
@@ -158,8 +158,8 @@ static void prompt(const Quantized& q, const uint8_t* w, const uint16_t* s, size
     });
     const float *xs = q.scale.data(), *xo = q.offset.data();
     ov::parallel_for((N + CHUNK - 1) / CHUNK, [&](size_t chunk) {
-        thread_local std::vector<uint8_t> unpacked, natural;
-        thread_local std::vector<float> wscale;
+        thread_local Buffer<uint8_t> unpacked, natural;
+        thread_local Buffer<float> wscale;
         const size_t first = chunk * CHUNK, rows = std::min(N, first + CHUNK) - first;
         unpacked.resize(rows * K), natural.resize(K), wscale.resize(rows * blocks);
         for (size_t r = 0; r < rows; ++r) {

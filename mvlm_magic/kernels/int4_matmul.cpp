@@ -49,8 +49,8 @@ static inline const uint8_t* unit_at(const uint8_t* w, size_t n, size_t c, size_
 // Rows of x, quantized: the values, each block of 32's scale, and 8 * scale * sum (what the +8 of the
 // stored nibbles adds).
 struct Quantized {
-    std::vector<int8_t> values;        // (M, K)
-    std::vector<float> scale, offset;  // (M, K/32)
+    Buffer<int8_t> values;        // (M, K)
+    Buffer<float> scale, offset;  // (M, K/32)
 };
 
 // Block by block: scale = max |x| / 127, values = x * (127 / max |x|) rounded to nearest even (the
@@ -288,7 +288,7 @@ public:
         // A prompt: unpack a chunk of weight rows once, then run every x row against it, 4 x rows at a time.
         constexpr size_t CHUNK = 16;
         ov::parallel_for((N + CHUNK - 1) / CHUNK, [&](size_t chunk) {
-            thread_local std::vector<uint8_t> unpacked;
+            thread_local Buffer<uint8_t> unpacked;
             const size_t first = chunk * CHUNK, rows = std::min(N, first + CHUNK) - first;
             unpacked.resize(rows * K);
             for (size_t r = 0; r < rows; ++r)

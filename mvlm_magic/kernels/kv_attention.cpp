@@ -61,7 +61,7 @@ constexpr size_t WIDE_VECTORS = 8;
 // Keys and values of every position so far, f16, (batch, kv heads, capacity, D) each.
 struct KVCache {
     size_t batch = 0, heads = 0, dim = 0, capacity = 0, filled = 0;
-    std::vector<uint16_t> keys, values;
+    Buffer<uint16_t> keys, values;
 
     size_t offset(size_t b, size_t h, size_t p) const { return ((b * heads + h) * capacity + p) * dim; }
 
@@ -69,7 +69,7 @@ struct KVCache {
     void reserve(size_t positions) {
         if (positions <= capacity) return;
         const size_t grown = std::max({positions, 2 * capacity, size_t(256)});
-        std::vector<uint16_t> k(batch * heads * grown * dim), v(batch * heads * grown * dim);
+        Buffer<uint16_t> k(batch * heads * grown * dim), v(batch * heads * grown * dim);
         for (size_t bh = 0; filled && bh < batch * heads; ++bh) {
             std::copy_n(&keys[bh * capacity * dim], filled * dim, &k[bh * grown * dim]);
             std::copy_n(&values[bh * capacity * dim], filled * dim, &v[bh * grown * dim]);
@@ -217,7 +217,7 @@ public:
         ov::parallel_for(B * H * blocks, [&](size_t item) {
             const size_t b = item / (H * blocks), h = item / blocks % H, t = item % blocks * ROWS;
             const size_t rows = std::min(ROWS, T - t), kv = h / (H / KV);
-            thread_local std::vector<float> work;
+            thread_local Buffer<float> work;
             work.resize(ROWS * padded(L));
             const uint8_t* row_mask[ROWS];
             for (size_t r = 0; r < rows; ++r)

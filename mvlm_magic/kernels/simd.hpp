@@ -3,7 +3,30 @@
 
 #include <immintrin.h>
 
+#include <cstddef>
+#include <new>
+#include <vector>
+
 namespace mvlm {
+
+// Storage from a 64-byte boundary: a 64-byte load that straddles two cache lines costs two (std::vector's
+// memory starts 16 bytes into one).
+template <class T>
+struct Aligned64 {
+    using value_type = T;
+    Aligned64() = default;
+    template <class U>
+    Aligned64(const Aligned64<U>&) {}
+    T* allocate(size_t n) { return static_cast<T*>(::operator new(n * sizeof(T), std::align_val_t(64))); }
+    void deallocate(T* p, size_t) { ::operator delete(p, std::align_val_t(64)); }
+    template <class U>
+    bool operator==(const Aligned64<U>&) const { return true; }
+    template <class U>
+    bool operator!=(const Aligned64<U>&) const { return false; }
+};
+
+template <class T>
+using Buffer = std::vector<T, Aligned64<T>>;
 
 // The sum of a vector's 8 floats.
 static inline float hsum(__m256 v) {
