@@ -145,9 +145,9 @@ def test_matmuls_of_one_input_become_one_operation(tmp_path):
             np.testing.assert_allclose(y, expected, atol=2e-5 * np.abs(expected).max())
 
 
-def test_int8_head_equals_its_definition(tmp_path):
+@pytest.mark.parametrize("k", [256, 1024])  # 1024: the AVX-512 prompt path (lane order), as the vision model's
+def test_int8_head_equals_its_definition(k, tmp_path):
     rng = np.random.default_rng(3)
-    k = 256
     model, *_ = nncf_int4_model(40, k, 128, rng)
     head, q, zero, scale = nncf_int8_head(model.get_parameters()[0].output(0), 37, k, rng)
     model.add_results([opset13.result(head)])
@@ -158,7 +158,7 @@ def test_int8_head_equals_its_definition(tmp_path):
     ov.save_model(model, tmp_path / "m.xml", compress_to_fp16=False)
     ours = core().compile_model(tmp_path / "m.xml", "CPU", {"INFERENCE_NUM_THREADS": 2})
     weights = (q.astype(np.float64) - zero) * scale.astype(np.float64)
-    for m in (1, 5):
+    for m in (1, 5, 7):
         x = rng.standard_normal((m, k)).astype(np.float32)
         y = ours(x)[1]
         np.testing.assert_allclose(y, rounded_x(x) @ weights.T, atol=2e-5 * np.abs(y).max())
@@ -228,8 +228,22 @@ def test_the_language_model_of_an_int4_export_is_rewritten_once(exported):
     offsets = [int(data.get("offset")) for data in ElementTree.parse(derived).iter("data") if data.get("offset")]
     assert offsets and not any(offset % 64 for offset in offsets)  # every constant on a cache line of its own
     assert kernels.int4_language_model(folder) == derived  # cached
-    assert not list(folder.glob(".int4-*"))  # written under a temporary name, renamed into place
+    assert not list(folder.glob(".copy-*"))  # written under a temporary name, renamed into place
     assert kernels.int4_language_model(exported("v2", "int8")) is None  # nothing to rewrite
+
+
+def test_the_vision_model_of_an_int4_export_gets_a_copy_with_our_int8_operation(exported):
+    assert kernels.extension() is not None, kernels.why_not()
+    folder = exported("v2", "int4")
+    original = core().read_model(folder / "vision.xml")
+    int8 = sum(kernels._int8_weight(op) is not None for op in original.get_ordered_ops())
+    layers = sum("q_proj" in op.get_friendly_name() for op in original.get_ordered_ops() if op.get_type_name() == "MatMul")
+    assert layers >= 2 and int8 >= 6 * layers  # q, k, v, out, fc1, fc2 of each layer, the projector's
+    derived = kernels.int8_vision_model(folder)
+    assert derived == folder / f"vision.int8-v{kernels.FORMAT}.xml"
+    types = [op.get_type_name() for op in core().read_model(derived).get_ordered_ops()]
+    assert types.count("Int8MatMul") == int8 - 2 * layers and "MatMul" not in types  # q, k, v as one
+    assert kernels.int8_vision_model(exported("v2", "fp16")) is None  # no int8 weights
 
 
 def test_engine_answers_with_the_kernel_within_the_int4_drift_bound(exported, torch_model):
@@ -241,7 +255,8 @@ def test_engine_answers_with_the_kernel_within_the_int4_drift_bound(exported, to
     from test_fidelity import DRIFT_BOUND, IMAGES, QUESTIONS
 
     eng = Engine(exported("v2", "int4"), kernels="on")
-    assert eng.kernels == "int4" and eng.name.endswith("on CPU with our int4 kernels")
+    assert eng.kernels == "int4" and "on CPU with our int4" in eng.name
+    assert eng.vision_kernels == (kernels.instruction_set() == "avx512")  # the int8 vision copy: AVX-512 only
     assert not eng.language.query_state()  # the keys and values are kept by our attention operation
     plain = Engine(exported("v2", "int4"), kernels="off")
     assert plain.kernels is None

@@ -7,9 +7,7 @@
 //
 // One token streams a panel (4 rows) at a time: a 64-byte load holds one unit of two rows, so the 32 x values
 // it meets are the same for both halves of the vector and their scale is one number.
-// Prompts unpack each chunk of weight rows once into "lane order" and quantize x into the same order: in each
-// run of 512 inputs (16 blocks of 32), vector s (0..7) holds bytes 4s..4s+3 of every block, lane j = block j.
-// So a lane adds up one block over 8 vpdpbusd in int32 and is scaled once.
+// Prompts unpack each tile of 32 weight rows once (see `tile`).
 
 #pragma once
 
@@ -21,7 +19,6 @@
 namespace mvlm {
 namespace avx512 {
 
-constexpr size_t RUN = 512;  // inputs per run of lane order: 16 lanes x 32 (one block each)
 // How far ahead to ask for a token's weights: measured on Zen 5 (a standalone stream of panels): 0 B 33 GB/s,
 // 1 KB 39, 2-3 KB 46-48 of the ~48 GB/s two cores read.
 constexpr size_t AHEAD = 3072;
@@ -99,94 +96,131 @@ static void dot_panel_int8(const int8_t* panel, const int8_t* xv, const float* x
     sum_halves(acc[1], sums[2], sums[3]);
 }
 
-// One 512-input run from natural order to lane order (both are runs of bytes): a 16 x 8 transpose of dwords.
-// (Faster than vpgatherdd on Zen 5: 10 vs 38 ns a run.)
-static inline void to_lane_order(const void* natural, void* lanes) {
-    const uint8_t* in = static_cast<const uint8_t*>(natural);
-    uint8_t* out = static_cast<uint8_t*>(lanes);
-    for (size_t j = 0; j < 16; ++j)
-        for (size_t s = 0; s < 8; ++s) std::memcpy(out + s * 64 + 4 * j, in + j * 32 + 4 * s, 4);
+// Prompts run tiles of 32 weight rows (two vectors, one row per int32 lane) x MR x rows. Weight rows are
+// unpacked once per call into "tile order": per step of 4 inputs, 2 vectors of 16 rows x 4 bytes; each x row's 4
+// bytes of a step are broadcast to all lanes. A lane adds up one x block (8 steps) in int32, then it is scaled:
+// measured on Zen 5, L1-resident, 92 multiply-adds a cycle, where 16-lane blocks of one row ("lane order") made 65.
+constexpr size_t LANES = 16, VECTORS = 2, TILE_ROWS = LANES * VECTORS;
+
+// r[i] = 16 dwords of row i  ->  r[j] = dword j of rows 0..15.
+static inline void transpose16(__m512i r[16]) {
+    __m512i t[16];
+    for (int i = 0; i < 8; ++i) {
+        t[2 * i] = _mm512_unpacklo_epi32(r[2 * i], r[2 * i + 1]);
+        t[2 * i + 1] = _mm512_unpackhi_epi32(r[2 * i], r[2 * i + 1]);
+    }
+    for (int i = 0; i < 4; ++i) {
+        r[4 * i + 0] = _mm512_unpacklo_epi64(t[4 * i + 0], t[4 * i + 2]);
+        r[4 * i + 1] = _mm512_unpackhi_epi64(t[4 * i + 0], t[4 * i + 2]);
+        r[4 * i + 2] = _mm512_unpacklo_epi64(t[4 * i + 1], t[4 * i + 3]);
+        r[4 * i + 3] = _mm512_unpackhi_epi64(t[4 * i + 1], t[4 * i + 3]);
+    }
+    for (int i = 0; i < 4; ++i) {
+        t[i] = _mm512_shuffle_i32x4(r[i], r[4 + i], 0x88);
+        t[4 + i] = _mm512_shuffle_i32x4(r[i], r[4 + i], 0xDD);
+        t[8 + i] = _mm512_shuffle_i32x4(r[8 + i], r[12 + i], 0x88);
+        t[12 + i] = _mm512_shuffle_i32x4(r[8 + i], r[12 + i], 0xDD);
+    }
+    for (int i = 0; i < 4; ++i) {
+        r[i] = _mm512_shuffle_i32x4(t[i], t[8 + i], 0x88);
+        r[8 + i] = _mm512_shuffle_i32x4(t[i], t[8 + i], 0xDD);
+        r[4 + i] = _mm512_shuffle_i32x4(t[4 + i], t[12 + i], 0x88);
+        r[12 + i] = _mm512_shuffle_i32x4(t[4 + i], t[12 + i], 0xDD);
+    }
 }
 
-// Prompts: WR weight rows against XR x rows, both in lane order (rows of K bytes; K a multiple of 512).
-// Per row and block: `wscale` the weight's scale (f32), `xscale` x's, `xoffset` what the +8 of the stored
-// nibbles adds (8 * scale * sum of the block's values). y[i * y_stride + r] = row r . x row i.
-template <int WR, int XR>
-static void tile(const uint8_t* w, const float* wscale, const int8_t* x, const float* xscale, const float* xoffset,
-                 size_t K, float* y, size_t y_stride) {
-    const size_t blocks = K / BLOCK;
-    __m512 acc[WR][XR];
-    for (int r = 0; r < WR; ++r)
-        for (int i = 0; i < XR; ++i) acc[r][i] = _mm512_setzero_ps();
-    for (size_t run = 0; run < K / RUN; ++run) {
-        __m512i sums[WR][XR];
-        for (int r = 0; r < WR; ++r)
-            for (int i = 0; i < XR; ++i) sums[r][i] = _mm512_setzero_si512();
-        for (size_t s = 0; s < 8; ++s) {
-            __m512i xs[XR];
-            for (int i = 0; i < XR; ++i) xs[i] = _mm512_loadu_si512(x + i * K + run * RUN + s * 64);
-            for (int r = 0; r < WR; ++r) {
-                const __m512i ws = _mm512_loadu_si512(w + r * K + run * RUN + s * 64);
-                for (int i = 0; i < XR; ++i) sums[r][i] = _mm512_dpbusd_epi32(sums[r][i], ws, xs[i]);
+// MR x rows (int8, natural order) against one tile of unpacked weights (`rows` of its 32 are real):
+// y[i * y_stride + r] = sum over groups of (sum over its blocks of weight scale * x scale * (w . x) in int32)
+// - weight scale * zero * the group's offset. Per group and row: `wscale`, `wzero` (scale * zero point / 8);
+// per x row: `xscale` per block, `xoffset` per group (8 * scale * sum of the values, over the group's blocks).
+template <int MR>
+static void tile(const uint8_t* w, const float* wscale, const float* wzero, const int8_t* x, const float* xscale,
+                 const float* xoffset, size_t K, size_t G, float* y, size_t y_stride, size_t rows) {
+    const size_t blocks = K / BLOCK, groups = K / G, blocks_per_group = G / BLOCK;
+    __m512 acc[VECTORS][MR];
+    for (size_t v = 0; v < VECTORS; ++v)
+        for (int i = 0; i < MR; ++i) acc[v][i] = _mm512_setzero_ps();
+    for (size_t g = 0; g < groups; ++g) {
+        __m512 ws[VECTORS];
+        for (size_t v = 0; v < VECTORS; ++v) ws[v] = _mm512_load_ps(wscale + (g * VECTORS + v) * LANES);
+        for (size_t b = g * blocks_per_group; b < (g + 1) * blocks_per_group; ++b) {
+            __m512i sums[VECTORS][MR];
+            for (size_t v = 0; v < VECTORS; ++v)
+                for (int i = 0; i < MR; ++i) sums[v][i] = _mm512_setzero_si512();
+            const uint8_t* wb = w + b * 8 * VECTORS * 64;
+            const int8_t* xb = x + b * BLOCK;
+#pragma GCC unroll 8
+            for (int step = 0; step < 8; ++step) {  // (a fixed count, unrolled: the sums stay in registers)
+                __m512i wv[VECTORS];
+                for (size_t v = 0; v < VECTORS; ++v) wv[v] = _mm512_load_si512(wb + (step * VECTORS + v) * 64);
+                for (int i = 0; i < MR; ++i) {
+                    int four;
+                    std::memcpy(&four, xb + i * K + step * 4, 4);
+                    const __m512i broadcast = _mm512_set1_epi32(four);
+                    for (size_t v = 0; v < VECTORS; ++v) sums[v][i] = _mm512_dpbusd_epi32(sums[v][i], wv[v], broadcast);
+                }
+            }
+            for (int i = 0; i < MR; ++i) {
+                const __m512 xs = _mm512_set1_ps(xscale[i * blocks + b]);
+                for (size_t v = 0; v < VECTORS; ++v)
+                    acc[v][i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sums[v][i]), _mm512_mul_ps(ws[v], xs), acc[v][i]);
             }
         }
-        for (int i = 0; i < XR; ++i) {  // (sum * x scale - offset) * weight scale, lane by lane (block by block)
-            const __m512 xsc = _mm512_loadu_ps(xscale + i * blocks + run * 16);
-            const __m512 xoff = _mm512_loadu_ps(xoffset + i * blocks + run * 16);
-            for (int r = 0; r < WR; ++r) {
-                const __m512 block = _mm512_fmsub_ps(_mm512_cvtepi32_ps(sums[r][i]), xsc, xoff);
-                acc[r][i] = _mm512_fmadd_ps(block, _mm512_loadu_ps(wscale + r * blocks + run * 16), acc[r][i]);
-            }
+        for (int i = 0; i < MR; ++i) {
+            const __m512 offset = _mm512_set1_ps(xoffset[i * groups + g]);
+            for (size_t v = 0; v < VECTORS; ++v)
+                acc[v][i] = _mm512_fnmadd_ps(_mm512_load_ps(wzero + (g * VECTORS + v) * LANES), offset, acc[v][i]);
         }
     }
-    for (int r = 0; r < WR; ++r)
-        for (int i = 0; i < XR; ++i) y[i * y_stride + r] = _mm512_reduce_add_ps(acc[r][i]);
+    for (size_t v = 0; v < VECTORS && v * LANES < rows; ++v) {
+        const __mmask16 real = static_cast<__mmask16>((1u << std::min(LANES, rows - v * LANES)) - 1);
+        for (int i = 0; i < MR; ++i) _mm512_mask_storeu_ps(y + i * y_stride + v * LANES, real, acc[v][i]);
+    }
 }
 
-// A prompt (M x rows): x in lane order, then per chunk of 16 weight rows: unpack them into lane order (with each
-// block's weight scale), and run tiles of 4 weight rows x 3 x rows over it.
-static void prompt(const Quantized& q, const uint8_t* w, const uint16_t* s, size_t M, size_t K, size_t N, size_t G,
-                   float* y) {
-    constexpr size_t CHUNK = 16;
-    constexpr int WR = 4, XR = 3;
-    const size_t groups = K / G, blocks = K / BLOCK;
-    thread_local Buffer<int8_t> lanes;
-    lanes.resize(M * K);
-    int8_t* x = lanes.data();
-    ov::parallel_for(M, [&](size_t m) {
-        for (size_t run = 0; run < K; run += RUN) to_lane_order(&q.values[m * K + run], x + m * K + run);
-    });
-    const float *xs = q.scale.data(), *xo = q.offset.data();
-    ov::parallel_for((N + CHUNK - 1) / CHUNK, [&](size_t chunk) {
-        thread_local Buffer<uint8_t> unpacked, natural;
-        thread_local Buffer<float> wscale;
-        const size_t first = chunk * CHUNK, rows = std::min(N, first + CHUNK) - first;
-        unpacked.resize(rows * K), natural.resize(K), wscale.resize(rows * blocks);
+// A prompt (M x rows) against N weight rows, a tile of 32 at a time: `unpack(n, bytes, scales, zero)` writes
+// weight row n as K unsigned bytes in natural order, its scale per group of G, and its zero point / 8.
+template <class Unpack>
+static void prompt(const Quantized& q, size_t M, size_t K, size_t N, size_t G, float* y, const Unpack& unpack) {
+    const size_t blocks = K / BLOCK, groups = K / G;
+    thread_local Buffer<float> kept;  // per x row and weight group: the blocks' offsets summed
+    kept.assign(M * groups, 0.f);
+    float* offsets = kept.data();  // (the lambda runs on other threads too: this thread's buffer)
+    for (size_t i = 0; i < M * blocks; ++i) offsets[i / blocks * groups + i % blocks / (G / BLOCK)] += q.offset[i];
+    ov::parallel_for((N + TILE_ROWS - 1) / TILE_ROWS, [&](size_t t) {
+        thread_local Buffer<uint8_t> natural, tiled;
+        thread_local Buffer<float> scales, wscale, wzero;
+        const size_t first = t * TILE_ROWS, rows = std::min(TILE_ROWS, N - first);
+        natural.assign(TILE_ROWS * K, 0), tiled.resize(TILE_ROWS * K), scales.resize(groups);
+        wscale.assign(groups * TILE_ROWS, 0.f), wzero.assign(groups * TILE_ROWS, 0.f);
         for (size_t r = 0; r < rows; ++r) {
-            for (size_t c = 0; c < K / 64; ++c) {
-                __m256i w0, w1;
-                unpack_64(unit_at(w, first + r, c, K / 2, N), w0, w1);
-                _mm256_storeu_si256(reinterpret_cast<__m256i*>(&natural[c * 64]), w0);
-                _mm256_storeu_si256(reinterpret_cast<__m256i*>(&natural[c * 64 + BLOCK]), w1);
+            float zero = 0.f;
+            unpack(first + r, &natural[r * K], scales.data(), zero);
+            for (size_t g = 0; g < groups; ++g) {  // (group, vector, lane)
+                wscale[g * TILE_ROWS + r] = scales[g];
+                wzero[g * TILE_ROWS + r] = scales[g] * zero;
             }
-            for (size_t run = 0; run < K; run += RUN) to_lane_order(&natural[run], &unpacked[r * K + run]);
-            for (size_t g = 0; g < groups; ++g)
-                std::fill_n(&wscale[r * blocks + g * G / BLOCK], G / BLOCK, _cvtsh_ss(s[(first + r) * groups + g]));
         }
-        for (size_t m = 0; m < M;) {
-            const size_t xr = M - m >= XR ? XR : 1;
-            for (size_t r = 0; r < rows;) {
-                const size_t wr = rows - r >= WR ? WR : 1;
-                const uint8_t* wrow = &unpacked[r * K];
-                const float *wsr = &wscale[r * blocks], *xsm = xs + m * blocks, *xom = xo + m * blocks;
-                float* out = y + m * N + first + r;
-                if (wr == WR && xr == XR) tile<WR, XR>(wrow, wsr, x + m * K, xsm, xom, K, out, N);
-                else if (wr == WR) tile<WR, 1>(wrow, wsr, x + m * K, xsm, xom, K, out, N);
-                else if (xr == XR) tile<1, XR>(wrow, wsr, x + m * K, xsm, xom, K, out, N);
-                else tile<1, 1>(wrow, wsr, x + m * K, xsm, xom, K, out, N);
-                r += wr;
+        for (size_t v = 0; v < VECTORS; ++v)  // 16 rows x 16 steps at a time into tile order
+            for (size_t c = 0; c < K / 64; ++c) {
+                __m512i part[16];
+                for (size_t r = 0; r < LANES; ++r) part[r] = _mm512_load_si512(&natural[(v * LANES + r) * K + c * 64]);
+                transpose16(part);
+                for (size_t j = 0; j < 16; ++j) _mm512_store_si512(&tiled[((c * 16 + j) * VECTORS + v) * 64], part[j]);
             }
-            m += xr;
+        const uint8_t* w = tiled.data();
+        const float *xs = q.scale.data(), *xo = offsets;
+        for (size_t m = 0; m < M;) {
+            const size_t mr = std::min<size_t>(4, M - m);
+            const int8_t* xm = &q.values[m * K];
+            float* out = y + m * N + first;
+            switch (mr) {
+                case 4: tile<4>(w, wscale.data(), wzero.data(), xm, xs + m * blocks, xo + m * groups, K, G, out, N, rows); break;
+                case 3: tile<3>(w, wscale.data(), wzero.data(), xm, xs + m * blocks, xo + m * groups, K, G, out, N, rows); break;
+                case 2: tile<2>(w, wscale.data(), wzero.data(), xm, xs + m * blocks, xo + m * groups, K, G, out, N, rows); break;
+                default: tile<1>(w, wscale.data(), wzero.data(), xm, xs + m * blocks, xo + m * groups, K, G, out, N, rows);
+            }
+            m += mr;
         }
     });
 }

@@ -277,10 +277,17 @@ public:
             return true;
         }
 #if MVLM_AVX512
-        if (K % avx512::RUN == 0) {
-            avx512::prompt(q, w, s, M, K, N, G, y);
-            return true;
-        }
+        avx512::prompt(q, M, K, N, G, y, [&](size_t n, uint8_t* bytes, float* group_scale, float& zero) {
+            for (size_t c = 0; c < K / 64; ++c) {
+                __m256i w0, w1;
+                unpack_64(unit_at(w, n, c, K / 2, N), w0, w1);
+                _mm256_storeu_si256(reinterpret_cast<__m256i*>(bytes + c * 64), w0);
+                _mm256_storeu_si256(reinterpret_cast<__m256i*>(bytes + c * 64 + BLOCK), w1);
+            }
+            for (size_t g = 0; g < groups; ++g) group_scale[g] = _cvtsh_ss(s[n * groups + g]);
+            zero = 1.f;  // the stored + 8: x's offsets hold the 8 already
+        });
+        return true;
 #endif
         std::vector<float> group_offsets(M * groups, 0.f);  // the offsets summed per weight group
         for (size_t i = 0; i < M * blocks; ++i)
@@ -329,6 +336,21 @@ public:
         const float* zero = inputs[2].data<const float>();
         const float* scale = inputs[3].data<const float>();
         float* y = outputs[0].data<float>();
+#if MVLM_AVX512
+        if (M > 1 && K % 64 == 0) {  // a prompt (the vision model's MatMuls): the stored byte xor 0x80 is unsigned
+            avx512::prompt(q, M, K, N, K, y, [&](size_t n, uint8_t* bytes, float* row_scale, float& zero_point) {
+                const __m256i flip = _mm256_set1_epi8(static_cast<char>(0x80));
+                for (size_t c = 0; c < K / BLOCK; ++c) {
+                    const __m256i stored = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(unit_at(
+                        reinterpret_cast<const uint8_t*>(w), n, c, K, N)));
+                    _mm256_storeu_si256(reinterpret_cast<__m256i*>(bytes + c * BLOCK), _mm256_xor_si256(stored, flip));
+                }
+                *row_scale = scale[n];
+                zero_point = (zero[n] + 128.f) / 8.f;  // per 8: x's offsets are 8 * scale * sum
+            });
+            return true;
+        }
+#endif
         std::vector<float> x_sum(M, 0.f);  // each row's sum of quantized x (offset = 8 * scale * sum)
         for (size_t m = 0; m < M; ++m)
             for (size_t b = 0; b < blocks; ++b) x_sum[m] += q.offset[m * blocks + b] / 8.f;

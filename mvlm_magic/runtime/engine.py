@@ -27,7 +27,7 @@ from ..cache import read_manifest
 from ..errors import MvlmError
 from .detokenizer import IncrementalDetokenizer, answer_text
 from .device import check_device, compile_model
-from .memory import shedding
+from .memory import shed, shedding
 from .preprocess import load_image, preprocess_image
 from .sampling import GenerationConfig, Sampler
 from .tokenizer import IMAGE_TOKEN_INDEX, Tokenizer, build_conversation, tokenize_with_image
@@ -85,46 +85,54 @@ class Engine:
         self.eos_token_id = spec["eos_token_id"]
         started = time.perf_counter()
         self.tokenizer = Tokenizer.from_folder(folder)
+        vision_xml, language_xml = self.model_files(kernels)
+        self.kernels = None if language_xml.name == "language.xml" else "int4"  # whose MatMuls and attention run
+        self.vision_kernels = vision_xml.name != "vision.xml"
         # OpenVINO copies the vision weights into its own layout while compiling, the language model's on its
         # first inference; shedding the mapped file pages meanwhile keeps them from counting twice (memory.py).
-        with shedding([folder / "vision.bin"]):
-            self.vision = compile_model(folder / "vision.xml", self.device, precision, threads, ov_config)
+        # Our operations read their weights straight from the mapped file: those pages are in use, not copies.
+        with shedding([] if self.vision_kernels else [folder / "vision.bin"]):
+            self.vision = compile_model(vision_xml, self.device, precision, threads, ov_config)
         self.text_embeddings = compile_model(folder / "text_embeddings.xml", self.device, precision, threads, ov_config)
-        language_xml = self.language_model_file(kernels)
-        self.kernels = None if language_xml.name == "language.xml" else "int4"  # whose MatMuls and attention run
         language = compile_model(language_xml, self.device, precision, threads, ov_config)
         self.language = language.create_infer_request()
         self.beam_inputs = {"beam_idx": BEAM_IDX} if any("beam_idx" in p.names for p in language.inputs) else {}
         self.lock = threading.RLock()
         self.state_owner: ChatSession | None = None  # whose KV cache the language request holds
         self.past_length = 0
-        # Int4MatMul reads its weights straight from the mapped file: those pages are in use, not copies.
-        # (With it, the keys and values are kept by our attention operation: query_state() is empty.)
+        # (With our operations, the keys and values are kept by our attention operation: query_state() is empty.)
         with shedding([] if self.kernels else [folder / "language.bin"]):
             self.prime()
         self.compile_seconds = time.perf_counter() - started
         self.was_cached = True  # load_engine() says whether it had to export first
 
-    def language_model_file(self, kernels: str) -> Path:
-        """language.xml, or its copy with our operations (int4 MatMul, attention; runtime/kernels.py) where faster:
-        `kernels` is "auto" (where they are faster: kernels.helps_here()), "on" (wherever they build) or "off"."""
+    def model_files(self, kernels: str) -> tuple[Path, Path]:
+        """vision.xml and language.xml, or their copies with our operations (runtime/kernels.py) where faster:
+        `kernels` is "auto" (where they are faster: kernels.helps_here()), "on" (wherever they build) or "off".
+        The language copy needs an int4 export; the vision one (int8 MatMuls over 577 rows) an int4 or int8
+        export and the AVX-512 build, the one whose prompts beat OpenVINO's."""
         if kernels not in ("auto", "on", "off"):
             raise MvlmError(f"kernels must be 'auto', 'on' or 'off', not {kernels!r}.")
-        plain = self.folder / "language.xml"
+        plain = self.folder / "vision.xml", self.folder / "language.xml"
         if kernels == "off" or self.device != "CPU" or self.precision != "auto":
             return plain  # f32 answers must match the reference: no int8 activations
-        from . import kernels as int4
+        from . import kernels as ours
 
-        if (kernels == "on" or int4.helps_here()) and int4.extension() is not None:
-            try:
-                return int4.int4_language_model(self.folder) or plain
-            except OSError:  # a read-only cache: OpenVINO's own path
-                pass
-        return plain
+        if not ((kernels == "on" or ours.helps_here()) and ours.extension() is not None):
+            return plain
+        try:
+            vision = ours.int8_vision_model(self.folder) if ours.instruction_set() == "avx512" else None
+            language = ours.int4_language_model(self.folder)
+        except OSError:  # a read-only cache: OpenVINO's own path
+            return plain
+        finally:  # making a copy read the original's weights, whose file OpenVINO keeps mapped
+            shed([self.folder / "vision.bin", self.folder / "language.bin"])
+        return vision or plain[0], language or plain[1]
 
     @property
     def name(self) -> str:
-        kernel = " with our int4 kernels" if self.kernels else ""
+        ours = [name for name, used in (("int4", self.kernels), ("int8 vision", self.vision_kernels)) if used]
+        kernel = f" with our {' and '.join(ours)} kernels" if ours else ""
         return f"{self.manifest['model_id']} [{self.manifest['compression']['label']}] on {self.device}{kernel}"
 
     def new_chat(self, image=None) -> ChatSession:

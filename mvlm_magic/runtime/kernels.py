@@ -261,22 +261,32 @@ def rewrite_int4_matmuls(model: ov.Model) -> int:
     (Int8 exports stay on OpenVINO's own path: their prompts are not measured with our operation.)"""
     found = [(op, _int4_weight(op)) for op in model.get_ordered_ops()]
     int4 = [(op, weights) for op, weights in found if weights is not None]
-    siblings: dict[tuple, list] = {}  # (input node, input port, K, groups) -> [(MatMul, weights)]
-    for op, (packed, scales) in int4:
-        source = op.input_value(0)
-        key = (source.get_node().get_name(), source.get_index(), packed.shape[1], scales.shape[1])  # unique names
-        siblings.setdefault(key, []).append((op, (packed, scales)))
-    for group in siblings.values():
-        matmuls = [op for op, _ in group]
-        packed = np.concatenate([weights[0] for _, weights in group])  # (sum of N, K/2)
-        scales = np.concatenate([weights[1] for _, weights in group])  # (sum of N, groups)
-        _replace(matmuls, Int4MatMul, (panels(packed), scales))
-    int8 = [(op, _int8_weight(op)) for op, weights in found if weights is None] if int4 else []
-    for op, weights in int8:
-        if weights is not None:
-            values, zeros, scales = weights
-            _replace([op], Int8MatMul, (panels(values), zeros, scales))
+    _replace_by_input(int4, Int4MatMul, lambda weights: (weights[0].shape[1], weights[1].shape[1]))
+    if int4:
+        rewrite_int8_matmuls(model)
     return len(int4)
+
+
+def rewrite_int8_matmuls(model: ov.Model) -> int:
+    """Replace the per-row int8 MatMuls of `model` (the head; every MatMul of an export's vision model) by
+    Int8MatMul, in place, those reading one input (q, k, v) as one operation; returns how many it replaced."""
+    found = [(op, _int8_weight(op)) for op in model.get_ordered_ops()]
+    int8 = [(op, weights) for op, weights in found if weights is not None]
+    _replace_by_input(int8, Int8MatMul, lambda weights: weights[0].shape[1])
+    return len(int8)
+
+
+def _replace_by_input(found: list, operation, same) -> None:
+    """One `operation` for each group of MatMuls that read the same output and whose weights agree on
+    `same(weights)`: their weights concatenated by rows, the first one (the weight bytes) in panel order."""
+    groups: dict[tuple, list] = {}
+    for op, weights in found:
+        source = op.input_value(0)
+        key = (source.get_node().get_name(), source.get_index(), same(weights))  # unique names
+        groups.setdefault(key, []).append((op, weights))
+    for group in groups.values():
+        parts = [np.concatenate([weights[i] for _, weights in group]) for i in range(len(group[0][1]))]
+        _replace([op for op, _ in group], operation, (panels(parts[0]), *parts[1:]))
 
 
 def _cached_input(concat):
@@ -390,16 +400,31 @@ def align_constants(xml: Path, alignment: int = 64) -> None:
 def int4_language_model(folder: Path) -> Path | None:
     """The export's language IR with Int4MatMul (and KVAttention), written next to language.xml on first use;
     None when the export has no symmetric int4 weights."""
-    folder = Path(folder)
-    derived = folder / f"language.int4-v{FORMAT}.xml"
+    derived = Path(folder) / f"language.int4-v{FORMAT}.xml"
     if derived.is_file():
         return derived
-    model = core().read_model(folder / "language.xml")
+    model = core().read_model(Path(folder) / "language.xml")
     if not rewrite_int4_matmuls(model):
         return None
     use_kv_attention(model)
+    return save_copy(model, derived)
+
+
+def int8_vision_model(folder: Path) -> Path | None:
+    """The export's vision IR with Int8MatMul (for prompts of 577 rows: AVX-512 builds only), written next to
+    vision.xml on first use; None when its MatMuls have no per-row int8 weights (fp16 and fp32 exports)."""
+    derived = Path(folder) / f"vision.int8-v{FORMAT}.xml"
+    if derived.is_file():
+        return derived
+    model = core().read_model(Path(folder) / "vision.xml")
+    return save_copy(model, derived) if rewrite_int8_matmuls(model) else None
+
+
+def save_copy(model: ov.Model, derived: Path) -> Path:
+    """Save a rewritten IR as `derived` (NAME.KIND-vFORMAT.xml) and remove the copies of earlier formats."""
+    folder = derived.parent
     # Save beside the export under temporary names, then rename: the .bin first, the .xml (what we look for) last.
-    temporary = Path(tempfile.mkdtemp(dir=folder, prefix=".int4-"))
+    temporary = Path(tempfile.mkdtemp(dir=folder, prefix=".copy-"))
     try:
         ov.save_model(model, temporary / derived.name, compress_to_fp16=False)
         align_constants(temporary / derived.name)
@@ -407,7 +432,8 @@ def int4_language_model(folder: Path) -> Path | None:
         os.replace(temporary / derived.name, derived)
     finally:
         shutil.rmtree(temporary, ignore_errors=True)
-    for stale in folder.glob("language.int4-v*"):  # copies made by earlier versions of this file
+    kind = derived.name.rsplit("-v", 1)[0]  # e.g. language.int4
+    for stale in folder.glob(f"{kind}-v*"):  # copies made by earlier versions of this file
         if not stale.name.startswith(derived.stem + "."):
             stale.unlink(missing_ok=True)
     return derived
