@@ -245,6 +245,39 @@ static void for_each_panel(size_t N, const Work& work) {
     });
 }
 
+// Weight row n as K unsigned bytes (value + 8) in input order.
+static void unpack_row(const uint8_t* w, size_t n, size_t K, size_t N, uint8_t* bytes) {
+    for (size_t c = 0; c < K / 64; ++c) {
+        __m256i w0, w1;
+        unpack_64(unit_at(w, n, c, K / 2, N), w0, w1);
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(bytes + c * 64), w0);
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(bytes + c * 64 + BLOCK), w1);
+    }
+}
+
+// A prompt with AVX2: unpack a chunk of weight rows once, then run every x row against it, 4 x rows at a time.
+static void prompt_avx2(const Quantized& q, const uint8_t* w, const uint16_t* s, size_t M, size_t K, size_t N,
+                        size_t G, float* y) {
+    const size_t groups = K / G, blocks = K / BLOCK;
+    std::vector<float> group_offsets(M * groups, 0.f);  // the offsets summed per weight group
+    for (size_t i = 0; i < M * blocks; ++i) group_offsets[i / blocks * groups + i % blocks / (G / BLOCK)] += q.offset[i];
+    constexpr size_t CHUNK = 16;
+    ov::parallel_for((N + CHUNK - 1) / CHUNK, [&](size_t chunk) {
+        thread_local Buffer<uint8_t> unpacked;
+        const size_t first = chunk * CHUNK, rows = std::min(N, first + CHUNK) - first;
+        unpacked.resize(rows * K);
+        for (size_t r = 0; r < rows; ++r) unpack_row(w, first + r, K, N, &unpacked[r * K]);
+        const float* offsets = group_offsets.data();
+        size_t m = 0;
+        for (; m + 4 <= M; m += 4)
+            for (size_t r = 0, n = first; r < rows; ++r, ++n)
+                dot_unpacked<4>(&unpacked[r * K], s + n * groups, q, offsets, m, K, G, y + m * N + n, N);
+        for (; m < M; ++m)
+            for (size_t r = 0, n = first; r < rows; ++r, ++n)
+                dot_unpacked<1>(&unpacked[r * K], s + n * groups, q, offsets, m, K, G, y + m * N + n, N);
+    });
+}
+
 class Int4MatMul : public WeightMatMul<Int4MatMul> {
 public:
     OPENVINO_OP("Int4MatMul", "mvlm");
@@ -255,7 +288,7 @@ public:
     bool evaluate(ov::TensorVector& outputs, const ov::TensorVector& inputs) const override {
         const ov::Tensor &x = inputs[0], &weight = inputs[1], &scale = inputs[2];
         const size_t K = x.get_shape().back(), M = x.get_size() / K, N = weight.get_shape()[0];
-        const size_t groups = scale.get_shape()[1] / 2, G = K / groups, blocks = K / BLOCK;
+        const size_t groups = scale.get_shape()[1] / 2, G = K / groups;
         const Quantized& q = quantize_input(x, N, outputs[0]);
         const uint8_t* w = static_cast<const uint8_t*>(weight.data());
         const uint16_t* s = static_cast<const uint16_t*>(scale.data());
@@ -278,42 +311,13 @@ public:
         }
 #if MVLM_AVX512
         avx512::prompt(q, M, K, N, G, y, [&](size_t n, uint8_t* bytes, float* group_scale, float& zero) {
-            for (size_t c = 0; c < K / 64; ++c) {
-                __m256i w0, w1;
-                unpack_64(unit_at(w, n, c, K / 2, N), w0, w1);
-                _mm256_storeu_si256(reinterpret_cast<__m256i*>(bytes + c * 64), w0);
-                _mm256_storeu_si256(reinterpret_cast<__m256i*>(bytes + c * 64 + BLOCK), w1);
-            }
+            unpack_row(w, n, K, N, bytes);
             for (size_t g = 0; g < groups; ++g) group_scale[g] = _cvtsh_ss(s[n * groups + g]);
             zero = 1.f;  // the stored + 8: x's offsets hold the 8 already
         });
-        return true;
+#else
+        prompt_avx2(q, w, s, M, K, N, G, y);
 #endif
-        std::vector<float> group_offsets(M * groups, 0.f);  // the offsets summed per weight group
-        for (size_t i = 0; i < M * blocks; ++i)
-            group_offsets[i / blocks * groups + i % blocks / (G / BLOCK)] += q.offset[i];
-        // A prompt: unpack a chunk of weight rows once, then run every x row against it, 4 x rows at a time.
-        constexpr size_t CHUNK = 16;
-        ov::parallel_for((N + CHUNK - 1) / CHUNK, [&](size_t chunk) {
-            thread_local Buffer<uint8_t> unpacked;
-            const size_t first = chunk * CHUNK, rows = std::min(N, first + CHUNK) - first;
-            unpacked.resize(rows * K);
-            for (size_t r = 0; r < rows; ++r)
-                for (size_t c = 0; c < K / 64; ++c) {
-                    __m256i w0, w1;
-                    unpack_64(unit_at(w, first + r, c, K / 2, N), w0, w1);
-                    _mm256_storeu_si256(reinterpret_cast<__m256i*>(&unpacked[r * K + c * 64]), w0);
-                    _mm256_storeu_si256(reinterpret_cast<__m256i*>(&unpacked[r * K + c * 64 + BLOCK]), w1);
-                }
-            const float* offsets = group_offsets.data();
-            size_t m = 0;
-            for (; m + 4 <= M; m += 4)
-                for (size_t r = 0, n = first; r < rows; ++r, ++n)
-                    dot_unpacked<4>(&unpacked[r * K], s + n * groups, q, offsets, m, K, G, y + m * N + n, N);
-            for (; m < M; ++m)
-                for (size_t r = 0, n = first; r < rows; ++r, ++n)
-                    dot_unpacked<1>(&unpacked[r * K], s + n * groups, q, offsets, m, K, G, y + m * N + n, N);
-        });
         return true;
     }
 };
