@@ -89,10 +89,10 @@ from mvlm_magic.loader import find_or_export
 started = time.perf_counter()
 path, cached = find_or_export(sys.argv[1], Compression.parse(sys.argv[2]), Path(sys.argv[3]))
 result = {"seconds": time.perf_counter() - started, "path": str(path), "cached": cached}
-# Our int4 operation's copy of the language IR is written on the first CPU load; make it now, not in a timed load.
+# The copies of the IRs with our operations are written on the first CPU load; make them now, not in a timed load.
 from mvlm_magic.runtime import kernels
 if kernels.extension() is not None:
-    kernels.int4_language_model(path)
+    kernels.copies(path)
 """
 
 NOTEBOOK_IR = """

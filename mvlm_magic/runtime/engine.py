@@ -109,8 +109,7 @@ class Engine:
     def model_files(self, kernels: str) -> tuple[Path, Path]:
         """vision.xml and language.xml, or their copies with our operations (runtime/kernels.py) where faster:
         `kernels` is "auto" (where they are faster: kernels.helps_here()), "on" (wherever they build) or "off".
-        The language copy needs an int4 export; the vision one (int8 MatMuls over 577 rows) an int4 or int8
-        export and the AVX-512 build, the one whose prompts beat OpenVINO's."""
+        The language copy needs an int4 export, the vision one an int4 or int8 export (kernels.copies)."""
         if kernels not in ("auto", "on", "off"):
             raise MvlmError(f"kernels must be 'auto', 'on' or 'off', not {kernels!r}.")
         plain = self.folder / "vision.xml", self.folder / "language.xml"
@@ -121,8 +120,7 @@ class Engine:
         if not ((kernels == "on" or ours.helps_here()) and ours.extension() is not None):
             return plain
         try:
-            vision = ours.int8_vision_model(self.folder) if ours.instruction_set() == "avx512" else None
-            language = ours.int4_language_model(self.folder)
+            vision, language = ours.copies(self.folder)
         except OSError:  # a read-only cache: OpenVINO's own path
             return plain
         finally:  # making a copy read the original's weights, whose file OpenVINO keeps mapped

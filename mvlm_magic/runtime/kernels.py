@@ -397,6 +397,14 @@ def align_constants(xml: Path, alignment: int = 64) -> None:
     tree.write(xml)
 
 
+def copies(folder: Path) -> tuple[Path | None, Path | None]:
+    """The export's (vision, language) copies with our operations, written on first use; None for either when
+    there is nothing to rewrite. The vision copy (int8 MatMuls over 577 rows) only for the AVX-512 build, whose
+    prompts beat OpenVINO's; on AVX2 they do not (docs/benchmarks.md)."""
+    vision = int8_vision_model(folder) if instruction_set() == "avx512" else None
+    return vision, int4_language_model(folder)
+
+
 def int4_language_model(folder: Path) -> Path | None:
     """The export's language IR with Int4MatMul (and KVAttention), written next to language.xml on first use;
     None when the export has no symmetric int4 weights."""
