@@ -338,10 +338,17 @@ def draw_chart(path: Path, rows: dict) -> None:
 
 
 def cpu_name() -> str:
+    """The CPU's name, family and model (the name alone says "AMD EPYC" for Zen 3 and Zen 5 alike) and the vector
+    extensions that decide which kernels run."""
+    fields = {}
     for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.machine()
+        key, _, value = line.partition(":")
+        fields.setdefault(key.strip(), value.strip())
+    if "model name" not in fields:
+        return platform.machine()
+    flags = set(fields.get("flags", "").split())
+    vector = [f for f in ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_int8") if f in flags]
+    return f"{fields['model name']} (family {fields.get('cpu family')} model {fields.get('model')}; {' '.join(vector)})"
 
 
 def main(argv=None) -> dict:
