@@ -191,7 +191,8 @@ static void prompt(const Quantized& q, size_t M, size_t K, size_t N, size_t G, f
         thread_local Buffer<uint8_t> natural, tiled;
         thread_local Buffer<float> scales, wscale, wzero;
         const size_t first = t * TILE_ROWS, rows = std::min(TILE_ROWS, N - first);
-        natural.assign(TILE_ROWS * K, 0), tiled.resize(TILE_ROWS * K), scales.resize(groups);
+        natural.resize(TILE_ROWS * K), tiled.resize(TILE_ROWS * K), scales.resize(groups);
+        std::fill(natural.begin() + rows * K, natural.end(), 0);  // a last tile's missing rows
         wscale.assign(groups * TILE_ROWS, 0.f), wzero.assign(groups * TILE_ROWS, 0.f);
         for (size_t r = 0; r < rows; ++r) {
             float zero = 0.f;

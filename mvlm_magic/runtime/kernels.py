@@ -13,12 +13,12 @@ How it is used:
 1. `extension()` compiles the C++ files once per OpenVINO version and instruction set (`instruction_set()`)
    with the system's C++ compiler (our own shipped source, nothing downloaded) into the cache folder, and
    registers them with OpenVINO.
-2. `int4_language_model(folder)` writes, once per export, a copy of the language IR in which the symmetric int4
-   MatMuls are replaced by Int4MatMul (the same weights in its order, the same scales; those reading one input,
-   such as q/k/v, as one operation), the int8 head by Int8MatMul and each attention with its cache by KVAttention.
-   The copy is the same for both instruction sets.
-3. The engine compiles that copy instead of language.xml where `helps_here()`. Without a compiler, on other
-   CPUs, for f32 answers or non-int4 exports, everything stays as it was.
+2. `copies(folder)` writes, once per export: a copy of the language IR in which the symmetric int4 MatMuls are
+   replaced by Int4MatMul (the same weights in its order, the same scales; those reading one input, such as
+   q/k/v, as one operation), the int8 head by Int8MatMul and each attention with its cache by KVAttention; and,
+   for the AVX-512 build, a copy of the vision IR with Int8MatMul. A copy is the same for both builds.
+3. The engine compiles the copies instead of vision.xml and language.xml where `helps_here()`. Without a
+   compiler, on other CPUs, for f32 answers or fp16 / fp32 exports, everything stays as it was.
 """
 
 from __future__ import annotations
@@ -258,7 +258,7 @@ def rewrite_int4_matmuls(model: ov.Model) -> int:
     per-row int8 ones (the head) by Int8MatMul; returns how many int4 MatMuls it replaced.
     MatMuls that read the same input with the same group size (q, k, v; gate, up) become one operation whose
     output is split again: the input is quantized once and there are fewer calls per token.
-    (Int8 exports stay on OpenVINO's own path: their prompts are not measured with our operation.)"""
+    (The language models of int8 exports stay on OpenVINO's own path: not measured with our operation.)"""
     found = [(op, _int4_weight(op)) for op in model.get_ordered_ops()]
     int4 = [(op, weights) for op, weights in found if weights is not None]
     _replace_by_input(int4, Int4MatMul, lambda weights: (weights[0].shape[1], weights[1].shape[1]))
