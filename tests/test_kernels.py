@@ -96,9 +96,10 @@ def test_the_operations_run_where_they_are_faster(monkeypatch):
     avx2 = {"avx2", "fma", "f16c"}
     avx512 = avx2 | {"avx512f", "avx512bw", "avx512vl", "avx512_vnni"}
     monkeypatch.delenv("MVLM_KERNEL_ISA", raising=False)
-    # (flags, build, used by "auto"): AVX-VNNI without AVX-512 has OpenVINO's int8 path and no build of ours
+    # (flags, build, used by "auto"): AVX-VNNI without AVX-512 has OpenVINO's int8 path and no build of ours,
+    # AMX OpenVINO's matrix units
     for flags, isa, helps in ((avx2, "avx2", True), (avx512, "avx512", True), (avx2 | {"avx_vnni"}, "avx2", False),
-                              ({"sse4_2"}, None, False)):
+                              (avx512 | {"amx_int8"}, "avx512", False), ({"sse4_2"}, None, False)):
         monkeypatch.setattr(kernels, "cpu_flags", lambda flags=flags: set(flags))
         assert (kernels.instruction_set(), kernels.helps_here()) == (isa, helps), flags
     monkeypatch.setattr(kernels, "cpu_flags", lambda: avx512)

@@ -111,9 +111,12 @@ def instruction_set() -> str | None:
 def helps_here() -> bool:
     """True where our operations are faster than OpenVINO's own: CPUs with AVX2 and no VNNI (where OpenVINO
     multiplies int4 weights in f32) and CPUs with AVX-512 VNNI (where it runs prompts in bf16 and decodes at
-    ~0.6x of memory speed). CPUs with AVX-VNNI but no AVX-512 keep OpenVINO's path: not measured."""
+    ~0.6x of memory speed). CPUs with AVX-VNNI but no AVX-512, and those with AMX (whose matrix units OpenVINO
+    uses for prompts), keep OpenVINO's path: not measured."""
     flags = cpu_flags()
-    return NEEDED_FLAGS <= flags and (AVX512_FLAGS <= flags or not flags & {"avx512_vnni", "avx_vnni"})
+    if not NEEDED_FLAGS <= flags or flags & {"amx_int8", "amx_bf16"}:
+        return False
+    return AVX512_FLAGS <= flags or not flags & {"avx512_vnni", "avx_vnni"}
 
 
 _why_not: str | None = None
