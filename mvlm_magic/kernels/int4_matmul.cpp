@@ -298,13 +298,15 @@ public:
             const float *xscale = q.scale.data(), *xoffset = q.offset.data();
             for_each_panel(N, [&](size_t n, size_t rows) {
                 const uint8_t* panel = w + n * K / 2;
+                if (rows == PANEL) {
 #if MVLM_AVX512
-                if (rows == PANEL)
-                    return avx512::dot_panel(panel, s + n * groups, xv, xscale, xoffset, K, G, y + n);
+                    avx512::dot_panel(panel, s + n * groups, xv, xscale, xoffset, K, G, y + n);
+#else
+                    dot_rows<4>(panel, rows, s + n * groups, xv, xscale, xoffset, K, G, PANEL * K / 2, y + n);
 #endif
-                if (rows == PANEL) return dot_rows<4>(panel, rows, s + n * groups, xv, xscale, xoffset, K, G,
-                                                      PANEL * K / 2, y + n);
-                for (size_t r = 0; r < rows; ++r)
+                    return;
+                }
+                for (size_t r = 0; r < rows; ++r)  // a last panel of fewer rows
                     dot_rows<1>(panel + r * UNIT, rows, s + (n + r) * groups, xv, xscale, xoffset, K, G, 0, y + n + r);
             });
             return true;
@@ -364,13 +366,15 @@ public:
             for (size_t m = 0; m < M; ++m) {
                 const int8_t* xv = &q.values[m * K];
                 const float* xs = &q.scale[m * blocks];
+                if (rows == PANEL) {
 #if MVLM_AVX512
-                if (rows == PANEL) avx512::dot_panel_int8(panel, xv, xs, K, sums);
-                else
+                    avx512::dot_panel_int8(panel, xv, xs, K, sums);
+#else
+                    dot_rows_int8<4>(panel, rows, xv, xs, K, PANEL * K, sums);
 #endif
-                if (rows == PANEL) dot_rows_int8<4>(panel, rows, xv, xs, K, PANEL * K, sums);
-                else
+                } else {
                     for (size_t r = 0; r < rows; ++r) dot_rows_int8<1>(panel + r * UNIT, rows, xv, xs, K, 0, sums + r);
+                }
                 for (size_t r = 0; r < rows; ++r)
                     y[m * N + n + r] = scale[n + r] * (sums[r] - zero[n + r] * x_sum[m]);
             }
