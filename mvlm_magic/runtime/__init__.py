@@ -1,0 +1,1 @@
+"""Everything a question needs, without torch: preprocess, prompt, prefill/decode, sampling, chat."""
