@@ -79,7 +79,7 @@ def run_ask(args) -> None:
 
     config = GenerationConfig(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
                               top_k=args.top_k, seed=args.seed)
-    from .runtime.engine import check_question
+    from .runtime.chat import check_question
     from .runtime.preprocess import load_image
 
     image = load_image(args.image)  # fail on bad input before any export or compile

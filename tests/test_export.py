@@ -52,12 +52,10 @@ def test_state_reads_go_through_beam_idx_so_attention_fuses(exported):
 
 def test_logits_come_from_the_last_position_only(engine, picture):
     eng = engine("v2", "fp32", "f32")
-    eng.reset_state()
     ids = eng.new_chat(picture).prompt_ids("What is this?")
-    logits = eng.feed(eng.embed(ids, eng.encode_image(picture)))
+    logits = eng.prompt_logits(ids, eng.encode_image(picture))
     assert logits.shape == (eng.manifest["model"]["vocab_size"],)
-    assert eng.language.get_tensor("logits").shape[1] == 1
-    eng.reset_state()
+    assert eng.kv.request.get_tensor("logits").shape[1] == 1
 
 
 def test_second_export_of_the_same_key_is_the_cache(checkpoint, exported, cache_dir):

@@ -258,7 +258,7 @@ def test_engine_answers_with_the_kernel_within_the_int4_drift_bound(exported, to
     eng = Engine(exported("v2", "int4"), kernels="on")
     assert eng.kernels == "int4" and "on CPU with our int4" in eng.name
     assert eng.vision_kernels == (kernels.instruction_set() == "avx512")  # the int8 vision copy: AVX-512 only
-    assert not eng.language.query_state()  # the keys and values are kept by our attention operation
+    assert not eng.kv.request.query_state()  # the keys and values are kept by our attention operation
     plain = Engine(exported("v2", "int4"), kernels="off")
     assert plain.kernels is None
     assert Engine(exported("v2", "int4"), precision="f32", kernels="on").kernels is None  # f32 answers: exact path
@@ -266,8 +266,7 @@ def test_engine_answers_with_the_kernel_within_the_int4_drift_bound(exported, to
     for image in list(IMAGES.values())[:3]:
         ids = tokenize_with_image(eng.tokenizer, build_conversation([(QUESTIONS[0], None)], with_image=True))
         expected = model.last_logits(ids, torch.from_numpy(preprocess_image(image))).numpy()
-        eng.reset_state()
-        actual = eng.feed(eng.embed(ids, eng.encode_image(image))).copy()
+        actual = eng.prompt_logits(ids, eng.encode_image(image))
         drift = np.abs(actual - expected).max() / (expected.max() - expected.min())
         assert drift < DRIFT_BOUND["int4"], drift
     answer = eng.new_chat(IMAGES["wide RGB"]).ask(QUESTIONS[0], max_new_tokens=12, ignore_eos=True).result()

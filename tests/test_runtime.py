@@ -14,7 +14,8 @@ from conftest import shapes_picture
 from PIL import Image
 
 from mvlm_magic.errors import MvlmError
-from mvlm_magic.runtime.engine import Engine, text_before_image
+from mvlm_magic.runtime.engine import Engine
+from mvlm_magic.runtime.kv_state import text_before_image
 
 
 @pytest.fixture(scope="module")
@@ -133,7 +134,7 @@ def test_a_new_image_starts_a_new_conversation(eng):
 
 
 def test_a_reused_system_prompt_gives_the_same_answer(eng):
-    eng.reset_state()
+    eng.kv.reset()
     alone = eng.new_chat(shapes_picture(seed=12)).ask("What is this?", max_new_tokens=12).result()
     eng.new_chat(shapes_picture(seed=13)).ask("Describe the image.", max_new_tokens=6).result()
     after = eng.new_chat(shapes_picture(seed=12)).ask("What is this?", max_new_tokens=12).result()
@@ -147,9 +148,27 @@ def test_a_loaded_engine_has_the_system_prompt_computed_already(exported):
     first = chat.ask("What is this?", max_new_tokens=12).result()
     system = text_before_image(chat.prompt_ids("What is this?"))
     assert system > 3 and first.timings.prefill_tokens == first.timings.prompt_tokens - system
-    fresh.reset_state()  # cold: the whole prompt in one go gives the same answer
+    fresh.kv.reset()  # cold: the whole prompt in one go gives the same answer
     cold = fresh.new_chat(shapes_picture(seed=14)).ask("What is this?", max_new_tokens=12).result()
     assert cold.timings.prefill_tokens == cold.timings.prompt_tokens and cold.token_ids == first.token_ids
+
+
+def test_an_abandoned_answer_holds_no_lock_and_interleaved_answers_are_exact(eng):
+    alone = [eng.ask(shapes_picture(seed=s), "Describe the image.", max_new_tokens=10, ignore_eos=True).token_ids
+             for s in (20, 21)]
+    abandoned = iter(eng.new_chat(shapes_picture(seed=22)).ask("Describe the image.", max_new_tokens=50))
+    next(abandoned, None)  # started, then left: another thread must still get the engine
+    done = threading.Event()
+    worker = threading.Thread(target=lambda: (eng.ask(shapes_picture(seed=20), "Hi?", max_new_tokens=2), done.set()))
+    worker.start()
+    assert done.wait(60), "an abandoned answer kept the engine's lock"
+    # Two answers stepped in turn share one cache: each step re-feeds what the other displaced.
+    streams = [eng.new_chat(shapes_picture(seed=s)).ask("Describe the image.", max_new_tokens=10, ignore_eos=True)
+               for s in (20, 21)]
+    iterators = [iter(stream) for stream in streams]
+    while any([next(it, None) is not None for it in iterators]):
+        pass
+    assert [stream.result().token_ids for stream in streams] == alone
 
 
 def test_prompt_beyond_the_context_is_refused(eng, picture):

@@ -1,15 +1,12 @@
-"""Answer questions about an image with the three exported IRs; no torch anywhere.
+"""The compiled models of one export and the calls a question makes of them; no torch anywhere.
 
     engine = Engine(export_folder, device="CPU")
-    chat = engine.new_chat(image)
-    stream = chat.ask("What colour is the circle?")
-    for chunk in stream:            # text as it is generated
-        print(chunk, end="")
-    answer = stream.result()        # text, finish reason, timings
-    chat.ask("And the square?")     # a follow-up reuses the KV state of the first turn
+    answer = engine.ask(image, "What colour is the circle?")      # one question, one answer
+    chat = engine.new_chat(image)                                 # a conversation (chat.py)
 
-One engine holds one language-model InferRequest whose state is the KV cache of one chat at a
-time; a lock keeps answers from interleaving, and a chat whose state was displaced is re-prefilled.
+The engine compiles the vision, text-embeddings and language IRs (or their copies with our operations,
+mvlm_magic/ops), embeds pictures and ids, and holds the language model's one KV cache (kv_state.py); a lock
+makes each model call whole.
 """
 
 from __future__ import annotations
@@ -17,55 +14,19 @@ from __future__ import annotations
 import itertools
 import threading
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from ..cache import read_manifest
 from ..errors import MvlmError
-from .detokenizer import IncrementalDetokenizer, answer_text
+from .chat import Answer, ChatSession
 from .device import check_device, compile_model
+from .kv_state import KVState, text_before_image
 from .memory import shed, shedding
-from .preprocess import load_image, preprocess_image
-from .sampling import GenerationConfig, Sampler
+from .preprocess import CLIP_MEAN, CLIP_STD, load_image, preprocess_image
+from .sampling import GenerationConfig
 from .tokenizer import IMAGE_TOKEN_INDEX, Tokenizer, build_conversation, tokenize_with_image
-
-BEAM_IDX = np.zeros(1, dtype=np.int32)  # one sequence: its cache rows stay where they are
-OFFICIAL_STOP = "</s>"  # the v1 template's sep2; the official keyword check looks at the newest token only
-
-
-@dataclass
-class Timings:
-    image_encode_ms: float = 0.0
-    prefill_ms: float = 0.0
-    first_token_ms: float = 0.0  # from the question to the first new token, image encode included
-    decode_ms: float = 0.0
-    prompt_tokens: int = 0  # positions in the KV cache before the first new token (image tokens included)
-    prefill_tokens: int = 0  # of those, how many this turn had to feed (the rest were cached)
-    new_tokens: int = 0
-
-    @property
-    def decode_tokens_per_s(self) -> float:
-        steps = self.new_tokens - 1
-        return steps / (self.decode_ms / 1000) if steps > 0 and self.decode_ms > 0 else 0.0
-
-    def summary(self) -> str:
-        return (f"image {self.image_encode_ms:.0f} ms · first token {self.first_token_ms:.0f} ms · "
-                f"{self.decode_tokens_per_s:.1f} tokens/s · {self.new_tokens} tokens")
-
-
-@dataclass
-class Answer:
-    question: str
-    text: str
-    token_ids: list[int]
-    finish_reason: str  # eos | stop_string | max_new_tokens | stopped | context
-    timings: Timings = field(default_factory=Timings)
-
-    def __str__(self) -> str:
-        return self.text
 
 
 class Engine:
@@ -82,6 +43,7 @@ class Engine:
         self.num_image_tokens = spec["num_image_tokens"]
         self.context_length = spec["context_length"]
         self.image_size = spec["image_size"]
+        self.image_mean, self.image_std = spec.get("image_mean", CLIP_MEAN), spec.get("image_std", CLIP_STD)
         self.eos_token_id = spec["eos_token_id"]
         started = time.perf_counter()
         self.tokenizer = Tokenizer.from_folder(folder)
@@ -95,12 +57,8 @@ class Engine:
             self.vision = compile_model(vision_xml, self.device, precision, threads, ov_config)
         self.text_embeddings = compile_model(folder / "text_embeddings.xml", self.device, precision, threads, ov_config)
         language = compile_model(language_xml, self.device, precision, threads, ov_config)
-        self.language = language.create_infer_request()
-        self.beam_inputs = {"beam_idx": BEAM_IDX} if any("beam_idx" in p.names for p in language.inputs) else {}
-        self.lock = threading.RLock()
-        self.state_owner: ChatSession | None = None  # whose KV cache the language request holds
-        self.past_length = 0
-        # (With our operations, the keys and values are kept by our attention operation: query_state() is empty.)
+        self.kv = KVState(language.create_infer_request(), self.num_image_tokens)
+        self.lock = threading.RLock()  # one model call at a time: the models' requests and the cache are shared
         with shedding([] if self.kernels else [folder / "language.bin"]):
             self.prime()
         self.compile_seconds = time.perf_counter() - started
@@ -143,7 +101,7 @@ class Engine:
     # --- model calls (callers hold self.lock) ----------------------------------------------------
 
     def encode_image(self, image) -> np.ndarray:
-        pixel_values = preprocess_image(load_image(image), image_size=self.image_size)  # (1, 3, 336, 336)
+        pixel_values = preprocess_image(load_image(image), self.image_size, self.image_mean, self.image_std)
         return self.vision(pixel_values)[0]  # (1, 144, C)
 
     def embed(self, ids: list[int], image_embeds: np.ndarray | None) -> np.ndarray:
@@ -159,227 +117,18 @@ class Engine:
 
     def prime(self) -> None:
         """Start from the system prompt: every picture chat begins with the same text before its picture, so
-        its keys and values are computed once, here, and each new chat reuses them (ChatSession._prefill).
+        its keys and values are computed once, here, and each new chat reuses them (kv_state.py).
         While loading, this is also the language model's first inference, when OpenVINO makes its one-time
         copy of the weights (seconds for a 1.7B model on two cores) — then, and not in the first answer."""
+        ids = tokenize_with_image(self.tokenizer, build_conversation([("?", None)], with_image=True))
         with self.lock:
-            self.reset_state()
-            system = ChatSession(self)
-            ids = tokenize_with_image(self.tokenizer, build_conversation([("?", None)], with_image=True))
-            system.state_ids = ids[: text_before_image(ids)]  # BOS, the system prompt, "USER:"
-            self.feed(self.embed(system.state_ids, None))
-            self.state_owner = system
+            self.kv.reset()
+            self.kv.extend(None, ids[: text_before_image(ids)], lambda new: self.embed(new, None))  # BOS..."USER:"
 
-    def reset_state(self) -> None:
-        self.language.reset_state()
-        self.past_length = 0
-        self.state_owner = None
-
-    def truncate_state(self, positions: int) -> None:
-        """Forget the cached keys/values after the first `positions` positions."""
-        import openvino as ov
-
-        for state in self.language.query_state():
-            kept = state.state.data[:, :, :positions, :]  # (B, KV, P, D)
-            state.state = ov.Tensor(np.ascontiguousarray(kept))
-        self.past_length = positions
-
-    def feed(self, inputs_embeds: np.ndarray) -> np.ndarray:
-        """Run the language model on new positions after the cached ones; logits of the last one."""
-        new = inputs_embeds.shape[1]
-        total = self.past_length + new
-        self.language.infer({
-            "inputs_embeds": inputs_embeds,
-            "attention_mask": np.ones((1, total), dtype=np.int64),
-            "position_ids": np.arange(self.past_length, total, dtype=np.int64)[None],
-            **self.beam_inputs,  # exports before format 2 have no beam_idx
-        })
-        self.past_length = total
-        return self.language.get_tensor("logits").data[0, -1]  # (V,)
-
-    def positions(self, ids: list[int]) -> int:
-        return len(ids) + ids.count(IMAGE_TOKEN_INDEX) * (self.num_image_tokens - 1)
-
-
-class ChatSession:
-    """A conversation about one image. Each `ask` continues it; the KV cache is kept between turns."""
-
-    def __init__(self, engine: Engine, image=None):
-        self.engine = engine
-        self.image = image
-        self.history: list[tuple[str, str]] = []
-        self.image_embeds: np.ndarray | None = None
-        self.state_ids: list[int] = []  # the ids whose keys/values sit in the engine's state
-
-    def ask(self, question: str, config: GenerationConfig | None = None, stop_event: threading.Event | None = None,
-            **options) -> AnswerStream:
-        check_question(question)
-        if options:
-            config = GenerationConfig(**{**(config.__dict__ if config else {}), **options})
-        return AnswerStream(self, question.strip(), config or GenerationConfig(), stop_event)
-
-    def prompt_ids(self, question: str) -> list[int]:
-        turns = self.history + [(question, None)]
-        prompt = build_conversation(turns, with_image=self.image is not None)
-        return tokenize_with_image(self.engine.tokenizer, prompt)
-
-    def reset(self) -> None:
-        self.history.clear()
-        self.state_ids = []
-        if self.engine.state_owner is self:
-            self.engine.state_owner = None
-
-
-class AnswerStream:
-    """Iterate for text chunks; `result()` finishes the answer and returns it; `stop()` from any thread."""
-
-    def __init__(self, session: ChatSession, question: str, config: GenerationConfig, stop_event=None):
-        self.session, self.question, self.config = session, question, config
-        self.stop_event = stop_event or threading.Event()
-        self._answer: Answer | None = None
-        self._chunks = self._generate()
-
-    def stop(self) -> None:
-        self.stop_event.set()
-
-    def __iter__(self) -> Iterator[str]:
-        return self._chunks
-
-    def result(self) -> Answer:
-        for _ in self._chunks:
-            pass
-        return self._answer
-
-    @property
-    def answer(self) -> Answer | None:
-        return self._answer
-
-    def _generate(self) -> Iterator[str]:
-        engine = self.session.engine
-        with engine.lock:
-            timings = Timings()
-            started = time.perf_counter()
-            ids, logits = self._prefill(timings, started)
-            generated: list[int] = []
-            shown = []  # the text handed out so far, as chunks
-            try:
-                finish = yield from self._decode(logits, ids, generated, shown, timings, started)
-            except KeyboardInterrupt:
-                finish = "stopped"  # the kernel's interrupt ends the answer, not the session
-                if engine.past_length != engine.positions(self.session.state_ids):
-                    engine.reset_state()  # interrupted between a model call and its bookkeeping
-            final = answer_text(engine.tokenizer, generated)
-            if finish == "stop_string" and self.config.stop_strings:
-                cut = first_stop(final, tuple(self.config.stop_strings))
-                final = final[:cut].strip() if cut is not None else final
-            shown_text = "".join(shown)
-            if final.startswith(shown_text) and len(final) > len(shown_text):
-                yield final[len(shown_text):]
-            if timings.first_token_ms:
-                timings.decode_ms = (time.perf_counter() - started) * 1000 - timings.first_token_ms
-            timings.new_tokens = len(generated)
-            self.session.history.append((self.question, final))
-            self._answer = Answer(self.question, final, generated, finish, timings)
-
-    def _prefill(self, timings: Timings, started: float) -> tuple[list[int], np.ndarray]:
-        """Encode the image (once per chat), then feed the prompt positions the KV state lacks."""
-        session, engine = self.session, self.session.engine
-        if session.image is not None and session.image_embeds is None:
-            session.image_embeds = engine.encode_image(session.image)
-            timings.image_encode_ms = (time.perf_counter() - started) * 1000
-        ids = session.prompt_ids(self.question)
-        needed = engine.positions(ids)
-        if needed >= engine.context_length:
-            raise MvlmError(f"the conversation needs {needed} positions but the model's context holds "
-                            f"{engine.context_length}; start a new conversation or ask something shorter.")
-        # Keep the cached positions this prompt shares with the state. The previous answer may
-        # re-tokenize differently from how it was generated: from there on, recompute. Another chat's
-        # state shares the text before its picture (the system prompt), never the picture onwards.
-        owner = engine.state_owner
-        held = owner.state_ids if owner is not None else []
-        shareable = held if owner is session else held[: text_before_image(held)]
-        cached = min(common_prefix(shareable, ids), len(ids) - 1)  # feed at least one position to get logits
-        if cached == 0:
-            engine.reset_state()
-        elif cached < len(held):
-            engine.truncate_state(engine.positions(ids[:cached]))
-        new_ids = ids[cached:]
-        timings.prefill_tokens = engine.positions(new_ids)
-        prefill_start = time.perf_counter()
-        logits = engine.feed(engine.embed(new_ids, session.image_embeds))
-        engine.state_owner, session.state_ids = session, list(ids)
-        timings.prefill_ms = (time.perf_counter() - prefill_start) * 1000
-        timings.prompt_tokens = engine.past_length
-        return ids, logits
-
-    def _decode(self, logits, ids, generated, shown, timings, started) -> Iterator[str]:
-        """Sample, check the stop rules, feed the token back; yield text that can no longer change.
-        Returns the finish reason."""
-        session, engine, config = self.session, self.session.engine, self.config
-        sampler = Sampler(config)
-        previous = [t for t in ids if t >= 0]  # for the repetition penalty
-        detok = IncrementalDetokenizer(engine.tokenizer)
-        stops = tuple(config.stop_strings)
-        text = ""  # the whole answer so far, stop strings not yet cut
-        while len(generated) < config.max_new_tokens:
-            if self.stop_event.is_set():
-                return "stopped"
-            token = sampler.next_token(logits, previous)
-            if not timings.first_token_ms:
-                timings.first_token_ms = (time.perf_counter() - started) * 1000
-            if token == engine.eos_token_id and not config.ignore_eos:
-                return "eos"
-            generated.append(token)
-            previous.append(token)
-            text += detok.push(token)
-            if OFFICIAL_STOP in engine.tokenizer.piece(token):
-                return "stop_string"
-            if first_stop(text, stops) is not None:
-                return "stop_string"
-            safe = len(text) - held_back(text, stops)
-            done = sum(map(len, shown))
-            if safe > done:
-                shown.append(text[done:safe])
-                yield shown[-1]
-            if len(generated) >= config.max_new_tokens:
-                break
-            if engine.past_length + 1 >= engine.context_length:
-                return "context"
-            logits = engine.feed(engine.embed([token], None))
-            session.state_ids.append(token)
-        return "max_new_tokens"
-
-
-def check_question(question) -> None:
-    if not isinstance(question, str) or not question.strip():
-        raise MvlmError("the question is empty; write it in the cell (or pass a non-empty string).")
-
-
-def common_prefix(a: list[int], b: list[int]) -> int:
-    n = 0
-    for x, y in zip(a, b):
-        if x != y:
-            break
-        n += 1
-    return n
-
-
-def text_before_image(ids: list[int]) -> int:
-    """How many ids come before the first image position (all of them in a text-only chat)."""
-    return ids.index(IMAGE_TOKEN_INDEX) if IMAGE_TOKEN_INDEX in ids else len(ids)
-
-
-def first_stop(text: str, stops: tuple[str, ...]) -> int | None:
-    hits = [text.find(s) for s in stops if s and s in text]
-    return min(hits) if hits else None
-
-
-def held_back(text: str, stops: tuple[str, ...]) -> int:
-    """How many trailing characters could be the start of a stop string (so must not be shown yet)."""
-    longest = 0
-    for stop in stops:
-        for n in range(min(len(stop) - 1, len(text)), longest, -1):
-            if stop.startswith(text[-n:]):
-                longest = n
-                break
-    return longest
+    def prompt_logits(self, ids: list[int], image_embeds: np.ndarray | None = None) -> np.ndarray:
+        """The last position's logits for a whole prompt from an empty cache (the fidelity checks' oracle call)."""
+        with self.lock:
+            self.kv.reset()
+            logits = self.kv.extend(None, ids, lambda new: self.embed(new, image_embeds)).copy()
+            self.kv.reset()
+        return logits

@@ -1,0 +1,196 @@
+"""A conversation about one picture, and the answer stream of each question in it.
+
+    chat = engine.new_chat(image)
+    stream = chat.ask("What colour is the circle?")
+    for chunk in stream:            # text as it is generated
+        print(chunk, end="")
+    answer = stream.result()        # text, finish reason, timings
+    chat.ask("And the square?")     # a follow-up continues from the cached keys and values of the first turn
+
+The chat's state is explicit: its picture, its image features (computed once), its history of (question,
+answer) turns. The engine's KV cache (kv_state.py) knows which chat's ids it holds; every model call takes the
+engine's lock for that call only, so a stream that is abandoned mid-answer holds no lock, and a chat whose cache
+another chat displaced is simply re-fed from its history.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from ..errors import MvlmError
+from .sampling import GenerationConfig, Sampler
+from .text_stream import TextStream
+from .tokenizer import build_conversation, tokenize_with_image
+
+if TYPE_CHECKING:
+    from .engine import Engine
+
+
+@dataclass
+class Timings:
+    image_encode_ms: float = 0.0
+    prefill_ms: float = 0.0
+    first_token_ms: float = 0.0  # from the question to the first new token, image encode included
+    decode_ms: float = 0.0
+    prompt_tokens: int = 0  # positions in the KV cache before the first new token (image tokens included)
+    prefill_tokens: int = 0  # of those, how many this turn had to feed (the rest were cached)
+    new_tokens: int = 0
+
+    @property
+    def decode_tokens_per_s(self) -> float:
+        steps = self.new_tokens - 1
+        return steps / (self.decode_ms / 1000) if steps > 0 and self.decode_ms > 0 else 0.0
+
+    def summary(self) -> str:
+        return (f"image {self.image_encode_ms:.0f} ms · first token {self.first_token_ms:.0f} ms · "
+                f"{self.decode_tokens_per_s:.1f} tokens/s · {self.new_tokens} tokens")
+
+
+@dataclass
+class Answer:
+    question: str
+    text: str
+    token_ids: list[int]
+    finish_reason: str  # eos | stop_string | max_new_tokens | stopped | context
+    timings: Timings = field(default_factory=Timings)
+
+    def __str__(self) -> str:
+        return self.text
+
+
+class ChatSession:
+    """A conversation about one image. Each `ask` continues it."""
+
+    def __init__(self, engine: Engine, image=None):
+        self.engine = engine
+        self.image = image
+        self.history: list[tuple[str, str]] = []
+        self.image_embeds: np.ndarray | None = None  # (1, 144, C), computed at the first question
+
+    def ask(self, question: str, config: GenerationConfig | None = None, stop_event: threading.Event | None = None,
+            **options) -> AnswerStream:
+        check_question(question)
+        if options:
+            config = GenerationConfig(**{**(config.__dict__ if config else {}), **options})
+        return AnswerStream(self, question.strip(), config or GenerationConfig(), stop_event)
+
+    def prompt_ids(self, question: str) -> list[int]:
+        turns = self.history + [(question, None)]
+        prompt = build_conversation(turns, with_image=self.image is not None)
+        return tokenize_with_image(self.engine.tokenizer, prompt)
+
+    def reset(self) -> None:
+        self.history.clear()
+        with self.engine.lock:
+            self.engine.kv.release(self)
+
+    def embed(self, ids: list[int]) -> np.ndarray:
+        return self.engine.embed(ids, self.image_embeds)
+
+
+class AnswerStream:
+    """Iterate for text chunks; `result()` finishes the answer and returns it; `stop()` from any thread."""
+
+    def __init__(self, session: ChatSession, question: str, config: GenerationConfig, stop_event=None):
+        self.session, self.question, self.config = session, question, config
+        self.stop_event = stop_event or threading.Event()
+        self._answer: Answer | None = None
+        self._chunks = self._generate()
+
+    def stop(self) -> None:
+        self.stop_event.set()
+
+    def __iter__(self) -> Iterator[str]:
+        return self._chunks
+
+    def result(self) -> Answer:
+        for _ in self._chunks:
+            pass
+        return self._answer
+
+    @property
+    def answer(self) -> Answer | None:
+        return self._answer
+
+    def _generate(self) -> Iterator[str]:
+        """prompt -> forward -> logits -> sample -> append, until a stop rule; yields text as it becomes final."""
+        session, engine, config = self.session, self.session.engine, self.config
+        timings, started = Timings(), time.perf_counter()
+        ids = self._prompt(timings, started)
+        logits = self._prefill(ids, timings)
+        sampler, text = Sampler(config), TextStream(engine.tokenizer, config.stop_strings)
+        previous = [t for t in ids if t >= 0]  # for the repetition penalty
+        finish = "max_new_tokens"
+        try:
+            while len(text.ids) < config.max_new_tokens:
+                if self.stop_event.is_set():
+                    finish = "stopped"
+                    break
+                token = sampler.next_token(logits, previous)
+                timings.first_token_ms = timings.first_token_ms or (time.perf_counter() - started) * 1000
+                if token == engine.eos_token_id and not config.ignore_eos:
+                    finish = "eos"
+                    break
+                previous.append(token)
+                if chunk := text.push(token):
+                    yield chunk
+                if text.stopped:
+                    finish = "stop_string"
+                    break
+                if len(text.ids) >= config.max_new_tokens:
+                    break
+                if engine.kv.positions(ids) + len(text.ids) >= engine.context_length:
+                    finish = "context"
+                    break
+                logits = self._forward(ids + text.ids)
+        except KeyboardInterrupt:
+            finish = "stopped"  # the kernel's interrupt ends the answer, not the session
+        final = text.final()
+        if rest := text.unshown(final):
+            yield rest
+        if timings.first_token_ms:
+            timings.decode_ms = (time.perf_counter() - started) * 1000 - timings.first_token_ms
+        timings.new_tokens = len(text.ids)
+        session.history.append((self.question, final))
+        self._answer = Answer(self.question, final, text.ids, finish, timings)
+
+    def _prompt(self, timings: Timings, started: float) -> list[int]:
+        """The prompt's ids; encodes the chat's picture the first time."""
+        session, engine = self.session, self.session.engine
+        if session.image is not None and session.image_embeds is None:
+            with engine.lock:
+                session.image_embeds = engine.encode_image(session.image)
+            timings.image_encode_ms = (time.perf_counter() - started) * 1000
+        ids = session.prompt_ids(self.question)
+        needed = engine.kv.positions(ids)
+        if needed >= engine.context_length:
+            raise MvlmError(f"the conversation needs {needed} positions but the model's context holds "
+                            f"{engine.context_length}; start a new conversation or ask something shorter.")
+        return ids
+
+    def _prefill(self, ids: list[int], timings: Timings) -> np.ndarray:
+        """Feed the prompt positions the cache lacks. The previous answer may re-tokenize differently from how
+        it was generated: from there on, it is recomputed (kv_state.py)."""
+        kv, started = self.session.engine.kv, time.perf_counter()
+        with self.session.engine.lock:
+            timings.prefill_tokens = kv.positions(ids) - kv.positions(ids[: kv.reusable(self.session, ids)])
+            logits = kv.extend(self.session, ids, self.session.embed)
+            timings.prompt_tokens = kv.length
+        timings.prefill_ms = (time.perf_counter() - started) * 1000
+        return logits
+
+    def _forward(self, ids: list[int]) -> np.ndarray:
+        """Logits after `ids`: one new position, or more where another chat used the cache in between."""
+        with self.session.engine.lock:
+            return self.session.engine.kv.extend(self.session, ids, self.session.embed)
+
+
+def check_question(question) -> None:
+    if not isinstance(question, str) or not question.strip():
+        raise MvlmError("the question is empty; write it in the cell (or pass a non-empty string).")

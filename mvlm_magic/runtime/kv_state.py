@@ -1,0 +1,109 @@
+"""The key/value cache of the language model: whose tokens it holds, how many positions, and how it changes.
+
+One engine has one language-model request, so one cache, shared by all its chats. Two back ends keep the keys
+and values: OpenVINO's variables (the stateful IR as exported) or our KVAttention operation (mvlm_magic/ops),
+which keeps them itself and reads how many positions are cached off the attention mask. This object is the
+only place that knows which ids are cached and for whom, and the only one that resets, truncates or feeds the
+cache, for both back ends.
+
+Reuse rules (`reusable`): a chat continues from every position of its own that matches its new prompt; another
+chat's cache is shared up to its picture (the text before it, BOS + system prompt + "USER:", is the same for
+every chat), never from the picture onwards (same ids, other image features).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+from .tokenizer import IMAGE_TOKEN_INDEX
+
+BEAM_IDX = np.zeros(1, dtype=np.int32)  # one sequence: its cache rows stay where they are
+
+
+class KVState:
+    """The cache of one language-model request. Callers hold the engine's lock around every method."""
+
+    def __init__(self, request, num_image_tokens: int):
+        self.request = request  # an ov.InferRequest of the language model
+        self.num_image_tokens = num_image_tokens
+        inputs = {name for port in request.model_inputs for name in port.names}
+        self.beam_inputs = {"beam_idx": BEAM_IDX} if "beam_idx" in inputs else {}  # exports before format 2 lack it
+        self.owner = None  # the chat whose ids are cached (None: nobody's; the text before a picture is shared)
+        self.ids: list[int] = []  # the cached ids; IMAGE_TOKEN_INDEX stands for a picture's positions
+
+    @property
+    def length(self) -> int:
+        """Cached positions."""
+        return self.positions(self.ids)
+
+    def positions(self, ids: list[int]) -> int:
+        """Positions that `ids` take in the cache: a picture takes num_image_tokens."""
+        return len(ids) + ids.count(IMAGE_TOKEN_INDEX) * (self.num_image_tokens - 1)
+
+    def reset(self) -> None:
+        self.request.reset_state()
+        self.owner, self.ids = None, []
+
+    def release(self, owner) -> None:
+        """`owner` will not continue: its cache may still be shared up to its picture."""
+        if self.owner is owner:
+            self.owner = None
+
+    def reusable(self, owner, ids: list[int]) -> int:
+        """How many leading `ids` are cached for `owner` (at most all but one: a call needs a position to run)."""
+        shareable = self.ids if owner is not None and owner is self.owner else self.ids[: text_before_image(self.ids)]
+        if ids[: len(shareable)] == shareable:
+            cached = len(shareable)  # the usual case, a next token: no walk over the ids
+        else:
+            cached = common_prefix(shareable, ids)
+        return min(cached, len(ids) - 1)
+
+    def extend(self, owner, ids: list[int], embed: Callable[[list[int]], np.ndarray]) -> np.ndarray:
+        """Make the cache hold `ids` for `owner`, feeding only the positions it lacks (`embed` turns ids into
+        inputs_embeds (1, T, C)); returns the logits of the last position (V,)."""
+        cached = self.reusable(owner, ids)
+        held, kept = self.length, self.positions(ids[:cached])
+        self.ids = []  # while the cache changes it matches no ids: an interrupt now means a reset next time
+        if cached == 0:
+            self.request.reset_state()
+        elif kept < held:
+            self._truncate(kept)
+        logits = self._run(embed(ids[cached:]), kept)
+        self.owner, self.ids = owner, list(ids)
+        return logits
+
+    def _truncate(self, positions: int) -> None:
+        """Forget the keys/values after the first `positions` positions. OpenVINO's variables are cut; our
+        attention operation keeps no variables and overwrites what lies past the attention mask's length."""
+        import openvino as ov
+
+        for state in self.request.query_state():
+            kept = state.state.data[:, :, :positions, :]  # (B, KV, P, D)
+            state.state = ov.Tensor(np.ascontiguousarray(kept))
+
+    def _run(self, inputs_embeds: np.ndarray, past: int) -> np.ndarray:
+        """The language model on new positions (1, T, C) after `past` cached ones; logits of the last one (V,)."""
+        total = past + inputs_embeds.shape[1]
+        self.request.infer({
+            "inputs_embeds": inputs_embeds,
+            "attention_mask": np.ones((1, total), dtype=np.int64),
+            "position_ids": np.arange(past, total, dtype=np.int64)[None],
+            **self.beam_inputs,
+        })
+        return self.request.get_tensor("logits").data[0, -1]  # (V,)
+
+
+def common_prefix(a: list[int], b: list[int]) -> int:
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+def text_before_image(ids: list[int]) -> int:
+    """How many ids come before the first image position (all of them in a text-only chat)."""
+    return ids.index(IMAGE_TOKEN_INDEX) if IMAGE_TOKEN_INDEX in ids else len(ids)
