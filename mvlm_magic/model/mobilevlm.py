@@ -17,11 +17,11 @@ from torch import nn
 from transformers import CLIPVisionConfig, CLIPVisionModel, LlamaConfig, LlamaForCausalLM
 
 from ..errors import MvlmError
+from ..runtime.tokenizer import IMAGE_TOKEN_INDEX  # the prompt's stand-in for the picture: one home, torch-free
 from .checkpoint import no_progress, read_state_dict
 from .config import MobileVLMConfig
 from .projector import build_projector
 
-IMAGE_TOKEN_INDEX = -200
 VISION_PREFIXES = ("model.vision_tower.vision_tower.vision_model.", "model.vision_tower.vision_tower.")
 PROJECTOR_PREFIX = "model.mm_projector."
 # Buffers some savers include; the modules rebuild them, so they are neither missing nor unexpected.
