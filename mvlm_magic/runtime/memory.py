@@ -2,9 +2,9 @@
 
 OpenVINO maps an IR's .bin file into memory and, on the CPU, copies the weights into its own layout:
 the vision model while it compiles, the language model on its first inference. The mapped file pages stay
-resident afterwards although nothing reads them again, so the weights counted twice (the figures are in
-docs/benchmarks.md, "weights no longer counted twice": a 1.7B model answered in 2.36 GB). `madvise(MADV_DONTNEED)` drops them from this process; the file and the page cache are
-untouched, so a page that is read again simply comes back. Doing it while the copy runs (`shedding`)
+resident afterwards although nothing reads them again, so the weights counted twice (docs/benchmarks.md,
+"weights no longer counted twice"). `madvise(MADV_DONTNEED)` drops them from this process; the file and the page
+cache are untouched, so a page that is read again simply comes back. Doing it while the copy runs (`shedding`)
 keeps the peak low too, not only the steady state.
 
 Linux only (elsewhere these are no-ops).
