@@ -90,9 +90,9 @@ started = time.perf_counter()
 path, cached = find_or_export(sys.argv[1], Compression.parse(sys.argv[2]), Path(sys.argv[3]))
 result = {"seconds": time.perf_counter() - started, "path": str(path), "cached": cached}
 # The copies of the IRs with our operations are written on the first CPU load; make them now, not in a timed load.
-from mvlm_magic.runtime import kernels
-if kernels.extension() is not None:
-    kernels.copies(path)
+from mvlm_magic.ops import build, copies
+if build.extension().library is not None:
+    copies.copies(path)
 """
 
 NOTEBOOK_IR = """
@@ -339,7 +339,7 @@ def draw_chart(path: Path, rows: dict) -> None:
 
 def cpu_name() -> str:
     """The CPU's name, family and model (the name alone says "AMD EPYC" for Zen 3 and Zen 5 alike) and the vector
-    extensions that decide which kernels run."""
+    extensions that decide which of our operations' builds run."""
     fields = {}
     for line in Path("/proc/cpuinfo").read_text().splitlines():
         key, _, value = line.partition(":")

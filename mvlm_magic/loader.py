@@ -35,8 +35,8 @@ def find_or_export(model, compression: Compression, cache_dir: Path, revision: s
 
 def load_engine(model=None, compression: str | Compression = "int4", device: str = "CPU", precision: str = "auto",
                 *, group_size: int | None = None, ratio: float | None = None, cache_dir: Path | str | None = None,
-                revision: str | None = None, threads: int | None = None, kernels: str = "auto",
-                progress: Progress = no_progress) -> Engine:
+                revision: str | None = None, threads: int | None = None, ops: str = "auto",
+                progress: Progress = no_progress, kernels: str | None = None) -> Engine:
     if model is None:
         raise MvlmError("no model given; name a checkpoint folder, a Hugging Face id or a preset "
                         "(e.g. mobilevlm-v2-1.7b).")
@@ -46,7 +46,8 @@ def load_engine(model=None, compression: str | Compression = "int4", device: str
     folder, was_cached = find_or_export(model, compression, Path(cache_dir or default_cache_dir()), revision, progress)
     progress("compile", None, f"compiling on {device}" + (" (cached export, nothing to convert)" if was_cached else ""))
     started = time.perf_counter()
-    engine = Engine(folder, device=device, precision=precision, threads=threads, kernels=kernels)
+    ops = ops if kernels is None else kernels  # (ops' earlier name, still accepted)
+    engine = Engine(folder, device=device, precision=precision, threads=threads, ops=ops)
     engine.was_cached = was_cached
     progress("compile", 1.0, f"compiled in {time.perf_counter() - started:.1f} s")
     return engine

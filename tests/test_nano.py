@@ -64,17 +64,17 @@ def test_int8_accuracy_on_the_heldout_benchmark(nano_engine):
     assert result["accuracy"] >= MIN_ACCURACY, result["per_kind"]
 
 
-def test_int4_kernel_accuracy_on_the_heldout_benchmark(cache_dir):
+def test_int4_operations_accuracy_on_the_heldout_benchmark(cache_dir):
     """Our operations (int8 activations; with the AVX-512 build the vision model's too) answer as well as the bar:
     96.0 % measured, = OpenVINO's f32 int4."""
     from mvlm_magic.loader import load_engine
     from mvlm_magic.nano.evaluate import score
-    from mvlm_magic.runtime import kernels
+    from mvlm_magic.ops import cpu
 
-    if not kernels.NEEDED_FLAGS <= kernels.cpu_flags():
+    if not cpu.NEEDED_FLAGS <= cpu.cpu_flags():
         pytest.skip("needs an AVX2 CPU")
-    engine = load_engine(bundled_model(), "int4", cache_dir=cache_dir, kernels="on")
-    assert engine.kernels == "int4" and engine.vision_kernels == (kernels.instruction_set() == "avx512")
+    engine = load_engine(bundled_model(), "int4", cache_dir=cache_dir, ops="on")
+    assert engine.ops == "int4" and engine.vision_ops == (cpu.instruction_set() == "avx512")
     questions = shapes.heldout_questions(HELDOUT_QUESTIONS)
     result = score(lambda picture, question: engine.ask(picture, question, max_new_tokens=24).text, questions)
     assert result["accuracy"] >= MIN_ACCURACY, result["per_kind"]

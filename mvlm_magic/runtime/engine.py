@@ -20,10 +20,11 @@ import numpy as np
 
 from ..cache import read_manifest
 from ..errors import MvlmError
+from ..ops import select
 from .chat import Answer, ChatSession
 from .device import check_device, compile_model
 from .kv_state import KVState, text_before_image
-from .memory import shed, shedding
+from .memory import shedding
 from .preprocess import CLIP_MEAN, CLIP_STD, load_image, preprocess_image
 from .sampling import GenerationConfig
 from .tokenizer import IMAGE_TOKEN_INDEX, Tokenizer, build_conversation, tokenize_with_image
@@ -33,7 +34,7 @@ class Engine:
     """The compiled vision, text-embeddings and language models of one export, plus its tokenizer."""
 
     def __init__(self, folder: Path | str, device: str = "CPU", precision: str = "auto", threads: int | None = None,
-                 ov_config: dict | None = None, kernels: str = "auto"):
+                 ov_config: dict | None = None, ops: str = "auto", *, kernels: str | None = None):
         folder = Path(folder)
         self.manifest = read_manifest(folder)
         if not self.manifest:
@@ -47,49 +48,29 @@ class Engine:
         self.eos_token_id = spec["eos_token_id"]
         started = time.perf_counter()
         self.tokenizer = Tokenizer.from_folder(folder)
-        vision_xml, language_xml = self.model_files(kernels)
-        self.kernels = None if language_xml.name == "language.xml" else "int4"  # whose MatMuls and attention run
-        self.vision_kernels = vision_xml.name != "vision.xml"
+        # vision.xml and language.xml, or their copies with our operations where those are faster
+        vision_xml, language_xml = select(folder, ops if kernels is None else kernels, self.device, precision)
+        self.ops = None if language_xml.name == "language.xml" else "int4"  # whose MatMuls and attention run
+        self.vision_ops = vision_xml.name != "vision.xml"
         # OpenVINO copies the vision weights into its own layout while compiling, the language model's on its
         # first inference; shedding the mapped file pages meanwhile keeps them from counting twice (memory.py).
         # Our operations read their weights straight from the mapped file: those pages are in use, not copies.
-        with shedding([] if self.vision_kernels else [folder / "vision.bin"]):
+        with shedding([] if self.vision_ops else [folder / "vision.bin"]):
             self.vision = compile_model(vision_xml, self.device, precision, threads, ov_config)
         self.text_embeddings = compile_model(folder / "text_embeddings.xml", self.device, precision, threads, ov_config)
         language = compile_model(language_xml, self.device, precision, threads, ov_config)
         self.kv = KVState(language.create_infer_request(), self.num_image_tokens)
         self.lock = threading.RLock()  # one model call at a time: the models' requests and the cache are shared
-        with shedding([] if self.kernels else [folder / "language.bin"]):
+        with shedding([] if self.ops else [folder / "language.bin"]):
             self.prime()
         self.compile_seconds = time.perf_counter() - started
         self.was_cached = True  # load_engine() says whether it had to export first
 
-    def model_files(self, kernels: str) -> tuple[Path, Path]:
-        """vision.xml and language.xml, or their copies with our operations (runtime/kernels.py) where faster:
-        `kernels` is "auto" (where they are faster: kernels.helps_here()), "on" (wherever they build) or "off".
-        The language copy needs an int4 export, the vision one an int4 or int8 export (kernels.copies)."""
-        if kernels not in ("auto", "on", "off"):
-            raise MvlmError(f"kernels must be 'auto', 'on' or 'off', not {kernels!r}.")
-        plain = self.folder / "vision.xml", self.folder / "language.xml"
-        if kernels == "off" or self.device != "CPU" or self.precision != "auto":
-            return plain  # f32 answers must match the reference: no int8 activations
-        from . import kernels as ours
-
-        if not ((kernels == "on" or ours.helps_here()) and ours.extension() is not None):
-            return plain
-        try:
-            vision, language = ours.copies(self.folder)
-        except OSError:  # a read-only cache: OpenVINO's own path
-            return plain
-        finally:  # making a copy read the original's weights, whose file OpenVINO keeps mapped
-            shed([self.folder / "vision.bin", self.folder / "language.bin"])
-        return vision or plain[0], language or plain[1]
-
     @property
     def name(self) -> str:
-        ours = [name for name, used in (("int4", self.kernels), ("int8 vision", self.vision_kernels)) if used]
-        kernel = f" with our {' and '.join(ours)} kernels" if ours else ""
-        return f"{self.manifest['model_id']} [{self.manifest['compression']['label']}] on {self.device}{kernel}"
+        ours = [name for name, used in (("int4", self.ops), ("int8 vision", self.vision_ops)) if used]
+        with_ours = f" with our {' and '.join(ours)} operations" if ours else ""
+        return f"{self.manifest['model_id']} [{self.manifest['compression']['label']}] on {self.device}{with_ours}"
 
     def new_chat(self, image=None) -> ChatSession:
         return ChatSession(self, image)

@@ -1,9 +1,9 @@
-// Int4MatMul's and Int8MatMul's AVX-512 VNNI paths (int4_matmul.cpp includes this file when it is built with
-// -mavx512vnni; its helpers and the weight layout are defined there).
+// Int4MatMul's and Int8MatMul's AVX-512 VNNI paths, included by int4_matmul.cpp and int8_matmul.cpp only in the
+// AVX-512 build (MVLM_AVX512: compiled with -mavx512vnni -mavx512bw); the weight layout is common.hpp's.
 //
 // Why: with VNNI one instruction (vpdpbusd) multiplies 64 unsigned bytes by 64 signed ones and adds each 4 into
-// an int32 lane, where AVX2 needs three. OpenVINO 2026.4 has its own int8 path on these CPUs, but runs prompts
-// through bf16 (brgemm_avx512_bf16) and decodes at ~0.6x of memory speed (docs/benchmarks.md).
+// an int32 lane, where AVX2 needs three. OpenVINO has its own int8 path on these CPUs, but runs prompts through
+// bf16 and decodes below memory speed (docs/benchmarks.md, "Figures behind the operations' design").
 //
 // One token streams a panel (4 rows) at a time: a 64-byte load holds one unit of two rows, so the 32 x values
 // it meets are the same for both halves of the vector and their scale is one number.
@@ -13,14 +13,17 @@
 
 #include <immintrin.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <cstring>
+
+#include "common.hpp"
 
 namespace mvlm {
 namespace avx512 {
 
-// How far ahead to ask for a token's weights: measured on Zen 5 (a standalone stream of panels): 0 B 33 GB/s,
-// 1 KB 39, 2-3 KB 46-48 of the ~48 GB/s two cores read.
+// How far ahead to ask for a token's weights: the stream of panels reads at memory speed from 2-3 KB on
+// (measured: docs/benchmarks.md).
 constexpr size_t AHEAD = 3072;
 
 // (low 8 lanes, high 8 lanes) summed: the two rows of a vector.
@@ -31,10 +34,12 @@ static inline void sum_halves(__m512 v, float& low, float& high) {
 
 // Two scalars as a vector: a for the low 8 lanes, b for the high 8.
 static inline __m512 halves(float a, float b) {
-    return _mm512_castpd_ps(_mm512_insertf64x4(_mm512_castps_pd(_mm512_set1_ps(a)), _mm256_castps_pd(_mm256_set1_ps(b)), 1));
+    return _mm512_castpd_ps(
+        _mm512_insertf64x4(_mm512_castps_pd(_mm512_set1_ps(a)), _mm256_castps_pd(_mm256_set1_ps(b)), 1));
 }
 
 // y[0..3] for one full panel of int4 weights against one x row (natural order). Groups of G (a multiple of 64).
+[[maybe_unused]]  // (int8_matmul.cpp uses only the int8 one, int4_matmul.cpp only the int4 one)
 static void dot_panel(const uint8_t* panel, const uint16_t* scale, const int8_t* xv, const float* xscale,
                       const float* xoffset, size_t K, size_t G, float* y) {
     const __m512i low_nibbles = _mm512_set1_epi8(0x0F);
@@ -45,7 +50,8 @@ static void dot_panel(const uint8_t* panel, const uint16_t* scale, const int8_t*
         __m512 group_acc[2] = {_mm512_setzero_ps(), _mm512_setzero_ps()};
         float group_offset = 0.f;
         for (size_t c = g * chunks_per_group; c < (g + 1) * chunks_per_group; ++c) {  // 64 inputs: 2 x blocks
-            const __m512i x0 = _mm512_broadcast_i64x4(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(xv + c * 64)));
+            const __m512i x0 = _mm512_broadcast_i64x4(
+                _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xv + c * 64)));
             const __m512i x1 = _mm512_broadcast_i64x4(
                 _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xv + c * 64 + BLOCK)));
             const __m512 s0 = _mm512_set1_ps(xscale[2 * c]), s1 = _mm512_set1_ps(xscale[2 * c + 1]);
@@ -77,13 +83,15 @@ static void dot_panel(const uint8_t* panel, const uint16_t* scale, const int8_t*
 
 // sums[0..3] for one full panel of the int8 head, as dot_rows_int8: vpdpbusd takes unsigned bytes, so each
 // block multiplies weight + 128 (the weight xor 0x80) and starts from -128 * the sum of its x values.
+[[maybe_unused]]  // (int8_matmul.cpp uses only the int8 one, int4_matmul.cpp only the int4 one)
 static void dot_panel_int8(const int8_t* panel, const int8_t* xv, const float* xscale, size_t K, float* sums) {
     const __m512i flip = _mm512_set1_epi8(static_cast<char>(0x80));
     __m512 acc[2] = {_mm512_setzero_ps(), _mm512_setzero_ps()};
     for (size_t b = 0; b < K / BLOCK; ++b) {
         const __m512i x = _mm512_broadcast_i64x4(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(xv + b * BLOCK)));
         const __m512 s = _mm512_set1_ps(xscale[b]);
-        const __m512i start = _mm512_sub_epi32(_mm512_setzero_si512(), _mm512_dpbusd_epi32(_mm512_setzero_si512(), flip, x));
+        const __m512i start =
+            _mm512_sub_epi32(_mm512_setzero_si512(), _mm512_dpbusd_epi32(_mm512_setzero_si512(), flip, x));
         for (int pair = 0; pair < 2; ++pair) {
             const int8_t* here = panel + b * PANEL * UNIT + pair * 2 * UNIT;
             _mm_prefetch(reinterpret_cast<const char*>(here + AHEAD), _MM_HINT_T0);
@@ -99,8 +107,7 @@ static void dot_panel_int8(const int8_t* panel, const int8_t* xv, const float* x
 // Prompts run tiles of 32 weight rows (two vectors, one row per int32 lane) x MR x rows. Weight rows are
 // unpacked once per call into "tile order": per step of 4 inputs, 2 vectors of 16 rows x 4 bytes; each x row's 4
 // bytes of a step are broadcast to all lanes. A lane adds up one x block (8 steps) in int32, then it is scaled:
-// measured on Zen 5 (x in L2): 89 multiply-adds a cycle of the 128 two vpdpbusd give, where vectors of 16 blocks of
-// one row made 64.
+// faster than vectors of 16 blocks of one row (measured: docs/benchmarks.md).
 constexpr size_t LANES = 16, VECTORS = 2, TILE_ROWS = LANES * VECTORS;
 
 // r[i] = 16 dwords of row i  ->  r[j] = dword j of rows 0..15.
@@ -216,11 +223,12 @@ static void prompt(const Quantized& q, size_t M, size_t K, size_t N, size_t G, f
             const size_t mr = std::min<size_t>(4, M - m);
             const int8_t* xm = &q.values[m * K];
             float* out = y + m * N + first;
+            const float *wsm = wscale.data(), *wzm = wzero.data(), *xsm = xs + m * blocks, *xom = xo + m * groups;
             switch (mr) {
-                case 4: tile<4>(w, wscale.data(), wzero.data(), xm, xs + m * blocks, xo + m * groups, K, G, out, N, rows); break;
-                case 3: tile<3>(w, wscale.data(), wzero.data(), xm, xs + m * blocks, xo + m * groups, K, G, out, N, rows); break;
-                case 2: tile<2>(w, wscale.data(), wzero.data(), xm, xs + m * blocks, xo + m * groups, K, G, out, N, rows); break;
-                default: tile<1>(w, wscale.data(), wzero.data(), xm, xs + m * blocks, xo + m * groups, K, G, out, N, rows);
+                case 4: tile<4>(w, wsm, wzm, xm, xsm, xom, K, G, out, N, rows); break;
+                case 3: tile<3>(w, wsm, wzm, xm, xsm, xom, K, G, out, N, rows); break;
+                case 2: tile<2>(w, wsm, wzm, xm, xsm, xom, K, G, out, N, rows); break;
+                default: tile<1>(w, wsm, wzm, xm, xsm, xom, K, G, out, N, rows);
             }
             m += mr;
         }

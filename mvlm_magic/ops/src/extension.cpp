@@ -1,6 +1,8 @@
-// Our OpenVINO operations as one library: mvlm_magic/runtime/kernels.py compiles this file (one g++ call).
-#include "int4_matmul.cpp"
-#include "kv_attention.cpp"
+// Our OpenVINO operations as one library: registers them, nothing else (mvlm_magic/ops/build.py compiles every
+// .cpp file here in one compiler call; CMakeLists.txt does the same for developer builds).
+#include "int4_matmul.hpp"
+#include "int8_matmul.hpp"
+#include "kv_attention.hpp"
 #include "openvino/core/extension.hpp"
 #include "openvino/core/op_extension.hpp"
 

@@ -1,13 +1,40 @@
-// Small AVX2 helpers shared by our operations.
+// What our operations share: the weight layout's constants, aligned buffers, quantized activations, and small
+// AVX2 helpers. Every source includes this header first (it sets up ov::parallel_for on TBB).
 #pragma once
 
 #include <immintrin.h>
 
+#include <algorithm>
 #include <cstddef>
+#include <cstdint>
 #include <new>
 #include <vector>
 
+// ov::parallel_for on TBB, in every build (OpenVINO's CMake target asks for TBB_ADAPTIVE: build.py's choice wins).
+#undef OV_THREAD
+#define OV_THREAD OV_THREAD_TBB
+#include "openvino/core/parallel.hpp"
+
+// The AVX-512 VNNI paths (int4_avx512.hpp) are compiled only into the AVX-512 build (-mavx512vnni -mavx512bw).
+#if defined(__AVX512VNNI__) && defined(__AVX512BW__)
+#define MVLM_AVX512 1
+#else
+#define MVLM_AVX512 0
+#endif
+
 namespace mvlm {
+
+constexpr size_t BLOCK = 32;  // activation values per int8 scale
+constexpr size_t PANEL = 4;   // weight rows interleaved by 32-byte units
+constexpr size_t UNIT = 32;
+
+// Where unit c (32 bytes) of weight row n is, for rows of `row_bytes` in panels of 4: panel p holds rows
+// 4p..4p+3 as unit 0 of each row, then unit 1 of each, ...; a last panel of fewer rows the same way.
+// (mvlm_magic/ops/layout.py's `panels` writes this order.)
+static inline const uint8_t* unit_at(const uint8_t* w, size_t n, size_t c, size_t row_bytes, size_t N) {
+    const size_t panel = n / PANEL, rows = std::min(PANEL, N - panel * PANEL);
+    return w + panel * PANEL * row_bytes + (c * rows + n % PANEL) * UNIT;
+}
 
 // Storage from a 64-byte boundary: a 64-byte load that straddles two cache lines costs two (std::vector's
 // memory starts 16 bytes into one).
@@ -27,6 +54,13 @@ struct Aligned64 {
 
 template <class T>
 using Buffer = std::vector<T, Aligned64<T>>;
+
+// Rows of x, quantized: the values, each block of 32's scale, and 8 * scale * sum (what the +8 of the
+// stored nibbles adds).
+struct Quantized {
+    Buffer<int8_t> values;        // (M, K)
+    Buffer<float> scale, offset;  // (M, K/32)
+};
 
 // The sum of a vector's 8 floats.
 static inline float hsum(__m256 v) {

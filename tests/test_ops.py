@@ -1,11 +1,15 @@
-"""Our OpenVINO operations (runtime/kernels.py): exact against their definitions, found in real exports,
+"""Our OpenVINO operations (mvlm_magic.ops): exact against their definitions, found in real exports,
 used by the engine, and answers as good as OpenVINO's own int4 path."""
 
 from __future__ import annotations
 
+import fnmatch
+import json
 import os
+import shutil
 import subprocess
 import sys
+import tomllib
 from xml.etree import ElementTree
 
 import numpy as np
@@ -13,10 +17,12 @@ import openvino as ov
 import pytest
 from openvino import opset13
 
-from mvlm_magic.runtime import kernels
+from mvlm_magic import ops
+from mvlm_magic.errors import MvlmError
+from mvlm_magic.ops import build, copies, cpu, layout, nodes, patterns, rewrite
 from mvlm_magic.runtime.device import core
 
-pytestmark = pytest.mark.skipif(not kernels.NEEDED_FLAGS <= kernels.cpu_flags(), reason="needs an AVX2 CPU")
+pytestmark = pytest.mark.skipif(not cpu.NEEDED_FLAGS <= cpu.cpu_flags(), reason="needs an AVX2 CPU")
 
 
 def nncf_int4_model(n: int, k: int, group: int, rng) -> tuple[ov.Model, np.ndarray, np.ndarray]:
@@ -64,11 +70,11 @@ def by_definition(x: np.ndarray, q: np.ndarray, scales: np.ndarray) -> np.ndarra
 @pytest.mark.parametrize("n, k, group", [(70, 256, 128), (36, 128, 64), (9, 192, 192), (64, 384, 128),
                                          (21, 1024, 128), (9, 512, 64), (6, 1024, 1024)])
 def test_int4_matmul_equals_its_definition(n, k, group, tmp_path):
-    assert kernels.extension() is not None, kernels.why_not()
+    assert build.extension().library is not None, build.extension().why_not
     rng = np.random.default_rng(n + k)
     model, q, scales = nncf_int4_model(n, k, group, rng)
     plain = core().compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
-    assert kernels.rewrite_int4_matmuls(model) == 1
+    assert rewrite.rewrite_int4_matmuls(model) == 1
     ov.save_model(model, tmp_path / "m.xml", compress_to_fp16=False)
     ours = core().compile_model(tmp_path / "m.xml", "CPU", {"INFERENCE_NUM_THREADS": 2})
     for m in (1, 4, 7):  # one token (streamed weights) and prompts (unpacked weights, 4 rows at a time + rest)
@@ -81,12 +87,12 @@ def test_int4_matmul_equals_its_definition(n, k, group, tmp_path):
         assert np.abs(y - plain(x)[0]).max() < 0.02 * scale  # OpenVINO's own f32 path: int8 activations only
 
 
-@pytest.mark.skipif(kernels.instruction_set() != "avx512", reason="the AVX2 build is the one the tests above run")
+@pytest.mark.skipif(cpu.instruction_set() != "avx512", reason="the AVX2 build is the one the tests above run")
 def test_the_avx2_build_passes_the_same_checks():
     """On an AVX-512 CPU the tests above run the AVX-512 build; the AVX2 one (CPUs without VNNI) in a process of
     its own, since one OpenVINO core cannot hold both."""
     run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__,
-                          "-k", "equals_its_definition or one_input"], env={**os.environ, "MVLM_KERNEL_ISA": "avx2"},
+                          "-k", "equals_its_definition or one_input"], env={**os.environ, "MVLM_OPS_ISA": "avx2"},
                          capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stdout[-3000:]
     assert " passed" in run.stdout and " skipped" not in run.stdout
@@ -95,31 +101,35 @@ def test_the_avx2_build_passes_the_same_checks():
 def test_the_operations_run_where_they_are_faster(monkeypatch):
     avx2 = {"avx2", "fma", "f16c"}
     avx512 = avx2 | {"avx512f", "avx512bw", "avx512vl", "avx512_vnni"}
+    monkeypatch.delenv("MVLM_OPS_ISA", raising=False)
     monkeypatch.delenv("MVLM_KERNEL_ISA", raising=False)
     # (flags, build, used by "auto"): AVX-VNNI without AVX-512 has OpenVINO's int8 path and no build of ours,
     # AMX OpenVINO's matrix units
     for flags, isa, helps in ((avx2, "avx2", True), (avx512, "avx512", True), (avx2 | {"avx_vnni"}, "avx2", False),
                               (avx512 | {"amx_int8"}, "avx512", False), ({"sse4_2"}, None, False)):
-        monkeypatch.setattr(kernels, "cpu_flags", lambda flags=flags: set(flags))
-        assert (kernels.instruction_set(), kernels.helps_here()) == (isa, helps), flags
-    monkeypatch.setattr(kernels, "cpu_flags", lambda: avx512)
-    monkeypatch.setenv("MVLM_KERNEL_ISA", "avx2")
-    assert kernels.instruction_set() == "avx2"
+        monkeypatch.setattr(cpu, "cpu_flags", lambda flags=flags: set(flags))
+        assert (cpu.instruction_set(), cpu.helps_here()) == (isa, helps), flags
+    monkeypatch.setattr(cpu, "cpu_flags", lambda: avx512)
+    monkeypatch.setenv("MVLM_OPS_ISA", "avx2")
+    assert cpu.instruction_set() == "avx2"
+    monkeypatch.delenv("MVLM_OPS_ISA")
+    monkeypatch.setenv("MVLM_KERNEL_ISA", "avx2")  # its earlier name, still honoured
+    assert cpu.instruction_set() == "avx2"
 
 
 def test_panels_put_each_unit_where_the_operations_read_it():
     rows = np.arange(7 * 4 * 32).reshape(7, 4 * 32)  # 7 rows of 4 units: a panel of 4 and one of 3
-    units = kernels.panels(rows).reshape(-1, 32)
+    units = layout.panels(rows).reshape(-1, 32)
     for n in range(7):
         panel, row = divmod(n, 4)
         rows_in_panel = min(4, 7 - 4 * panel)
-        for c in range(4):  # int4_matmul.cpp's unit_at
+        for c in range(4):  # src/common.hpp's unit_at
             np.testing.assert_array_equal(units[panel * 4 * 4 + c * rows_in_panel + row], rows[n, c * 32:(c + 1) * 32])
 
 
 def test_groups_smaller_than_64_stay_with_openvino():
     model, *_ = nncf_int4_model(16, 128, 32, np.random.default_rng(1))
-    assert kernels.rewrite_int4_matmuls(model) == 0
+    assert rewrite.rewrite_int4_matmuls(model) == 0
     assert [op.get_type_name() for op in model.get_ordered_ops()].count("MatMul") == 1
 
 
@@ -135,7 +145,7 @@ def test_matmuls_of_one_input_become_one_operation(tmp_path):
         outputs.append(opset13.matmul(x, matmul.input_value(1), False, True).output(0))
         weights.append((q, scales))
     model = ov.Model([opset13.relu(o) for o in outputs], [x])
-    assert kernels.rewrite_int4_matmuls(model) == 3
+    assert rewrite.rewrite_int4_matmuls(model) == 3
     assert [op.get_type_name() for op in model.get_ordered_ops()].count("Int4MatMul") == 1
     ov.save_model(model, tmp_path / "m.xml", compress_to_fp16=False)
     ours = core().compile_model(tmp_path / "m.xml", "CPU", {"INFERENCE_NUM_THREADS": 2})
@@ -153,7 +163,7 @@ def test_int8_head_equals_its_definition(k, tmp_path):
     head, q, zero, scale = nncf_int8_head(model.get_parameters()[0].output(0), 37, k, rng)
     model.add_results([opset13.result(head)])
     plain = core().compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
-    assert kernels.rewrite_int4_matmuls(model) == 1
+    assert rewrite.rewrite_int4_matmuls(model) == 1
     assert sorted(op.get_type_name() for op in model.get_ordered_ops() if "MatMul" in op.get_type_name()) == \
         ["Int4MatMul", "Int8MatMul"]
     ov.save_model(model, tmp_path / "m.xml", compress_to_fp16=False)
@@ -172,14 +182,14 @@ def attention_model(heads: int, kv_heads: int, head: int, tmp_path) -> ov.Compil
     k, v = (opset13.parameter([1, kv_heads, -1, head], ov.Type.f32) for _ in range(2))
     mask = opset13.parameter([1, 1, -1, -1], ov.Type.boolean)
     scale = opset13.constant(np.float32(head ** -0.5))
-    node = kernels.KVAttention([q.output(0), k.output(0), v.output(0), mask.output(0), scale.output(0)])
+    node = nodes.KVAttention([q.output(0), k.output(0), v.output(0), mask.output(0), scale.output(0)])
     ov.save_model(ov.Model([node], [q, k, v, mask]), tmp_path / "attention.xml")
     return core().compile_model(tmp_path / "attention.xml", "CPU", {"INFERENCE_NUM_THREADS": 2})
 
 
 @pytest.mark.parametrize("heads, kv_heads, head", [(4, 4, 16), (4, 2, 24), (2, 1, 128)])
 def test_kv_attention_equals_its_definition(heads, kv_heads, head, tmp_path):
-    assert kernels.extension() is not None, kernels.why_not()
+    assert build.extension().library is not None, build.extension().why_not
     attention = attention_model(heads, kv_heads, head, tmp_path).create_infer_request()
     rng = np.random.default_rng(head)
     keys = np.zeros((kv_heads, 0, head))  # what the cache should hold: every position's key, f16-rounded
@@ -205,16 +215,17 @@ def test_kv_attention_equals_its_definition(heads, kv_heads, head, tmp_path):
 
 
 def test_the_language_model_of_an_int4_export_is_rewritten_once(exported):
-    assert kernels.extension() is not None, kernels.why_not()  # reading the copy needs the operations registered
+    # reading the copy needs the operations registered
+    assert build.extension().library is not None, build.extension().why_not
     folder = exported("v2", "int4")
     original = core().read_model(folder / "language.xml")
-    int4_matmuls = sum(kernels._int4_weight(op) is not None for op in original.get_ordered_ops())
+    int4_matmuls = sum(patterns.int4_weight(op) is not None for op in original.get_ordered_ops())
     assert int4_matmuls >= 7 * 2  # q, k, v, o, gate, up, down of each layer
     for old in folder.glob("language.int4-v*"):
         old.unlink()
     (folder / "language.int4-v0.xml").write_text("<net/>")  # a copy left by an earlier version
-    derived = kernels.int4_language_model(folder)
-    assert derived == folder / f"language.int4-v{kernels.FORMAT}.xml" and derived.with_suffix(".bin").is_file()
+    derived = copies.int4_language_model(folder)
+    assert derived == folder / f"language.int4-v{copies.FORMAT}.xml" and derived.with_suffix(".bin").is_file()
     assert not (folder / "language.int4-v0.xml").exists()
     model = core().read_model(derived)
     layers = int4_matmuls // 7  # q, k, v fused; o; gate, up fused; down
@@ -222,32 +233,32 @@ def test_the_language_model_of_an_int4_export_is_rewritten_once(exported):
     assert types.count("Int4MatMul") == 4 * layers
     assert types.count("VariadicSplit") == 2 * layers
     assert types.count("Int8MatMul") <= 1  # the head, if int8
-    assert not any(kernels._int4_weight(op) for op in model.get_ordered_ops())
+    assert not any(patterns.int4_weight(op) for op in model.get_ordered_ops())
     assert types.count("KVAttention") == layers and "ScaledDotProductAttention" not in types
     assert not model.get_variables() and not model.get_sinks()  # the operation keeps the cache
     assert "beam_idx" in {name for p in model.get_parameters() for name in p.output(0).get_names()}  # still fed
     offsets = [int(data.get("offset")) for data in ElementTree.parse(derived).iter("data") if data.get("offset")]
     assert offsets and not any(offset % 64 for offset in offsets)  # every constant on a cache line of its own
-    assert kernels.int4_language_model(folder) == derived  # cached
+    assert copies.int4_language_model(folder) == derived  # cached
     assert not list(folder.glob(".copy-*"))  # written under a temporary name, renamed into place
-    assert kernels.int4_language_model(exported("v2", "int8")) is None  # nothing to rewrite
+    assert copies.int4_language_model(exported("v2", "int8")) is None  # nothing to rewrite
 
 
 def test_the_vision_model_of_an_int4_export_gets_a_copy_with_our_int8_operation(exported):
-    assert kernels.extension() is not None, kernels.why_not()
+    assert build.extension().library is not None, build.extension().why_not
     folder = exported("v2", "int4")
     original = core().read_model(folder / "vision.xml")
-    int8 = sum(kernels._int8_weight(op) is not None for op in original.get_ordered_ops())
+    int8 = sum(patterns.int8_weight(op) is not None for op in original.get_ordered_ops())
     layers = sum("q_proj" in op.get_friendly_name() for op in original.get_ordered_ops() if op.get_type_name() == "MatMul")
     assert layers >= 2 and int8 >= 6 * layers  # q, k, v, out, fc1, fc2 of each layer, the projector's
-    derived = kernels.int8_vision_model(folder)
-    assert derived == folder / f"vision.int8-v{kernels.FORMAT}.xml"
+    derived = copies.int8_vision_model(folder)
+    assert derived == folder / f"vision.int8-v{copies.FORMAT}.xml"
     types = [op.get_type_name() for op in core().read_model(derived).get_ordered_ops()]
     assert types.count("Int8MatMul") == int8 - 2 * layers and "MatMul" not in types  # q, k, v as one
-    assert kernels.int8_vision_model(exported("v2", "fp16")) is None  # no int8 weights
+    assert copies.int8_vision_model(exported("v2", "fp16")) is None  # no int8 weights
 
 
-def test_engine_answers_with_the_kernel_within_the_int4_drift_bound(exported, torch_model):
+def test_engine_answers_with_our_operations_within_the_int4_drift_bound(exported, torch_model):
     import torch
 
     from mvlm_magic.runtime.engine import Engine
@@ -255,13 +266,13 @@ def test_engine_answers_with_the_kernel_within_the_int4_drift_bound(exported, to
     from mvlm_magic.runtime.tokenizer import build_conversation, tokenize_with_image
     from test_fidelity import DRIFT_BOUND, IMAGES, QUESTIONS
 
-    eng = Engine(exported("v2", "int4"), kernels="on")
-    assert eng.kernels == "int4" and "on CPU with our int4" in eng.name
-    assert eng.vision_kernels == (kernels.instruction_set() == "avx512")  # the int8 vision copy: AVX-512 only
+    eng = Engine(exported("v2", "int4"), ops="on")
+    assert eng.ops == "int4" and "on CPU with our int4" in eng.name
+    assert eng.vision_ops == (cpu.instruction_set() == "avx512")  # the int8 vision copy: AVX-512 only
     assert not eng.kv.request.query_state()  # the keys and values are kept by our attention operation
-    plain = Engine(exported("v2", "int4"), kernels="off")
-    assert plain.kernels is None
-    assert Engine(exported("v2", "int4"), precision="f32", kernels="on").kernels is None  # f32 answers: exact path
+    plain = Engine(exported("v2", "int4"), ops="off")
+    assert plain.ops is None
+    assert Engine(exported("v2", "int4"), precision="f32", ops="on").ops is None  # f32 answers: exact path
     model = torch_model("v2")
     for image in list(IMAGES.values())[:3]:
         ids = tokenize_with_image(eng.tokenizer, build_conversation([(QUESTIONS[0], None)], with_image=True))
@@ -273,13 +284,13 @@ def test_engine_answers_with_the_kernel_within_the_int4_drift_bound(exported, to
     assert len(answer.token_ids) == 12 and answer.timings.decode_tokens_per_s > 0
 
 
-def test_with_our_kernels_a_conversation_rebuilt_from_its_history_answers_the_same(exported):
+def test_with_our_operations_a_conversation_rebuilt_from_its_history_answers_the_same(exported):
     from conftest import shapes_picture
 
     from mvlm_magic.runtime.engine import Engine
 
-    eng = Engine(exported("v2", "int4"), kernels="on")
-    assert eng.kernels == "int4"
+    eng = Engine(exported("v2", "int4"), ops="on")
+    assert eng.ops == "int4"
     chat = eng.new_chat(shapes_picture(seed=21))
     first = chat.ask("What is this?", max_new_tokens=6, ignore_eos=True).result()
     follow_up = chat.ask("And the colours?", max_new_tokens=8, ignore_eos=True).result()  # continues the cache
@@ -296,12 +307,50 @@ def test_without_a_compiler_the_engine_uses_openvino_alone(exported, monkeypatch
 
     monkeypatch.setenv("CXX", str(tmp_path / "no-such-compiler"))
     monkeypatch.setenv("MVLM_CACHE", str(tmp_path / "cache"))
-    library, why = kernels.build()
-    assert library is None and "compiler" in why
-    assert not list((tmp_path / "cache" / "kernels").glob("*.so"))
-    monkeypatch.setattr(kernels, "extension", lambda: None)
-    eng = Engine(exported("v2", "int4"), kernels="on")
-    assert eng.kernels is None
+    built = build.compile_library()
+    assert built.library is None and "compiler" in built.why_not
+    assert not list((tmp_path / "cache" / "ops").glob("*.so"))
+    monkeypatch.setattr(build, "extension", lambda: build.Build(None, "no compiler"))
+    eng = Engine(exported("v2", "int4"), ops="on")
+    assert eng.ops is None
     assert eng.ask(picture, "What is this?", max_new_tokens=4).token_ids
-    with pytest.raises(Exception, match="kernels must be"):
+    with pytest.raises(Exception, match="ops must be"):
+        Engine(exported("v2", "int4"), ops="fast")
+    with pytest.raises(Exception, match="ops must be"):  # the argument's earlier name, still accepted
         Engine(exported("v2", "int4"), kernels="fast")
+
+
+def test_select_keeps_the_plain_irs_where_our_operations_are_not_used(exported):
+    folder = exported("v2", "int4")
+    plain = folder / "vision.xml", folder / "language.xml"
+    assert ops.select(folder, "off") == plain
+    assert ops.select(folder, "on", precision="f32") == plain  # f32 answers: exact path
+    assert ops.select(folder, "on", device="GPU") == plain
+    with pytest.raises(MvlmError, match="ops must be"):
+        ops.select(folder, "fast")
+
+
+@pytest.mark.skipif(shutil.which("cmake") is None, reason="needs cmake")
+def test_cmake_builds_the_library_from_the_same_sources(tmp_path):
+    """src/CMakeLists.txt (developer builds) configures, lists every source for clangd and builds the library this
+    CPU runs, which OpenVINO loads (in a process of its own: one core registers our operations once)."""
+    def run(*command):
+        done = subprocess.run(command, check=False, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, (done.stdout[-2000:], done.stderr[-2000:])
+
+    run("cmake", "-S", str(build.SOURCES), "-B", str(tmp_path), f"-DMVLM_OPS_ISA={cpu.instruction_set()}",
+        f"-DPython3_EXECUTABLE={sys.executable}")
+    commands = json.loads((tmp_path / "compile_commands.json").read_text())
+    assert {os.path.basename(command["file"]) for command in commands} == {p.name for p in build.SOURCES.glob("*.cpp")}
+    run("cmake", "--build", str(tmp_path), "-j2")
+    run(sys.executable, "-c", "import sys, openvino; openvino.Core().add_extension(sys.argv[1])",
+        str(tmp_path / "libmvlm_ops.so"))
+
+
+def test_the_wheel_ships_every_source_of_our_operations():
+    package = build.SOURCES.parents[1]  # mvlm_magic/
+    pyproject = tomllib.loads((package.parent / "pyproject.toml").read_text())
+    patterns = pyproject["tool"]["setuptools"]["package-data"]["mvlm_magic"]
+    for path in build.SOURCES.iterdir():
+        name = path.relative_to(package).as_posix()
+        assert any(fnmatch.fnmatch(name, pattern) for pattern in patterns), f"{name} is left out of the wheel"

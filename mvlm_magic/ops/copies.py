@@ -1,0 +1,68 @@
+"""The derived IRs: copies of an export's vision and language IRs with our operations, written next to the
+originals on first use (NAME.KIND-vFORMAT.xml) and found again after."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import openvino as ov
+
+from ..runtime.device import core
+from .cpu import instruction_set
+from .layout import align_constants
+from .rewrite import rewrite_int4_matmuls, rewrite_int8_matmuls, use_kv_attention
+
+FORMAT = 9  # part of the derived IR's name: bump when what the copy holds changes
+
+
+def copies(folder: Path) -> tuple[Path | None, Path | None]:
+    """The export's (vision, language) copies with our operations, written on first use; None for either when
+    there is nothing to rewrite. The vision copy (int8 MatMuls over 577 rows) only for the AVX-512 build, whose
+    prompts beat OpenVINO's; on AVX2 they do not (docs/benchmarks.md)."""
+    vision = int8_vision_model(folder) if instruction_set() == "avx512" else None
+    return vision, int4_language_model(folder)
+
+
+def int4_language_model(folder: Path) -> Path | None:
+    """The export's language IR with Int4MatMul (and KVAttention), written next to language.xml on first use;
+    None when the export has no symmetric int4 weights."""
+    derived = Path(folder) / f"language.int4-v{FORMAT}.xml"
+    if derived.is_file():
+        return derived
+    model = core().read_model(Path(folder) / "language.xml")
+    if not rewrite_int4_matmuls(model):
+        return None
+    use_kv_attention(model)
+    return save_copy(model, derived)
+
+
+def int8_vision_model(folder: Path) -> Path | None:
+    """The export's vision IR with Int8MatMul (for prompts of 577 rows: AVX-512 builds only), written next to
+    vision.xml on first use; None when its MatMuls have no per-row int8 weights (fp16 and fp32 exports)."""
+    derived = Path(folder) / f"vision.int8-v{FORMAT}.xml"
+    if derived.is_file():
+        return derived
+    model = core().read_model(Path(folder) / "vision.xml")
+    return save_copy(model, derived) if rewrite_int8_matmuls(model) else None
+
+
+def save_copy(model: ov.Model, derived: Path) -> Path:
+    """Save a rewritten IR as `derived` (NAME.KIND-vFORMAT.xml) and remove the copies of earlier formats."""
+    folder = derived.parent
+    # Save beside the export under temporary names, then rename: the .bin first, the .xml (what we look for) last.
+    temporary = Path(tempfile.mkdtemp(dir=folder, prefix=".copy-"))
+    try:
+        ov.save_model(model, temporary / derived.name, compress_to_fp16=False)
+        align_constants(temporary / derived.name)
+        os.replace(temporary / derived.with_suffix(".bin").name, derived.with_suffix(".bin"))
+        os.replace(temporary / derived.name, derived)
+    finally:
+        shutil.rmtree(temporary, ignore_errors=True)
+    kind = derived.name.rsplit("-v", 1)[0]  # e.g. language.int4
+    for stale in folder.glob(f"{kind}-v*"):  # copies made by earlier versions of this file
+        if not stale.name.startswith(derived.stem + "."):
+            stale.unlink(missing_ok=True)
+    return derived

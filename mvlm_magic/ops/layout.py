@@ -1,0 +1,44 @@
+"""Where our operations' weights lie: rows repacked in panels (the order the C++ operations read), and the
+constants of a saved IR moved to 64-byte boundaries of its .bin."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from xml.etree import ElementTree
+
+import numpy as np
+
+
+def panels(rows: np.ndarray, unit: int = 32) -> np.ndarray:
+    """Weight rows (N, B bytes) in the operations' order: panels of 4 rows interleaved by `unit` bytes (unit 0 of
+    each of the 4 rows, then unit 1, ...), a last panel of fewer rows the same way; the shape stays (N, B).
+    A token then reads one stream instead of 4 (src/common.hpp's `unit_at` reads this order)."""
+    n, width = rows.shape
+    full = n // 4 * 4
+    body = rows[:full].reshape(n // 4, 4, width // unit, unit).transpose(0, 2, 1, 3)
+    rest = rows[full:].reshape(n - full, width // unit, unit).transpose(1, 0, 2)
+    return np.concatenate([body.reshape(-1), rest.reshape(-1)]).reshape(n, width)
+
+
+def align_constants(xml: Path, alignment: int = 64) -> None:
+    """Rewrite a saved IR so that every constant starts on a 64-byte boundary of its .bin (OpenVINO packs them
+    back to back). OpenVINO maps the file, so our operations read their weights in place: from an odd address
+    every 64-byte load straddles two cache lines (measured: the weights sat at 13 mod 64)."""
+    tree = ElementTree.parse(xml)
+    data = [layer.find("data") for layer in tree.getroot().iter("layer") if layer.get("type") == "Const"]
+    data = [d for d in data if d is not None and d.get("offset") is not None]
+    spans = sorted({(int(d.get("offset")), int(d.get("size"))) for d in data})  # equal constants share one span
+    moved, cursor = {}, 0
+    with open(xml.with_suffix(".bin"), "rb") as old, open(xml.with_suffix(".aligned"), "wb") as new:
+        for offset, size in spans:
+            cursor = -(-cursor // alignment) * alignment
+            new.seek(cursor)
+            old.seek(offset)
+            new.write(old.read(size))
+            moved[offset, size] = cursor
+            cursor += size
+    for d in data:
+        d.set("offset", str(moved[int(d.get("offset")), int(d.get("size"))]))
+    os.replace(xml.with_suffix(".aligned"), xml.with_suffix(".bin"))
+    tree.write(xml)

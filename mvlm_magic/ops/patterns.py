@@ -1,0 +1,77 @@
+"""NNCF's compressed weights, recognised in an IR: which MatMuls read symmetric int4 or per-row int8 weights,
+and those weights in the form our operations take (the same bytes and scales, never requantized)."""
+
+from __future__ import annotations
+
+import numpy as np
+import openvino as ov
+
+
+def is_type(node, type_name: str) -> bool:
+    """Whether `node` is an operation of type `type_name` (e.g. "MatMul")."""
+    return node.get_type_name() == type_name
+
+
+def decompressed_weight(matmul):
+    """For `x @ W.T` (a MatMul with transpose_b), the node that computes W, past a final Convert; else None."""
+    if not is_type(matmul, "MatMul") or matmul.get_attributes() != {"transpose_a": False, "transpose_b": True}:
+        return None
+    node = matmul.input_value(1).get_node()
+    return node.input_value(0).get_node() if is_type(node, "Convert") else node
+
+
+def int4_weight(matmul) -> tuple[np.ndarray, np.ndarray] | None:
+    """(bytes (N, K/2) as value + 8 in the operation's order, f16 scales (N, K/G) as bytes) when the MatMul's weight is
+    NNCF's symmetric int4 decompression (Constant i4 -> Convert -> Multiply by a scale [-> Reshape] -> Convert)
+    with groups of a multiple of 64; else None."""
+    node = decompressed_weight(matmul)
+    if node is None or matmul.get_input_element_type(0) != ov.Type.f32:
+        return None
+    if is_type(node, "Reshape"):
+        node = node.input_value(0).get_node()
+    if not is_type(node, "Multiply"):
+        return None
+    first, second = (node.input_value(i).get_node() for i in range(2))
+    if is_type(second, "Convert"):
+        first, second = second, first
+    if not (is_type(first, "Convert") and is_type(second, "Constant")):
+        return None
+    weight = first.input_value(0).get_node()
+    if not is_type(weight, "Constant") or weight.get_element_type() != ov.Type.i4:
+        return None
+    shape = list(weight.get_output_shape(0))  # (N, groups, G) or (N, K) for one scale per row
+    n, k = shape[0], int(np.prod(shape[1:]))
+    groups = shape[1] if len(shape) == 3 else 1
+    weight_shape = matmul.get_input_partial_shape(1)
+    if not weight_shape.is_static or list(weight_shape.to_shape()) != [n, k]:
+        return None
+    if (k // groups) % 64 or second.get_output_element_type(0) != ov.Type.f16:
+        return None
+    scales = second.get_data().reshape(n, groups).view(np.uint8)  # f16 bytes: the CPU plugin leaves u8 alone
+    nncf = weight.get_data().view(np.uint8).reshape(n, k // 2) ^ np.uint8(0x88)  # signed nibbles -> value + 8
+    values = np.stack([nncf & 0x0F, nncf >> 4], axis=-1).reshape(n, k // 64, 2, 32)  # element 2i low, 2i+1 high
+    packed = values[:, :, 0] | (values[:, :, 1] << 4)  # per 64 inputs: byte i = input i | input 32 + i << 4
+    return packed.reshape(n, k // 2), scales
+
+
+def int8_weight(matmul) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """(weight i8 (N, K), zero (N,), scale (N,)) when the MatMul's weight is NNCF's asymmetric
+    int8 with one zero point and scale per row (Constant u8 -> Convert -> Subtract zero -> Multiply scale ->
+    Convert), as the head of an int4 export; else None."""
+    node = decompressed_weight(matmul)
+    if node is None or not is_type(node, "Multiply") or not is_type(node.input_value(1).get_node(), "Constant"):
+        return None
+    subtract, scale = node.input_value(0).get_node(), node.input_value(1).get_node()
+    if not is_type(subtract, "Subtract"):
+        return None
+    weight, zero = (subtract.input_value(i).get_node() for i in range(2))
+    weight = weight.input_value(0).get_node() if is_type(weight, "Convert") else weight
+    zero = zero.input_value(0).get_node() if is_type(zero, "Convert") else zero
+    if not (is_type(weight, "Constant") and is_type(zero, "Constant")) or weight.get_element_type() != ov.Type.u8:
+        return None
+    n, k = weight.get_output_shape(0)
+    if k % 32 or zero.get_data().size != n or scale.get_data().size != n:
+        return None
+    values = (weight.get_data().astype(np.int16) - 128).astype(np.int8)
+    zeros = zero.get_data().astype(np.float32).reshape(n) - 128
+    return values, zeros, scale.get_data().astype(np.float32).reshape(n)

@@ -1,0 +1,133 @@
+"""Graph rewrites, in place: NNCF's int4 and int8 MatMuls become Int4MatMul / Int8MatMul (those reading one input
+as one operation), and each attention over a stateful cache becomes KVAttention, which keeps the cache itself."""
+
+from __future__ import annotations
+
+import numpy as np
+import openvino as ov
+from openvino import opset13
+
+from .layout import panels
+from .nodes import Int4MatMul, Int8MatMul, KVAttention
+from .patterns import int4_weight, int8_weight, is_type
+
+
+def rewrite_int4_matmuls(model: ov.Model) -> int:
+    """Replace the symmetric-int4 MatMuls of `model` by Int4MatMul, in place, and, where there were any, the
+    per-row int8 ones (the head) by Int8MatMul; returns how many int4 MatMuls it replaced.
+    MatMuls that read the same input with the same group size (q, k, v; gate, up) become one operation whose
+    output is split again: the input is quantized once and there are fewer calls per token.
+    (The language models of int8 exports stay on OpenVINO's own path: not measured with our operation.)"""
+    found = [(op, int4_weight(op)) for op in model.get_ordered_ops()]
+    int4 = [(op, weights) for op, weights in found if weights is not None]
+    _replace_by_input(int4, Int4MatMul, lambda weights: (weights[0].shape[1], weights[1].shape[1]))
+    if int4:
+        rewrite_int8_matmuls(model)
+    return len(int4)
+
+
+def rewrite_int8_matmuls(model: ov.Model) -> int:
+    """Replace the per-row int8 MatMuls of `model` (the head; every MatMul of an export's vision model) by
+    Int8MatMul, in place, those reading one input (q, k, v) as one operation; returns how many it replaced."""
+    found = [(op, int8_weight(op)) for op in model.get_ordered_ops()]
+    int8 = [(op, weights) for op, weights in found if weights is not None]
+    _replace_by_input(int8, Int8MatMul, lambda weights: weights[0].shape[1])
+    return len(int8)
+
+
+def _replace_by_input(found: list, operation, same) -> None:
+    """One `operation` for each group of MatMuls that read the same output and whose weights agree on
+    `same(weights)`: their weights concatenated by rows, the first one (the weight bytes) in panel order."""
+    groups: dict[tuple, list] = {}
+    for op, weights in found:
+        source = op.input_value(0)
+        key = (source.get_node().get_name(), source.get_index(), same(weights))  # unique names
+        groups.setdefault(key, []).append((op, weights))
+    for group in groups.values():
+        parts = [np.concatenate([weights[i] for _, weights in group]) for i in range(len(group[0][1]))]
+        _replace([op for op, _ in group], operation, (panels(parts[0]), *parts[1:]))
+
+
+def _cached_input(concat):
+    """The new keys (or values) when `concat` is concat(cache, new) on positions with the cache read from a
+    variable (through the beam Gather) and written back by an Assign; else None."""
+    if not is_type(concat, "Concat") or concat.get_input_size() != 2 or concat.get_attributes()["axis"] not in (-2, 2):
+        return None
+    past = concat.input_value(0).get_node()
+    if is_type(past, "Gather"):
+        past = past.input_value(0).get_node()
+    users = {target.get_node().get_type_name() for target in concat.output(0).get_target_inputs()}
+    cached = is_type(past, "ReadValue") and users == {"Assign", "ScaledDotProductAttention"}
+    return concat.input_value(1) if cached else None
+
+
+def use_kv_attention(model: ov.Model) -> int:
+    """Replace each ScaledDotProductAttention over a stateful cache by KVAttention, in place, removing the
+    cache's variables (the operation keeps the cache); returns how many it replaced. Only where the head size
+    is a multiple of 8 and the mask is boolean, as the language models we export have."""
+    inputs = {name: parameter for parameter in model.get_parameters() for name in parameter.output(0).get_names()}
+    if not {"inputs_embeds", "attention_mask"} <= inputs.keys():
+        return 0
+    replaced = 0
+    for sdpa in [op for op in model.get_ordered_ops() if is_type(op, "ScaledDotProductAttention")]:
+        if sdpa.get_input_size() != 5 or sdpa.get_attributes().get("causal"):
+            continue
+        q, keys, values, mask, scale = (sdpa.input_value(i) for i in range(5))
+        new_keys, new_values = _cached_input(keys.get_node()), _cached_input(values.get_node())
+        head = q.get_partial_shape()[3]
+        if (new_keys is None or new_values is None or mask.get_element_type() != ov.Type.boolean
+                or not is_type(scale.get_node(), "Constant") or head.is_dynamic or head.get_length() % 8):
+            continue
+        node = KVAttention([q, new_keys, new_values, mask, scale])
+        node.set_friendly_name(sdpa.get_friendly_name())
+        _redirect(sdpa.output(0), node.output(0))
+        for concat in (keys.get_node(), values.get_node()):
+            for target in concat.output(0).get_target_inputs():
+                if is_type(target.get_node(), "Assign"):
+                    assign = target.get_node()
+                    model.remove_sink(assign)
+                    model.remove_variable(model.get_variable_by_id(assign.get_variable_id()))
+        replaced += 1
+    # The prompt's past length was read off the cache's shape (for the mask): compute that shape from the inputs.
+    for shape_of in [op for op in model.get_ordered_ops() if is_type(op, "ShapeOf")]:
+        cache = shape_of.input_value(0).get_node()
+        cache = cache.input_value(0).get_node() if is_type(cache, "Gather") else cache
+        if is_type(cache, "ReadValue") and model.get_variable_by_id(cache.get_variable_id()) is None:
+            _, heads, _, head = cache.get_output_partial_shape(0)
+            shape = _cache_shape(inputs["inputs_embeds"], inputs["attention_mask"], heads.get_length(),
+                                 head.get_length(), shape_of.get_output_element_type(0))
+            _redirect(shape_of.output(0), shape)
+    return replaced
+
+
+def _cache_shape(inputs_embeds, attention_mask, heads: int, head: int, element_type):
+    """(B, heads, P, head) as a shape vector, P = the mask's length - the new positions."""
+    embeds, mask = opset13.shape_of(inputs_embeds, element_type), opset13.shape_of(attention_mask, element_type)
+
+    def dimension(shape, i: int):
+        return opset13.gather(shape, opset13.constant([i], ov.Type.i64), opset13.constant(0))
+
+    def constant(value: int):
+        return opset13.constant([value], element_type)
+
+    past = opset13.subtract(dimension(mask, 1), dimension(embeds, 1))
+    return opset13.concat([dimension(embeds, 0), constant(heads), past, constant(head)], 0).output(0)
+
+
+def _replace(matmuls: list, operation, weights) -> None:
+    """Put one `operation` node (on the MatMuls' shared input, with the given weight constants) where the
+    MatMuls were; several MatMuls get its output split back into theirs."""
+    node = operation([matmuls[0].input_value(0)] + [opset13.constant(w).output(0) for w in weights])
+    node.set_friendly_name(" + ".join(op.get_friendly_name() for op in matmuls))
+    outputs = node.outputs()
+    if len(matmuls) > 1:
+        lengths = [op.get_output_partial_shape(0)[-1].get_length() for op in matmuls]
+        outputs = opset13.variadic_split(outputs[0], -1, lengths).outputs()
+    for matmul, output in zip(matmuls, outputs):
+        _redirect(matmul.output(0), output)
+
+
+def _redirect(old, new) -> None:
+    """Make everything that reads output `old` read `new` instead."""
+    for target in old.get_target_inputs():
+        target.replace_source_output(new)

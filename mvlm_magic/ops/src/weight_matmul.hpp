@@ -1,0 +1,49 @@
+// What Int4MatMul and Int8MatMul share: the OpenVINO operation around a weight of N rows (x f32 (..., K) ->
+// f32 (..., N)), the activations quantized to int8, and the split of a weight's panels among threads.
+#pragma once
+
+#include "common.hpp"
+#include "openvino/op/op.hpp"
+
+namespace mvlm {
+
+// Quantize x's rows (M rows of K values) into this thread's buffers, kept between calls so that a token
+// allocates nothing, and give `out` x's shape with the last dimension N.
+const Quantized& quantize_input(const ov::Tensor& x, size_t N, ov::Tensor& out);
+
+// x f32 (..., K) and a weight of N rows -> f32 (..., N), run by Self's `evaluate`.
+template <class Self>
+class WeightMatMul : public ov::op::Op {
+public:
+    WeightMatMul() = default;
+    explicit WeightMatMul(const ov::OutputVector& args) : Op(args) {}
+
+    void validate_and_infer_types() override {
+        const auto x = get_input_partial_shape(0);
+        const auto w = get_input_partial_shape(1);
+        NODE_VALIDATION_CHECK(this, x.rank().is_static() && w.rank().get_length() == 2, "x (..., K), a 2-D weight");
+        auto out = x;
+        out[out.size() - 1] = w[0];
+        set_output_type(0, ov::element::f32, out);
+    }
+
+    std::shared_ptr<ov::Node> clone_with_new_inputs(const ov::OutputVector& args) const override {
+        return std::make_shared<Self>(args);
+    }
+
+    bool visit_attributes(ov::AttributeVisitor&) override { return true; }
+    bool has_evaluate() const override { return true; }
+};
+
+// Each thread takes whole panels, 4 at a time: `work(first row, rows)` for each panel.
+template <class Work>
+static void for_each_panel(size_t N, const Work& work) {
+    constexpr size_t PANELS = 4;
+    const size_t panels = (N + PANEL - 1) / PANEL;
+    ov::parallel_for((panels + PANELS - 1) / PANELS, [&](size_t chunk) {
+        for (size_t p = chunk * PANELS; p < std::min(panels, (chunk + 1) * PANELS); ++p)
+            work(p * PANEL, std::min(PANEL, N - p * PANEL));
+    });
+}
+
+}  // namespace mvlm
