@@ -7,7 +7,7 @@ import re
 from pathlib import Path
 from typing import Any, Mapping
 
-from .errors import MvlmError
+from ..errors import MvlmError
 
 PLACEHOLDER = re.compile(r"\{\{|\}\}|\{([A-Za-z_]\w*)\}")
 PICTURE_TYPES = "a PIL image, a numpy array (HxW or HxWx3), a path string or bytes"
@@ -30,7 +30,7 @@ def resolve_image(name: str | None, namespace: Mapping[str, Any], last_displayed
 
     No name: the last image displayed. A name in the namespace: that variable. Otherwise: a file path.
     """
-    from .runtime.preprocess import load_image  # numpy + Pillow only
+    from ..runtime.preprocess import load_image  # numpy + Pillow only
 
     if not name:
         if last_displayed is None:
@@ -40,7 +40,8 @@ def resolve_image(name: str | None, namespace: Mapping[str, Any], last_displayed
     if name in namespace:
         value = namespace[name]
         if not is_picture_like(value):
-            raise MvlmError(f"variable {name!r} holds a {type(value).__name__} object, not a picture; pass {PICTURE_TYPES}.")
+            raise MvlmError(f"variable {name!r} holds a {type(value).__name__} object, not a picture; "
+                            f"pass {PICTURE_TYPES}.")
         try:
             return load_image(value), f"variable {name}"
         except MvlmError as error:
