@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from ..errors import MvlmError
+from ..pictures import is_picture
 
 PLACEHOLDER = re.compile(r"\{\{|\}\}|\{([A-Za-z_]\w*)\}")
 PICTURE_TYPES = "a PIL image, a numpy array (HxW or HxWx3), a path string or bytes"
@@ -39,7 +40,7 @@ def resolve_image(name: str | None, namespace: Mapping[str, Any], last_displayed
         return load_image(last_displayed), "the last image displayed"
     if name in namespace:
         value = namespace[name]
-        if not is_picture_like(value):
+        if not is_picture(value):
             raise MvlmError(f"variable {name!r} holds a {type(value).__name__} object, not a picture; "
                             f"pass {PICTURE_TYPES}.")
         try:
@@ -50,12 +51,6 @@ def resolve_image(name: str | None, namespace: Mapping[str, Any], last_displayed
     if not path.exists() and name.isidentifier():
         raise MvlmError(f"unknown variable {name!r} (and no file of that name); define it first or give a path.")
     return load_image(path), str(path)
-
-
-def is_picture_like(value) -> bool:
-    if isinstance(value, (str, Path, bytes, bytearray, memoryview)):
-        return True
-    return hasattr(value, "getbands") or hasattr(value, "__array_interface__")
 
 
 def image_key(image) -> str:
