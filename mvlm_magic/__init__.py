@@ -14,13 +14,13 @@ __version__ = "0.1.0"
 
 def load_ipython_extension(ipython) -> None:
     """Register %mvlm_load, %%mvlm_ask and %mvlm_reset (called by `%load_ext mvlm_magic`)."""
-    from .magics import load_extension
+    from .notebook.magics import load_extension
 
     load_extension(ipython)
 
 
 def unload_ipython_extension(ipython) -> None:
     """Remove the magics and the display hook again (called by `%unload_ext` / `%reload_ext`)."""
-    from .magics import unload_extension
+    from .notebook.magics import unload_extension
 
     unload_extension(ipython)

@@ -15,13 +15,9 @@ import sys
 
 from .cache import Compression, default_cache_dir, delete_export, list_exports
 from .errors import MvlmError
+from .printing import stderr_progress
 
 DEFAULT_MODEL_HELP = "a checkpoint folder, a Hugging Face id, or a preset (mobilevlm-v2-1.7b, ...)"
-
-
-def stderr_progress(stage: str, fraction: float | None, message: str = "") -> None:
-    share = f" {fraction:4.0%}" if fraction is not None else ""
-    print(f"[{stage}{share}] {message}", file=sys.stderr, flush=True)
 
 
 def add_compression_options(parser: argparse.ArgumentParser) -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from .cache import Compression, cache_key, default_cache_dir, find_export, read_manifest
 from .errors import MvlmError
-from .model.checkpoint import Progress, no_progress, resolve_source
+from .model.checkpoint import PRESETS, Progress, no_progress, resolve_source
 from .runtime.device import check_device
 from .runtime.engine import Engine
 
@@ -51,3 +51,8 @@ def load_engine(model=None, compression: str | Compression = "int4", device: str
     engine.was_cached = was_cached
     progress("compile", 1.0, f"compiled in {time.perf_counter() - started:.1f} s")
     return engine
+
+
+def preset_names() -> list[str]:
+    """The short model names `load_engine` understands (mobilevlm-v2-1.7b, ...), for pickers."""
+    return list(PRESETS)

@@ -1,7 +1,7 @@
 """The magics on a real IPython InteractiveShell with the extension loaded and the real tiny exported model.
 
 A plain InteractiveShell has no kernel, so answers print as text, blocking (what terminal IPython
-does); the widget paths are reached by telling `frontend.output_mode` which front end is listening.
+does); the widget paths are reached by telling `output_mode.detect` which front end is listening.
 """
 
 from __future__ import annotations
@@ -18,8 +18,9 @@ import pytest
 from conftest import shapes_picture
 from traitlets import TraitError
 
-from mvlm_magic import frontend
-from mvlm_magic.magics import ANSWER_VARIABLE, MvlmMagics
+from mvlm_magic.notebook import output_mode
+from mvlm_magic.notebook.ask import ANSWER_VARIABLE
+from mvlm_magic.notebook.magics import MvlmMagics
 
 LONG = 1500
 
@@ -175,7 +176,7 @@ def test_load_without_a_model_and_without_a_bundled_one_says_so(ip, magics, caps
 
 
 def test_load_alone_in_a_widget_front_end_shows_the_panel(ip, magics, capsys, monkeypatch):
-    monkeypatch.setattr(frontend, "output_mode", lambda shell: frontend.WIDGET)
+    monkeypatch.setattr(output_mode, "detect", lambda shell: output_mode.WIDGET)
     engine = magics.engine
     run(ip, capsys, "%mvlm_load")
     panel = magics.panel
@@ -188,7 +189,7 @@ def test_load_alone_in_a_widget_front_end_shows_the_panel(ip, magics, capsys, mo
 
 
 def test_load_with_a_model_in_a_widget_front_end_shows_progress_without_controls(ip, magics, capsys, monkeypatch):
-    monkeypatch.setattr(frontend, "output_mode", lambda shell: frontend.WIDGET)
+    monkeypatch.setattr(output_mode, "detect", lambda shell: output_mode.WIDGET)
     out, _ = run(ip, capsys, "%mvlm_load {export_folder} --precision f32")
     panel = magics.panel
     assert magics.engine is panel.engine and panel.children[0].layout.display == "none"
@@ -301,7 +302,7 @@ def test_sampling_options_reach_the_engine(ip, magics, capsys):
 def test_without_a_widget_front_end_the_widget_runs_blocking_with_a_text_form(ip, magics, capsys, monkeypatch):
     from mvlm_magic.widgets import AnswerView
 
-    monkeypatch.setattr(frontend, "output_mode", lambda shell: frontend.DISPLAY)
+    monkeypatch.setattr(output_mode, "detect", lambda shell: output_mode.DISPLAY)
     out, err = run(ip, capsys, "%%mvlm_ask img --max-new-tokens 6\nWhat is this?")
     view = magics.view
     assert isinstance(view, AnswerView) and view.done.is_set() and not err
@@ -312,7 +313,7 @@ def test_without_a_widget_front_end_the_widget_runs_blocking_with_a_text_form(ip
 
 
 def test_in_a_widget_front_end_the_answer_streams_in_the_background_and_stop_works(ip, magics, capsys, monkeypatch):
-    monkeypatch.setattr(frontend, "output_mode", lambda shell: frontend.WIDGET)
+    monkeypatch.setattr(output_mode, "detect", lambda shell: output_mode.WIDGET)
     started = time.monotonic()
     run(ip, capsys, f"%%mvlm_ask img --max-new-tokens {LONG}\nDescribe the picture.")
     assert time.monotonic() - started < 2.0  # the cell returned while the answer streams
@@ -328,7 +329,7 @@ def test_in_a_widget_front_end_the_answer_streams_in_the_background_and_stop_wor
 
 
 def test_blocking_flag_and_setting_finish_the_answer_before_the_cell_returns(ip, magics, capsys, monkeypatch):
-    monkeypatch.setattr(frontend, "output_mode", lambda shell: frontend.WIDGET)
+    monkeypatch.setattr(output_mode, "detect", lambda shell: output_mode.WIDGET)
     run(ip, capsys, "%%mvlm_ask img --max-new-tokens 5 --blocking\nWhat is this?")
     assert magics.view.done.is_set() and len(ip.user_ns[ANSWER_VARIABLE].token_ids) == 5
     ip.run_line_magic("config", "MvlmMagics.blocking = True")
@@ -340,7 +341,7 @@ def test_blocking_flag_and_setting_finish_the_answer_before_the_cell_returns(ip,
 
 
 def test_a_second_ask_waits_its_turn(ip, magics, capsys, monkeypatch):
-    monkeypatch.setattr(frontend, "output_mode", lambda shell: frontend.WIDGET)
+    monkeypatch.setattr(output_mode, "detect", lambda shell: output_mode.WIDGET)
     run(ip, capsys, f"%%mvlm_ask img --max-new-tokens {LONG}\nDescribe the picture.")
     first = magics.view
     run(ip, capsys, "%%mvlm_ask img --max-new-tokens 4\nAnd then?")

@@ -259,6 +259,25 @@ def test_ask_panel_asks_follows_up_and_clears(tiny, picture):
     assert len(panel.session.history) == 1
 
 
+def test_the_panel_offers_pictures_that_look_like_pictures_and_the_magic_passes_on_every_kind(picture, tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from mvlm_magic.pictures import is_picture
+
+    picture.save(tmp_path / "shapes.png")
+    (tmp_path / "notes.txt").write_text("not a picture")
+    namespace = {"img": picture, "grey": np.zeros((4, 5), np.uint8), "rgb": np.zeros((4, 5, 3), np.uint8),
+                 "data": png_bytes(picture), "path": str(tmp_path / "shapes.png"), "line": np.zeros(5),
+                 "notes": str(tmp_path / "notes.txt"), "missing": str(tmp_path / "gone.png"), "text": "a question",
+                 "n": 3, "ndarray": np.ndarray, "Image": Image.Image}
+    panel = AskPanel(None, namespace)
+    assert [value for _, value in panel.variable.options] == ["", "data", "grey", "img", "path", "rgb"]
+    # %%mvlm_ask hands every value of a picture's kind to the loader, whose message says what is wrong with it.
+    assert [name for name, value in namespace.items() if is_picture(value)] == [
+        "img", "grey", "rgb", "data", "path", "line", "notes", "missing", "text"]
+
+
 def test_ask_panel_stop_button_stops(tiny, picture):
     panel = AskPanel(tiny, image=picture, max_new_tokens=LONG)
     panel.question.value = "Describe it."

@@ -16,18 +16,17 @@ keeps up and the server's iopub rate limits stay far away. The final text always
 
 from __future__ import annotations
 
-import html
 import threading
 import time
 from typing import Callable
 
 import ipywidgets as w
 
-from .messages import error_html, one_line, text_html
+from ..printing import answer_stats
+from .messages import error_html, escape, one_line, text_html
 from .protocol import Answer, AnswerStream
 from .thumbnail import THUMBNAIL_SIZE, thumbnail_png
 
-FINISH_NOTES = {"stopped": "stopped", "max_new_tokens": "max tokens reached", "context": "context full"}
 STATUS_STYLE = "color:#666;font-size:90%"
 
 
@@ -41,7 +40,7 @@ class AnswerView(w.HBox):
         self.thumbnail = w.Image(format="png", layout=w.Layout(max_width=f"{thumbnail_size}px", height="auto",
                                                                margin="0 12px 0 0", flex="0 0 auto"))
         self.set_image(image, thumbnail_size)
-        self.question_box = w.HTML(f"<b>Q:</b> {_escape(question)}" if question else "")
+        self.question_box = w.HTML(f"<b>Q:</b> {escape(question)}" if question else "")
         self.answer_box = w.HTML("", layout=w.Layout(width="100%"))
         self.stop_button = w.Button(description="Stop", icon="stop", button_style="warning", disabled=True,
                                     tooltip="stop this answer", layout=w.Layout(width="90px"))
@@ -176,15 +175,13 @@ class AnswerView(w.HBox):
             self._display_handle.update(self)
 
     def _status(self, message: str) -> None:
-        self.stats.value = f'<span style="{STATUS_STYLE}">{_escape(message)}</span>'
+        self.stats.value = f'<span style="{STATUS_STYLE}">{escape(message)}</span>'
 
     def _show_stats(self) -> None:
         if self.error:
             self.stats.value = error_html(self.error)
         elif self.answer is not None:
-            note = FINISH_NOTES.get(self.answer.finish_reason)
-            summary = self.answer.timings.summary()
-            self._status(f"{note} · {summary}" if note else summary)
+            self._status(answer_stats(self.answer))
         else:
             self._status("interrupted")
 
@@ -197,8 +194,7 @@ class AnswerView(w.HBox):
             if self.error:
                 lines.append(f"[{self.error}]")
             elif self.answer is not None:
-                note = FINISH_NOTES.get(self.answer.finish_reason)
-                lines.append(f"[{note + ' · ' if note else ''}{self.answer.timings.summary()}]")
+                lines.append(f"[{answer_stats(self.answer)}]")
         return "\n".join(lines)
 
     def _repr_mimebundle_(self, **kwargs):
@@ -206,7 +202,3 @@ class AnswerView(w.HBox):
         if bundle:
             bundle["text/plain"] = self.plain_text()
         return bundle
-
-
-def _escape(text: str | None) -> str:
-    return html.escape(text or "")

@@ -9,31 +9,17 @@ same conversation until the picture changes or Clear is pressed.
 
 from __future__ import annotations
 
-import html
-from pathlib import Path
 from typing import Any, Mapping
 
 import ipywidgets as w
 
+from ..pictures import is_picture
 from .answer_view import AnswerView
-from .messages import error_html, one_line
+from .messages import error_html, escape, one_line
 from .protocol import Answer, ChatSession, Engine
 from .thumbnail import THUMBNAIL_SIZE, thumbnail_png, to_pil
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".gif", ".bmp", ".webp", ".tif", ".tiff")
 NO_VARIABLE = ("(pick a variable)", "")
-
-
-def looks_like_image(value: Any) -> bool:
-    """Variables worth offering: PIL images, HxW / HxWxC arrays, and paths of picture files."""
-    if type(value).__module__.startswith("PIL.") and hasattr(value, "getbands"):
-        return True
-    shape = getattr(value, "shape", None)
-    if hasattr(value, "__array_interface__") and shape is not None:
-        return len(shape) == 2 or (len(shape) == 3 and shape[-1] in (1, 3, 4))
-    if isinstance(value, (str, Path)) and str(value).lower().endswith(IMAGE_SUFFIXES):
-        return Path(value).is_file()
-    return False
 
 
 class AskPanel(w.VBox):
@@ -96,7 +82,7 @@ class AskPanel(w.VBox):
     def engine(self, engine: Engine | None) -> None:
         self._engine, self.session = engine, None  # a conversation belongs to one model
         name = getattr(engine, "name", "") if engine is not None else "no model loaded"
-        self.model_note.value = f'<span style="color:#666">model: {html.escape(str(name))}</span>'
+        self.model_note.value = f'<span style="color:#666">model: {escape(str(name))}</span>'
 
     @property
     def streaming(self) -> bool:
@@ -110,7 +96,7 @@ class AskPanel(w.VBox):
         png = thumbnail_png(image)
         self.preview.value = png or b""
         self.preview.layout.display = None if png else "none"
-        self.picture_note.value = html.escape(label)
+        self.picture_note.value = escape(label)
         if self.history.children:
             self.history.children += (w.HTML("<hr><i>new picture: a new conversation</i>"),)
         self._show_error("")
@@ -118,7 +104,9 @@ class AskPanel(w.VBox):
     def refresh_variables(self) -> None:
         if self.namespace is None:
             return
-        names = sorted(n for n, v in list(self.namespace.items()) if not n.startswith("_") and looks_like_image(v))
+        # Variables worth offering: pictures that look like pictures (strict), so no plain strings or 1-D arrays.
+        names = sorted(n for n, v in list(self.namespace.items())
+                       if not n.startswith("_") and is_picture(v, strict=True))
         current = self.variable.value
         self.variable.options = [NO_VARIABLE] + [(n, n) for n in names]
         self.variable.value = current if current in names else ""
@@ -153,7 +141,8 @@ class AskPanel(w.VBox):
         if self.engine is None:
             return self._show_error("no model loaded; load one first (LoadPanel or %mvlm_load).")
         if self.image is None:
-            return self._show_error("choose a picture first: upload one" + (" or pick a variable." if self.namespace is not None else "."))
+            or_variable = " or pick a variable." if self.namespace is not None else "."
+            return self._show_error("choose a picture first: upload one" + or_variable)
         if not question:
             return self._show_error("the question is empty; type it in the box.")
         try:

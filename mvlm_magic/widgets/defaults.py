@@ -21,10 +21,10 @@ def default_loader():
 
 def model_choices() -> list[str]:
     try:
-        from mvlm_magic.model.checkpoint import PRESETS
-    except ImportError:
+        from mvlm_magic.loader import preset_names
+    except ImportError:  # no OpenVINO here: a model can still be typed in
         return []
-    return list(PRESETS)
+    return preset_names()
 
 
 def device_choices() -> list[str]:

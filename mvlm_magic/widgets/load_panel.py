@@ -12,7 +12,6 @@ no fraction for a long while.
 
 from __future__ import annotations
 
-import html
 import threading
 import time
 from typing import Any, Callable, Sequence
@@ -20,7 +19,7 @@ from typing import Any, Callable, Sequence
 import ipywidgets as w
 
 from . import defaults
-from .messages import error_html, one_line
+from .messages import error_html, escape, one_line
 from .protocol import Engine, Loader
 
 STAGES = ("download", "convert", "compress", "compile")
@@ -149,7 +148,7 @@ class LoadPanel(w.VBox):
             # Only a bar's own stage moves its fraction; a stage sharing the bar just keeps its clock running.
             bar.update(fraction if STAGE_BAR.get(stage) == stage else None)
         if message:
-            self.message.value = f'<span style="color:#666">{_escape(message)}</span>'
+            self.message.value = f'<span style="color:#666">{escape(message)}</span>'
 
     def _run(self, model: str) -> None:
         started = time.monotonic()
@@ -162,7 +161,7 @@ class LoadPanel(w.VBox):
                 if bar.started is None:
                     bar.elapsed.value = "not needed"
             cached = " (cached export: compiled only)" if getattr(engine, "was_cached", False) else ""
-            self.message.value = f"✓ {_escape(engine.name)} ready in {time.monotonic() - started:.1f} s{cached}"
+            self.message.value = f"✓ {escape(engine.name)} ready in {time.monotonic() - started:.1f} s{cached}"
             self.engine = engine
             for callback in list(self.on_loaded):
                 callback(engine)
@@ -186,7 +185,3 @@ class LoadPanel(w.VBox):
             for bar in self.bars.values():
                 if bar.running:
                     bar.tick()
-
-
-def _escape(text: str) -> str:
-    return html.escape(text)

@@ -1,4 +1,4 @@
-"""Turning exceptions into the one line a student reads (no traceback in a widget)."""
+"""HTML for the widgets: errors as the one line a student reads (no traceback in a widget), escaped text."""
 
 from __future__ import annotations
 
@@ -15,8 +15,13 @@ def one_line(error: BaseException) -> str:
     return f"{type(error).__name__}: {text}" if text else type(error).__name__
 
 
+def escape(text: str | None) -> str:
+    """Text for HTML; None reads as empty."""
+    return html.escape(text or "")
+
+
 def error_html(message: str) -> str:
-    return f'<span style="color:#b00020">⚠ {html.escape(message)}</span>' if message else ""
+    return f'<span style="color:#b00020">⚠ {escape(message)}</span>' if message else ""
 
 
 CONTROL_CHARACTERS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")

@@ -24,7 +24,8 @@ def to_pil(image):
 
             array = np.asarray(image)
             if array.dtype != np.uint8:
-                array = (np.clip(array, 0, 1) * 255).round().astype(np.uint8) if array.dtype.kind == "f" else array.astype(np.uint8)
+                floats = array.dtype.kind == "f"
+                array = (np.clip(array, 0, 1) * 255).round().astype(np.uint8) if floats else array.astype(np.uint8)
             return Image.fromarray(array.squeeze(-1) if array.ndim == 3 and array.shape[-1] == 1 else array)
     except Exception:  # a preview is a nicety; the engine reports unreadable pictures properly
         return None

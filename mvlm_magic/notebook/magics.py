@@ -11,43 +11,26 @@
 The final answer of the latest `%%mvlm_ask` is the variable `_mvlm_answer` (an `Answer`: `.text`,
 `.finish_reason`, `.timings`), set when the answer ends. Settings are traitlets (`%config MvlmMagics`).
 
-Each magic parses its line and hands over to one `handle_*` method; the work is done by the engine
-(`mvlm_magic.loader`, imported when a model is loaded) and the widgets (`mvlm_magic.widgets`).
-Bad input is a plain `UsageError`: IPython prints its one line without a traceback (a subclass would
-get a traceback, ipython/ipython#14024).
+This class only declares: the options (magic_arguments) and the settings (traitlets). Each magic
+parses its line and hands over to the module that does its job: `load.py` for %mvlm_load, `ask.py`
+for %%mvlm_ask. The engine (`mvlm_magic.loader`) and the widgets are imported when first needed.
 """
 
 from __future__ import annotations
 
 import threading
-from contextlib import contextmanager
 
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_cell_magic, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
-from IPython.display import display
 from traitlets import Enum, Float, Int, TraitError, Unicode, validate
 
-from . import frontend
-from .ask_input import expand_question, image_key, resolve_image
-from .errors import MvlmError
+from ..errors import MvlmError
+from . import ask, load
 from .last_image import LastImage
+from .usage_errors import ASK_IS_A_CELL_MAGIC
 
-ANSWER_VARIABLE = "_mvlm_answer"
 COMPRESSION_HELP = "int4, int8, fp16, fp32, or an int4 label such as int4-sym-g128-r1"
-
-NO_MODEL = "no model loaded; run %mvlm_load first (e.g. %mvlm_load mobilevlm-v2-1.7b)."
-EMPTY_QUESTION = "the question is empty; write it in the cell, on the lines below %%mvlm_ask."
-ASK_IS_A_CELL_MAGIC = "%%mvlm_ask is a cell magic: put %%mvlm_ask [image] on the first line and the question below it."
-
-
-@contextmanager
-def user_errors():
-    """Our own errors are user mistakes: show their one line, no traceback."""
-    try:
-        yield
-    except MvlmError as error:
-        raise UsageError(str(error)) from None
 
 
 @magics_class
@@ -55,7 +38,8 @@ class MvlmMagics(Magics):
     """Ask MobileVLM about pictures. Settings: `%config MvlmMagics` (or `c.MvlmMagics.*` in ipython_config.py)."""
 
     cache_dir = Unicode("", help="Export cache folder ('' = $MVLM_CACHE or ~/.cache/mvlm_magic).").tag(config=True)
-    default_model = Unicode("", help="Model %mvlm_load uses when none is named ('' = the bundled model).").tag(config=True)
+    default_model = Unicode("", help="Model %mvlm_load uses when none is named ('' = the bundled model)."
+                            ).tag(config=True)
     device = Unicode("CPU", help="OpenVINO device: CPU, GPU, NPU, AUTO, ...").tag(config=True)
     compression = Unicode("int4", help=f"Weight format of new exports: {COMPRESSION_HELP}.").tag(config=True)
     max_new_tokens = Int(256, help="Longest answer, in tokens (--max-new-tokens overrides).").tag(config=True)
@@ -69,7 +53,7 @@ class MvlmMagics(Magics):
 
     @validate("compression")
     def _check_compression(self, proposal):
-        from .cache import Compression
+        from ..cache import Compression
 
         try:
             Compression.parse(proposal["value"])
@@ -111,81 +95,11 @@ class MvlmMagics(Magics):
         A cached export is only compiled, and the message says so. In a notebook without a widget
         front end (nbclient) `%mvlm_load` alone loads the default model instead of showing a panel.
         """
-        args = parse_argstring(self.mvlm_load, line)
-        if args.list:
-            return self.handle_list()
-        if args.delete:
-            return self.handle_delete(args.delete)
-        if args.model is None and frontend.output_mode(self.shell) == frontend.WIDGET:
-            return self.handle_panel(args)
-        return self.handle_load(args)
-
-    def load_options(self, args) -> dict:
-        return {"group_size": args.group_size, "ratio": args.ratio, "precision": args.precision,
-                "cache_dir": self.cache_dir or None}
-
-    def handle_panel(self, args) -> None:
-        from .widgets import LoadPanel
-
-        self.panel = panel = LoadPanel(default_model=self.default_model or None, device=args.device or self.device,
-                                       compression=args.compression or self.compression,
-                                       loader_options=self.load_options(args))
-        panel.on_loaded.append(self.set_engine)
-        display(panel)
-
-    def handle_load(self, args) -> None:
-        from .loader import load_engine
-
-        device, compression = args.device or self.device, args.compression or self.compression
-        options = self.load_options(args)
-        with user_errors():
-            model = args.model or self.default_model or self._bundled_model()
-            if frontend.output_mode(self.shell) == frontend.WIDGET:
-                from .widgets import LoadPanel
-
-                self.panel = panel = LoadPanel(load_engine, models=[], default_model=str(model), devices=[device],
-                                               device=device, compression=compression, loader_options=options,
-                                               show_controls=False)
-                display(panel)
-                engine = panel.load(blocking=True).engine
-            else:
-                from .text_output import print_progress
-
-                engine = load_engine(model, compression, device, progress=print_progress, **options)
-        self.set_engine(engine)
-        how = "cached export: compiled only, nothing converted" if engine.was_cached else "exported and compiled"
-        print(f"{engine.name} is ready ({how}; compile {engine.compile_seconds:.1f} s).")
-
-    def handle_list(self) -> None:
-        from .cache import default_cache_dir, list_exports
-
-        folder = self.cache_dir or default_cache_dir()
-        exports = list_exports(folder)
-        if not exports:
-            print(f"no cached exports in {folder}")
-            return
-        rows = [(e.key, e.manifest.get("model_id", "?"), e.manifest["compression"]["label"],
-                 f"{e.size_bytes / 1e6:.1f} MB") for e in exports]
-        widths = [max(len(row[i]) for row in rows) for i in range(3)]
-        print(f"cached exports in {folder}:")
-        for row in rows:
-            print("  " + "  ".join(cell.ljust(width) for cell, width in zip(row, widths)) + "  " + row[3])
-
-    def handle_delete(self, key: str) -> None:
-        from .cache import delete_export
-
-        with user_errors():
-            folder = delete_export(key, self.cache_dir or None)
-        print(f"deleted {folder}")
+        return load.run(self, parse_argstring(self.mvlm_load, line))
 
     def set_engine(self, engine) -> None:
+        """A newly loaded model: a conversation belongs to one model, so it starts over."""
         self.engine, self.session, self.session_key = engine, None, None
-
-    @staticmethod
-    def _bundled_model() -> str:
-        from .bundled import bundled_model
-
-        return str(bundled_model())
 
     # --- %%mvlm_ask ------------------------------------------------------------------------------
 
@@ -212,58 +126,7 @@ class MvlmMagics(Magics):
         """
         if cell is None:
             raise UsageError(ASK_IS_A_CELL_MAGIC)
-        return self.handle_ask(parse_argstring(self.mvlm_ask, line), cell)
-
-    def handle_ask(self, args, cell: str) -> None:
-        if self.engine is None:
-            raise UsageError(NO_MODEL)
-        namespace = self.shell.user_ns
-        with user_errors():
-            question = expand_question(cell, namespace).strip()
-            if not question:
-                raise MvlmError(EMPTY_QUESTION)
-            image, _ = resolve_image(args.image, namespace, self.last_image.image)
-            stream = self.session_for(image, new=args.new).ask(question, **self.generation_options(args))
-            self.show_answer(stream, image, args.blocking)
-
-    def session_for(self, image, new: bool = False):
-        """The same picture continues the conversation; another picture (or --new) starts one."""
-        key = image_key(image)
-        if new or self.session is None or key != self.session_key:
-            self.session, self.session_key = self.engine.new_chat(image), key
-        return self.session
-
-    def generation_options(self, args) -> dict:
-        options = {
-            "max_new_tokens": args.max_new_tokens if args.max_new_tokens is not None else self.max_new_tokens,
-            "temperature": args.temperature if args.temperature is not None else self.temperature,
-            "top_p": args.top_p if args.top_p is not None else self.top_p,
-        }
-        options.update({name: getattr(args, name) for name in ("top_k", "seed") if getattr(args, name) is not None})
-        return options
-
-    def show_answer(self, stream, image, blocking: bool) -> None:
-        mode = frontend.output_mode(self.shell)
-        if mode == frontend.PRINT:
-            from .text_output import PrintedAnswer
-
-            self.view = PrintedAnswer()
-            self.view.stream(stream, lock=self.turn)
-            self.answer_done(self.view)
-            return
-        from .widgets import AnswerView
-
-        blocking = blocking or self.blocking is True or (self.blocking == "auto" and mode == frontend.DISPLAY)
-        self.view = view = AnswerView(image=image, rate=self.update_rate)
-        view.on_done.append(self.answer_done)
-        handle = display(view, display_id=True)
-        # Without a widget front end the text/plain form is what gets saved; keep that display updated too.
-        view.stream(stream, blocking=blocking, lock=self.turn,
-                    display_handle=handle if blocking and mode == frontend.DISPLAY else None)
-
-    def answer_done(self, view) -> None:
-        if view.answer is not None:
-            self.shell.user_ns[ANSWER_VARIABLE] = view.answer
+        return ask.run(self, parse_argstring(self.mvlm_ask, line), cell)
 
     # --- %mvlm_reset -----------------------------------------------------------------------------
 

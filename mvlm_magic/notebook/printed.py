@@ -1,11 +1,11 @@
-"""Answers and load progress as plain text, for terminal IPython and shells with no kernel."""
+"""Answers as plain text, for terminal IPython and shells with no kernel (load progress: `mvlm_magic.printing`)."""
 
 from __future__ import annotations
 
 import sys
 import threading
 
-FINISH_NOTES = {"stopped": "stopped", "max_new_tokens": "max tokens reached", "context": "context full"}
+from ..printing import answer_stats
 
 
 class PrintedAnswer:
@@ -33,8 +33,7 @@ class PrintedAnswer:
             if self.answer.text.startswith(self.text):
                 print(self.answer.text[len(self.text):], end="", file=out)
             self.text = self.answer.text
-            note = FINISH_NOTES.get(self.answer.finish_reason)
-            print(f"\n[{note + ' · ' if note else ''}{self.answer.timings.summary()}]", file=out, flush=True)
+            print(f"\n[{answer_stats(self.answer)}]", file=out, flush=True)
         finally:
             if lock is not None:
                 lock.release()
@@ -44,9 +43,4 @@ class PrintedAnswer:
     def wait(self, timeout: float | None = None):
         self.done.wait(timeout)
         return self.answer
-
-
-def print_progress(stage: str, fraction: float | None, message: str = "") -> None:
-    share = f" {fraction:4.0%}" if fraction is not None else ""
-    print(f"[{stage}{share}] {message}", flush=True)
 

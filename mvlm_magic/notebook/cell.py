@@ -7,7 +7,8 @@ import re
 from pathlib import Path
 from typing import Any, Mapping
 
-from .errors import MvlmError
+from ..errors import MvlmError
+from ..pictures import is_picture
 
 PLACEHOLDER = re.compile(r"\{\{|\}\}|\{([A-Za-z_]\w*)\}")
 PICTURE_TYPES = "a PIL image, a numpy array (HxW or HxWx3), a path string or bytes"
@@ -30,7 +31,7 @@ def resolve_image(name: str | None, namespace: Mapping[str, Any], last_displayed
 
     No name: the last image displayed. A name in the namespace: that variable. Otherwise: a file path.
     """
-    from .runtime.preprocess import load_image  # numpy + Pillow only
+    from ..runtime.preprocess import load_image  # numpy + Pillow only
 
     if not name:
         if last_displayed is None:
@@ -39,8 +40,9 @@ def resolve_image(name: str | None, namespace: Mapping[str, Any], last_displayed
         return load_image(last_displayed), "the last image displayed"
     if name in namespace:
         value = namespace[name]
-        if not is_picture_like(value):
-            raise MvlmError(f"variable {name!r} holds a {type(value).__name__} object, not a picture; pass {PICTURE_TYPES}.")
+        if not is_picture(value):
+            raise MvlmError(f"variable {name!r} holds a {type(value).__name__} object, not a picture; "
+                            f"pass {PICTURE_TYPES}.")
         try:
             return load_image(value), f"variable {name}"
         except MvlmError as error:
@@ -49,12 +51,6 @@ def resolve_image(name: str | None, namespace: Mapping[str, Any], last_displayed
     if not path.exists() and name.isidentifier():
         raise MvlmError(f"unknown variable {name!r} (and no file of that name); define it first or give a path.")
     return load_image(path), str(path)
-
-
-def is_picture_like(value) -> bool:
-    if isinstance(value, (str, Path, bytes, bytearray, memoryview)):
-        return True
-    return hasattr(value, "getbands") or hasattr(value, "__array_interface__")
 
 
 def image_key(image) -> str:

@@ -17,7 +17,8 @@ from __future__ import annotations
 WIDGET, DISPLAY, PRINT = "widget", "display", "print"
 
 
-def output_mode(shell) -> str:
+def detect(shell) -> str:
+    """WIDGET, DISPLAY or PRINT for the front end `shell` answers to now."""
     kernel = getattr(shell, "kernel", None)
     if kernel is None:
         return PRINT

@@ -1,0 +1,77 @@
+"""What `%%mvlm_ask` does: find the picture and the question, continue or start the chat, show the answer.
+
+The answer is shown as the front end allows (`output_mode`): printed where no kernel listens, else
+an answer widget, streaming in the background where a widget front end can press its Stop button.
+The finished answer becomes the notebook variable `_mvlm_answer`.
+"""
+
+from __future__ import annotations
+
+from IPython.core.error import UsageError
+from IPython.display import display
+
+from ..errors import MvlmError
+from . import output_mode
+from .cell import expand_question, image_key, resolve_image
+from .usage_errors import EMPTY_QUESTION, NO_MODEL, user_errors
+
+ANSWER_VARIABLE = "_mvlm_answer"
+
+
+def run(magics, args, cell: str) -> None:
+    """`%%mvlm_ask`'s parsed line and its cell."""
+    if magics.engine is None:
+        raise UsageError(NO_MODEL)
+    namespace = magics.shell.user_ns
+    with user_errors():
+        question = expand_question(cell, namespace).strip()
+        if not question:
+            raise MvlmError(EMPTY_QUESTION)
+        image, _ = resolve_image(args.image, namespace, magics.last_image.image)
+        stream = session_for(magics, image, new=args.new).ask(question, **generation_options(magics, args))
+        show_answer(magics, stream, image, args.blocking)
+
+
+def session_for(magics, image, new: bool = False):
+    """The same picture continues the conversation; another picture (or --new) starts one."""
+    key = image_key(image)
+    if new or magics.session is None or key != magics.session_key:
+        magics.session, magics.session_key = magics.engine.new_chat(image), key
+    return magics.session
+
+
+def generation_options(magics, args) -> dict:
+    """The line's options, else the settings (`%config MvlmMagics`)."""
+    options = {
+        "max_new_tokens": args.max_new_tokens if args.max_new_tokens is not None else magics.max_new_tokens,
+        "temperature": args.temperature if args.temperature is not None else magics.temperature,
+        "top_p": args.top_p if args.top_p is not None else magics.top_p,
+    }
+    options.update({name: getattr(args, name) for name in ("top_k", "seed") if getattr(args, name) is not None})
+    return options
+
+
+def show_answer(magics, stream, image, blocking: bool) -> None:
+    mode = output_mode.detect(magics.shell)
+    if mode == output_mode.PRINT:
+        from .printed import PrintedAnswer
+
+        magics.view = PrintedAnswer()
+        magics.view.stream(stream, lock=magics.turn)
+        keep_answer(magics.shell, magics.view)
+        return
+    from ..widgets import AnswerView
+
+    blocking = blocking or magics.blocking is True or (magics.blocking == "auto" and mode == output_mode.DISPLAY)
+    magics.view = view = AnswerView(image=image, rate=magics.update_rate)
+    view.on_done.append(lambda view: keep_answer(magics.shell, view))
+    handle = display(view, display_id=True)
+    # Without a widget front end the text/plain form is what gets saved; keep that display updated too.
+    view.stream(stream, blocking=blocking, lock=magics.turn,
+                display_handle=handle if blocking and mode == output_mode.DISPLAY else None)
+
+
+def keep_answer(shell, view) -> None:
+    """The finished answer becomes `_mvlm_answer` (a failed one leaves the previous in place)."""
+    if view.answer is not None:
+        shell.user_ns[ANSWER_VARIABLE] = view.answer

@@ -1,0 +1,88 @@
+"""What `%mvlm_load` does: the panel, the export cache (--list, --delete), or loading a model with progress."""
+
+from __future__ import annotations
+
+from IPython.display import display
+
+from . import output_mode
+from .usage_errors import user_errors
+
+
+def run(magics, args) -> None:
+    """`%mvlm_load`'s parsed line: list or delete cached exports, show the panel, or load the model named."""
+    if args.list:
+        return list_cache(magics.cache_dir)
+    if args.delete:
+        return delete_cached(args.delete, magics.cache_dir)
+    if args.model is None and output_mode.detect(magics.shell) == output_mode.WIDGET:
+        return show_panel(magics, args)
+    return load(magics, args)
+
+
+def loader_options(magics, args) -> dict:
+    return {"group_size": args.group_size, "ratio": args.ratio, "precision": args.precision,
+            "cache_dir": magics.cache_dir or None}
+
+
+def show_panel(magics, args) -> None:
+    from ..widgets import LoadPanel
+
+    magics.panel = panel = LoadPanel(default_model=magics.default_model or None, device=args.device or magics.device,
+                                     compression=args.compression or magics.compression,
+                                     loader_options=loader_options(magics, args))
+    panel.on_loaded.append(magics.set_engine)
+    display(panel)
+
+
+def load(magics, args) -> None:
+    from ..loader import load_engine
+
+    device, compression = args.device or magics.device, args.compression or magics.compression
+    options = loader_options(magics, args)
+    with user_errors():
+        model = args.model or magics.default_model or bundled_model()
+        if output_mode.detect(magics.shell) == output_mode.WIDGET:
+            from ..widgets import LoadPanel
+
+            magics.panel = panel = LoadPanel(load_engine, models=[], default_model=str(model), devices=[device],
+                                             device=device, compression=compression, loader_options=options,
+                                             show_controls=False)
+            display(panel)
+            engine = panel.load(blocking=True).engine
+        else:
+            from ..printing import print_progress
+
+            engine = load_engine(model, compression, device, progress=print_progress, **options)
+    magics.set_engine(engine)
+    how = "cached export: compiled only, nothing converted" if engine.was_cached else "exported and compiled"
+    print(f"{engine.name} is ready ({how}; compile {engine.compile_seconds:.1f} s).")
+
+
+def list_cache(cache_dir: str) -> None:
+    from ..cache import default_cache_dir, list_exports
+
+    folder = cache_dir or default_cache_dir()
+    exports = list_exports(folder)
+    if not exports:
+        print(f"no cached exports in {folder}")
+        return
+    rows = [(e.key, e.manifest.get("model_id", "?"), e.manifest["compression"]["label"],
+             f"{e.size_bytes / 1e6:.1f} MB") for e in exports]
+    widths = [max(len(row[i]) for row in rows) for i in range(3)]
+    print(f"cached exports in {folder}:")
+    for row in rows:
+        print("  " + "  ".join(cell.ljust(width) for cell, width in zip(row, widths)) + "  " + row[3])
+
+
+def delete_cached(key: str, cache_dir: str) -> None:
+    from ..cache import delete_export
+
+    with user_errors():
+        folder = delete_export(key, cache_dir or None)
+    print(f"deleted {folder}")
+
+
+def bundled_model() -> str:
+    from ..bundled import bundled_model as find
+
+    return str(find())

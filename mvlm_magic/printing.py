@@ -1,0 +1,28 @@
+"""The words shared by every way an answer or a load is shown: the terminal (`mvlm`), printed notebook
+output and the widgets. Plain Python, so each of those layers may import it.
+"""
+
+from __future__ import annotations
+
+import sys
+
+# Why an answer ended, where the reason is worth a word (eos and a stop string are the normal ends).
+FINISH_NOTES = {"stopped": "stopped", "max_new_tokens": "max tokens reached", "context": "context full"}
+
+
+def answer_stats(answer) -> str:
+    """The line under a finished answer: why it ended, if worth saying, then its timings."""
+    note = FINISH_NOTES.get(answer.finish_reason)
+    summary = answer.timings.summary()
+    return f"{note} · {summary}" if note else summary
+
+
+def print_progress(stage: str, fraction: float | None, message: str = "", *, file=None) -> None:
+    """A loader progress report as one line, `[stage  40%] message` (file None: stdout, looked up now)."""
+    share = f" {fraction:4.0%}" if fraction is not None else ""
+    print(f"[{stage}{share}] {message}", file=file, flush=True)
+
+
+def stderr_progress(stage: str, fraction: float | None, message: str = "") -> None:
+    """`print_progress` to stderr (looked up at each call, so a swapped sys.stderr is honoured)."""
+    print_progress(stage, fraction, message, file=sys.stderr)
