@@ -69,7 +69,7 @@ class MvlmMagics(Magics):
 
     @validate("compression")
     def _check_compression(self, proposal):
-        from .cache import Compression
+        from .export.compress import Compression
 
         try:
             Compression.parse(proposal["value"])
@@ -157,7 +157,7 @@ class MvlmMagics(Magics):
         print(f"{engine.name} is ready ({how}; compile {engine.compile_seconds:.1f} s).")
 
     def handle_list(self) -> None:
-        from .cache import default_cache_dir, list_exports
+        from .store import default_cache_dir, list_exports
 
         folder = self.cache_dir or default_cache_dir()
         exports = list_exports(folder)
@@ -172,7 +172,7 @@ class MvlmMagics(Magics):
             print("  " + "  ".join(cell.ljust(width) for cell, width in zip(row, widths)) + "  " + row[3])
 
     def handle_delete(self, key: str) -> None:
-        from .cache import delete_export
+        from .store import delete_export
 
         with user_errors():
             folder = delete_export(key, self.cache_dir or None)
@@ -183,7 +183,7 @@ class MvlmMagics(Magics):
 
     @staticmethod
     def _bundled_model() -> str:
-        from .bundled import bundled_model
+        from .demo import bundled_model
 
         return str(bundled_model())
 

@@ -23,8 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..cache import read_manifest
 from ..errors import MvlmError
+from ..store import read_manifest
 from .detokenizer import IncrementalDetokenizer, answer_text
 from .device import check_device, compile_model
 from .memory import shed, shedding

@@ -37,7 +37,7 @@ import numpy as np
 import openvino as ov
 from openvino import opset13
 
-from ..cache import default_cache_dir
+from ..store import default_cache_dir
 from .device import core
 
 SOURCE = Path(__file__).resolve().parent.parent / "kernels" / "extension.cpp"  # includes the others: one library
