@@ -10,7 +10,7 @@ import pytest
 from mvlm_magic.demo import BUNDLED_DIR, bundled_model, shapes
 
 MIN_ACCURACY = 0.95  # issue 4's bar; the shipped weights: 96.0 % through OpenVINO int8
-HELDOUT_QUESTIONS = 600  # the whole held-out benchmark of docs/nano.md (~35 s at int8; also nano.evaluate)
+HELDOUT_QUESTIONS = 600  # the whole held-out benchmark of docs/nano.md (also tools/nano/evaluate.py)
 
 
 @pytest.fixture(scope="module")
