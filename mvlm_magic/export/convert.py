@@ -3,7 +3,7 @@
 The language model is traced with transformers' DynamicCache filled directly with the past
 tensors (OpenVINO's frontend rejects the empty 1-D tensor a fresh DynamicLayer starts from),
 then made stateful with OpenVINO's transformation plus a state initializer sized from the batch.
-torch, transformers and OpenVINO are imported inside the functions: importing this module costs nothing.
+torch, transformers and OpenVINO are imported inside the functions, so importing this module loads none of them.
 """
 
 from __future__ import annotations
