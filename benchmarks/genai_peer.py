@@ -20,8 +20,8 @@ def build(checkpoint: Path, out: Path, compression: str = "int4") -> Path:
     import openvino as ov
     from openvino import opset13
 
-    from mvlm_magic.cache import Compression
-    from mvlm_magic.export import compress, convert_language_model
+    from mvlm_magic.export.compress import Compression, compress
+    from mvlm_magic.export.convert import convert_language_model
     from mvlm_magic.model.mobilevlm import MobileVLM
 
     model = MobileVLM.from_folder(checkpoint)

@@ -84,7 +84,7 @@ result = {"pieces": len(model.pieces)}
 EXPORT = """
 import time
 from pathlib import Path
-from mvlm_magic.cache import Compression
+from mvlm_magic.export.compress import Compression
 from mvlm_magic.loader import find_or_export
 started = time.perf_counter()
 path, cached = find_or_export(sys.argv[1], Compression.parse(sys.argv[2]), Path(sys.argv[3]))
@@ -98,7 +98,8 @@ if build.extension().library is not None:
 NOTEBOOK_IR = """
 import time, nncf, openvino as ov
 from mvlm_magic.model.mobilevlm import MobileVLM
-from mvlm_magic.export import convert_language_model, quiet_rich
+from mvlm_magic.export.compress import quiet_rich
+from mvlm_magic.export.convert import convert_language_model
 started = time.perf_counter()
 ov_model = convert_language_model(MobileVLM.from_folder(sys.argv[1]), stateful=False)
 group = 128 if sys.argv[3] == "real" else 32

@@ -13,9 +13,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .cache import Compression, default_cache_dir, delete_export, list_exports
 from .errors import MvlmError
+from .export.compress import Compression
 from .printing import stderr_progress
+from .store import default_cache_dir, delete_export, list_exports
 
 DEFAULT_MODEL_HELP = "a checkpoint folder, a Hugging Face id, or a preset (mobilevlm-v2-1.7b, ...)"
 
@@ -80,7 +81,7 @@ def run_ask(args) -> None:
 
     image = load_image(args.image)  # fail on bad input before any export or compile
     check_question(args.question)
-    engine = load_engine(args.model or default_model(args.cache_dir), args.compression, args.device, args.precision,
+    engine = load_engine(args.model or default_model(), args.compression, args.device, args.precision,
                          group_size=args.group_size, ratio=args.ratio, cache_dir=args.cache_dir,
                          progress=stderr_progress if args.stats else lambda *a: None)
     stream = engine.new_chat(image).ask(args.question, config)
@@ -92,10 +93,10 @@ def run_ask(args) -> None:
         print(f"{answer.timings.summary()} · finish: {answer.finish_reason}", file=sys.stderr)
 
 
-def default_model(cache_dir=None):
-    from .bundled import bundled_model
+def default_model():
+    from .demo import bundled_model
 
-    return bundled_model(cache_dir)
+    return bundled_model()
 
 
 def run_list(args) -> None:
@@ -111,7 +112,7 @@ def run_delete(args) -> None:
 
 
 def run_demo(args) -> None:
-    from .bundled import demo
+    from .demo import demo
 
     demo(cache_dir=args.cache_dir)
 

@@ -8,11 +8,12 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from .cache import Compression, cache_key, default_cache_dir, find_export, read_manifest
 from .errors import MvlmError
+from .export.compress import Compression
 from .model.checkpoint import PRESETS, Progress, no_progress, resolve_source
 from .runtime.device import check_device
 from .runtime.engine import Engine
+from .store import cache_key, default_cache_dir, find_export, read_manifest
 
 
 def find_or_export(model, compression: Compression, cache_dir: Path, revision: str | None = None,
@@ -22,7 +23,7 @@ def find_or_export(model, compression: Compression, cache_dir: Path, revision: s
     if path.is_dir() and read_manifest(path):
         return path, True  # already an export folder
     source = resolve_source(model, revision, progress)
-    cached = find_export(cache_dir, cache_key(source.model_id, source.revision, compression))
+    cached = find_export(cache_dir, cache_key(source.model_id, source.revision, compression.label))
     if cached:
         return cached.path, True
     try:

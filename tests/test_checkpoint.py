@@ -15,7 +15,7 @@ from mvlm_magic.model.mobilevlm import MobileVLM
 from mvlm_magic.model.projector import build_projector
 from mvlm_magic.model.tiny import build_tiny_checkpoint
 
-# Key names as the mtgv checkpoints spell them (reference/mobilevlm.md §2).
+# Key names as the mtgv checkpoints spell them (the official MobileVLM module tree; V1 and V2 differ in the projector).
 V1_PROJECTOR_KEYS = {
     "model.mm_projector.model.mlp.1.weight", "model.mm_projector.model.mlp.1.bias",
     "model.mm_projector.model.mlp.3.weight", "model.mm_projector.model.mlp.3.bias",
@@ -66,7 +66,9 @@ def test_every_weight_format_loads_the_same_weights(tmp_path, checkpoint, weight
     MobileVLM.from_folder(folder)
 
 
-REAL_SHAPES = {  # hidden, layers, heads, ffn, projector, projector params (reference/mobilevlm.md §1.3)
+# hidden, layers, heads, ffn, projector (each published config.json), projector parameters (counted from the official
+# LDP / LDPv2 code; the language model + CLIP + projector add up to the published checkpoint sizes)
+REAL_SHAPES = {
     "MobileVLM-1.7B": (2048, 24, 16, 5632, "ldpnet", 18.94e6),
     "MobileVLM_V2-1.7B": (2048, 24, 16, 5632, "ldpnetv2", 6.32e6),
     "MobileVLM-3B": (2560, 32, 32, 6912, "ldpnet", 28.91e6),

@@ -11,10 +11,10 @@ import textwrap
 import openvino as ov
 import pytest
 
-from mvlm_magic.cache import EXPORT_FORMAT, TMP_PREFIX, Compression, delete_export, list_exports
 from mvlm_magic.errors import MvlmError
-from mvlm_magic.export import export_model
+from mvlm_magic.export import Compression, export_model
 from mvlm_magic.loader import load_engine
+from mvlm_magic.store import EXPORT_FORMAT, TMP_PREFIX, delete_export, list_exports
 
 
 def test_export_writes_three_irs_with_named_ports(exported):
@@ -96,6 +96,30 @@ def test_compression_labels_round_trip():
     assert Compression.parse("int4") == Compression.parse("int4-sym") == Compression("int4", 128, 1.0, True)
     assert Compression.parse("int4-g64").label == "int4-g64-r1"  # a label's missing parts: asym, ratio 1
     assert Compression.parse("int4-sym-g64", group_size=32).label == "int4-sym-g32-r1"  # arguments win
+
+
+
+IMPORT_EXPORT_MODULES = textwrap.dedent("""
+    import sys
+    import mvlm_magic.export.compress
+    from mvlm_magic.export.compress import Compression
+    Compression.parse("int4")  # what the loader, the magics and the CLI do
+    compress_only = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "transformers", "nncf"))
+    import mvlm_magic.export, mvlm_magic.export.convert, mvlm_magic.export.manifest
+    everything = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "transformers", "nncf"))
+    print("heavy:", compress_only, everything)
+""")
+
+
+def test_importing_the_exporter_imports_no_torch_nncf_or_transformers():
+    """The runtime parses compression labels with export.compress: torch, transformers and NNCF load only when an
+    export runs."""
+    out = subprocess.run([sys.executable, "-c", IMPORT_EXPORT_MODULES], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "heavy: [] []" in out.stdout, out.stdout
+    import mvlm_magic.export.compress as compress_module  # the package attribute is the module, not the function
+
+    assert compress_module.Compression is Compression
 
 
 def test_list_and_delete_cached_exports(checkpoint, tmp_path):

@@ -169,7 +169,7 @@ def test_delete_removes_a_cached_export(ip, magics, capsys, tmp_path, cache_dir)
 
 
 def test_load_without_a_model_and_without_a_bundled_one_says_so(ip, magics, capsys, monkeypatch, tmp_path):
-    monkeypatch.setattr("mvlm_magic.bundled.BUNDLED_DIR", tmp_path / "no-bundled-model")
+    monkeypatch.setattr("mvlm_magic.demo.BUNDLED_DIR", tmp_path / "no-bundled-model")
     assert_one_line_error(ip, capsys, "%mvlm_load", "no bundled model")
     assert_one_line_error(ip, capsys, "%mvlm_load /no/such/folder", "")
     assert_one_line_error(ip, capsys, "%mvlm_load {export_folder} --device NOPE", "unknown device")

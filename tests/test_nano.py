@@ -7,11 +7,10 @@ import json
 import numpy as np
 import pytest
 
-from mvlm_magic.bundled import BUNDLED_DIR, bundled_model
-from mvlm_magic.nano import shapes
+from mvlm_magic.demo import BUNDLED_DIR, bundled_model, shapes
 
 MIN_ACCURACY = 0.95  # issue 4's bar; the shipped weights: 96.0 % through OpenVINO int8
-HELDOUT_QUESTIONS = 600  # the whole held-out benchmark of docs/nano.md (~35 s at int8; also nano.evaluate)
+HELDOUT_QUESTIONS = 600  # the whole held-out benchmark of docs/nano.md (also tools/nano/evaluate.py)
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +55,7 @@ def test_bundled_model_loads_with_the_public_loader_and_answers(nano_engine):
 
 
 def test_int8_accuracy_on_the_heldout_benchmark(nano_engine):
-    from mvlm_magic.nano.evaluate import score
+    from tools.nano.evaluate import score
 
     questions = shapes.heldout_questions(HELDOUT_QUESTIONS)
     result = score(lambda picture, question: nano_engine.ask(picture, question, max_new_tokens=24).text, questions)
@@ -68,8 +67,8 @@ def test_int4_operations_accuracy_on_the_heldout_benchmark(cache_dir):
     """Our operations (int8 activations; with the AVX-512 build the vision model's too) answer as well as the bar:
     96.0 % measured, = OpenVINO's f32 int4."""
     from mvlm_magic.loader import load_engine
-    from mvlm_magic.nano.evaluate import score
     from mvlm_magic.ops import cpu
+    from tools.nano.evaluate import score
 
     if not cpu.NEEDED_FLAGS <= cpu.cpu_flags():
         pytest.skip("needs an AVX2 CPU")
@@ -117,7 +116,7 @@ def test_answers_match_the_scene():
 def _small_model_and_batch(tmp_path, double: bool = True):
     """A small nano-shaped model and one training batch: (model, pixel_values, samples, labels)."""
     torch = pytest.importorskip("torch")
-    from mvlm_magic.nano import train
+    from tools.nano import train
 
     config = _small_config(train)
     tokenizer = train.train_tokenizer(tmp_path, config.vocab_size, 0)
@@ -131,7 +130,7 @@ def _small_model_and_batch(tmp_path, double: bool = True):
 
 def test_packed_training_loss_equals_separate_sequences(tmp_path):
     torch = pytest.importorskip("torch")
-    from mvlm_magic.nano import train
+    from tools.nano import train
 
     model, pixel_values, samples, _ = _small_model_and_batch(tmp_path)
     with torch.no_grad():
@@ -145,7 +144,7 @@ def test_packed_training_loss_equals_separate_sequences(tmp_path):
 def test_lookup_loss_is_the_attention_mass_on_the_named_object(tmp_path):
     torch = pytest.importorskip("torch")
     from mvlm_magic.model.mobilevlm import IMAGE_TOKEN_INDEX
-    from mvlm_magic.nano import train
+    from tools.nano import train
 
     model, pixel_values, samples, labels = _small_model_and_batch(tmp_path)
     with torch.no_grad():
@@ -168,7 +167,7 @@ def test_lookup_loss_is_the_attention_mass_on_the_named_object(tmp_path):
 
 
 def test_question_subjects_name_the_tokens_to_look_at():
-    from mvlm_magic.nano import train
+    from tools.nano import train
 
     assert train.question_subject("colour", "What colour is the triangle?") == (1, 1 + shapes.SHAPES.index("triangle"))
     assert train.question_subject("count", "How many crosses are there?") == (1, 1 + shapes.SHAPES.index("cross"))
@@ -188,7 +187,7 @@ def _small_config(train, **overrides):
 
 def test_prefetched_batches_are_the_seeded_batches(tmp_path):
     torch = pytest.importorskip("torch")
-    from mvlm_magic.nano import train
+    from tools.nano import train
 
     config = _small_config(train, vision_steps=2, steps=2)
     tokenizer = train.train_tokenizer(tmp_path, config.vocab_size, 0)
@@ -201,7 +200,7 @@ def test_prefetched_batches_are_the_seeded_batches(tmp_path):
 
 
 def test_token_labels_mark_objects_and_cells():
-    from mvlm_magic.nano import train
+    from tools.nano import train
 
     scene = shapes.make_scene(5)
     labels = train.token_labels(scene)
@@ -215,7 +214,7 @@ def test_token_labels_mark_objects_and_cells():
 
 def test_local_attention_init_makes_the_vit_look_nearby():
     torch = pytest.importorskip("torch")
-    from mvlm_magic.nano import train
+    from tools.nano import train
 
     config = train.TrainConfig()  # the shipped recipe's vision tower
     model, _ = train.build_model(config, 512)
@@ -236,7 +235,7 @@ def test_local_attention_init_makes_the_vit_look_nearby():
 
 
 def test_joint_phase_leaves_the_vision_tower_frozen(tmp_path):
-    from mvlm_magic.nano import train
+    from tools.nano import train
 
     model, pixel_values, samples, _ = _small_model_and_batch(tmp_path, double=False)
     features = train.train_image_features(model, pixel_values, train_vision=False)
@@ -247,7 +246,7 @@ def test_joint_phase_leaves_the_vision_tower_frozen(tmp_path):
 
 
 def test_question_weights_favour_the_named_kinds():
-    from mvlm_magic.nano import train
+    from tools.nano import train
 
     with pytest.raises(ValueError, match="unknown kind 'were'"):
         train.parse_weights("were=3")

@@ -59,7 +59,7 @@ def load(magics, args) -> None:
 
 
 def list_cache(cache_dir: str) -> None:
-    from ..cache import default_cache_dir, list_exports
+    from ..store import default_cache_dir, list_exports
 
     folder = cache_dir or default_cache_dir()
     exports = list_exports(folder)
@@ -75,7 +75,7 @@ def list_cache(cache_dir: str) -> None:
 
 
 def delete_cached(key: str, cache_dir: str) -> None:
-    from ..cache import delete_export
+    from ..store import delete_export
 
     with user_errors():
         folder = delete_export(key, cache_dir or None)
@@ -83,6 +83,6 @@ def delete_cached(key: str, cache_dir: str) -> None:
 
 
 def bundled_model() -> str:
-    from ..bundled import bundled_model as find
+    from ..demo import bundled_model as find
 
     return str(find())

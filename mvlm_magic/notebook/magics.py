@@ -53,7 +53,7 @@ class MvlmMagics(Magics):
 
     @validate("compression")
     def _check_compression(self, proposal):
-        from ..cache import Compression
+        from ..export.compress import Compression
 
         try:
             Compression.parse(proposal["value"])

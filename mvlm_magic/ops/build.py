@@ -18,7 +18,7 @@ from pathlib import Path
 
 import openvino as ov
 
-from ..cache import default_cache_dir
+from ..store import default_cache_dir
 from ..runtime.device import core
 from .cpu import COMPILER_FLAGS, instruction_set
 

@@ -18,9 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..cache import read_manifest
 from ..errors import MvlmError
 from ..ops import select
+from ..store import read_manifest
 from .chat import Answer, ChatSession
 from .device import check_device, compile_model
 from .kv_state import KVState, text_before_image

@@ -39,7 +39,7 @@ def device_choices() -> list[str]:
 def bundled_model() -> tuple[str | None, str]:
     """(the bundled model's folder or None, why there is none)."""
     try:
-        from mvlm_magic.bundled import bundled_model as find
+        from mvlm_magic.demo import bundled_model as find
 
         return str(find()), ""
     except Exception as error:  # MvlmError: no bundled model in this version

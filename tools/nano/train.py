@@ -1,6 +1,6 @@
 """Train the nano MobileVLM that ships in mvlm_magic/data/nano, from scratch, on this CPU.
 
-    python -m mvlm_magic.nano.train --out mvlm_magic/data/nano
+    python -m tools.nano.train --out mvlm_magic/data/nano        # from the repository root
 
 The model is MobileVLM V2 at small width: a CLIP ViT at 336 px / patch 14 (577 tokens, the real
 preprocessing), the LDPv2 projector to 144 tokens, a few-layer LLaMA, a SentencePiece tokenizer trained
@@ -11,8 +11,8 @@ same loader, exporter and runtime serve it as they serve mtgv/MobileVLM_V2-1.7B.
 Training is LLaVA-style SFT on single-turn chats: the prompt is exactly the one the runtime builds
 (`build_conversation` + `tokenize_with_image`), the pixels exactly `preprocess_image`'s, and only the
 answer tokens and the closing `</s>` carry loss. Every picture is drawn on the fly from its seed
-(training seeds and held-out seeds never overlap, see shapes.py). Everything is seeded; with the same
-versions of torch and the same thread count the run reproduces the shipped weights.
+(training seeds and held-out seeds never overlap, see mvlm_magic/demo/shapes.py). Everything is seeded;
+with the same versions of torch and the same thread count the run reproduces the shipped weights.
 """
 
 from __future__ import annotations
@@ -31,13 +31,13 @@ import torch
 import torch.nn.functional as F
 from transformers.models.llama.modeling_llama import rotate_half
 
-from ..model.config import MobileVLMConfig
-from ..model.mobilevlm import IMAGE_TOKEN_INDEX, MobileVLM
-from ..model.tiny import TinySpec, save_weights, tiny_config
-from ..model.tiny_tokenizer import train_sentencepiece
-from ..runtime.preprocess import CLIP_MEAN, CLIP_STD, preprocess_image
-from ..runtime.tokenizer import SYSTEM, Tokenizer, build_conversation, tokenize_with_image
-from . import shapes
+from mvlm_magic.demo import BUNDLED_DIR, shapes
+from mvlm_magic.model.config import MobileVLMConfig
+from mvlm_magic.model.mobilevlm import IMAGE_TOKEN_INDEX, MobileVLM
+from mvlm_magic.model.tiny import TinySpec, save_weights, tiny_config
+from mvlm_magic.model.tiny_tokenizer import train_sentencepiece
+from mvlm_magic.runtime.preprocess import preprocess_image
+from mvlm_magic.runtime.tokenizer import SYSTEM, Tokenizer, build_conversation, tokenize_with_image
 
 MODEL_ID = "mvlm-magic/nano-mobilevlm"
 
@@ -73,8 +73,8 @@ class TrainConfig:
     object_weight: float = 10.0  # tokens covered by an object weigh this much more than background in that loss
     curriculum_steps: int = 300  # first steps: pictures with few objects (1, then up to 2, then up to 3)
     freeze_vision: bool = False  # joint phase: the ViT stays as the vision phase left it (as in LLaVA / MobileVLM
-    # fine-tuning) and the vision phase anneals its learning rate; skipping the ViT's backward buys ~35 % more steps,
-    # but shape and size then stop improving (docs/nano.md, session 3: 91.8 % against 92.0 %)
+    # fine-tuning) and the vision phase anneals its learning rate; skipping the ViT's backward buys more steps,
+    # but shape and size then stop improving (docs/nano.md, "Session 3 experiments")
     question_weights: str = "where=2,describe=2"  # pick a picture's questions of those kinds more often
     lookup_weight: float = 0.3  # training-only: teach one head of the last layer to look at the object a question
     # names (see `lookup_loss`); without it "where is the X?" answered with another object's place
@@ -142,19 +142,15 @@ def answer_ids(tokenizer: Tokenizer, question: str, answer: str) -> list[int]:
     return full[len(prompt):]
 
 
-_MEAN = np.asarray(CLIP_MEAN, np.float32)
-_STD = np.asarray(CLIP_STD, np.float32)
-
-
 def pixels(image) -> np.ndarray:
-    """(3, 336, 336) float32, identical to preprocess_image for a 336 x 336 RGB picture, but faster."""
-    array = np.asarray(image)
-    scaled = (array * (1 / 255)).astype(np.float32)
-    return ((scaled - _MEAN) / _STD).transpose(2, 0, 1)
+    """(3, 336, 336) float32: exactly the runtime's `preprocess_image` (for a 336 x 336 picture its resize and
+    crop change nothing, so this is the CLIP normalisation alone)."""
+    return preprocess_image(image)[0]
 
 
 GRID_TOKENS = 12  # the projector's 12 x 12 token grid; each token covers 28 x 28 pixels
-AUX_CLASSES = (1 + len(shapes.COLOURS), 1 + len(shapes.SHAPES), 1 + len(shapes.SIZES), shapes.GRID ** 2)  # 0 = background
+# 0 = background
+AUX_CLASSES = (1 + len(shapes.COLOURS), 1 + len(shapes.SHAPES), 1 + len(shapes.SIZES), shapes.GRID ** 2)
 
 
 def token_labels(scene: shapes.Scene, min_cover: float = 0.1) -> np.ndarray:
@@ -285,8 +281,8 @@ def _get(queue, worker):
 def prefetched_batches(folder: Path, config: TrainConfig):
     """The same batches as `Batches(...).next_batch(step)` for step 0, 1, ..., drawn in a second process.
 
-    Drawing the pictures costs about a third of a training step; a worker on the other core overlaps it
-    with the model's work. The worker runs the same seeded code in the same order, so the batches (and
+    Drawing the pictures is a large share of a training step (docs/nano.md); a worker on the other core
+    overlaps it with the model's work. The worker runs the same seeded code in the same order, so the batches (and
     the trained weights) do not depend on timing.
     """
     import multiprocessing
@@ -334,7 +330,8 @@ def aux_loss(head: torch.nn.Module, features: torch.Tensor, labels: torch.Tensor
     return total
 
 
-def loss_fn(model: MobileVLM, pixel_values: torch.Tensor, samples, features: torch.Tensor | None = None) -> torch.Tensor:
+def loss_fn(model: MobileVLM, pixel_values: torch.Tensor, samples,
+            features: torch.Tensor | None = None) -> torch.Tensor:
     """Mean cross-entropy over answer tokens + EOS for a batch of (image index, prompt ids, answer ids, subject)."""
     if features is None:
         features = train_image_features(model, pixel_values)  # (B, 144, C)
@@ -571,7 +568,8 @@ def lr_at(step: int, config: TrainConfig) -> float:
         step, length = step - config.vision_steps, config.steps
     warm = min(1.0, (step + 1) / config.warmup_steps)
     progress = step / max(1, length)
-    return warm * config.lr * (config.min_lr_ratio + (1 - config.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+    return warm * config.lr * (config.min_lr_ratio
+                               + (1 - config.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
 def save_checkpoint(model: MobileVLM, model_config: dict, folder: Path) -> None:
@@ -659,7 +657,7 @@ def train(out: Path, config: TrainConfig, max_minutes: float | None = None, log=
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parents[1] / "data" / "nano")
+    parser.add_argument("--out", type=Path, default=BUNDLED_DIR)
     parser.add_argument("--minutes", type=float, default=None, help="stop early after this many minutes")
     defaults = TrainConfig()
     for name, value in asdict(defaults).items():

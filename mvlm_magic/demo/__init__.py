@@ -1,8 +1,9 @@
 """The model that ships with the package, and the demo that runs on it.
 
 The bundled model (mvlm_magic/data/nano) is a ~1M-parameter MobileVLM V2 trained from scratch on
-synthetic pictures of shapes (mvlm_magic/nano, docs/nano.md): it answers questions about colours,
-shapes, counts, positions and sizes of simple shapes, offline, in the exact mtgv checkpoint format.
+synthetic pictures of shapes (drawn by shapes.py here; trained by tools/nano/train.py, docs/nano.md): it
+answers questions about colours, shapes, counts, positions and sizes of simple shapes, offline, in the exact
+mtgv checkpoint format.
 If the package data is missing (a broken install), the demo falls back to a tiny *random* checkpoint:
 the whole pipeline runs, but its answers are noise.
 """
@@ -12,13 +13,13 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from .cache import default_cache_dir
-from .errors import MvlmError
+from ..errors import MvlmError
+from ..store import default_cache_dir
 
-BUNDLED_DIR = Path(__file__).parent / "data" / "nano"
+BUNDLED_DIR = Path(__file__).parent.parent / "data" / "nano"
 
 
-def bundled_model(cache_dir=None) -> Path:
+def bundled_model() -> Path:
     if (BUNDLED_DIR / "config.json").is_file():
         return BUNDLED_DIR
     raise MvlmError("no model given and no bundled model in this version; pass a model "
@@ -32,21 +33,21 @@ DEMO_QUESTION = "What color is the circle?"
 
 def demo_picture():
     """The demo's picture, drawn by the seeded shapes generator (numpy + Pillow only)."""
-    from .nano.shapes import picture
+    from .shapes import picture
 
     return picture(DEMO_SEED)[0]
 
 
 def demo(cache_dir=None, out=sys.stdout, question: str = DEMO_QUESTION) -> str:
-    from .loader import load_engine
-    from .nano.shapes import make_scene
+    from ..loader import load_engine
+    from .shapes import make_scene
 
     cache_dir = Path(cache_dir or default_cache_dir())
     try:
         model = bundled_model()
         note = "bundled nano MobileVLM (trained on synthetic shapes)"
     except MvlmError:
-        from .model.tiny import build_tiny_checkpoint
+        from ..model.tiny import build_tiny_checkpoint
 
         model = cache_dir / "tiny-random-mobilevlm"
         if not (model / "config.json").is_file():
@@ -67,7 +68,7 @@ def demo(cache_dir=None, out=sys.stdout, question: str = DEMO_QUESTION) -> str:
 
 
 def describe_scene(seed: int) -> str:
-    from .nano.shapes import make_scene
+    from .shapes import make_scene
 
     things = sorted(make_scene(seed).things, key=lambda t: (t.row, t.col))
     return ", ".join(f"{t.size} {t.colour} {t.shape} {t.where}" for t in things)

@@ -2,7 +2,8 @@
 
 An export is written into a temporary sibling folder and renamed into place only when complete,
 so an interrupted export leaves nothing that loads. A folder counts as an export only if its
-`manifest.json` is there (it is written last). Torch-free: the runtime lists and loads from here.
+`manifest.json` is there (it is written last). Torch-free: the runtime lists and loads from here;
+the exporter (mvlm_magic/export) writes here.
 """
 
 from __future__ import annotations
@@ -43,68 +44,16 @@ def library_versions(names=IR_LIBRARIES) -> dict[str, str]:
     return found
 
 
-# What a bare "int4" means: the int4 variant benchmarks/run.py found fastest at the same answer quality
-# (docs/benchmarks.md): symmetric, group 128, every language-model layer in int4 (the head stays int8).
-INT4_PRESET = "int4-sym-g128-r1"
-
-
-@dataclass(frozen=True)
-class Compression:
-    mode: str = "int4"  # fp32 | fp16 | int8 | int4
-    group_size: int = 128  # int4 only
-    ratio: float = 1.0  # int4 only: share of layers in int4, the rest int8
-    sym: bool = True  # int4 only: symmetric (no zero points) instead of asymmetric
-
-    MODES = ("fp32", "fp16", "int8", "int4")
-
-    def __post_init__(self):
-        if self.mode not in self.MODES:
-            raise MvlmError(f"unknown compression {self.mode!r}; choose one of {', '.join(self.MODES)} "
-                            "(or an int4 label such as int4-sym-g128-r1).")
-        if self.mode == "int4":
-            if not (isinstance(self.group_size, int) and (self.group_size == -1 or self.group_size >= 8)):
-                raise MvlmError(f"group size must be -1 (per channel) or an integer >= 8, not {self.group_size!r}.")
-            if not 0.0 < float(self.ratio) <= 1.0:
-                raise MvlmError(f"ratio must be in (0, 1], not {self.ratio!r}.")
-
-    @classmethod
-    def parse(cls, mode: str = "int4", group_size: int | None = None, ratio: float | None = None,
-              sym: bool | None = None) -> Compression:
-        """A mode ("int4" is INT4_PRESET) or a label int4[-sym][-gN][-rX] (a label's missing parts: asym, group
-        128, ratio 1); explicit arguments override either."""
-        text = str(mode).lower()
-        text = INT4_PRESET if text == "int4" else text
-        mode = text.split("-")[0]
-        if mode != "int4":
-            if text != mode:
-                raise MvlmError(f"unknown compression {text!r}; only int4 takes options (e.g. int4-sym-g64-r1).")
-            return cls(mode, 0, 1.0)  # group size and ratio mean nothing here; keep keys stable
-        match = re.fullmatch(r"int4(-sym)?(?:-g(-1|\d+))?(?:-r([0-9.]+))?", text)
-        if not match:
-            raise MvlmError(f"cannot read compression {text!r}; write e.g. int4, int4-sym, int4-g64-r0.9, "
-                            "int4-sym-g128-r1.")
-        label_sym, label_group, label_ratio = match.groups()
-        return cls(mode,
-                   int(label_group or 128) if group_size is None else int(group_size),
-                   float(label_ratio or 1.0) if ratio is None else float(ratio),
-                   bool(label_sym) if sym is None else bool(sym))
-
-    @property
-    def label(self) -> str:
-        if self.mode != "int4":
-            return self.mode
-        return f"int4-{'sym-' if self.sym else ''}g{self.group_size}-r{self.ratio:g}"
-
-
 def slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_")[-60:] or "model"
 
 
-def cache_key(model_id: str, revision: str, compression: Compression, versions: dict[str, str] | None = None) -> str:
+def cache_key(model_id: str, revision: str, compression_label: str, versions: dict[str, str] | None = None) -> str:
+    """The folder name of one export; `compression_label` is `Compression.label` (e.g. int4-sym-g128-r1)."""
     versions = versions or library_versions()
-    payload = json.dumps([EXPORT_FORMAT, model_id, revision, compression.label, sorted(versions.items())])
+    payload = json.dumps([EXPORT_FORMAT, model_id, revision, compression_label, sorted(versions.items())])
     digest = hashlib.sha256(payload.encode()).hexdigest()[:12]
-    return f"{slug(Path(model_id).name if os.sep in model_id else model_id)}--{compression.label}--{digest}"
+    return f"{slug(Path(model_id).name if os.sep in model_id else model_id)}--{compression_label}--{digest}"
 
 
 @dataclass

@@ -1,7 +1,7 @@
 """Exact-answer accuracy of the nano model on held-out pictures: torch, and OpenVINO at fp16 / int8 / int4.
 
-    python -m mvlm_magic.nano.evaluate                       # 600 questions, all four columns
-    python -m mvlm_magic.nano.evaluate --questions 200 --columns int8
+    python -m tools.nano.evaluate                       # from the repository root: 600 questions, all four columns
+    python -m tools.nano.evaluate --questions 200 --columns int8
 
 The held-out questions come from seeds that training never draws (shapes.HELDOUT_SEEDS). An answer
 counts when the decoded text equals the expected answer exactly. The OpenVINO columns go through the
@@ -18,16 +18,16 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from ..cache import Compression
-from ..errors import MvlmError
-from . import shapes
+from mvlm_magic.demo import shapes
+from mvlm_magic.errors import MvlmError
+from mvlm_magic.export.compress import Compression
 
 COLUMNS = ("torch", "fp16", "int8", "int4")
 MAX_NEW_TOKENS = 24
 
 
 def default_model() -> Path:
-    from ..bundled import BUNDLED_DIR
+    from mvlm_magic.demo import BUNDLED_DIR
 
     return BUNDLED_DIR
 
@@ -62,9 +62,9 @@ def score(answer: Callable[[object, str], str], questions, log=None) -> dict:
 def torch_answerer(folder: Path) -> Callable[[object, str], str]:
     import torch
 
-    from ..model.mobilevlm import MobileVLM
-    from ..runtime.preprocess import preprocess_image
-    from ..runtime.tokenizer import Tokenizer, build_conversation, tokenize_with_image
+    from mvlm_magic.model.mobilevlm import MobileVLM
+    from mvlm_magic.runtime.preprocess import preprocess_image
+    from mvlm_magic.runtime.tokenizer import Tokenizer, build_conversation, tokenize_with_image
 
     model = MobileVLM.from_folder(folder, dtype=torch.float32)
     tokenizer = Tokenizer.from_folder(folder)
@@ -79,7 +79,7 @@ def torch_answerer(folder: Path) -> Callable[[object, str], str]:
 
 
 def openvino_answerer(folder: Path, compression: str, cache_dir=None, precision: str = "f32"):
-    from ..loader import load_engine
+    from mvlm_magic.loader import load_engine
 
     engine = load_engine(folder, compression, precision=precision, cache_dir=cache_dir)
 

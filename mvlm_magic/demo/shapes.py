@@ -148,7 +148,8 @@ def _background_spec(rng) -> tuple:
         return tuple(float(np.clip(grey + t, 0, 255)) for t in tint)
 
     kind = "solid" if rng.random() < 0.5 else "gradient"
-    return (kind, muted(), muted(), float(rng.uniform(0, 2 * math.pi)), float(rng.uniform(3, 14)), int(rng.integers(2**31)))
+    return (kind, muted(), muted(), float(rng.uniform(0, 2 * math.pi)), float(rng.uniform(3, 14)),
+            int(rng.integers(2**31)))
 
 
 def describe(things: list[Thing]) -> str:
@@ -251,7 +252,8 @@ def render(scene: Scene) -> Image.Image:
     draw = ImageDraw.Draw(image)
     for thing, cx, cy, r, fill in layout(scene):
         _draw_thing(draw, thing.shape, cx, cy, r, fill)
-    noisy = np.asarray(image, np.float32) + np.random.default_rng(noise_seed).normal(0, noise, (IMAGE_SIZE, IMAGE_SIZE, 3))
+    noise_pixels = np.random.default_rng(noise_seed).normal(0, noise, (IMAGE_SIZE, IMAGE_SIZE, 3))
+    noisy = np.asarray(image, np.float32) + noise_pixels
     return Image.fromarray(np.clip(np.rint(noisy), 0, 255).astype(np.uint8))
 
 
@@ -270,7 +272,8 @@ def picture(seed: int) -> tuple[Image.Image, list[tuple[str, str, str]]]:
     return render(scene), scene.questions
 
 
-def heldout_questions(n: int, start: int = HELDOUT_SEEDS.start, per_picture: int = 2) -> list[tuple[int, str, str, str]]:
+def heldout_questions(n: int, start: int = HELDOUT_SEEDS.start,
+                      per_picture: int = 2) -> list[tuple[int, str, str, str]]:
     """A fixed held-out sample: (seed, kind, question, answer), `per_picture` questions from each picture,
     drawn round-robin over question kinds so every kind is well represented."""
     out: list[tuple[int, str, str, str]] = []

@@ -1,0 +1,98 @@
+"""Export a MobileVLM checkpoint to three OpenVINO IRs, compress them with NNCF, and cache the result.
+
+    vision.xml           pixel_values (1, 3, 336, 336) -> image_embeds (1, 144, C)
+    text_embeddings.xml  input_ids (B, T) -> inputs_embeds (B, T, C)
+    language.xml         inputs_embeds (B, T, C), attention_mask (B, P+T), position_ids (B, T)
+                         -> logits (B, 1, V) for the last position; the KV cache is OpenVINO state
+
+convert.py traces the three models, compress.py says what a compression label means and runs NNCF,
+manifest.py describes the result; the store (mvlm_magic/store.py) publishes it atomically.
+Importing this package imports no torch, transformers or NNCF: the runtime parses compression labels with it.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+import warnings
+from pathlib import Path
+
+from ..errors import MvlmError
+from ..model.checkpoint import TOKENIZER_FILES, CheckpointSource, Progress, no_progress, resolve_source
+from ..store import CachedExport, cache_key, default_cache_dir, find_export, new_temp_folder, publish
+from .compress import INT4_PRESET, Compression, weight_precisions
+from .compress import compress as compress_weights  # the package attribute `compress` stays the module
+from .convert import check_versions, convert_language_model, convert_text_embeddings, convert_vision
+from .manifest import build_manifest
+
+__all__ = ["export_model", "Compression", "INT4_PRESET"]
+
+
+def export_model(model: str, compression: Compression | str = "int4", *, cache_dir: Path | str | None = None,
+                 revision: str | None = None, progress: Progress = no_progress, force: bool = False,
+                 source: CheckpointSource | None = None) -> CachedExport:
+    """Export `model` (preset, hub id or folder) once; later calls with the same key return the cache."""
+    if isinstance(compression, str):
+        compression = Compression.parse(compression)
+    cache_dir = Path(cache_dir or default_cache_dir())
+    source = source or resolve_source(model, revision, progress)
+    key = cache_key(source.model_id, source.revision, compression.label)
+    cached = find_export(cache_dir, key)
+    if cached and not force:
+        progress("save", 1.0, f"cached export {key}")
+        return cached
+    check_versions()
+    started = time.perf_counter()
+    from transformers.utils import logging as hf_logging
+
+    from ..model.config import MobileVLMConfig
+
+    config = MobileVLMConfig.from_folder(source.folder)  # fail on a bad config before reading GBs of weights
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # its notes about config fields we do not use would land in the answer stream
+    try:
+        return _export(source, config, key, compression, cache_dir, progress, started)
+    finally:
+        hf_logging.set_verbosity(verbosity)
+
+
+def _export(source, config, key, compression, cache_dir, progress, started) -> CachedExport:
+    import openvino as ov
+    import torch
+
+    from ..model.mobilevlm import MobileVLM
+
+    vlm = MobileVLM.from_folder(source.folder, dtype=torch.float32, progress=progress)
+    temp = new_temp_folder(cache_dir, key)
+    try:
+        details = {}
+        converters = [("vision", convert_vision), ("text_embeddings", convert_text_embeddings),
+                      ("language", convert_language_model)]
+        for i, (role, convert) in enumerate(converters):
+            progress("convert", i / len(converters), f"converting the {role} model")
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # tracer warnings about constants we expect to be constant
+                ov_model = convert(vlm)
+            progress("compress", i / len(converters), f"compressing the {role} model ({compression.label})")
+            ov_model, details[role] = compress_weights(ov_model, role, compression)
+            details[role]["weights"] = weight_precisions(ov_model)
+            progress("save", i / len(converters), f"saving {role}.xml")
+            ov.save_model(ov_model, temp / f"{role}.xml", compress_to_fp16=compression.mode != "fp32")
+            del ov_model
+        progress("convert", 1.0, "converted")
+        progress("compress", 1.0, "compressed")
+        for name in TOKENIZER_FILES:
+            if (source.folder / name).is_file():
+                shutil.copy2(source.folder / name, temp / name)
+        if not (temp / "tokenizer.model").is_file():
+            raise MvlmError(f"{source.folder} has no tokenizer.model; a MobileVLM checkpoint ships one.")
+        manifest = build_manifest(source, compression, config, details, time.perf_counter() - started)
+        final = cache_dir / key
+        if final.exists():
+            shutil.rmtree(final)  # only reached with force=True or a folder without a manifest
+        result = publish(temp, final, manifest)
+    except BaseException:
+        shutil.rmtree(temp, ignore_errors=True)
+        raise
+    progress("save", 1.0, f"saved {key}")
+    return result

@@ -1,0 +1,117 @@
+"""Compression: what the labels (fp16, int8, int4-sym-g128-r1, ...) mean, and NNCF weight compression.
+
+`Compression` is torch- and NNCF-free (the loader, the magics and the CLI parse labels with it); NNCF is imported
+only inside `compress`, when an export runs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import re
+from dataclasses import dataclass
+
+from ..errors import MvlmError
+
+# What a bare "int4" means: the int4 variant benchmarks/run.py found fastest at the same answer quality
+# (docs/benchmarks.md): symmetric, group 128, every language-model layer in int4 (the head stays int8).
+INT4_PRESET = "int4-sym-g128-r1"
+
+
+@dataclass(frozen=True)
+class Compression:
+    mode: str = "int4"  # fp32 | fp16 | int8 | int4
+    group_size: int = 128  # int4 only
+    ratio: float = 1.0  # int4 only: share of layers in int4, the rest int8
+    sym: bool = True  # int4 only: symmetric (no zero points) instead of asymmetric
+
+    MODES = ("fp32", "fp16", "int8", "int4")
+
+    def __post_init__(self):
+        if self.mode not in self.MODES:
+            raise MvlmError(f"unknown compression {self.mode!r}; choose one of {', '.join(self.MODES)} "
+                            "(or an int4 label such as int4-sym-g128-r1).")
+        if self.mode == "int4":
+            if not (isinstance(self.group_size, int) and (self.group_size == -1 or self.group_size >= 8)):
+                raise MvlmError(f"group size must be -1 (per channel) or an integer >= 8, not {self.group_size!r}.")
+            if not 0.0 < float(self.ratio) <= 1.0:
+                raise MvlmError(f"ratio must be in (0, 1], not {self.ratio!r}.")
+
+    @classmethod
+    def parse(cls, mode: str = "int4", group_size: int | None = None, ratio: float | None = None,
+              sym: bool | None = None) -> Compression:
+        """A mode ("int4" is INT4_PRESET) or a label int4[-sym][-gN][-rX] (a label's missing parts: asym, group
+        128, ratio 1); explicit arguments override either."""
+        text = str(mode).lower()
+        text = INT4_PRESET if text == "int4" else text
+        mode = text.split("-")[0]
+        if mode != "int4":
+            if text != mode:
+                raise MvlmError(f"unknown compression {text!r}; only int4 takes options (e.g. int4-sym-g64-r1).")
+            return cls(mode, 0, 1.0)  # group size and ratio mean nothing here; keep keys stable
+        match = re.fullmatch(r"int4(-sym)?(?:-g(-1|\d+))?(?:-r([0-9.]+))?", text)
+        if not match:
+            raise MvlmError(f"cannot read compression {text!r}; write e.g. int4, int4-sym, int4-g64-r0.9, "
+                            "int4-sym-g128-r1.")
+        label_sym, label_group, label_ratio = match.groups()
+        return cls(mode,
+                   int(label_group or 128) if group_size is None else int(group_size),
+                   float(label_ratio or 1.0) if ratio is None else float(ratio),
+                   bool(label_sym) if sym is None else bool(sym))
+
+    @property
+    def label(self) -> str:
+        if self.mode != "int4":
+            return self.mode
+        return f"int4-{'sym-' if self.sym else ''}g{self.group_size}-r{self.ratio:g}"
+
+
+def compress(ov_model, role: str, compression: Compression):
+    """int8: every IR INT8_ASYM. int4: the language model INT4_SYM or INT4_ASYM (layers beyond the ratio and the
+    head: int8 backup), the others int8."""
+    if compression.mode in ("fp32", "fp16"):
+        return ov_model, {}
+    import nncf
+
+    nncf.set_log_level(logging.ERROR)  # its tables and bars would bury our own progress; weight_precisions() says it
+    with quiet_rich(), contextlib.redirect_stdout(io.StringIO()):
+        return _compress(nncf, ov_model, role, compression)
+
+
+@contextlib.contextmanager
+def quiet_rich():
+    """NNCF draws progress bars on rich's global console, which in Jupyter means new Output widgets."""
+    import rich
+
+    console = rich.get_console()
+    saved = dict(console.__dict__)
+    rich.reconfigure(file=io.StringIO(), force_jupyter=False, force_terminal=False)
+    try:
+        yield
+    finally:
+        console.__dict__ = saved
+
+
+def _compress(nncf, ov_model, role: str, compression: Compression):
+    from nncf.quantization.advanced_parameters import AdvancedCompressionParameters, GroupSizeFallbackMode
+
+    if compression.mode == "int4" and role == "language":
+        params = AdvancedCompressionParameters(group_size_fallback_mode=GroupSizeFallbackMode.ADJUST,
+                                               min_adjusted_group_size=16)
+        mode = nncf.CompressWeightsMode.INT4_SYM if compression.sym else nncf.CompressWeightsMode.INT4_ASYM
+        compressed = nncf.compress_weights(ov_model, mode=mode, group_size=compression.group_size,
+                                           ratio=compression.ratio, advanced_parameters=params)
+        return compressed, {"mode": "int4_sym" if compression.sym else "int4_asym",
+                            "group_size": compression.group_size, "ratio": compression.ratio}
+    return nncf.compress_weights(ov_model, mode=nncf.CompressWeightsMode.INT8_ASYM), {"mode": "int8_asym"}
+
+
+def weight_precisions(ov_model) -> dict[str, int]:
+    """How many weight constants of each element type an IR holds (shows what the compression did)."""
+    counts: dict[str, int] = {}
+    for op in ov_model.get_ops():
+        if op.get_type_name() == "Constant" and op.get_output_partial_shape(0).rank.get_length() >= 2:
+            kind = op.get_output_element_type(0).get_type_name()
+            counts[kind] = counts.get(kind, 0) + 1
+    return counts
