@@ -1,7 +1,7 @@
 """Stream an answer's text token by token, ending with exactly the text the official code prints.
 
-The official answer is `decode(new_ids, skip_special_tokens=True).strip()` with a trailing `</s>` removed
-(fact sheet §11.7). Decoding tokens one at a time and concatenating gets it wrong: SentencePiece drops
+The official answer is `decode(new_ids, skip_special_tokens=True).strip()` with a trailing `</s>` removed.
+Decoding tokens one at a time and concatenating gets it wrong: SentencePiece drops
 the `▁` space of a lone piece, and a character split over byte-fallback pieces (`<0xE6><0x97><0xA5>`)
 decodes as U+FFFD until its last byte arrives. So each push decodes the whole answer so far and emits
 only the part that no later token can change:

@@ -1,7 +1,7 @@
 """Picture -> the (1, 3, 336, 336) float32 tensor MobileVLM's vision tower expects.
 
-The official pipeline (fact sheet §3, §11.3, §11.4) is PIL's `.convert("RGB")`, padding to a square
-with the CLIP mean colour, then CLIPImageProcessor (openai/clip-vit-large-patch14-336): bicubic resize
+The official pipeline (the checkpoints' `image_aspect_ratio: pad`) is PIL's `.convert("RGB")`, padding to a
+square with the CLIP mean colour, then CLIPImageProcessor (openai/clip-vit-large-patch14-336): bicubic resize
 of the shortest edge, centre crop, `uint8 * (1/255)`, `(x - mean) / std`. Every step here is the same
 arithmetic in the same order, so the result is bit-identical to transformers' processor; bilinear
 resizing or black padding would change the model's answers. One deliberate addition: EXIF orientation

@@ -3,7 +3,7 @@
 The official code loads LLaMA's `tokenizer.model` through the *slow* `LlamaTokenizer` of transformers
 4.33.1. Newer transformers tokenize some prompts differently (every prompt after a `</s>`, and special
 tokens typed by the user), and a model answers differently when fed different ids. So this module drives
-the `sentencepiece` model directly and reproduces the 4.33.1 rules (fact sheet §4, §5, §11.5, §11.6):
+the `sentencepiece` model directly and reproduces the 4.33.1 rules:
 
 * `<s>`, `</s>`, `<unk>` written in the text are split out first and become their ids;
 * legacy mode (`legacy` absent or null in tokenizer_config.json): every text segment is encoded on its
