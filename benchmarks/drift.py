@@ -20,7 +20,6 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from conftest import shapes_picture  # noqa: E402
-
 from mvlm_magic.export import export_model  # noqa: E402
 from mvlm_magic.model.mobilevlm import MobileVLM  # noqa: E402
 from mvlm_magic.model.tiny import build_tiny_checkpoint  # noqa: E402

@@ -41,7 +41,8 @@ def build(checkpoint: Path, out: Path, compression: str = "int4") -> Path:
     out.mkdir(parents=True, exist_ok=True)
     ov.save_model(ov_model, out / "openvino_model.xml")
     config = json.loads((checkpoint / "config.json").read_text())
-    (out / "config.json").write_text(json.dumps({**config, "model_type": "llama", "architectures": ["LlamaForCausalLM"]}))
+    llama_config = {**config, "model_type": "llama", "architectures": ["LlamaForCausalLM"]}
+    (out / "config.json").write_text(json.dumps(llama_config))
     for name in ("generation_config.json", "tokenizer.model", "tokenizer_config.json", "special_tokens_map.json"):
         if (checkpoint / name).is_file():
             shutil.copy(checkpoint / name, out / name)

@@ -164,7 +164,7 @@ def build_gguf(checkpoint: Path, work: Path) -> dict[str, Path]:
     env = {**os.environ, "PYTHONPATH": str(llama / "gguf-py")}
     subprocess.run([sys.executable, str(llama / "convert_hf_to_gguf.py"), str(work / "lm-hf"), "--outtype", "f16",
                     "--outfile", str(work / "lm-f16.gguf")], check=True, env=env, capture_output=True)
-    for (name, path), ftype in zip(ggufs.items(), ("LLAMA_FTYPE_MOSTLY_Q4_0", "LLAMA_FTYPE_MOSTLY_Q4_K_M")):
+    for path, ftype in zip(ggufs.values(), ("LLAMA_FTYPE_MOSTLY_Q4_0", "LLAMA_FTYPE_MOSTLY_Q4_K_M")):
         python(QUANTIZE, work / "lm-f16.gguf", path, ftype)
     return ggufs
 
@@ -296,7 +296,9 @@ def write_report(out: Path, report: dict) -> None:
              f"Checkpoint: {report['checkpoint']}; {report['rounds']} rounds, interleaved, fresh process each, "
              f"medians; prompt {report['prompt_positions']} positions (144 of them image), "
              f"{report['new_tokens']} new tokens.",
-             "", "| candidate | image encode ms | first token ms | decode tok/s | bandwidth limit tok/s | load s | peak RSS MB |",
+             "",
+             "| candidate | image encode ms | first token ms | decode tok/s "
+             "| bandwidth limit tok/s | load s | peak RSS MB |",
              "|---|---|---|---|---|---|---|"]
     for name, m in rows.items():
         limit = report["limits"].get(name)

@@ -7,7 +7,7 @@ import os
 os.environ["HF_HUB_OFFLINE"] = "1"  # tests never reach a hub
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +32,7 @@ def checkpoint(workdir):
     """checkpoint("v1" | "v2") -> folder of a tiny random checkpoint, built once."""
     from mvlm_magic.model.tiny import build_tiny_checkpoint
 
-    @lru_cache(maxsize=None)
+    @cache
     def build(version: str = "v2") -> Path:
         return build_tiny_checkpoint(workdir / f"tiny-{version}", projector_type=VERSIONS[version], seed=7)
 
@@ -44,7 +44,7 @@ def exported(checkpoint, cache_dir):
     """exported("v2", "fp32") -> export folder, exported once per session."""
     from mvlm_magic.export import export_model
 
-    @lru_cache(maxsize=None)
+    @cache
     def export(version: str = "v2", compression: str = "fp32") -> Path:
         return export_model(checkpoint(version), compression, cache_dir=cache_dir).path
 
@@ -56,7 +56,7 @@ def engine(exported):
     """engine("v2", "fp32", "f32") -> a compiled Engine, one per combination."""
     from mvlm_magic.runtime.engine import Engine
 
-    @lru_cache(maxsize=None)
+    @cache
     def make(version: str = "v2", compression: str = "fp32", precision: str = "f32") -> Engine:
         return Engine(exported(version, compression), precision=precision)
 
@@ -67,7 +67,7 @@ def engine(exported):
 def torch_model(checkpoint):
     from mvlm_magic.model.mobilevlm import MobileVLM
 
-    @lru_cache(maxsize=None)
+    @cache
     def load(version: str = "v2"):
         return MobileVLM.from_folder(checkpoint(version))
 

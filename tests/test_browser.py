@@ -206,7 +206,8 @@ def wait_until(check, timeout: float, what: str, page, interval: float = 0.05):
         if value:
             return value
         if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}; page said:\n" + "\n".join(page.errors[-20:]))
+            pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}; page said:\n"
+                        + "\n".join(page.errors[-20:]))
         time.sleep(interval)
 
 
@@ -283,4 +284,5 @@ def test_the_answer_streams_into_the_widget_and_stop_stops_it(lab, page):
     page.locator(".jp-CodeCell", has_text="%%mvlm_ask").scroll_into_view_if_needed()
     save_screenshot(page, "browser.png")
     print(f"streamed {[n for n, _, _ in samples]} characters before Stop, {tokens} tokens in all; "
-          f"{time.monotonic() - started:.1f} s in the browser ({time.monotonic() - sampled_at:.1f} s after the samples)")
+          f"{time.monotonic() - started:.1f} s in the browser "
+          f"({time.monotonic() - sampled_at:.1f} s after the samples)")

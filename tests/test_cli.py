@@ -32,8 +32,9 @@ def test_export_ask_list_delete(checkpoint, picture_file, tmp_path):
     folder = Path(exported.stdout.strip())
     assert (folder / "manifest.json").is_file() and "int4-sym-g32-r1" in folder.name
 
-    asked = mvlm("ask", picture_file, "What colour is the circle?", "--model", checkpoint("v1"), "--compression", "int4",
-                 "--group-size", "32", "--cache-dir", cache, "--max-new-tokens", "6", "--stats")
+    asked = mvlm("ask", picture_file, "What colour is the circle?", "--model", checkpoint("v1"),
+                 "--compression", "int4", "--group-size", "32", "--cache-dir", cache, "--max-new-tokens", "6",
+                 "--stats")
     assert asked.returncode == 0, asked.stderr
     assert asked.stdout.strip()  # the streamed answer
     assert "tokens/s" in asked.stderr and "first token" in asked.stderr

@@ -92,7 +92,8 @@ def test_random_id_sequences(tok, literal_ids):
     rng = random.Random(1234)
     tricky = [tok.unk_id, tok.bos_id, tok.eos_id, *literal_ids("é 日 😀 </s> <\n. the")]
     for _ in range(1500):
-        ids = [rng.choice(tricky) if rng.random() < 0.6 else rng.randrange(tok.vocab_size) for _ in range(rng.randrange(12))]
+        ids = [rng.choice(tricky) if rng.random() < 0.6 else rng.randrange(tok.vocab_size)
+               for _ in range(rng.randrange(12))]
         assert "".join(stream(tok, ids)) == answer_text(tok, ids), ids
 
 

@@ -15,9 +15,9 @@ import time
 
 import numpy as np
 import pytest
-from conftest import shapes_picture
 from traitlets import TraitError
 
+from conftest import shapes_picture
 from mvlm_magic.notebook import output_mode
 from mvlm_magic.notebook.ask import ANSWER_VARIABLE
 from mvlm_magic.notebook.magics import MvlmMagics

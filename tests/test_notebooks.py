@@ -1,4 +1,5 @@
-"""Every notebook in examples/ runs top to bottom in a real kernel (nbclient), and its saved widget state holds the answers.
+"""Every notebook in examples/ runs top to bottom in a real kernel (nbclient), and its saved widget state holds the
+answers.
 
 nbclient is a client that cannot press buttons (it sends allow_stdin=False), so the magics run the
 answers blocking there and the widget state it records is final.
@@ -24,7 +25,9 @@ def execute(path: Path, workdir: Path) -> nbformat.NotebookNode:
     from nbclient import NotebookClient
 
     notebook = nbformat.read(path, as_version=4)
-    NotebookClient(notebook, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(workdir)}}).execute()
+    client = NotebookClient(notebook, timeout=300, kernel_name="python3",
+                            resources={"metadata": {"path": str(workdir)}})
+    client.execute()
     return notebook
 
 

@@ -249,7 +249,8 @@ def test_the_vision_model_of_an_int4_export_gets_a_copy_with_our_int8_operation(
     folder = exported("v2", "int4")
     original = core().read_model(folder / "vision.xml")
     int8 = sum(patterns.int8_weight(op) is not None for op in original.get_ordered_ops())
-    layers = sum("q_proj" in op.get_friendly_name() for op in original.get_ordered_ops() if op.get_type_name() == "MatMul")
+    layers = sum("q_proj" in op.get_friendly_name() for op in original.get_ordered_ops()
+                 if op.get_type_name() == "MatMul")
     assert layers >= 2 and int8 >= 6 * layers  # q, k, v, out, fc1, fc2 of each layer, the projector's
     derived = copies.int8_vision_model(folder)
     assert derived == folder / f"vision.int8-v{copies.FORMAT}.xml"
@@ -286,7 +287,6 @@ def test_engine_answers_with_our_operations_within_the_int4_drift_bound(exported
 
 def test_with_our_operations_a_conversation_rebuilt_from_its_history_answers_the_same(exported):
     from conftest import shapes_picture
-
     from mvlm_magic.runtime.engine import Engine
 
     eng = Engine(exported("v2", "int4"), ops="on")

@@ -10,9 +10,9 @@ import threading
 
 import numpy as np
 import pytest
-from conftest import shapes_picture
 from PIL import Image
 
+from conftest import shapes_picture
 from mvlm_magic.errors import MvlmError
 from mvlm_magic.runtime.engine import Engine
 from mvlm_magic.runtime.kv_state import text_before_image

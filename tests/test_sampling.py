@@ -69,7 +69,8 @@ def test_greedy_is_fast():
 
 def test_sampling_is_fast_enough():
     logits = random_logits()
-    for config in (GenerationConfig(temperature=0.7, top_k=50, top_p=0.9, seed=0), GenerationConfig(temperature=0.7, top_p=0.9, seed=0)):
+    for config in (GenerationConfig(temperature=0.7, top_k=50, top_p=0.9, seed=0),
+                   GenerationConfig(temperature=0.7, top_p=0.9, seed=0)):
         sampler = Sampler(config)
         start = time.perf_counter()
         for _ in range(50):

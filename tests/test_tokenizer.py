@@ -138,16 +138,19 @@ def test_non_legacy_has_one_dummy_prefix(new_tok, legacy_tok):
 GOLDEN_MODEL_SHA256 = "a7a1986d90b31ba65e599dc4c5629e745bb08c5e4e81cd5d536c7295ab14b6ac"
 GOLDEN_ENCODE = {
     None: {
-        "Hello <s>. world</s>USER: hi": [1, 453, 500, 450, 462, 453, 1, 453, 469, 391, 396, 463, 470, 2, 301, 475, 453, 441],
+        "Hello <s>. world</s>USER: hi": [1, 453, 500, 450, 462, 453, 1, 453, 469, 391, 396, 463, 470, 2, 301, 475,
+                                         453, 441],
         "a</s> b": [1, 260, 2, 453, 280],
         "<unk>x": [1, 0, 453, 494],
         " <s> ": [1, 453, 453, 1, 453, 453],
         "▁x": [1, 453, 453, 494],
         "\nWhat is it?": [1, 453, 482, 486, 305, 264, 262, 457, 480],
-        "é 日本 😀 3 apples": [1, 453, 198, 172, 453, 233, 154, 168, 233, 159, 175, 453, 243, 162, 155, 131, 453, 502, 260, 473, 473, 463, 270],
+        "é 日本 😀 3 apples": [1, 453, 198, 172, 453, 233, 154, 168, 233, 159, 175, 453, 243, 162, 155, 131, 453, 502,
+                             260, 473, 473, 463, 270],
     },
     False: {
-        "Hello <s>. world</s>USER: hi": [1, 453, 500, 450, 462, 453, 1, 469, 391, 396, 463, 470, 2, 296, 293, 475, 453, 441],
+        "Hello <s>. world</s>USER: hi": [1, 453, 500, 450, 462, 453, 1, 469, 391, 396, 463, 470, 2, 296, 293, 475,
+                                         453, 441],
         "a</s> b": [1, 260, 2, 280],
         "<unk>x": [1, 0, 494],
         " <s> ": [1, 453, 453, 1, 453],
@@ -160,8 +163,12 @@ GOLDEN_TWO_TURN_TAIL = {  # ids from the </s> of the first answer to the end of 
     False: [2, 296, 293, 475, 278, 459, 470, 263, 266, 462, 463, 462, 390, 480, 303, 475],
 }
 GOLDEN_DECODE = {  # ids -> (decode skipping special tokens, decode keeping them)
-    None: [([453, 453, 502], "3", "3"), ([1, 453, 453, 502, 2], "3", "<s>  3</s>"), ([260, 0, 2, 1, 280], "a b", " a<unk></s><s>b")],
-    False: [([453, 453, 502], " 3", " 3"), ([1, 453, 453, 502, 2], " 3", "<s>  3</s>"), ([260, 0, 2, 1, 280], "a b", "a<unk></s><s> b")],
+    None: [([453, 453, 502], "3", "3"),
+           ([1, 453, 453, 502, 2], "3", "<s>  3</s>"),
+           ([260, 0, 2, 1, 280], "a b", " a<unk></s><s>b")],
+    False: [([453, 453, 502], " 3", " 3"),
+            ([1, 453, 453, 502, 2], " 3", "<s>  3</s>"),
+            ([260, 0, 2, 1, 280], "a b", "a<unk></s><s> b")],
 }
 
 
@@ -220,7 +227,9 @@ def test_tokenize_with_image_structure(legacy_tok):
     assert ids.count(1) == 1 and ids.count(IMAGE_TOKEN_INDEX) == 1
     assert legacy_tok.piece(ids[ids.index(IMAGE_TOKEN_INDEX) + 1]) == "▁"  # the chunk's own dummy prefix, then "\n"
     assert tokenize_with_image(legacy_tok, "<image>") == [1, IMAGE_TOKEN_INDEX]
-    assert tokenize_with_image(legacy_tok, "a<image>b<image>") == [1, *legacy_tok.encode("a")[1:], -200, *legacy_tok.encode("b")[1:], -200]
+    assert tokenize_with_image(legacy_tok, "a<image>b<image>") == [
+        1, *legacy_tok.encode("a")[1:], -200, *legacy_tok.encode("b")[1:], -200
+    ]
     assert tokenize_with_image(legacy_tok, "no image") == legacy_tok.encode("no image")
 
 
@@ -232,7 +241,8 @@ def test_transformers_5_agrees_on_single_turn_prompts(folders, legacy):
     transformers = pytest.importorskip("transformers")
     reference = transformers.LlamaTokenizer.from_pretrained(str(folders[legacy]))
     ours = Tokenizer.from_folder(folders[legacy])
-    questions = ["What is it?", "How many red stars are there?", "Describe é 日本 😀.", " leading space", "3 + 4 = 7", "a\nb"]
+    questions = ["What is it?", "How many red stars are there?", "Describe é 日本 😀.", " leading space", "3 + 4 = 7",
+                 "a\nb"]
     for question in questions:
         for chunk in build_conversation(question).split("<image>"):
             assert ours.encode(chunk) == reference(chunk).input_ids, (question, chunk)
@@ -247,5 +257,6 @@ def test_runtime_modules_import_without_torch_or_transformers():
         "import mvlm_magic.runtime.preprocess, mvlm_magic.runtime.tokenizer\n"
         "import mvlm_magic.runtime.detokenizer, mvlm_magic.runtime.sampling, mvlm_magic.model.tiny_tokenizer\n"
     )
-    result = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True)
+    result = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[1],
+                            capture_output=True, text=True)
     assert result.returncode == 0, result.stderr

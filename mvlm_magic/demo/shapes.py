@@ -300,7 +300,7 @@ def heldout_questions(n: int, start: int = HELDOUT_SEEDS.start,
 def corpus_texts() -> list[str]:
     """Every word the questions and answers can use (for training the tokenizer)."""
     texts = []
-    for kind, templates in QUESTION_TEMPLATES.items():
+    for templates in QUESTION_TEMPLATES.values():
         for template in templates:
             for shape in SHAPES:
                 for colour in COLOURS:

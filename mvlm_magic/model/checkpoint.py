@@ -12,9 +12,9 @@ import hashlib
 import json
 import os
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from ..errors import MvlmError
 
@@ -49,7 +49,8 @@ def is_hub_id(name: str) -> bool:
     return len(parts) == 2 and all(parts) and not name.startswith((".", "/", "~"))
 
 
-def resolve_source(model: str | os.PathLike, revision: str | None = None, progress: Progress = no_progress) -> CheckpointSource:
+def resolve_source(model: str | os.PathLike, revision: str | None = None,
+                   progress: Progress = no_progress) -> CheckpointSource:
     """A local folder, a preset name or a Hugging Face id -> a local folder with a revision."""
     name = str(model)
     path = Path(name).expanduser()
@@ -80,7 +81,9 @@ def download(hub_id: str, revision: str | None, progress: Progress) -> Path:
             "download it once while online, or pass a local checkpoint folder."
         ) from None
     except RepositoryNotFoundError:
-        raise MvlmError(f"no Hugging Face repo named {hub_id}; check the spelling (e.g. mtgv/MobileVLM_V2-1.7B).") from None
+        raise MvlmError(
+            f"no Hugging Face repo named {hub_id}; check the spelling (e.g. mtgv/MobileVLM_V2-1.7B)."
+        ) from None
     except (HfHubHTTPError, OSError) as err:
         raise MvlmError(f"could not download {hub_id}: {str(err).splitlines()[0]}") from None
     progress("download", 1.0, f"{hub_id} ready")

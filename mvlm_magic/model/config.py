@@ -78,7 +78,7 @@ class MobileVLMConfig:
         return (patches_per_side // 2) ** 2  # both projectors halve each side: 24x24 -> 12x12
 
     @classmethod
-    def from_dict(cls, raw: dict, where: str = "config.json") -> "MobileVLMConfig":
+    def from_dict(cls, raw: dict, where: str = "config.json") -> MobileVLMConfig:
         model_type = raw.get("model_type")
         if model_type != "mobilevlm":
             raise MvlmError(
@@ -98,7 +98,8 @@ class MobileVLMConfig:
         text.setdefault("num_key_value_heads", text["num_attention_heads"])
         text.setdefault("tie_word_embeddings", False)
         vision = dict(CLIP_L_336)
-        vision.update({k: v for k, v in raw.get("vision_config", {}).items() if k not in ("model_type", "architectures")})
+        vision.update({k: v for k, v in raw.get("vision_config", {}).items()
+                       if k not in ("model_type", "architectures")})
         mm_hidden_size = raw.get("mm_hidden_size", vision["hidden_size"])
         if mm_hidden_size != vision["hidden_size"]:
             raise MvlmError(
@@ -118,7 +119,7 @@ class MobileVLMConfig:
         )
 
     @classmethod
-    def from_folder(cls, folder: Path) -> "MobileVLMConfig":
+    def from_folder(cls, folder: Path) -> MobileVLMConfig:
         path = Path(folder) / "config.json"
         if not path.is_file():
             raise MvlmError(f"no config.json in {folder}; a MobileVLM checkpoint folder needs one.")

@@ -42,7 +42,7 @@ class MobileVLM(nn.Module):
     # --- loading -------------------------------------------------------------------------------
 
     @classmethod
-    def from_folder(cls, folder: Path | str, dtype: torch.dtype = torch.float32, progress=no_progress) -> "MobileVLM":
+    def from_folder(cls, folder: Path | str, dtype: torch.dtype = torch.float32, progress=no_progress) -> MobileVLM:
         config = MobileVLMConfig.from_folder(Path(folder))
         state = read_state_dict(Path(folder), progress)
         model = cls(config).to(dtype)
@@ -79,11 +79,15 @@ class MobileVLM(nn.Module):
             loadable = {k: v for k, v in part.items() if k in own and tuple(own[k].shape) == tuple(v.shape)}
             module.load_state_dict(loadable, strict=False)
         if mismatched:
-            raise MvlmError(f"{len(mismatched)} weight(s) do not match config.json: {mismatched[0]} (checkpoint vs config).")
+            raise MvlmError(
+                f"{len(mismatched)} weight(s) do not match config.json: {mismatched[0]} (checkpoint vs config)."
+            )
         if missing:
             raise MvlmError(f"the checkpoint lacks {len(missing)} weight(s) the model needs, e.g. {missing[0]}.")
         if unexpected:
-            raise MvlmError(f"the checkpoint has {len(unexpected)} weight(s) MobileVLM does not use, e.g. {unexpected[0]}.")
+            raise MvlmError(
+                f"the checkpoint has {len(unexpected)} weight(s) MobileVLM does not use, e.g. {unexpected[0]}."
+            )
 
     def checkpoint_state(self) -> dict[str, torch.Tensor]:
         """The model's weights under the mtgv checkpoint's key names."""

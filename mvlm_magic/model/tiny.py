@@ -110,7 +110,10 @@ def save_weights(state: dict[str, torch.Tensor], folder: Path, weights_format: s
     shards = [keys] if not weights_format.startswith("sharded") else [keys[: len(keys) // 2], keys[len(keys) // 2:]]
     use_safetensors = weights_format.endswith("safetensors")
     ext, base = ("safetensors", "model") if use_safetensors else ("bin", "pytorch_model")
-    names = [f"{base}.{ext}"] if len(shards) == 1 else [f"{base}-{i + 1:05d}-of-{len(shards):05d}.{ext}" for i in range(len(shards))]
+    if len(shards) == 1:
+        names = [f"{base}.{ext}"]
+    else:
+        names = [f"{base}-{i + 1:05d}-of-{len(shards):05d}.{ext}" for i in range(len(shards))]
     weight_map = {}
     for name, shard_keys in zip(names, shards):
         shard = {k: state[k].contiguous().clone() for k in shard_keys}
@@ -135,7 +138,8 @@ def build_tiny_checkpoint(folder: Path | str, spec: TinySpec | None = None, **ov
     train_tiny_tokenizer(folder, vocab_size=spec.tokenizer_vocab_size, seed=spec.seed)
     import sentencepiece
 
-    vocab_size = spec.vocab_size or sentencepiece.SentencePieceProcessor(model_file=str(folder / "tokenizer.model")).vocab_size()
+    vocab_size = (spec.vocab_size
+                  or sentencepiece.SentencePieceProcessor(model_file=str(folder / "tokenizer.model")).vocab_size())
     config = tiny_config(spec, vocab_size)
     torch.manual_seed(spec.seed)
     model = MobileVLM(MobileVLMConfig.from_dict(config))

@@ -125,7 +125,9 @@ def train_tiny_tokenizer(folder, vocab_size: int = VOCAB_SIZE, seed: int = 0, *,
     try:
         _train(model, vocab_size, seed)
     except RuntimeError as error:  # sentencepiece says how large the corpus allows, e.g. "<= 1017"
-        raise MvlmError(f"cannot train a {vocab_size}-piece tiny tokenizer ({error}); use a smaller vocab_size.")
+        raise MvlmError(
+            f"cannot train a {vocab_size}-piece tiny tokenizer ({error}); use a smaller vocab_size."
+        ) from None
     (folder / "tokenizer.model").write_bytes(model.getvalue())
 
     def added(content: str) -> dict:

@@ -161,7 +161,7 @@ def unload_extension(shell) -> None:
     magics = manager.registry.pop(MvlmMagics.__name__, None)
     if magics is None:
         return
-    for kind, table in manager.magics.items():
+    for table in manager.magics.values():
         for name, function in list(table.items()):
             if getattr(function, "__self__", None) is magics:
                 del table[name]

@@ -17,7 +17,7 @@ class PrintedAnswer:
         self.answer = None
         self.done = threading.Event()
 
-    def stream(self, stream, *, lock: threading.Lock | None = None) -> "PrintedAnswer":
+    def stream(self, stream, *, lock: threading.Lock | None = None) -> PrintedAnswer:
         out = self.file or sys.stdout  # looked up late: IPython and pytest swap sys.stdout
         if lock is not None and not lock.acquire(blocking=False):
             print("(waiting for the answer above to finish…)", file=out, flush=True)

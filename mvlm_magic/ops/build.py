@@ -18,8 +18,8 @@ from pathlib import Path
 
 import openvino as ov
 
-from ..store import default_cache_dir
 from ..runtime.device import core
+from ..store import default_cache_dir
 from .cpu import COMPILER_FLAGS, instruction_set
 
 SOURCES = Path(__file__).resolve().parent / "src"  # headers declare, .cpp files define, extension.cpp registers

@@ -16,7 +16,7 @@ The concatenation of everything returned equals `answer_text(tokenizer, ids)`.
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 from ..errors import MvlmError
 from .tokenizer import SEP2, Tokenizer

@@ -65,10 +65,14 @@ def _open_bytes(data: bytes, where: str) -> Image.Image:
         image = Image.open(io.BytesIO(data))
         image.load()  # decode now, so a truncated file fails here and not deep in preprocessing
     except UnidentifiedImageError:
-        raise MvlmError(f"{where} is not a readable picture (unknown format); pass a PNG, JPEG or other picture file.") from None
+        raise MvlmError(
+            f"{where} is not a readable picture (unknown format); pass a PNG, JPEG or other picture file."
+        ) from None
     except (OSError, SyntaxError, ValueError) as error:  # truncated or damaged: PIL's reason helps here
         reason = str(error).split(" <")[0]
-        raise MvlmError(f"{where} is not a readable picture ({reason}); pass a PNG, JPEG or other picture file.") from None
+        raise MvlmError(
+            f"{where} is not a readable picture ({reason}); pass a PNG, JPEG or other picture file."
+        ) from None
     return image
 
 
@@ -103,9 +107,11 @@ def to_rgb(image: Image.Image) -> Image.Image:
     try:
         return image.convert("RGB")
     except ValueError as error:
-        raise MvlmError(f"cannot convert a {image.mode} picture to RGB ({error}); save it as PNG or JPEG first.")
+        raise MvlmError(
+            f"cannot convert a {image.mode} picture to RGB ({error}); save it as PNG or JPEG first."
+        ) from None
     except OSError as error:  # a lazily opened PIL image whose file turns out truncated or corrupt
-        raise MvlmError(f"the picture could not be decoded ({error}); pass a complete picture file.")
+        raise MvlmError(f"the picture could not be decoded ({error}); pass a complete picture file.") from None
 
 
 def expand_to_square(image: Image.Image, background: tuple[int, int, int]) -> Image.Image:

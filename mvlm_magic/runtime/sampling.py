@@ -11,12 +11,13 @@ Only numpy is used: this runs where torch is absent.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 
 from ..errors import MvlmError
+
 
 @dataclass
 class GenerationConfig:

@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import sentencepiece as spm
 
@@ -62,8 +62,9 @@ class Tokenizer:
             self._sp.LoadFromSerializedProto(data)
         except (RuntimeError, OSError) as error:
             raise MvlmError(
-                f"{model_path} is not a SentencePiece model ({error}); replace it with the checkpoint's tokenizer.model."
-            )
+                f"{model_path} is not a SentencePiece model ({error}); "
+                "replace it with the checkpoint's tokenizer.model."
+            ) from None
         self.legacy = bool(legacy)
         self.vocab_size = self._sp.get_piece_size()
         self.unk_id = self._sp.unk_id()
@@ -82,7 +83,7 @@ class Tokenizer:
         self._unk_length = len(self._sp.encode(self.unk_piece))
 
     @classmethod
-    def from_folder(cls, folder) -> "Tokenizer":
+    def from_folder(cls, folder) -> Tokenizer:
         """Load `tokenizer.model`; `legacy` comes from `tokenizer_config.json` (absent or null means True)."""
         folder = Path(folder)
         legacy = True
@@ -91,7 +92,7 @@ class Tokenizer:
             try:
                 config = json.loads(config_path.read_text(encoding="utf-8"))
             except (ValueError, UnicodeDecodeError) as error:
-                raise MvlmError(f"{config_path} is not valid JSON ({error}); fix or delete it.")
+                raise MvlmError(f"{config_path} is not valid JSON ({error}); fix or delete it.") from None
             if config.get("legacy") is not None:
                 legacy = bool(config["legacy"])
         return cls(folder / "tokenizer.model", legacy=legacy)
@@ -180,7 +181,7 @@ class Tokenizer:
             bad = next(i for i in ids if not 0 <= i < self.vocab_size)
             raise MvlmError(
                 f"token id {bad} is outside the vocabulary 0..{self.vocab_size - 1}; pass model token ids only."
-            )
+            ) from None
 
     def piece(self, token_id: int) -> str:
         """The SentencePiece piece of one id, e.g. '▁the' or '<0x0A>'."""

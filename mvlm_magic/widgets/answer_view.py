@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import ipywidgets as w
 
@@ -48,7 +48,7 @@ class AnswerView(w.HBox):
         if not show_stop:
             self.stop_button.layout.display = "none"
         self.stats = w.HTML("")
-        self.on_done: list[Callable[["AnswerView"], None]] = []  # called in the consuming thread, after `done` is set
+        self.on_done: list[Callable[[AnswerView], None]] = []  # called in the consuming thread, after `done` is set
         self.done = threading.Event()
         self.text = ""
         self.answer: Answer | None = None
@@ -73,7 +73,7 @@ class AnswerView(w.HBox):
         return self._stream is not None and not self.done.is_set()
 
     def stream(self, answer_stream: AnswerStream, blocking: bool = False, *, lock: threading.Lock | None = None,
-               display_handle=None) -> "AnswerView":
+               display_handle=None) -> AnswerView:
         """Show `answer_stream` as it is generated.
 
         blocking=False consumes it in a background thread and returns at once (the Stop button works);

@@ -9,7 +9,8 @@ same conversation until the picture changes or Clear is pressed.
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import ipywidgets as w
 

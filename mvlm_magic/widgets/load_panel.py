@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import ipywidgets as w
 
@@ -113,7 +114,7 @@ class LoadPanel(w.VBox):
     def loading(self) -> bool:
         return self.load_button.disabled
 
-    def load(self, blocking: bool = False) -> "LoadPanel":
+    def load(self, blocking: bool = False) -> LoadPanel:
         """Load what the controls say, in a background thread (or here, when blocking, raising on failure)."""
         if self.loading:
             return self

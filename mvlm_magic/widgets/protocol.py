@@ -21,7 +21,8 @@ A loader turns a model name into an engine and reports progress by stage:
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterator, Protocol, Sequence, runtime_checkable
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, Protocol, runtime_checkable
 
 Progress = Callable[[str, "float | None", str], None]  # (stage, fraction in [0, 1] or None, message)
 

@@ -102,7 +102,7 @@ def evaluate(folder: Path, n_questions: int = 600, columns=COLUMNS, cache_dir=No
             f"({results[column]['seconds']} s)")
     if "torch" in results:
         reference = results["torch"]["answers"]
-        for column, result in results.items():
+        for result in results.values():
             result["agreement_with_torch"] = sum(a == b for a, b in zip(result["answers"], reference)) / len(reference)
     return {"model": str(folder), "questions": [list(q) for q in questions], "results": results}
 

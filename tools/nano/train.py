@@ -324,8 +324,9 @@ def aux_loss(head: torch.nn.Module, features: torch.Tensor, labels: torch.Tensor
     logits = head(features).split(list(AUX_CLASSES), dim=-1)
     weight = (1.0 + (object_weight - 1.0) * (labels[..., 0] > 0).float()).reshape(-1)
     total = 0
-    for i, l in enumerate(logits):
-        loss = F.cross_entropy(l.reshape(-1, l.shape[-1]), labels[..., i].reshape(-1), reduction="none")
+    for i, attribute_logits in enumerate(logits):
+        loss = F.cross_entropy(attribute_logits.reshape(-1, attribute_logits.shape[-1]), labels[..., i].reshape(-1),
+                               reduction="none")
         total = total + (loss * weight).sum() / weight.sum()
     return total
 
@@ -480,9 +481,9 @@ def aux_accuracy(model: MobileVLM, head: torch.nn.Module, n_pictures: int = 32) 
     model.train()
     on_object = labels[..., 0] > 0
     out = []
-    for i, l in enumerate(logits):
+    for i, attribute_logits in enumerate(logits):
         keep = on_object if i < 3 else torch.ones_like(on_object)
-        out.append(round(float((l.argmax(-1)[keep] == labels[..., i][keep]).float().mean()), 3))
+        out.append(round(float((attribute_logits.argmax(-1)[keep] == labels[..., i][keep]).float().mean()), 3))
     return out
 
 
