@@ -53,6 +53,7 @@ def test_export_ask_list_delete(checkpoint, picture_file, tmp_path):
     (["export", "{model}", "--compression", "int4", "--ratio", "2"], "ratio must be in"),
     (["ask", "{picture}", "Hi?", "--model", "{model}", "--device", "TPU", "--compression", "fp16"], "unknown device"),
     (["delete", "nothing-here"], "no cached export"),
+    (["ask", "{picture}", "caf\udce9?", "--model", "{model}"], "not valid Unicode"),  # b"caf\xe9?": Latin-1
 ])
 def test_bad_input_is_one_line_and_exit_code_2(args, message, checkpoint, picture_file, tmp_path):
     fill = {"picture": picture_file, "model": checkpoint("v2")}

@@ -1,6 +1,11 @@
 """Image preprocessing: bit-identical to transformers' CLIP processor after MobileVLM's padding."""
 
 import io
+import struct
+import subprocess
+import sys
+import warnings
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -8,6 +13,7 @@ import pytest
 from PIL import Image
 
 from mvlm_magic.errors import MvlmError
+from mvlm_magic.runtime import preprocess
 from mvlm_magic.runtime.preprocess import (
     CLIP_MEAN,
     CLIP_STD,
@@ -203,3 +209,102 @@ def test_unreadable_files(tmp_path):
         load_image(truncated)
     with pytest.raises(MvlmError, match="not a file"):
         load_image(tmp_path)
+
+
+# --------------------------------------------------------------------------------- pictures of absurd shape
+
+
+def full_square_resize(image, size=336):
+    """The padded square made in full and resized by Pillow: what preprocess_image did before resize_padded."""
+    return np.asarray(official_expand2square(image, BACKGROUND).resize((size, size), resample=Image.BICUBIC))
+
+
+def test_padded_resize_gives_the_full_squares_exact_pixels(monkeypatch):
+    monkeypatch.setattr(preprocess, "_STRIP_PIXELS", 5000)  # many strips, odd heights, a partial last one
+    rng = np.random.default_rng(13)
+    sizes = [(1, 2), (2, 1), (1, 50), (50, 1), (3, 5), (335, 336), (336, 335), (336, 337), (337, 100), (100, 337),
+             (7, 300), (300, 7), (41, 2000), (2000, 41), (999, 1000), (1000, 999), (333, 1)]
+    sizes += [tuple(int(v) for v in rng.integers(1, 1500, 2)) for _ in range(24)]
+    for width, height in sizes:
+        if max(width, height) > preprocess.MAX_ASPECT * min(width, height):
+            continue
+        image = noise_image(width, height, seed=width * height)
+        for size in (336, 32):
+            ours = preprocess.resize_padded(image, BACKGROUND, size)
+            assert np.array_equal(ours, full_square_resize(image, size)), (width, height, size)
+
+
+def png_bytes(width, height):
+    buffer = io.BytesIO()
+    Image.new("RGB", (width, height), (200, 30, 30)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_absurd_shapes_are_refused_quickly_and_in_bounded_memory():
+    # In a child limited to 1.5 GB of address space: before the fix the 1x100000 picture asked for a 30 GB square.
+    code = (
+        "import resource, time\n"
+        "from tests.test_preprocess import png_bytes, png_declaring\n"
+        "from mvlm_magic.errors import MvlmError\n"
+        "from mvlm_magic.runtime.preprocess import preprocess_image\n"
+        "resource.setrlimit(resource.RLIMIT_AS, (3 << 29, 3 << 29))\n"
+        "pictures = (png_bytes(1, 100000), png_bytes(100000, 1), png_bytes(1, 20000), png_declaring(1000, 40000))\n"
+        "for picture in pictures:\n"
+        "    start = time.perf_counter()\n"
+        "    try:\n"
+        "        preprocess_image(picture)\n"
+        "    except MvlmError as error:\n"
+        "        print(f'{time.perf_counter() - start:.2f}', error)\n"
+        "picture = png_bytes(30000, 600)\n"  # 1:50, wide: within the limits, 3.6 GB as a full square
+        "start = time.perf_counter()\n"
+        "print(f'{time.perf_counter() - start:.2f}', preprocess_image(picture).shape)\n"
+    )
+    root = Path(__file__).resolve().parents[1]
+    result = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = result.stdout.splitlines()
+    assert lines[:4] == [
+        lines[0][:5] + "the picture is 1x100000 pixels (aspect 1:100000); MobileVLM sees a 336x336 square, "
+        "so pictures more than 50 times longer than wide are refused: crop it first.",
+        lines[1][:5] + "the picture is 100000x1 pixels (aspect 1:100000); MobileVLM sees a 336x336 square, "
+        "so pictures more than 50 times longer than wide are refused: crop it first.",
+        lines[2][:5] + "the picture is 1x20000 pixels (aspect 1:20000); MobileVLM sees a 336x336 square, "
+        "so pictures more than 50 times longer than wide are refused: crop it first.",
+        lines[3][:5] + "the picture is 1000x40000 pixels; MobileVLM sees a 336x336 square, so pictures longer than "
+        "32768 pixels are refused: scale it down first.",
+    ]
+    assert lines[4].endswith("(1, 3, 336, 336)")
+    assert all(float(line.split()[0]) < 2.0 for line in lines), lines
+
+
+def test_shape_limits_apply_to_every_kind_of_source():
+    for source in (Image.new("RGB", (1, 60)), np.zeros((60, 1, 3), np.uint8), png_bytes(60, 1)):
+        with pytest.raises(MvlmError, match="more than 50 times longer than wide"):
+            load_image(source)
+    assert preprocess_image(Image.new("RGB", (1, 50))).shape == (1, 3, 336, 336)  # the limit itself is allowed
+
+
+def png_declaring(width, height):
+    """A PNG whose header declares width x height; the data is a single empty row, never read."""
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0")) + chunk(b"IEND", b"")
+
+
+def test_decompression_bomb_is_one_line(tmp_path):
+    path = tmp_path / "bomb.png"
+    path.write_bytes(png_declaring(100000, 100000))
+    message = f"{path} declares more pixels than Pillow decodes safely (178,956,970); scale the picture down first."
+    with pytest.raises(MvlmError) as caught:
+        preprocess_image(path)
+    assert str(caught.value) == message
+
+
+def test_pictures_over_pillows_warning_size_are_read_without_a_warning(monkeypatch):
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # 40x40 is over 1000 pixels, under twice that
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert load_image(png_bytes(40, 40)).size == (40, 40)
+    with pytest.raises(MvlmError, match="more pixels than Pillow decodes safely"):
+        load_image(png_bytes(50, 50))

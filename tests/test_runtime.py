@@ -16,6 +16,7 @@ from conftest import shapes_picture
 from mvlm_magic.errors import MvlmError
 from mvlm_magic.runtime.engine import Engine
 from mvlm_magic.runtime.kv_state import text_before_image
+from mvlm_magic.runtime.tokenizer import IMAGE_TOKEN_INDEX
 
 
 @pytest.fixture(scope="module")
@@ -185,6 +186,33 @@ def test_bad_questions_and_images(eng):
         eng.ask(np.zeros((0, 0, 3), dtype=np.uint8), "What is this?")
     with pytest.raises(MvlmError):
         eng.ask("/no/such/picture.png", "What is this?")
+
+
+def test_typed_image_text_stays_text(eng):
+    question = "What is <image> this?"
+    chat = eng.new_chat(shapes_picture())
+    ids = chat.prompt_ids(question)
+    assert ids.count(IMAGE_TOKEN_INDEX) == 1  # the picture's own place only
+    after_picture = ids[ids.index(IMAGE_TOKEN_INDEX) + 1 :]
+    assert eng.tokenizer.decode(after_picture) == "\nWhat is <image> this? ASSISTANT:"
+    assert chat.ask(question, max_new_tokens=3).result().token_ids
+    assert chat.prompt_ids("And <image>?").count(IMAGE_TOKEN_INDEX) == 1  # a follow-up: still one picture
+    assert chat.ask("And <image>?", max_new_tokens=3).result().token_ids
+    text_only = eng.new_chat()
+    assert IMAGE_TOKEN_INDEX not in text_only.prompt_ids(question)
+    assert text_only.ask(question, max_new_tokens=3).result().token_ids  # was a TypeError (no picture to splice)
+
+
+# A lone surrogate typed in Python, and "caf\xe9" from a Latin-1 terminal (Python keeps the byte as "\udce9").
+@pytest.mark.parametrize("question, where", [("What is \ud800 this?", "character 9, '\\ud800'"),
+                                             ("caf\udce9?", "character 4, '\\udce9'")])
+def test_text_that_is_not_unicode_is_one_line(eng, question, where):
+    with pytest.raises(MvlmError) as caught:
+        eng.new_chat(shapes_picture()).ask(question)
+    assert str(caught.value) == (
+        f"the question holds text that is not valid Unicode ({where}, e.g. a byte the terminal did not send as "
+        "UTF-8); retype it, or set the terminal to UTF-8."
+    )
 
 
 def test_unknown_device_lists_the_available_ones(exported):

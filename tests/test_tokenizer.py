@@ -17,6 +17,7 @@ from mvlm_magic.runtime.tokenizer import (
     SYSTEM,
     Tokenizer,
     build_conversation,
+    conversation_ids,
     render_prompt,
     tokenize_with_image,
 )
@@ -231,6 +232,24 @@ def test_tokenize_with_image_structure(legacy_tok):
         1, *legacy_tok.encode("a")[1:], -200, *legacy_tok.encode("b")[1:], -200
     ]
     assert tokenize_with_image(legacy_tok, "no image") == legacy_tok.encode("no image")
+
+
+def test_conversation_ids_are_the_official_ids_and_typed_image_stays_text(legacy_tok, new_tok):
+    for tok in (legacy_tok, new_tok):
+        for turns in ("What is it?", TWO_TURNS, [("Q1", ""), ("Q2", None)], " a\nb</s>c 日本"):
+            for with_image in (True, False):
+                official = tokenize_with_image(tok, build_conversation(turns, with_image=with_image))
+                assert conversation_ids(tok, turns, with_image=with_image) == official, (turns, with_image)
+        # A typed "<image>" is tokenized as the text it is, in the picture's chunk: one picture, not two.
+        question = "What is <image> this?"
+        before, after = build_conversation(question).split("<image>", 1)
+        ids = conversation_ids(tok, question)
+        assert ids == [1, *tok.encode(before)[1:], IMAGE_TOKEN_INDEX, *tok.encode(after)[1:]]
+        assert ids.count(IMAGE_TOKEN_INDEX) == 1
+        assert conversation_ids(tok, [("<image>", "an <image>"), ("<image>?", None)]).count(IMAGE_TOKEN_INDEX) == 1
+        text_only = conversation_ids(tok, question, with_image=False)
+        assert text_only == tok.encode(build_conversation(question, with_image=False))
+        assert IMAGE_TOKEN_INDEX not in text_only
 
 
 # --------------------------------------------------------------------------------- transformers 5.x

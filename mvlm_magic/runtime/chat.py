@@ -26,7 +26,7 @@ import numpy as np
 from ..errors import MvlmError
 from .sampling import GenerationConfig, Sampler
 from .text_stream import TextStream
-from .tokenizer import build_conversation, tokenize_with_image
+from .tokenizer import conversation_ids
 
 if TYPE_CHECKING:
     from .engine import Engine
@@ -82,8 +82,7 @@ class ChatSession:
 
     def prompt_ids(self, question: str) -> list[int]:
         turns = self.history + [(question, None)]
-        prompt = build_conversation(turns, with_image=self.image is not None)
-        return tokenize_with_image(self.engine.tokenizer, prompt)
+        return conversation_ids(self.engine.tokenizer, turns, with_image=self.image is not None)
 
     def reset(self) -> None:
         self.history.clear()
@@ -192,5 +191,16 @@ class AnswerStream:
 
 
 def check_question(question) -> None:
+    """The one check of a question's text, before any work (the terminal, the notebook and widgets ask here)."""
     if not isinstance(question, str) or not question.strip():
         raise MvlmError("the question is empty; write it in the cell (or pass a non-empty string).")
+    try:
+        question.encode("utf-8")
+    except UnicodeEncodeError as error:
+        # A lone surrogate: "\ud800" typed in Python, or a byte that was not UTF-8 in a terminal argument
+        # (Python keeps it as "\udce9"). SentencePiece cannot take it.
+        raise MvlmError(
+            f"the question holds text that is not valid Unicode (character {error.start + 1}, "
+            f"{question[error.start]!r}, e.g. a byte the terminal did not send as UTF-8); "
+            "retype it, or set the terminal to UTF-8."
+        ) from None

@@ -27,7 +27,7 @@ from .kv_state import KVState, text_before_image
 from .memory import shedding
 from .preprocess import CLIP_MEAN, CLIP_STD, load_image, preprocess_image
 from .sampling import GenerationConfig
-from .tokenizer import IMAGE_TOKEN_INDEX, Tokenizer, build_conversation, tokenize_with_image
+from .tokenizer import IMAGE_TOKEN_INDEX, Tokenizer, conversation_ids
 
 
 class Engine:
@@ -101,7 +101,7 @@ class Engine:
         its keys and values are computed once, here, and each new chat reuses them (kv_state.py).
         While loading, this is also the language model's first inference, when OpenVINO makes its one-time
         copy of the weights (seconds for a 1.7B model on two cores) — then, and not in the first answer."""
-        ids = tokenize_with_image(self.tokenizer, build_conversation([("?", None)], with_image=True))
+        ids = conversation_ids(self.tokenizer, [("?", None)], with_image=True)
         with self.lock:
             self.kv.reset()
             self.kv.extend(None, ids[: text_before_image(ids)], lambda new: self.embed(new, None))  # BOS..."USER:"

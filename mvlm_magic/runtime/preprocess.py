@@ -13,6 +13,7 @@ Only numpy and Pillow are used: this runs where torch and transformers are absen
 from __future__ import annotations
 
 import io
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +24,16 @@ from ..errors import MvlmError
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 IMAGE_SIZE = 336
+
+# Shapes refused before anything of the padded square's size is made (a 475-byte 1x100000 PNG would otherwise
+# ask for a 30 GB square). MobileVLM sees one 336x336 square: a picture 50 times longer than wide fills under 7
+# of its pixels across, too few to show anything, so more elongated pictures are refused.
+MAX_ASPECT = 50
+# Padding a tall picture costs time quadratic in its long side (Pillow's horizontal pass runs over the whole
+# padded width for every row): 32768 pixels, twice the long side of a 200-megapixel photo, still takes seconds.
+MAX_SIDE = 32768
+# Rows of the padded square resampled at once for a tall picture: 4M pixels (16 MB) keep memory small.
+_STRIP_PIXELS = 1 << 22
 
 
 def load_image(source) -> Image.Image:
@@ -47,7 +58,23 @@ def load_image(source) -> Image.Image:
         )
     if image.width == 0 or image.height == 0:
         raise MvlmError(f"the picture is {image.width}x{image.height} pixels; pass a picture with at least one pixel.")
+    check_shape(image.width, image.height)
     return image
+
+
+def check_shape(width: int, height: int) -> None:
+    """Refuse pictures too elongated or too long to be worth padding to a square (MAX_ASPECT, MAX_SIDE)."""
+    long, short = max(width, height), min(width, height)
+    if long > MAX_ASPECT * short:
+        raise MvlmError(
+            f"the picture is {width}x{height} pixels (aspect 1:{long // short}); MobileVLM sees a 336x336 square, "
+            f"so pictures more than {MAX_ASPECT} times longer than wide are refused: crop it first."
+        )
+    if long > MAX_SIDE:
+        raise MvlmError(
+            f"the picture is {width}x{height} pixels; MobileVLM sees a 336x336 square, so pictures longer than "
+            f"{MAX_SIDE} pixels are refused: scale it down first."
+        )
 
 
 def _open_path(path: Path) -> Image.Image:
@@ -62,8 +89,18 @@ def _open_bytes(data: bytes, where: str) -> Image.Image:
     if not data:
         raise MvlmError(f"{where} is empty; pass a PNG, JPEG or other picture file.")
     try:
-        image = Image.open(io.BytesIO(data))
-        image.load()  # decode now, so a truncated file fails here and not deep in preprocessing
+        with warnings.catch_warnings():
+            # Pictures over Pillow's warning size (89 megapixels, e.g. a 100-megapixel photo) are read: the
+            # shape limits above decide, and a warning would be noise under the answer.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))
+            check_shape(*image.size)  # the header is read: refuse before decoding
+            image.load()  # decode now, so a truncated file fails here and not deep in preprocessing
+    except Image.DecompressionBombError:
+        raise MvlmError(
+            f"{where} declares more pixels than Pillow decodes safely ({2 * Image.MAX_IMAGE_PIXELS:,}); "
+            "scale the picture down first."
+        ) from None
     except UnidentifiedImageError:
         raise MvlmError(
             f"{where} is not a readable picture (unknown format); pass a PNG, JPEG or other picture file."
@@ -125,6 +162,38 @@ def expand_to_square(image: Image.Image, background: tuple[int, int, int]) -> Im
     return canvas
 
 
+def resize_padded(image: Image.Image, background: tuple[int, int, int], size: int) -> np.ndarray:
+    """The pixels of `expand_to_square(image, background).resize((size, size), BICUBIC)` for an RGB picture,
+    without making the square.
+
+    Pillow resizes in two passes, horizontal then vertical, each rounding to uint8, with coefficients that
+    depend only on the input and output lengths, and each row (then column) resampled on its own. So the same
+    calls on pieces of the square give its exact pixels (tests/test_preprocess.py compares with the square):
+    a wide picture's padding rows are all alike, so one background row stands for them; a tall picture's
+    rows are resampled a strip at a time. The vertical pass then runs on the (side x size) intermediate,
+    as Pillow's own second pass would. Memory stays near the picture's size, not the square's.
+    """
+    width, height = image.size
+    if width == height:
+        return np.asarray(image.resize((size, size), resample=Image.BICUBIC))
+    side = max(width, height)
+    if width > height:
+        rows = np.asarray(image.resize((size, height), resample=Image.BICUBIC))
+        padding = np.asarray(Image.new(image.mode, (side, 1), background).resize((size, 1), resample=Image.BICUBIC))
+        horizontal = np.broadcast_to(padding, (side, size, 3)).copy()
+        top = (side - height) // 2
+        horizontal[top : top + height] = rows
+    else:
+        left, step = (side - width) // 2, max(1, _STRIP_PIXELS // side)
+        strips = []
+        for y in range(0, side, step):
+            strip = Image.new(image.mode, (side, min(step, side - y)), background)
+            strip.paste(image.crop((0, y, width, y + strip.height)), (left, 0))
+            strips.append(np.asarray(strip.resize((size, strip.height), resample=Image.BICUBIC)))
+        horizontal = np.concatenate(strips)
+    return np.asarray(Image.fromarray(horizontal).resize((size, size), resample=Image.BICUBIC))
+
+
 def shortest_edge_size(width: int, height: int, shortest_edge: int) -> tuple[int, int]:
     """(width, height) after scaling the shorter side to `shortest_edge`, as transformers computes it
     (`get_resize_output_image_size` with default_to_square=False: the long side is truncated)."""
@@ -151,7 +220,8 @@ def preprocess_image(image, image_size: int = IMAGE_SIZE, mean=CLIP_MEAN, std=CL
 
     `image` may be anything `load_image` accepts. Steps: EXIF orientation, convert to RGB, pad to a
     square with the mean colour, bicubic resize of the shortest edge, centre crop, rescale by 1/255 in
-    float64 rounded to float32 (as transformers does), then (x - mean) / std in float32.
+    float64 rounded to float32 (as transformers does), then (x - mean) / std in float32. The padded square
+    is resized to image_size x image_size (its shortest edge) without being made (`resize_padded`).
     """
     if int(image_size) < 1:
         raise MvlmError(f"image_size must be a positive number of pixels, not {image_size}.")
@@ -159,9 +229,7 @@ def preprocess_image(image, image_size: int = IMAGE_SIZE, mean=CLIP_MEAN, std=CL
         raise MvlmError("mean and std must each have 3 values and std must not contain 0; use CLIP_MEAN and CLIP_STD.")
     rgb = to_rgb(load_image(image))
     background = tuple(int(m * 255) for m in mean)
-    square = expand_to_square(rgb, background)
-    resized = square.resize(shortest_edge_size(*square.size, image_size), resample=Image.BICUBIC)
-    pixels = center_crop(np.asarray(resized), image_size)
+    pixels = center_crop(resize_padded(rgb, background, int(image_size)), int(image_size))
     scaled = (pixels * (1 / 255)).astype(np.float32)
     normalized = (scaled - np.asarray(mean, dtype=np.float32)) / np.asarray(std, dtype=np.float32)
     return np.ascontiguousarray(normalized.transpose(2, 0, 1))[None]

@@ -9,7 +9,8 @@ the `sentencepiece` model directly and reproduces the 4.33.1 rules:
 * legacy mode (`legacy` absent or null in tokenizer_config.json): every text segment is encoded on its
   own, so each one, including the one right after `</s>`, gets SentencePiece's dummy-prefix `▁`;
 * non-legacy mode: one `▁` for the whole text, and segments are encoded without a dummy prefix;
-* `<image>` becomes the single id -200 between separately tokenized chunks, with one BOS in front.
+* `<image>` becomes the single id -200 between separately tokenized chunks, with one BOS in front; in a
+  chat (`conversation_ids`) only the picture's own place does, and a typed "<image>" stays text.
 
 Only the standard library and `sentencepiece` are used: this runs where torch is absent.
 """
@@ -196,13 +197,32 @@ def tokenize_with_image(tokenizer: Tokenizer, prompt: str) -> list[int]:
 
     Each chunk between placeholders is tokenized on its own (so the chunk after `<image>` gets its own
     dummy prefix); the output has one BOS, then chunk 0, then for each later chunk IMAGE_TOKEN_INDEX and
-    that chunk without its BOS.
+    that chunk without its BOS. Every `<image>` in the text is a picture here: for a chat whose text was
+    typed by someone, use `conversation_ids`, where a typed "<image>" stays text.
     """
-    chunks = [tokenizer.encode(chunk, add_bos=True)[1:] for chunk in prompt.split(IMAGE_PLACEHOLDER)]
-    ids = [tokenizer.bos_id] + chunks[0]
+    chunks = prompt.split(IMAGE_PLACEHOLDER)
+    parts: list[str | int] = [chunks[0]]
+    for chunk in chunks[1:]:
+        parts += [IMAGE_TOKEN_INDEX, chunk]
+    return tokenize_parts(tokenizer, parts)
+
+
+def tokenize_parts(tokenizer: Tokenizer, parts: Sequence[str | int]) -> list[int]:
+    """Ids of a prompt given as text parts and IMAGE_TOKEN_INDEX where a picture goes.
+
+    The text between two pictures is joined and tokenized as one chunk, as `tokenize_with_image` does with
+    the text between two placeholders; a picture's place is never found by searching the text.
+    """
+    chunks = [""]
+    for part in parts:
+        if isinstance(part, str):
+            chunks[-1] += part
+        else:
+            chunks.append("")
+    ids = [tokenizer.bos_id] + tokenizer.encode(chunks[0], add_bos=True)[1:]
     for chunk in chunks[1:]:
         ids.append(IMAGE_TOKEN_INDEX)
-        ids.extend(chunk)
+        ids.extend(tokenizer.encode(chunk, add_bos=True)[1:])
     return ids
 
 
@@ -213,17 +233,26 @@ def render_prompt(turns: Sequence[tuple[str, str | None]], system: str = SYSTEM)
     turn; an empty or None message renders as "ROLE:" alone (the official SeparatorStyle.TWO rule), which
     is how the open last turn ends the prompt with "ASSISTANT:".
     """
-    text = system + SEP
-    for user_message, answer in turns:
-        for role, message, separator in ((ROLES[0], user_message, SEP), (ROLES[1], answer, SEP2)):
-            text += f"{role}: {message}{separator}" if message else f"{role}:"
-    return text
+    return "".join(_render_parts(turns, with_image=False, system=system))
 
 
-def build_conversation(
+def _render_parts(turns: Sequence[tuple[str, str | None]], with_image: bool, system: str) -> list[str | int]:
+    """render_prompt's text in parts; with_image, IMAGE_TOKEN_INDEX then "\n" begin the first question."""
+    parts: list[str | int] = [system + SEP]
+    for index, (user_message, answer) in enumerate(turns):
+        if with_image and index == 0:  # the official text is "<image>\n" + question: never empty
+            parts += [f"{ROLES[0]}: ", IMAGE_TOKEN_INDEX, f"\n{user_message}{SEP}"]
+        else:
+            parts.append(f"{ROLES[0]}: {user_message}{SEP}" if user_message else f"{ROLES[0]}:")
+        parts.append(f"{ROLES[1]}: {answer}{SEP2}" if answer else f"{ROLES[1]}:")
+    return parts
+
+
+def conversation_parts(
     questions_and_answers: Sequence[tuple[str, str | None]] | str, with_image: bool = True, system: str = SYSTEM
-) -> str:
-    """The v1 prompt for a chat; the first question gets "<image>\\n" in front when with_image.
+) -> list[str | int]:
+    """The v1 prompt for a chat as text parts, with IMAGE_TOKEN_INDEX where the picture goes (before the
+    first question, when with_image). Questions and answers stay text, whatever they hold.
 
     A bare string is a single question with the answer still open.
     """
@@ -232,7 +261,27 @@ def build_conversation(
     turns = list(questions_and_answers)
     if not turns:
         raise MvlmError("a conversation needs at least one question; pass [(question, None)].")
-    if with_image:
-        first_question, first_answer = turns[0]
-        turns[0] = (IMAGE_PLACEHOLDER + "\n" + first_question, first_answer)
-    return render_prompt(turns, system=system)
+    return _render_parts(turns, with_image=with_image, system=system)
+
+
+def build_conversation(
+    questions_and_answers: Sequence[tuple[str, str | None]] | str, with_image: bool = True, system: str = SYSTEM
+) -> str:
+    """The v1 prompt text for a chat; the first question gets "<image>\n" in front when with_image.
+
+    A bare string is a single question with the answer still open. The text is for reading: its ids come
+    from `conversation_ids`, which keeps a "<image>" typed in a question as text.
+    """
+    parts = conversation_parts(questions_and_answers, with_image=with_image, system=system)
+    return "".join(part if isinstance(part, str) else IMAGE_PLACEHOLDER for part in parts)
+
+
+def conversation_ids(
+    tokenizer: Tokenizer,
+    questions_and_answers: Sequence[tuple[str, str | None]] | str,
+    with_image: bool = True,
+    system: str = SYSTEM,
+) -> list[int]:
+    """The prompt ids of a chat: `tokenize_with_image(build_conversation(...))` for every text without
+    "<image>" in it, and a typed "<image>" is tokenized as the text it is, not as a second picture."""
+    return tokenize_parts(tokenizer, conversation_parts(questions_and_answers, with_image=with_image, system=system))

@@ -64,13 +64,13 @@ def torch_answerer(folder: Path) -> Callable[[object, str], str]:
 
     from mvlm_magic.model.mobilevlm import MobileVLM
     from mvlm_magic.runtime.preprocess import preprocess_image
-    from mvlm_magic.runtime.tokenizer import Tokenizer, build_conversation, tokenize_with_image
+    from mvlm_magic.runtime.tokenizer import Tokenizer, conversation_ids
 
     model = MobileVLM.from_folder(folder, dtype=torch.float32)
     tokenizer = Tokenizer.from_folder(folder)
 
     def answer(picture, question: str) -> str:
-        ids = tokenize_with_image(tokenizer, build_conversation(question))
+        ids = conversation_ids(tokenizer, question)
         pixel_values = torch.from_numpy(preprocess_image(picture))
         new_ids = model.generate(ids, pixel_values, max_new_tokens=MAX_NEW_TOKENS, eos_token_id=tokenizer.eos_id)
         return tokenizer.decode(new_ids).strip()

@@ -9,7 +9,7 @@ on the question/answer corpus, prompt template v1. It is saved in the mtgv check
 same loader, exporter and runtime serve it as they serve mtgv/MobileVLM_V2-1.7B.
 
 Training is LLaVA-style SFT on single-turn chats: the prompt is exactly the one the runtime builds
-(`build_conversation` + `tokenize_with_image`), the pixels exactly `preprocess_image`'s, and only the
+(`conversation_ids`), the pixels exactly `preprocess_image`'s, and only the
 answer tokens and the closing `</s>` carry loss. Every picture is drawn on the fly from its seed
 (training seeds and held-out seeds never overlap, see mvlm_magic/demo/shapes.py). Everything is seeded;
 with the same versions of torch and the same thread count the run reproduces the shipped weights.
@@ -37,7 +37,7 @@ from mvlm_magic.model.mobilevlm import IMAGE_TOKEN_INDEX, MobileVLM
 from mvlm_magic.model.tiny import TinySpec, save_weights, tiny_config
 from mvlm_magic.model.tiny_tokenizer import train_sentencepiece
 from mvlm_magic.runtime.preprocess import preprocess_image
-from mvlm_magic.runtime.tokenizer import SYSTEM, Tokenizer, build_conversation, tokenize_with_image
+from mvlm_magic.runtime.tokenizer import SYSTEM, Tokenizer, build_conversation, conversation_ids
 
 MODEL_ID = "mvlm-magic/nano-mobilevlm"
 
@@ -130,13 +130,13 @@ def _write_json(path: Path, data: dict) -> None:
 
 def prompt_ids(tokenizer: Tokenizer, question: str) -> list[int]:
     """The ids the runtime feeds for a single-turn question (with -200 for the picture)."""
-    return tokenize_with_image(tokenizer, build_conversation(question))
+    return conversation_ids(tokenizer, question)
 
 
 def answer_ids(tokenizer: Tokenizer, question: str, answer: str) -> list[int]:
     """The ids of `answer` as they follow the prompt when the whole chat is tokenized (plus EOS)."""
     prompt = prompt_ids(tokenizer, question)
-    full = tokenize_with_image(tokenizer, build_conversation([(question, answer)]))  # ends "... answer</s>"
+    full = conversation_ids(tokenizer, [(question, answer)])  # ends "... answer</s>"
     if full[: len(prompt)] != prompt or full[-1] != tokenizer.eos_id:
         raise AssertionError(f"answer tokens do not extend the prompt for {question!r} -> {answer!r}")
     return full[len(prompt):]
