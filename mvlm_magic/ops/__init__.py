@@ -12,7 +12,8 @@ How it is used (the engine calls `select` only):
 1. `build.extension(cache_dir)` compiles src/*.cpp once per OpenVINO version and instruction set
    (`cpu.instruction_set()`) with the system's C++ compiler into the cache folder (the private one where other
    users could change it), and registers the library with OpenVINO.
-2. `copies.copies(folder)` writes, once per export: a copy of the language IR in which the symmetric int4
+2. `copies.copies(folder)` writes, once per export (beside it, or in a trusted cache's `copies/` where other
+   users could change the export's folder): a copy of the language IR in which the symmetric int4
    MatMuls are replaced by Int4MatMul (the same weights in its order, `layout.panels`; the same scales; those
    reading one input, such as q/k/v, as one operation), the int8 head by Int8MatMul and each attention with its
    cache by KVAttention (`rewrite`, on the weights `patterns` recognises); and, for the AVX-512 build, a copy of
