@@ -44,11 +44,12 @@ def load_engine(model=None, compression: str | Compression = "int4", device: str
     if isinstance(compression, str):
         compression = Compression.parse(compression, group_size, ratio)
     device = check_device(device)  # before a long export, not after
-    folder, was_cached = find_or_export(model, compression, Path(cache_dir or default_cache_dir()), revision, progress)
+    cache_dir = Path(cache_dir or default_cache_dir())
+    folder, was_cached = find_or_export(model, compression, cache_dir, revision, progress)
     progress("compile", None, f"compiling on {device}" + (" (cached export, nothing to convert)" if was_cached else ""))
     started = time.perf_counter()
     ops = ops if kernels is None else kernels  # (ops' earlier name, still accepted)
-    engine = Engine(folder, device=device, precision=precision, threads=threads, ops=ops)
+    engine = Engine(folder, device=device, precision=precision, threads=threads, ops=ops, cache_dir=cache_dir)
     engine.was_cached = was_cached
     progress("compile", 1.0, f"compiled in {time.perf_counter() - started:.1f} s")
     return engine

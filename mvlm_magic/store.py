@@ -13,6 +13,7 @@ import json
 import os
 import re
 import shutil
+import stat
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -30,8 +31,59 @@ IR_LIBRARIES = ("openvino", "nncf", "torch", "transformers")
 def default_cache_dir() -> Path:
     if os.environ.get("MVLM_CACHE"):
         return Path(os.environ["MVLM_CACHE"]).expanduser()
+    return private_cache_dir()
+
+
+def private_cache_dir() -> Path:
+    """This user's own cache ($XDG_CACHE_HOME/mvlm_magic or ~/.cache/mvlm_magic), whatever $MVLM_CACHE says: where
+    compiled code goes when the chosen cache may be shared."""
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "mvlm_magic"
+    return Path(base).expanduser() / "mvlm_magic"
+
+
+def writable_only_by_me(path: Path | str) -> str | None:
+    """Why someone other than this user could change `path` (an existing file or folder), or None when nobody can:
+    it and every folder above it (as named and where links lead) belong to this user or root and are writable by
+    no one else, except a root-owned sticky folder like /tmp, whose entries others cannot replace. Code we load
+    (a compiled library, an IR holding our operations) must pass, or anyone who can write there chooses it."""
+    absolute = Path(os.path.abspath(path))
+    real = Path(os.path.realpath(absolute))
+    for current in dict.fromkeys([absolute, *absolute.parents, real, *real.parents]):
+        why = _changeable_by_others(current)
+        if why:
+            return why
+    return None
+
+
+def _changeable_by_others(path: Path) -> str | None:
+    try:
+        info = os.lstat(path)
+    except OSError as error:
+        return f"{path} cannot be checked ({error.strerror})"
+    if info.st_uid not in (os.geteuid(), 0):
+        return f"{path} belongs to another user (uid {info.st_uid})"
+    if stat.S_ISLNK(info.st_mode):
+        return None  # a link's own mode means nothing; where it leads is checked too
+    shared = info.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
+    if not shared or (stat.S_ISDIR(info.st_mode) and info.st_mode & stat.S_ISVTX and info.st_uid == 0):
+        return None
+    if shared == stat.S_IWGRP and _own_group(info.st_gid):
+        return None
+    return f"{path} can be written by {'other users' if shared & stat.S_IWOTH else f'group {info.st_gid}'}"
+
+
+def _own_group(gid: int) -> bool:
+    """A user-private group (Debian and Ubuntu give each user one, with umask 002, so group-writable folders are
+    common): named after this user and with no other members."""
+    try:
+        import grp
+        import pwd
+
+        user = pwd.getpwuid(os.geteuid()).pw_name
+        group = grp.getgrgid(gid)
+    except (ImportError, KeyError):
+        return False
+    return group.gr_name == user and set(group.gr_mem) <= {user}
 
 
 def library_versions(names=IR_LIBRARIES) -> dict[str, str]:

@@ -310,7 +310,7 @@ def test_without_a_compiler_the_engine_uses_openvino_alone(exported, monkeypatch
     built = build.compile_library()
     assert built.library is None and "compiler" in built.why_not
     assert not list((tmp_path / "cache" / "ops").glob("*.so"))
-    monkeypatch.setattr(build, "extension", lambda: build.Build(None, "no compiler"))
+    monkeypatch.setattr(build, "extension", lambda cache_dir=None: build.Build(None, "no compiler"))
     eng = Engine(exported("v2", "int4"), ops="on")
     assert eng.ops is None
     assert eng.ask(picture, "What is this?", max_new_tokens=4).token_ids

@@ -9,9 +9,11 @@ one stream; Int8MatMul does the same for per-row int8 weights (an int4 export's 
 model); KVAttention keeps the key/value cache itself.
 
 How it is used (the engine calls `select` only):
-1. `build.extension()` compiles src/*.cpp once per OpenVINO version and instruction set (`cpu.instruction_set()`)
-   with the system's C++ compiler into the cache folder, and registers the library with OpenVINO.
-2. `copies.copies(folder)` writes, once per export: a copy of the language IR in which the symmetric int4
+1. `build.extension(cache_dir)` compiles src/*.cpp once per OpenVINO version and instruction set
+   (`cpu.instruction_set()`) with the system's C++ compiler into the cache folder (the private one where other
+   users could change it), and registers the library with OpenVINO.
+2. `copies.copies(folder)` writes, once per export (beside it, or in a trusted cache's `copies/` where other
+   users could change the export's folder): a copy of the language IR in which the symmetric int4
    MatMuls are replaced by Int4MatMul (the same weights in its order, `layout.panels`; the same scales; those
    reading one input, such as q/k/v, as one operation), the int8 head by Int8MatMul and each attention with its
    cache by KVAttention (`rewrite`, on the weights `patterns` recognises); and, for the AVX-512 build, a copy of
@@ -32,12 +34,13 @@ from ..errors import MvlmError
 MODES = ("auto", "on", "off")
 
 
-def select(folder: Path | str, mode: str = "auto", device: str = "CPU",
-           precision: str = "auto") -> tuple[Path, Path]:
+def select(folder: Path | str, mode: str = "auto", device: str = "CPU", precision: str = "auto",
+           cache_dir: Path | str | None = None) -> tuple[Path, Path]:
     """The (vision, language) IRs an engine compiles: vision.xml and language.xml, or their copies with our
     operations. `mode` is "auto" (where they are faster: cpu.helps_here()), "on" (wherever they build) or "off".
     Only on CPU at the default precision (f32 answers must match the reference: no int8 activations); the
-    language copy needs an int4 export, the vision one an int4 or int8 export and the AVX-512 build."""
+    language copy needs an int4 export, the vision one an int4 or int8 export and the AVX-512 build. The library
+    is built in `cache_dir` (None: default_cache_dir()) or, where others could change that, the private cache."""
     if mode not in MODES:
         raise MvlmError(f"ops must be 'auto', 'on' or 'off', not {mode!r}.")
     folder = Path(folder)
@@ -47,10 +50,13 @@ def select(folder: Path | str, mode: str = "auto", device: str = "CPU",
     from ..runtime.memory import shed
     from . import build, copies, cpu
 
-    if not ((mode == "on" or cpu.helps_here()) and build.extension().library is not None):
+    if not (mode == "on" or cpu.helps_here()):
         return plain
-    try:
-        vision, language = copies.copies(folder)
+    built = build.extension(cache_dir)
+    if built.library is None:
+        return plain
+    try:  # copies the export's folder cannot hold safely go beside the library: a place only this user can change
+        vision, language = copies.copies(folder, built.library.parent.parent / "copies")
     except OSError:  # a read-only cache: OpenVINO's own path
         return plain
     finally:  # making a copy read the original's weights, whose file OpenVINO keeps mapped

@@ -1,8 +1,11 @@
 """The derived IRs: copies of an export's vision and language IRs with our operations, written next to the
-originals on first use (NAME.KIND-vFORMAT.xml) and found again after."""
+originals on first use (NAME.KIND-vFORMAT.xml) and found again after. Their graph holds our operations, so, like
+the library, they are written and read only where this user alone can change them: next to the export when that
+folder passes `store.writable_only_by_me`, else in a folder of their own in a trusted cache."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import tempfile
@@ -11,6 +14,7 @@ from pathlib import Path
 import openvino as ov
 
 from ..runtime.device import core
+from ..store import MANIFEST, private_cache_dir, writable_only_by_me
 from .cpu import instruction_set
 from .layout import align_constants
 from .rewrite import rewrite_int4_matmuls, rewrite_int8_matmuls, use_kv_attention
@@ -18,19 +22,37 @@ from .rewrite import rewrite_int4_matmuls, rewrite_int8_matmuls, use_kv_attentio
 FORMAT = 9  # part of the derived IR's name: bump when what the copy holds changes
 
 
-def copies(folder: Path) -> tuple[Path | None, Path | None]:
+def copies(folder: Path, elsewhere: Path | None = None) -> tuple[Path | None, Path | None]:
     """The export's (vision, language) copies with our operations, written on first use; None for either when
     there is nothing to rewrite. The vision copy (int8 MatMuls over 577 rows) only for the AVX-512 build, whose
-    prompts beat OpenVINO's; on AVX2 they do not (docs/benchmarks.md)."""
-    vision = int8_vision_model(folder) if instruction_set() == "avx512" else None
-    return vision, int4_language_model(folder)
+    prompts beat OpenVINO's; on AVX2 they do not (docs/benchmarks.md). `elsewhere` (default: the private cache's
+    `copies`) holds them when others could change the export's folder."""
+    place = copies_folder(Path(folder), elsewhere or private_cache_dir() / "copies")
+    vision = int8_vision_model(folder, place) if instruction_set() == "avx512" else None
+    return vision, int4_language_model(folder, place)
 
 
-def int4_language_model(folder: Path) -> Path | None:
-    """The export's language IR with Int4MatMul (and KVAttention), written next to language.xml on first use;
-    None when the export has no symmetric int4 weights."""
-    derived = Path(folder) / f"language.int4-v{FORMAT}.xml"
-    if derived.is_file():
+def copies_folder(folder: Path, elsewhere: Path) -> Path:
+    """The export's own folder where only this user can change it, else its folder in `elsewhere` (a trusted
+    place), named by the export's folder, path and manifest: another export never finds these copies."""
+    if writable_only_by_me(folder) is None:
+        return folder
+    identity = f"{os.path.realpath(folder)}\n{(folder / MANIFEST).read_text()}"
+    place = elsewhere / f"{folder.name}-{hashlib.sha256(identity.encode()).hexdigest()[:12]}"
+    place.mkdir(parents=True, exist_ok=True, mode=0o700)
+    return place
+
+
+def found(derived: Path) -> bool:
+    """A copy made before, which nobody else could have changed (else it is written again)."""
+    return derived.is_file() and not (writable_only_by_me(derived) or writable_only_by_me(derived.with_suffix(".bin")))
+
+
+def int4_language_model(folder: Path, place: Path | None = None) -> Path | None:
+    """The export's language IR with Int4MatMul (and KVAttention), written in `place` (default: next to
+    language.xml) on first use; None when the export has no symmetric int4 weights."""
+    derived = Path(place or folder) / f"language.int4-v{FORMAT}.xml"
+    if found(derived):
         return derived
     model = core().read_model(Path(folder) / "language.xml")
     if not rewrite_int4_matmuls(model):
@@ -39,11 +61,12 @@ def int4_language_model(folder: Path) -> Path | None:
     return save_copy(model, derived)
 
 
-def int8_vision_model(folder: Path) -> Path | None:
-    """The export's vision IR with Int8MatMul (for prompts of 577 rows: AVX-512 builds only), written next to
-    vision.xml on first use; None when its MatMuls have no per-row int8 weights (fp16 and fp32 exports)."""
-    derived = Path(folder) / f"vision.int8-v{FORMAT}.xml"
-    if derived.is_file():
+def int8_vision_model(folder: Path, place: Path | None = None) -> Path | None:
+    """The export's vision IR with Int8MatMul (for prompts of 577 rows: AVX-512 builds only), written in `place`
+    (default: next to vision.xml) on first use; None when its MatMuls have no per-row int8 weights (fp16 and
+    fp32 exports)."""
+    derived = Path(place or folder) / f"vision.int8-v{FORMAT}.xml"
+    if found(derived):
         return derived
     model = core().read_model(Path(folder) / "vision.xml")
     return save_copy(model, derived) if rewrite_int8_matmuls(model) else None

@@ -34,7 +34,8 @@ class Engine:
     """The compiled vision, text-embeddings and language models of one export, plus its tokenizer."""
 
     def __init__(self, folder: Path | str, device: str = "CPU", precision: str = "auto", threads: int | None = None,
-                 ov_config: dict | None = None, ops: str = "auto", *, kernels: str | None = None):
+                 ov_config: dict | None = None, ops: str = "auto", *, kernels: str | None = None,
+                 cache_dir: Path | str | None = None):
         folder = Path(folder)
         self.manifest = read_manifest(folder)
         if not self.manifest:
@@ -48,8 +49,10 @@ class Engine:
         self.eos_token_id = spec["eos_token_id"]
         started = time.perf_counter()
         self.tokenizer = Tokenizer.from_folder(folder)
-        # vision.xml and language.xml, or their copies with our operations where those are faster
-        vision_xml, language_xml = select(folder, ops if kernels is None else kernels, self.device, precision)
+        # vision.xml and language.xml, or their copies with our operations where those are faster (the library
+        # built in cache_dir, None: default_cache_dir())
+        vision_xml, language_xml = select(folder, ops if kernels is None else kernels, self.device, precision,
+                                          cache_dir)
         self.ops = None if language_xml.name == "language.xml" else "int4"  # whose MatMuls and attention run
         self.vision_ops = vision_xml.name != "vision.xml"
         # OpenVINO copies the vision weights into its own layout while compiling, the language model's on its
