@@ -161,3 +161,60 @@ def test_an_export_killed_midway_leaves_nothing_that_loads(checkpoint, tmp_path,
     assert [p.name for p in cache.iterdir()] == [list_exports(cache)[0].key]  # the stale temp folder is gone
     answer = engine.ask(picture, "What is in the picture?", max_new_tokens=4)
     assert answer.timings.new_tokens >= 1
+
+
+# --- a broken checkpoint is refused before anything is converted --------------------------------------------
+
+
+def edit_config(**changes):
+    def edit(folder):
+        config = json.loads((folder / "config.json").read_text())
+        for key, value in changes.items():
+            if key.startswith("vision_"):
+                config["vision_config"][key[len("vision_"):]] = value
+            else:
+                config[key] = value
+        (folder / "config.json").write_text(json.dumps(config))
+    return edit
+
+
+def reshape_a_weight(folder):
+    import torch
+
+    state = torch.load(folder / "pytorch_model.bin", weights_only=True)
+    state["model.layers.1.mlp.down_proj.weight"] = state["model.layers.1.mlp.down_proj.weight"][:, :-1].clone()
+    torch.save(state, folder / "pytorch_model.bin")
+
+
+# damage -> what the one line names
+BROKEN_CHECKPOINTS = {
+    "no tokenizer.model": (lambda folder: (folder / "tokenizer.model").unlink(), "tokenizer.model"),
+    "garbage tokenizer.model": (lambda folder: (folder / "tokenizer.model").write_bytes(b"\x00garbage" * 64),
+                                "not a SentencePiece model"),
+    "tokenizer_config.json not JSON": (lambda folder: (folder / "tokenizer_config.json").write_text("{legacy: no"),
+                                       "tokenizer_config.json is not valid JSON"),
+    "tokenizer_config.json a list": (lambda folder: (folder / "tokenizer_config.json").write_text("[1, 2]"),
+                                     "tokenizer_config.json is not a JSON object"),
+    "hidden_size a string": (edit_config(hidden_size="64"), "'hidden_size' must be a positive integer, not '64'"),
+    "hidden_size negative": (edit_config(hidden_size=-64), "'hidden_size' must be a positive integer, not -64"),
+    "heads do not divide the width": (edit_config(num_attention_heads=5), "num_attention_heads (5)"),
+    "rms_norm_eps a string": (edit_config(rms_norm_eps="small"), "'rms_norm_eps' must be a positive number"),
+    "context length a string": (edit_config(max_sequence_length="long"), "'max_sequence_length'"),
+    "image size not a multiple of the patch": (edit_config(vision_image_size=330), "image_size (330)"),
+    "vocabulary smaller than the tokenizer's": (edit_config(vocab_size=100), "vocab_size (100)"),
+    "a weight of the wrong shape": (reshape_a_weight, "model.layers.1.mlp.down_proj.weight"),
+}
+
+
+@pytest.mark.parametrize("damage", BROKEN_CHECKPOINTS)
+def test_a_broken_checkpoint_is_refused_before_anything_is_converted(checkpoint, tmp_path, damage):
+    break_it, named = BROKEN_CHECKPOINTS[damage]
+    model = shutil.copytree(checkpoint("v2"), tmp_path / "model")
+    break_it(model)
+    cache, stages = tmp_path / "cache", []
+    with pytest.raises(MvlmError) as err:
+        export_model(model, "fp32", cache_dir=cache, progress=lambda stage, fraction, message: stages.append(stage))
+    message = str(err.value)
+    assert named in message and "\n" not in message and len(message) < 300, message
+    assert not {"convert", "compress", "save"} & set(stages), stages  # found before any conversion
+    assert not cache.exists() or not any(cache.iterdir())  # no export, no temp folder

@@ -354,3 +354,47 @@ def test_a_second_ask_waits_its_turn(ip, magics, capsys, monkeypatch):
     assert second.wait(timeout=30) is not None and first.done.is_set()
     assert len(second.answer.token_ids) == 4
     assert [q for q, _ in magics.session.history] == ["Describe the picture.", "And then?"]  # in order
+
+
+def start_long_answers(ip, capsys, magics, count: int = 2):
+    """A long answer streaming in the background and `count - 1` more waiting their turn behind it."""
+    views = []
+    for i in range(count):
+        run(ip, capsys, f"%%mvlm_ask img --max-new-tokens {LONG}\nDescribe the picture, part {i + 1}.")
+        views.append(magics.view)
+    deadline = time.monotonic() + 30
+    while not views[0].text and time.monotonic() < deadline:
+        time.sleep(0.005)
+    assert views[0].streaming and not views[0].done.is_set()
+    return views
+
+
+def assert_stopped_and_the_next_answer_is_prompt(ip, capsys, magics, views) -> None:
+    assert all(view.done.wait(timeout=2) for view in views)  # stopped within a token, not after LONG of them
+    assert [view.answer.finish_reason for view in views] == ["stopped"] * len(views)
+    assert len(views[0].answer.token_ids) < LONG and not views[1].answer.token_ids  # the queued one never began
+    asked = time.monotonic()
+    run(ip, capsys, "%%mvlm_ask img --max-new-tokens 4 --blocking\nWhat is this?")
+    assert time.monotonic() - asked < 5 and ip.user_ns[ANSWER_VARIABLE] is magics.view.answer  # no waiting
+
+
+def test_loading_a_model_stops_the_answers_in_progress_first(ip, magics, capsys, monkeypatch):
+    monkeypatch.setattr(output_mode, "detect", lambda shell: output_mode.WIDGET)
+    views = start_long_answers(ip, capsys, magics)
+    engine = magics.engine
+    run(ip, capsys, "%mvlm_load {export_folder} --precision f32")
+    assert all(view.done.is_set() for view in views)  # stopped before the load, so it did not compete with them
+    assert magics.engine is not engine
+    assert_stopped_and_the_next_answer_is_prompt(ip, capsys, magics, views)
+
+
+def test_pressing_load_in_the_panel_stops_the_answers_in_progress(ip, magics, capsys, monkeypatch):
+    monkeypatch.setattr(output_mode, "detect", lambda shell: output_mode.WIDGET)
+    run(ip, capsys, "%mvlm_load")
+    panel = magics.panel
+    panel.model.value = ip.user_ns["export_folder"]
+    panel.loader_options["precision"] = "f32"
+    views = start_long_answers(ip, capsys, magics)
+    panel.load_button.click()
+    assert panel.wait(timeout=120) is not None and not panel.error_message and magics.engine is panel.engine
+    assert_stopped_and_the_next_answer_is_prompt(ip, capsys, magics, views)

@@ -260,3 +260,54 @@ def test_a_loaded_engine_holds_no_copied_weight_pages(exported, picture):
     first = engine.ask(picture, "What is this?", max_new_tokens=6).token_ids
     shed(weights)  # again, after an answer read what it needed
     assert engine.ask(picture, "What is this?", max_new_tokens=6).token_ids == first
+
+
+# --- long use ------------------------------------------------------------------------------------------
+
+
+def resident_mb() -> float:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    raise AssertionError("no VmRSS in /proc/self/status")
+
+
+LONG_USE_QUESTIONS = ("What is in the picture?", "What colour is the largest circle?", "And the background?",
+                      "Describe it in one sentence.")
+
+
+@pytest.mark.slow
+def test_two_hundred_questions_keep_memory_flat_and_answers_exact(eng):
+    """A class's worth of use in one kernel: 5 rounds of 10 chats (a new picture object each) of 4 questions.
+
+    Each round gives the model the same prompt lengths, so once the first round has met them (OpenVINO keeps
+    what it prepares for each new input shape) memory must stay flat: the peak of round 5 against the peak of
+    round 2 (peaks, because RSS saws by ~5 MB as buffers come and go). Every answer equals the first round's,
+    and each round's last conversation, prefilled again from an empty cache, gives the same tokens.
+    """
+    import gc
+
+    first_round: list[list[int]] = []
+    peaks = []
+    for round_number in range(5):
+        gc.collect()
+        peak = 0.0
+        for i in range(40):
+            chat_index, turn = divmod(i, len(LONG_USE_QUESTIONS))
+            if turn == 0:
+                chat = eng.new_chat(shapes_picture(seed=chat_index))
+            answer = chat.ask(LONG_USE_QUESTIONS[turn], max_new_tokens=8, ignore_eos=True).result()
+            if round_number == 0:
+                first_round.append(answer.token_ids)
+            assert len(answer.token_ids) == 8 and answer.token_ids == first_round[i], (round_number, i)
+            peak = max(peak, resident_mb())
+        peaks.append(peak)
+        eng.kv.reset()
+        fresh = eng.new_chat(chat.image)
+        fresh.history = list(chat.history[:-1])
+        again = fresh.ask(LONG_USE_QUESTIONS[-1], max_new_tokens=8, ignore_eos=True).result()
+        assert again.timings.prefill_tokens == again.timings.prompt_tokens  # really from an empty cache
+        assert again.token_ids == answer.token_ids, round_number
+    grown = peaks[-1] - peaks[1]
+    assert grown < 3.0, f"RSS grew {grown:.1f} MB from round 2 to round 5 (peaks {[round(p) for p in peaks]} MB)"

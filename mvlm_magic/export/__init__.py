@@ -20,6 +20,7 @@ from pathlib import Path
 from ..errors import MvlmError
 from ..model.checkpoint import TOKENIZER_FILES, CheckpointSource, Progress, no_progress, resolve_source
 from ..store import CachedExport, cache_key, default_cache_dir, find_export, new_temp_folder, publish
+from .checks import check_checkpoint
 from .compress import INT4_PRESET, Compression, weight_precisions
 from .compress import compress as compress_weights  # the package attribute `compress` stays the module
 from .convert import check_versions, convert_language_model, convert_text_embeddings, convert_vision
@@ -45,9 +46,7 @@ def export_model(model: str, compression: Compression | str = "int4", *, cache_d
     started = time.perf_counter()
     from transformers.utils import logging as hf_logging
 
-    from ..model.config import MobileVLMConfig
-
-    config = MobileVLMConfig.from_folder(source.folder)  # fail on a bad config before reading GBs of weights
+    config = check_checkpoint(source.folder)  # seconds: a broken checkpoint fails before minutes of conversion
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # its notes about config fields we do not use would land in the answer stream
     try:

@@ -138,10 +138,17 @@ def read_weight_file(path: Path) -> dict:
             from safetensors.torch import load_file
 
             return load_file(str(path))
-        return torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
+        part = torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
     except Exception as err:  # torch/pickle/zip/safetensors each raise their own kind for a damaged file
-        first_line = (str(err).splitlines() or [type(err).__name__])[0].split(". ")[0][:80]
-        raise MvlmError(f"weight file {path} is corrupt or truncated ({first_line}); download it again.") from None
+        raise corrupt(path, err) from None
+    if not isinstance(part, dict):
+        raise MvlmError(f"{path} does not hold a state dict; is it a MobileVLM checkpoint?")
+    return part
+
+
+def corrupt(path: Path, err: Exception) -> MvlmError:
+    first_line = (str(err).splitlines() or [type(err).__name__])[0].split(". ")[0][:80]
+    return MvlmError(f"weight file {path} is corrupt or truncated ({first_line}); download it again.")
 
 
 def read_state_dict(folder: Path, progress: Progress = no_progress) -> dict:
@@ -149,9 +156,30 @@ def read_state_dict(folder: Path, progress: Progress = no_progress) -> dict:
     state: dict = {}
     for i, path in enumerate(files):
         progress("load", i / len(files), f"reading {path.name}")
-        part = read_weight_file(path)
-        if not isinstance(part, dict):
-            raise MvlmError(f"{path} does not hold a state dict; is it a MobileVLM checkpoint?")
-        state.update(part)
+        state.update(read_weight_file(path))
     progress("load", 1.0, f"read {len(state)} tensors")
     return state
+
+
+def read_weight_shapes(folder: Path) -> dict[str, tuple[int, ...]]:
+    """Each weight's name and shape, read as cheaply as the format allows, for checks before a long export.
+
+    safetensors: the file's header only. pytorch_model.bin: memory-mapped, so no tensor data is read.
+    """
+    shapes: dict[str, tuple[int, ...]] = {}
+    for path in weight_files(Path(folder)):
+        if path.suffix == ".safetensors":
+            shapes.update(safetensors_shapes(path))
+            continue
+        shapes.update({key: tuple(getattr(t, "shape", ())) for key, t in read_weight_file(path).items()})
+    return shapes
+
+
+def safetensors_shapes(path: Path) -> dict[str, tuple[int, ...]]:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return {key: tuple(f.get_slice(key).get_shape()) for key in f.keys()}
+    except Exception as err:  # safetensors raises its own kinds for a damaged header
+        raise corrupt(path, err) from None

@@ -49,8 +49,8 @@ class MobileVLM(nn.Module):
         model.load_checkpoint_state(state)
         return model.eval()
 
-    def split_checkpoint_state(self, state: dict[str, torch.Tensor]) -> dict[str, dict[str, torch.Tensor]]:
-        parts: dict[str, dict[str, torch.Tensor]] = {"language_model": {}, "vision_tower": {}, "mm_projector": {}}
+    def split_checkpoint_state(self, state: dict) -> dict[str, dict]:
+        parts: dict[str, dict] = {"language_model": {}, "vision_tower": {}, "mm_projector": {}}
         for key, tensor in state.items():
             for prefix in VISION_PREFIXES:
                 if key.startswith(prefix):
@@ -65,19 +65,22 @@ class MobileVLM(nn.Module):
 
     def load_checkpoint_state(self, state: dict[str, torch.Tensor]) -> None:
         """Load mtgv-named weights; fail with the names of missing / unexpected keys."""
-        missing, unexpected, mismatched = [], [], []
+        self.check_checkpoint_shapes({key: tuple(tensor.shape) for key, tensor in state.items()})
         for name, part in self.split_checkpoint_state(state).items():
-            module: nn.Module = getattr(self, name)
-            own = module.state_dict()
-            for key, tensor in part.items():
+            getattr(self, name).load_state_dict(part, strict=False)
+
+    def check_checkpoint_shapes(self, shapes: dict[str, tuple[int, ...]]) -> None:
+        """mtgv-named weight shapes against this model's (a model on the meta device will do); one line if off."""
+        missing, unexpected, mismatched = [], [], []
+        for name, part in self.split_checkpoint_state(shapes).items():
+            own = {key: tuple(tensor.shape) for key, tensor in getattr(self, name).state_dict().items()}
+            for key, shape in part.items():
                 if key not in own:
                     if not key.endswith(KNOWN_BUFFERS):
                         unexpected.append(checkpoint_key(name, key))
-                elif tuple(own[key].shape) != tuple(tensor.shape):
-                    mismatched.append(f"{checkpoint_key(name, key)} {tuple(tensor.shape)} vs {tuple(own[key].shape)}")
+                elif own[key] != tuple(shape):
+                    mismatched.append(f"{checkpoint_key(name, key)} {tuple(shape)} vs {own[key]}")
             missing += [checkpoint_key(name, k) for k in own if k not in part and not k.endswith(KNOWN_BUFFERS)]
-            loadable = {k: v for k, v in part.items() if k in own and tuple(own[k].shape) == tuple(v.shape)}
-            module.load_state_dict(loadable, strict=False)
         if mismatched:
             raise MvlmError(
                 f"{len(mismatched)} weight(s) do not match config.json: {mismatched[0]} (checkpoint vs config)."

@@ -56,14 +56,15 @@ def show_answer(magics, stream, image, blocking: bool) -> None:
     if mode == output_mode.PRINT:
         from .printed import PrintedAnswer
 
-        magics.view = PrintedAnswer()
+        magics.add_answer(PrintedAnswer())
         magics.view.stream(stream, lock=magics.turn)
         keep_answer(magics.shell, magics.view)
         return
     from ..widgets import AnswerView
 
     blocking = blocking or magics.blocking is True or (magics.blocking == "auto" and mode == output_mode.DISPLAY)
-    magics.view = view = AnswerView(image=image, rate=magics.update_rate)
+    view = AnswerView(image=image, rate=magics.update_rate)
+    magics.add_answer(view)
     view.on_done.append(lambda view: keep_answer(magics.shell, view))
     handle = display(view, display_id=True)
     # Without a widget front end the text/plain form is what gets saved; keep that display updated too.

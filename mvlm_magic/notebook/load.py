@@ -7,6 +7,9 @@ from IPython.display import display
 from . import output_mode
 from .usage_errors import user_errors
 
+# An answer ends within a token of being stopped (a prefill at most); loading waits no longer than this for it.
+STOP_WAIT_S = 10.0
+
 
 def run(magics, args) -> None:
     """`%mvlm_load`'s parsed line: list or delete cached exports, show the panel, or load the model named."""
@@ -30,6 +33,7 @@ def show_panel(magics, args) -> None:
     magics.panel = panel = LoadPanel(default_model=magics.default_model or None, device=args.device or magics.device,
                                      compression=args.compression or magics.compression,
                                      loader_options=loader_options(magics, args))
+    panel.on_loading.append(lambda: stop_answers(magics))
     panel.on_loaded.append(magics.set_engine)
     display(panel)
 
@@ -37,6 +41,7 @@ def show_panel(magics, args) -> None:
 def load(magics, args) -> None:
     from ..loader import load_engine
 
+    stop_answers(magics)
     device, compression = args.device or magics.device, args.compression or magics.compression
     options = loader_options(magics, args)
     with user_errors():
@@ -56,6 +61,11 @@ def load(magics, args) -> None:
     magics.set_engine(engine)
     how = "cached export: compiled only, nothing converted" if engine.was_cached else "exported and compiled"
     print(f"{engine.name} is ready ({how}; compile {engine.compile_seconds:.1f} s).")
+
+
+def stop_answers(magics) -> None:
+    """A running answer would compete with the load for the CPU and keep the next question waiting its turn."""
+    magics.stop(wait=STOP_WAIT_S)
 
 
 def list_cache(cache_dir: str) -> None:

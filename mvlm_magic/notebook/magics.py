@@ -19,6 +19,7 @@ for %%mvlm_ask. The engine (`mvlm_magic.loader`) and the widgets are imported wh
 from __future__ import annotations
 
 import threading
+import time
 
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_cell_magic, line_magic, magics_class
@@ -67,6 +68,7 @@ class MvlmMagics(Magics):
         self.session = None  # the conversation follow-up cells continue
         self.session_key = None  # fingerprint of its picture
         self.view = None  # the latest answer view
+        self.answers = []  # answer views not finished when the latest began (one streams, others wait their turn)
         self.panel = None  # the latest load panel
         self.turn = threading.Lock()  # one answer at a time; a second one waits visibly
         self.last_image = LastImage()
@@ -99,6 +101,7 @@ class MvlmMagics(Magics):
 
     def set_engine(self, engine) -> None:
         """A newly loaded model: a conversation belongs to one model, so it starts over."""
+        self.stop()
         self.engine, self.session, self.session_key = engine, None, None
 
     # --- %%mvlm_ask ------------------------------------------------------------------------------
@@ -139,10 +142,19 @@ class MvlmMagics(Magics):
 
     # --- lifetime --------------------------------------------------------------------------------
 
-    def stop(self) -> None:
-        view = self.view
-        if view is not None and hasattr(view, "stop"):
+    def add_answer(self, view) -> None:
+        """The latest answer's view; unfinished earlier ones stay listed, so that stop() reaches them too."""
+        self.answers = [v for v in self.answers if not v.done.is_set()] + [view]
+        self.view = view
+
+    def stop(self, wait: float = 0.0) -> None:
+        """Stop every answer streaming or waiting its turn (what each has so far stays); wait up to `wait` s."""
+        running = [v for v in self.answers if hasattr(v, "stop") and not v.done.is_set()]
+        for view in running:
             view.stop()
+        deadline = time.monotonic() + wait
+        for view in running:
+            view.done.wait(max(0.0, deadline - time.monotonic()))
 
     def close(self) -> None:
         """Undo what __init__ did to the shell (for %unload_ext / %reload_ext)."""

@@ -102,6 +102,7 @@ class LoadPanel(w.VBox):
         self.error = w.HTML("")
         self.error_message = ""
         self.engine: Engine | None = None
+        self.on_loading: list[Callable[[], None]] = []  # called in the loading thread, before loading starts
         self.on_loaded: list[Callable[[Engine], None]] = []  # called in the loading thread
         self.done = threading.Event()
         self.exception: BaseException | None = None
@@ -154,6 +155,8 @@ class LoadPanel(w.VBox):
     def _run(self, model: str) -> None:
         started = time.monotonic()
         try:
+            for callback in list(self.on_loading):
+                callback()
             loader = self.loader or defaults.default_loader()
             engine = loader(model, compression=self.compression.value, device=self.device.value,
                             progress=self.progress, **self.loader_options)
