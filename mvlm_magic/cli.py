@@ -104,7 +104,8 @@ def run_list(args) -> None:
     if not exports:
         print(f"no cached exports in {args.cache_dir or default_cache_dir()}")
     for export in exports:
-        print(f"{export.key}\t{export.size_bytes / 1e6:.1f} MB\t{export.manifest['model_id']}")
+        what = f"damaged: {export.problem}" if export.problem else export.manifest["model_id"]
+        print(f"{export.key}\t{export.size_bytes / 1e6:.1f} MB\t{what}")
 
 
 def run_delete(args) -> None:

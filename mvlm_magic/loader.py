@@ -13,19 +13,24 @@ from .export.compress import Compression
 from .model.checkpoint import PRESETS, Progress, no_progress, resolve_source
 from .runtime.device import check_device
 from .runtime.engine import Engine
-from .store import cache_key, default_cache_dir, find_export, read_manifest
+from .store import MANIFEST, cache_key, check_writable, default_cache_dir, find_export, verify_export
 
 
 def find_or_export(model, compression: Compression, cache_dir: Path, revision: str | None = None,
                    progress: Progress = no_progress) -> tuple[Path, bool]:
-    """The export folder for `model`, exporting it first if needed. Returns (folder, was_cached)."""
+    """The export folder for `model`, exporting it first if needed (again, in place, if the cached one is
+    damaged). Returns (folder, was_cached)."""
     path = Path(str(model)).expanduser()
-    if path.is_dir() and read_manifest(path):
-        return path, True  # already an export folder
+    if path.is_dir() and (path / MANIFEST).is_file():
+        verify_export(path)  # an export folder named directly: its source is not known, so say how to remove it
+        return path, True
     source = resolve_source(model, revision, progress)
     cached = find_export(cache_dir, cache_key(source.model_id, source.revision, compression.label))
-    if cached:
+    if cached and not cached.problem:
         return cached.path, True
+    if cached:
+        progress("convert", None, f"the cached export {cached.key} is damaged ({cached.problem}); exporting it again")
+    check_writable(cache_dir)  # before importing torch or converting anything
     try:
         from .export import export_model
     except ImportError as err:

@@ -19,7 +19,16 @@ from pathlib import Path
 
 from ..errors import MvlmError
 from ..model.checkpoint import TOKENIZER_FILES, CheckpointSource, Progress, no_progress, resolve_source
-from ..store import CachedExport, cache_key, default_cache_dir, find_export, new_temp_folder, publish
+from ..store import (
+    CachedExport,
+    cache_key,
+    check_writable,
+    default_cache_dir,
+    export_lock,
+    find_export,
+    new_temp_folder,
+    publish,
+)
 from .checks import check_checkpoint
 from .compress import INT4_PRESET, Compression, weight_precisions
 from .compress import compress as compress_weights  # the package attribute `compress` stays the module
@@ -39,9 +48,10 @@ def export_model(model: str, compression: Compression | str = "int4", *, cache_d
     source = source or resolve_source(model, revision, progress)
     key = cache_key(source.model_id, source.revision, compression.label)
     cached = find_export(cache_dir, key)
-    if cached and not force:
+    if cached and not cached.problem and not force:
         progress("save", 1.0, f"cached export {key}")
         return cached
+    check_writable(cache_dir)  # before any work
     check_versions()
     started = time.perf_counter()
     from transformers.utils import logging as hf_logging
@@ -50,12 +60,19 @@ def export_model(model: str, compression: Compression | str = "int4", *, cache_d
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # its notes about config fields we do not use would land in the answer stream
     try:
-        return _export(source, config, key, compression, cache_dir, progress, started)
+        with export_lock(cache_dir, key, progress):
+            cached = find_export(cache_dir, key)  # another process may have published it while we waited
+            if cached and not cached.problem and not force:
+                progress("save", 1.0, f"cached export {key} (made by another process meanwhile)")
+                return cached
+            if cached:
+                progress("save", None, f"replacing {key}" + (f" ({cached.problem})" if cached.problem else ""))
+            return _export(source, config, key, compression, cache_dir, progress, started, replace=bool(cached))
     finally:
         hf_logging.set_verbosity(verbosity)
 
 
-def _export(source, config, key, compression, cache_dir, progress, started) -> CachedExport:
+def _export(source, config, key, compression, cache_dir, progress, started, replace: bool) -> CachedExport:
     import openvino as ov
     import torch
 
@@ -85,11 +102,8 @@ def _export(source, config, key, compression, cache_dir, progress, started) -> C
                 shutil.copy2(source.folder / name, temp / name)
         if not (temp / "tokenizer.model").is_file():
             raise MvlmError(f"{source.folder} has no tokenizer.model; a MobileVLM checkpoint ships one.")
-        manifest = build_manifest(source, compression, config, details, time.perf_counter() - started)
-        final = cache_dir / key
-        if final.exists():
-            shutil.rmtree(final)  # only reached with force=True or a folder without a manifest
-        result = publish(temp, final, manifest)
+        manifest = build_manifest(source, compression, config, details, time.perf_counter() - started, temp)
+        result = publish(temp, cache_dir / key, manifest, replace=replace)
     except BaseException:
         shutil.rmtree(temp, ignore_errors=True)
         raise

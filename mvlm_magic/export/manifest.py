@@ -1,7 +1,7 @@
 """The manifest an export writes last: what was exported, how, with which libraries, and what the runtime needs.
 
-The store (mvlm_magic/store.py) reads it back (`read_manifest`); the runtime takes the model's shape and the
-image normalisation from it.
+The store (mvlm_magic/store.py) reads it back (`read_manifest`) and checks the recorded file sizes when the export
+loads (`export_problem`); the runtime takes the model's shape and the image normalisation from it.
 """
 
 from __future__ import annotations
@@ -10,11 +10,13 @@ import time
 from importlib.metadata import version
 
 from ..runtime.preprocess import CLIP_MEAN, CLIP_STD
-from ..store import EXPORT_FORMAT, library_versions
+from ..store import EXPORT_FORMAT, file_sizes, library_versions
 from .compress import Compression
 
 
-def build_manifest(source, compression: Compression, config, details: dict, seconds: float) -> dict:
+def build_manifest(source, compression: Compression, config, details: dict, seconds: float, folder) -> dict:
+    """The manifest of the export written into `folder` (all its files there already: their sizes are recorded,
+    and checked whenever the export loads, store.export_problem)."""
     text = config.text
     return {
         "format": EXPORT_FORMAT,
@@ -40,6 +42,7 @@ def build_manifest(source, compression: Compression, config, details: dict, seco
             "eos_token_id": text.get("eos_token_id", 2),
         },
         "files": {"vision": "vision.xml", "text_embeddings": "text_embeddings.xml", "language": "language.xml"},
+        "sizes": file_sizes(folder),
         "export_seconds": round(seconds, 2),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }

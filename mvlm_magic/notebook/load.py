@@ -76,8 +76,9 @@ def list_cache(cache_dir: str) -> None:
     if not exports:
         print(f"no cached exports in {folder}")
         return
-    rows = [(e.key, e.manifest.get("model_id", "?"), e.manifest["compression"]["label"],
-             f"{e.size_bytes / 1e6:.1f} MB") for e in exports]
+    rows = [(e.key, f"damaged: {e.problem}", "", "") if e.problem else
+            (e.key, e.manifest["model_id"], e.manifest["compression"]["label"], f"{e.size_bytes / 1e6:.1f} MB")
+            for e in exports]
     widths = [max(len(row[i]) for row in rows) for i in range(3)]
     print(f"cached exports in {folder}:")
     for row in rows:

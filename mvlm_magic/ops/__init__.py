@@ -30,6 +30,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import MvlmError
+from ..store import read_manifest
 
 MODES = ("auto", "on", "off")
 
@@ -50,7 +51,7 @@ def select(folder: Path | str, mode: str = "auto", device: str = "CPU", precisio
     from ..runtime.memory import shed
     from . import build, copies, cpu
 
-    if not (mode == "on" or cpu.helps_here()):
+    if not (mode == "on" or cpu.helps_here()) or not has_compressed_weights(folder):
         return plain
     built = build.extension(cache_dir)
     if built.library is None:
@@ -62,3 +63,10 @@ def select(folder: Path | str, mode: str = "auto", device: str = "CPU", precisio
     finally:  # making a copy read the original's weights, whose file OpenVINO keeps mapped
         shed([folder / "vision.bin", folder / "language.bin"])
     return vision or plain[0], language or plain[1]
+
+
+def has_compressed_weights(folder: Path) -> bool:
+    """Whether the export has int4 or int8 weights for our operations: fp16 and fp32 exports need no library."""
+    manifest = read_manifest(folder) or {}
+    compression = manifest.get("compression")
+    return isinstance(compression, dict) and compression.get("mode") in ("int4", "int8")

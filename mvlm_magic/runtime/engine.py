@@ -18,9 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import MvlmError
 from ..ops import select
-from ..store import read_manifest
+from ..store import verify_export
 from .chat import Answer, ChatSession
 from .device import check_device, compile_model
 from .kv_state import KVState, text_before_image
@@ -37,9 +36,7 @@ class Engine:
                  ov_config: dict | None = None, ops: str = "auto", *, kernels: str | None = None,
                  cache_dir: Path | str | None = None):
         folder = Path(folder)
-        self.manifest = read_manifest(folder)
-        if not self.manifest:
-            raise MvlmError(f"{folder} is not a complete export (no manifest.json); export the model again.")
+        self.manifest = verify_export(folder)  # one line for a missing, short or incomplete file
         self.folder, self.device, self.precision = folder, check_device(device), precision
         spec = self.manifest["model"]
         self.num_image_tokens = spec["num_image_tokens"]
