@@ -6,6 +6,7 @@ engine); only the throttling test uses a synthetic stream, to get many chunks at
 
 from __future__ import annotations
 
+import base64
 import io
 import subprocess
 import sys
@@ -17,7 +18,9 @@ from datetime import datetime, timezone
 
 import pytest
 
+from mvlm_magic.printing import answer_stats
 from mvlm_magic.widgets import AnswerView, AskPanel, LoadPanel
+from mvlm_magic.widgets.messages import text_markdown
 
 LONG = 1500  # more tokens than any test waits for: only Stop (or a bug) ends these answers early
 
@@ -66,14 +69,16 @@ def test_installed_as_mvlm_magic_widgets_and_free_of_model_code(tmp_path):
 def test_answer_view_blocking_shows_the_whole_answer_and_stats(tiny, picture):
     view = AnswerView(image=picture, question="What is this?")
     assert view.thumbnail.value and view.thumbnail.layout.display != "none"
-    assert view.stop_button.disabled  # nothing to stop yet
+    assert 'alt="the picture asked about"' in view.thumbnail.value
+    assert view.stop_button.disabled and view.stop_button.layout.display == "none"  # nothing to stop yet
     view.stream(tiny.new_chat(picture).ask("What is this?", max_new_tokens=12), blocking=True)
     assert view.done.is_set() and view.answer is not None
     assert view.text == view.answer.text and len(view.answer.token_ids) == 12
     assert view.answer.timings.summary() in view.stats.value
     assert "tokens/s" in view.stats.value and "max tokens reached" in view.stats.value
-    assert view.stop_button.disabled
+    assert view.stop_button.disabled and view.stop_button.layout.display == "none"  # gone once the answer ended
     assert "Q: What is this?" in view._repr_mimebundle_()["text/plain"]
+    assert 'aria-live="polite"' in view.answer_box.value  # a screen reader reads the answer as it grows
 
 
 def test_answer_view_streams_in_a_thread_and_stop_really_stops(tiny, picture):
@@ -83,13 +88,31 @@ def test_answer_view_streams_in_a_thread_and_stop_really_stops(tiny, picture):
     assert view.stream(stream) is view
     assert time.monotonic() - started < 1.0  # returned at once; generation goes on in the background
     wait_until(lambda: view.text)  # the first chunk has arrived
-    assert view.streaming and not view.stop_button.disabled
+    assert view.streaming and not view.stop_button.disabled and view.stop_button.layout.display != "none"
     view.stop_button.click()
     answer = view.wait(timeout=30)
     assert answer is not None and answer.finish_reason == "stopped"
     assert 0 < len(answer.token_ids) < LONG
     assert view.text == answer.text
     assert "stopped" in view.stats.value and view.stop_button.disabled and not view.error
+    assert view.stop_button.layout.display == "none"
+
+
+def test_stop_and_the_status_sit_above_the_answer_so_they_never_move():
+    view = AnswerView(question="q")
+    body = view.children[1]
+    controls = next(child for child in body.children if view.stop_button in getattr(child, "children", ()))
+    assert view.stats in controls.children
+    assert body.children.index(controls) < body.children.index(view.answer_box)  # the text grows below them
+
+
+def test_font_scale_enlarges_the_answer_text():
+    normal, large = AnswerView(), AnswerView(font_scale=1.5)
+    for view in (normal, large):
+        view.stream(FastStream(chunks=3), blocking=True)
+    assert "var(--jp-content-font-size1,14px) * 1)" in normal.answer_box.value  # the notebook's own text size
+    assert "var(--jp-content-font-size1,14px) * 1.5)" in large.answer_box.value
+    assert "font-size:150%" in large.static_copy()["text/markdown"]
 
 
 @dataclass
@@ -153,6 +176,62 @@ def test_answer_view_shows_errors_as_one_line():
     assert "second line" not in view.stats.value and view.text == "partial "
     with pytest.raises(RuntimeError):
         AnswerView().stream(Broken(), blocking=True)  # blocking mode also raises, for the caller to report
+    assert rendered_text(view.static_copy()["text/markdown"]).endswith("⚠ RuntimeError: the device went away")
+    assert "var(--jp-error-color1" in view.stats.value  # the theme's error colour, readable on dark and light
+
+
+# --- the static copy a saved notebook keeps -----------------------------------------------------------
+
+
+class Handle:
+    """A display handle's plumbing (the real one is tested in a kernel: tests/test_jupyter_kernel.py)."""
+
+    def __init__(self):
+        self.updates = []
+
+    def update(self, obj, **kwargs):
+        self.updates.append((obj, kwargs))
+
+
+def rendered_text(markdown: str) -> str:
+    """What a reader sees: the Markdown rendered by nbconvert's renderer (mistune), as text."""
+    from bs4 import BeautifulSoup
+    from nbconvert.filters.markdown_mistune import markdown2html_mistune
+
+    return BeautifulSoup(markdown2html_mistune(markdown), "html.parser").get_text("\n").strip()
+
+
+def test_the_answer_ends_as_a_static_copy_of_markdown_text_and_thumbnail(tiny, picture):
+    handle = Handle()
+    view = AnswerView(image=picture, question="What is this?")
+    view.stream(tiny.new_chat(picture).ask("What is this?", max_new_tokens=6), display_handle=handle)
+    assert view.wait(timeout=60) is not None
+    assert len(handle.updates) == 1  # no per-token display updates where a widget renders
+    bundle, options = handle.updates[0]
+    assert options == {"raw": True} and set(bundle) == {"text/markdown", "text/plain", "image/png"}
+    assert base64.b64decode(bundle["image/png"]) == view.png
+    stats = answer_stats(view.answer)
+    assert bundle["text/plain"] == f"Q: What is this?\n{view.text}\n[{stats}]"
+    markdown = bundle["text/markdown"]
+    assert 'alt="the picture asked about"' in markdown and markdown.count("base64,") == 1
+    assert text_markdown(view.text) in markdown and f"*{text_markdown(stats)}*" in markdown
+
+
+def test_text_updates_send_each_refresh_for_clients_without_widgets():
+    handle = Handle()
+    view = AnswerView(rate=0)  # every chunk is a refresh
+    view.stream(FastStream(chunks=5), blocking=True, display_handle=handle, text_updates=True)
+    assert [obj is view for obj, _ in handle.updates] == [True] * 6 + [False]  # 5 chunks, the final text, the copy
+    assert "01234" in handle.updates[-1][0]["text/markdown"]
+
+
+@pytest.mark.parametrize("text", [
+    "*bold* _it_ `code` [link](http://x) <b>tag</b> &amp; $x^2$ \\ | a | b |",
+    "# heading\n1. item\n- item\n> quote\n    four spaces\n\n\nthree lines later ~~struck~~",
+])
+def test_answer_text_renders_verbatim_as_markdown(text):
+    seen = rendered_text(text_markdown(text))
+    assert seen.split("\n") == [line.replace(" " * 4, "\u00a0" * 4) for line in text.split("\n") if line]
 
 
 def test_a_second_view_waits_its_turn_visibly():

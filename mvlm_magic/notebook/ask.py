@@ -2,7 +2,8 @@
 
 The answer is shown as the front end allows (`output_mode`): printed where no kernel listens, else
 an answer widget, streaming in the background where a widget front end can press its Stop button.
-The finished answer becomes the notebook variable `_mvlm_answer`.
+When the answer ends the widget's output is replaced by a static copy (Markdown, text, thumbnail) that a
+saved notebook keeps. The finished answer becomes the notebook variable `_mvlm_answer`.
 """
 
 from __future__ import annotations
@@ -63,13 +64,14 @@ def show_answer(magics, stream, image, blocking: bool) -> None:
     from ..widgets import AnswerView
 
     blocking = blocking or magics.blocking is True or (magics.blocking == "auto" and mode == output_mode.DISPLAY)
-    view = AnswerView(image=image, rate=magics.update_rate)
+    view = AnswerView(image=image, rate=magics.update_rate, font_scale=magics.font_scale)
     magics.add_answer(view)
     view.on_done.append(lambda view: keep_answer(magics.shell, view))
+    # The display's id lets the view replace itself by a static copy when the answer ends, so a saved notebook
+    # shows the answer without a kernel. Where no widget renders (nbclient), the text form is updated as it grows.
     handle = display(view, display_id=True)
-    # Without a widget front end the text/plain form is what gets saved; keep that display updated too.
-    view.stream(stream, blocking=blocking, lock=magics.turn,
-                display_handle=handle if blocking and mode == output_mode.DISPLAY else None)
+    view.stream(stream, blocking=blocking, lock=magics.turn, display_handle=handle,
+                text_updates=mode == output_mode.DISPLAY)
 
 
 def keep_answer(shell, view) -> None:

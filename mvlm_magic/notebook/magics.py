@@ -47,6 +47,8 @@ class MvlmMagics(Magics):
     temperature = Float(0.0, help="Sampling temperature; 0 = greedy (--temperature overrides).").tag(config=True)
     top_p = Float(1.0, help="Nucleus sampling share; 1 = off (--top-p overrides).").tag(config=True)
     update_rate = Float(25.0, help="Most answer-widget updates per second while streaming.").tag(config=True)
+    font_scale = Float(1.0, min=0.5, max=4.0,
+                       help="Answer text size in notebook text sizes: 1.5 for a projector.").tag(config=True)
     blocking = Enum(("auto", True, False), default_value="auto",
                     help="Generate in the cell's own thread: 'auto' does so where no widget front end listens "
                          "(nbclient, terminal), True always (the kernel's interrupt stops it), False never."

@@ -1,7 +1,7 @@
 """The streaming answer: one HTML widget updated at a throttled rate, a Stop button and a stats line.
 
     view = AnswerView(image=picture, question="What is this?")
-    display(view)
+    display(view)                                  # or handle = display(view, display_id=True): see below
     view.stream(session.ask("What is this?"))      # returns at once; a thread consumes the stream
     view.wait()                                    # -> the Answer, when you need it in code
 
@@ -12,10 +12,20 @@ whichever cell happens to be running), so the thread never prints.
 
 Why throttled: each value update is a message carrying the whole text; at 25 a second the front end
 keeps up and the server's iopub rate limits stay far away. The final text always lands.
+
+Why a static copy: a widget lives in the kernel, so a saved notebook reopened without it shows
+"Error displaying widget: model not found" (the widget renderer has no fallback). Given the handle of
+its own display, the view replaces itself when the answer ends (finished, stopped or failed) by
+`static_copy()`: Markdown, plain text and the thumbnail PNG, which every viewer shows (JupyterLab,
+Notebook 7, VS Code, nbviewer, nbconvert). Updating a display by its id is safe from the thread.
+
+Layout: Stop and the status line sit above the answer, so they stay in place while the text grows
+below them; Stop is hidden once the answer has ended.
 """
 
 from __future__ import annotations
 
+import base64
 import threading
 import time
 from collections.abc import Callable
@@ -23,30 +33,30 @@ from collections.abc import Callable
 import ipywidgets as w
 
 from ..printing import answer_stats
-from .messages import error_html, escape, one_line, text_html
+from .messages import error_html, escape, one_line, status_html, text_html, text_markdown
 from .protocol import Answer, AnswerStream
-from .thumbnail import THUMBNAIL_SIZE, thumbnail_png
-
-STATUS_STYLE = "color:#666;font-size:90%"
+from .thumbnail import THUMBNAIL_SIZE, img_tag, thumbnail_png
 
 
 class AnswerView(w.HBox):
     """One answer as it streams. `text`, `answer`, `error`, `done` and `wait()` read its state."""
 
     def __init__(self, image=None, question: str | None = None, *, rate: float = 25.0, show_stop: bool = True,
-                 thumbnail_size: int = THUMBNAIL_SIZE):
+                 thumbnail_size: int = THUMBNAIL_SIZE, font_scale: float = 1.0):
         self.rate = float(rate)
         self.question = question
-        self.thumbnail = w.Image(format="png", layout=w.Layout(max_width=f"{thumbnail_size}px", height="auto",
-                                                               margin="0 12px 0 0", flex="0 0 auto"))
+        self.show_stop = show_stop
+        self.font_scale = float(font_scale)  # answer text size, in notebook text sizes (1.5 for a projector)
+        # An HTML <img> rather than an Image widget: only HTML can carry the alt text.
+        self.thumbnail = w.HTML(layout=w.Layout(max_width=f"{thumbnail_size}px", margin="0 12px 0 0",
+                                                flex="0 0 auto"))
+        self.png: bytes | None = None
         self.set_image(image, thumbnail_size)
         self.question_box = w.HTML(f"<b>Q:</b> {escape(question)}" if question else "")
         self.answer_box = w.HTML("", layout=w.Layout(width="100%"))
         self.stop_button = w.Button(description="Stop", icon="stop", button_style="warning", disabled=True,
-                                    tooltip="stop this answer", layout=w.Layout(width="90px"))
+                                    tooltip="stop this answer", layout=w.Layout(width="90px", display="none"))
         self.stop_button.on_click(lambda _: self.stop())
-        if not show_stop:
-            self.stop_button.layout.display = "none"
         self.stats = w.HTML("")
         self.on_done: list[Callable[[AnswerView], None]] = []  # called in the consuming thread, after `done` is set
         self.done = threading.Event()
@@ -59,37 +69,41 @@ class AnswerView(w.HBox):
         self._stream: AnswerStream | None = None
         self._stop_requested = False
         self._display_handle = None
+        self._text_updates = False
+        # Above the answer: nothing above them changes size while the text streams, so they never move.
         controls = w.HBox([self.stop_button, self.stats], layout=w.Layout(align_items="center"))
-        body = w.VBox([self.question_box, self.answer_box, controls], layout=w.Layout(flex="1 1 auto"))
+        body = w.VBox([self.question_box, controls, self.answer_box], layout=w.Layout(flex="1 1 auto"))
         super().__init__([self.thumbnail, body], layout=w.Layout(align_items="flex-start", width="100%"))
 
     def set_image(self, image, thumbnail_size: int = THUMBNAIL_SIZE) -> None:
-        png = thumbnail_png(image, thumbnail_size) if image is not None else None
-        self.thumbnail.value = png or b""
-        self.thumbnail.layout.display = None if png else "none"
+        self.png = thumbnail_png(image, thumbnail_size) if image is not None else None
+        self.thumbnail.value = img_tag(self.png) if self.png else ""
+        self.thumbnail.layout.display = None if self.png else "none"
 
     @property
     def streaming(self) -> bool:
         return self._stream is not None and not self.done.is_set()
 
     def stream(self, answer_stream: AnswerStream, blocking: bool = False, *, lock: threading.Lock | None = None,
-               display_handle=None) -> AnswerView:
+               display_handle=None, text_updates: bool = False) -> AnswerView:
         """Show `answer_stream` as it is generated.
 
         blocking=False consumes it in a background thread and returns at once (the Stop button works);
         blocking=True consumes it here, so the kernel's interrupt stops it and errors are raised after
         they are shown. `lock`, if given, is held while generating: a second view waits its turn and
-        says so. `display_handle` (from `display(view, display_id=True)`) is updated with each throttled
-        refresh, for front ends without widgets that still record display updates (nbclient, nbconvert).
+        says so. `display_handle` (from `display(view, display_id=True)`) is replaced by `static_copy()`
+        when the answer ends; with `text_updates` it also gets each throttled refresh, for clients that
+        record display updates but render no widgets (nbclient), so an interrupted run still saves text.
         """
         if self.streaming:
             raise RuntimeError("this view is already showing an answer; make a new AnswerView")
-        self._stream, self._display_handle = answer_stream, display_handle
+        self._stream, self._display_handle, self._text_updates = answer_stream, display_handle, text_updates
         self._stop_requested = False
         self.text, self.answer, self.error, self.exception = "", None, "", None
         self.done.clear()
         self.finished = False
         self.stop_button.disabled = False
+        self.stop_button.layout.display = None if self.show_stop else "none"
         self._status("thinking…")
         if blocking:
             self._consume(answer_stream, lock)
@@ -149,8 +163,10 @@ class AnswerView(w.HBox):
             self._show_text()
             self._show_stats()
             self.stop_button.disabled = True
+            self.stop_button.layout.display = "none"  # gone, not a pale button that looks broken
             if acquired:
                 lock.release()
+            self._show_static_copy()
             self.done.set()
             for callback in list(self.on_done):
                 try:
@@ -169,13 +185,22 @@ class AnswerView(w.HBox):
             self.error = one_line(error)
 
     def _show_text(self) -> None:
-        self.answer_box.value = text_html(self.text)
+        self.answer_box.value = text_html(self.text, self.font_scale)
         self.updates += 1
-        if self._display_handle is not None:
+        if self._display_handle is not None and self._text_updates:
             self._display_handle.update(self)
 
+    def _show_static_copy(self) -> None:
+        if self._display_handle is None:
+            return
+        try:
+            self._display_handle.update(self.static_copy(), raw=True)
+        except Exception as error:  # never print from here; the widget still shows the answer
+            self.error = self.error or one_line(error)
+            self._show_stats()
+
     def _status(self, message: str) -> None:
-        self.stats.value = f'<span style="{STATUS_STYLE}">{escape(message)}</span>'
+        self.stats.value = status_html(message)
 
     def _show_stats(self) -> None:
         if self.error:
@@ -196,6 +221,28 @@ class AnswerView(w.HBox):
             elif self.answer is not None:
                 lines.append(f"[{answer_stats(self.answer)}]")
         return "\n".join(lines)
+
+    def static_copy(self) -> dict:
+        """The answer as outputs every notebook viewer shows without a kernel: Markdown (thumbnail, question,
+        answer, stats or error line), the same as plain text, and the thumbnail as a PNG."""
+        parts = [img_tag(self.png)] if self.png else []
+        if self.question:
+            parts.append(f"**Q:** {text_markdown(self.question)}")
+        if self.text:
+            answer = text_markdown(self.text)
+            if self.font_scale != 1.0:
+                answer = f'<span style="font-size:{self.font_scale:.0%}">{answer}</span>'
+            parts.append(answer)
+        if self.error:
+            parts.append(f"⚠ {text_markdown(self.error)}")
+        elif self.answer is not None:
+            parts.append(f"*{text_markdown(answer_stats(self.answer))}*")
+        elif self.finished:
+            parts.append("*interrupted*")
+        bundle = {"text/markdown": "\n\n".join(parts), "text/plain": self.plain_text()}
+        if self.png:
+            bundle["image/png"] = base64.b64encode(self.png).decode("ascii")
+        return bundle
 
     def _repr_mimebundle_(self, **kwargs):
         bundle = super()._repr_mimebundle_(**kwargs)

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import base64
+import html
 import io
 from pathlib import Path
 
 THUMBNAIL_SIZE = 160  # pixels, longest side
+THUMBNAIL_ALT = "the picture asked about"  # what a screen reader says for the thumbnail
 
 
 def to_pil(image):
@@ -46,3 +49,9 @@ def thumbnail_png(image, size: int = THUMBNAIL_SIZE) -> bytes | None:
         return buffer.getvalue()
     except Exception:
         return None
+
+
+def img_tag(png: bytes, alt: str = THUMBNAIL_ALT) -> str:
+    """An <img> holding the PNG itself (a data URI), so it shows without a kernel or a file next to the notebook."""
+    data = base64.b64encode(png).decode("ascii")
+    return f'<img src="data:image/png;base64,{data}" alt="{html.escape(alt)}" style="max-width:100%;height:auto">'
