@@ -1,16 +1,20 @@
 """The magics in a real ipykernel, driven like a front end: an interactive one (the cell returns while the
 answer streams in a background thread, and a Stop click sent over the widget comm, as JupyterLab sends it,
 stops it), and one that cannot click (the answer runs in the cell, and the kernel's interrupt stops it).
+Either way the answer's output ends as a static copy (Markdown, text, PNG) that a saved notebook keeps.
 """
 
 from __future__ import annotations
 
+import base64
 import os
 import time
 
+import nbformat
 import pytest
 
 from conftest import shapes_picture
+from mvlm_magic.widgets.messages import text_markdown
 
 pytestmark = pytest.mark.slow
 LONG = 1500  # far more tokens than the tiny model writes in the moment a stop takes
@@ -50,9 +54,23 @@ def test_stop_click_from_the_front_end_stops_a_streaming_answer(kernel):
     assert streaming == "True"
     click = {"comm_id": stop_id, "data": {"method": "custom", "content": {"event": "click"}}}
     kernel.shell_channel.send(kernel.session.msg("comm_msg", click))  # what a click on Stop sends
-    result = execute(kernel, "a = v.wait(60)\nprint(a.finish_reason, len(a.token_ids), _mvlm_answer is a)")
-    reason, tokens, same = result.split()
+    # Every iopub message from here on, whichever cell it names: the static copy comes from the answer's thread.
+    msg_id = kernel.execute("a = v.wait(60)\nprint(a.finish_reason, len(a.token_ids), _mvlm_answer is a)\n"
+                            "print(repr(a.text))", allow_stdin=True)
+    messages = []
+    while not ((msg := kernel.get_iopub_msg(timeout=60))["parent_header"].get("msg_id") == msg_id
+               and msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle"):
+        messages.append(msg)
+    result = "".join(m["content"]["text"] for m in messages if m["msg_type"] == "stream")
+    reason, tokens, same, text = result.split(maxsplit=3)
     assert reason == "stopped" and 0 < int(tokens) < LONG and same == "True", result
+    # The widget's display was replaced by the static copy, sent to its display id (a front end updates the
+    # answer's own output, whichever cell the message names).
+    copies = [m["content"] for m in messages if m["msg_type"] == "update_display_data"]
+    assert len(copies) == 1 and copies[0]["transient"]["display_id"], copies
+    data = copies[0]["data"]
+    assert "application/vnd.jupyter.widget-view+json" not in data and "image/png" in data
+    assert text_markdown(eval(text)) in data["text/markdown"] and "*stopped · " in data["text/markdown"]
 
 
 def test_the_kernel_interrupt_stops_a_blocking_answer(kernel):
@@ -70,3 +88,34 @@ def test_the_kernel_interrupt_stops_a_blocking_answer(kernel):
     result = execute(kernel, "print(_mvlm_answer.finish_reason, len(_mvlm_answer.token_ids))", interactive=False)
     reason, tokens = result.split()
     assert reason == "stopped" and 0 < int(tokens) < LONG, result
+
+
+def test_a_run_notebook_keeps_the_answer_as_markdown_text_and_picture(tmp_path, exported):
+    """nbclient runs a notebook (as nbconvert --execute and papermill do); its saved answer is a static copy."""
+    from nbclient import NotebookClient
+    from nbconvert.filters.markdown_mistune import markdown2html_mistune
+
+    shapes_picture().save(tmp_path / "picture.png")
+    cells = ["%load_ext mvlm_magic\n%config MvlmMagics.font_scale = 1.5\n"
+             f"%mvlm_load {exported('v2', 'fp32')} --precision f32",
+             "%%mvlm_ask picture.png --max-new-tokens 8\nWhat is in the picture?",
+             "print(repr(_mvlm_answer.text))\nview = get_ipython().magics_manager.registry['MvlmMagics'].view\n"
+             "print(view.answer_box.value)"]
+    notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in cells])
+    client = NotebookClient(notebook, timeout=120, kernel_name="python3",
+                            resources={"metadata": {"path": str(tmp_path)}})
+    client.execute(env={**os.environ, "IPYTHONDIR": str(tmp_path / "ipython")})
+    printed = "".join(o.get("text", "") for o in notebook.cells[2].outputs)
+    text = eval(printed.splitlines()[0])
+    assert text and "calc(var(--jp-content-font-size1,14px) * 1.5)" in printed  # %config font_scale reached the view
+
+    outputs = [o for o in notebook.cells[1].outputs if o.output_type == "display_data"]
+    assert len(outputs) == 1, notebook.cells[1].outputs  # one output: the widget's, replaced by the copy
+    data = outputs[0].data
+    assert set(data) == {"text/markdown", "text/plain", "image/png"}
+    markdown = data["text/markdown"]
+    assert text_markdown(text) in markdown and "font-size:150%" in markdown
+    assert "tokens/s" in markdown2html_mistune(markdown)  # the stats line, as a viewer renders it
+    assert 'alt="the picture asked about"' in markdown
+    assert text in data["text/plain"] and "tokens/s" in data["text/plain"]
+    assert base64.b64decode(data["image/png"]).startswith(b"\x89PNG")

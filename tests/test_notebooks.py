@@ -1,5 +1,5 @@
-"""Every notebook in examples/ runs top to bottom in a real kernel (nbclient), and its saved widget state holds the
-answers.
+"""Every notebook in examples/ runs top to bottom in a real kernel (nbclient), and the saved notebook holds the
+answers: in its widget state, and as a static copy (Markdown, text, PNG) that `jupyter nbconvert --to html` shows.
 
 nbclient is a client that cannot press buttons (it sends allow_stdin=False), so the magics run the
 answers blocking there and the widget state it records is final.
@@ -19,6 +19,7 @@ from mvlm_magic.widgets.messages import CONTROL_CHARACTERS
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 NOTEBOOKS = sorted(EXAMPLES.glob("*.ipynb"))
 WIDGET_STATE = "application/vnd.jupyter.widget-state+json"
+WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
 
 
 def execute(path: Path, workdir: Path) -> nbformat.NotebookNode:
@@ -33,6 +34,18 @@ def execute(path: Path, workdir: Path) -> nbformat.NotebookNode:
 
 def stream_text(cell) -> str:
     return "".join(output.get("text", "") for output in cell.outputs if output.output_type == "stream")
+
+
+def as_html_text(notebook) -> str:
+    """The notebook as `jupyter nbconvert --to html` writes it, reduced to the text a reader sees."""
+    from bs4 import BeautifulSoup
+    from nbconvert import HTMLExporter
+
+    body, _ = HTMLExporter().from_notebook_node(notebook)
+    page = BeautifulSoup(body, "html.parser")
+    for hidden in page(["script", "style"]):  # the widget state travels in a script: not what a reader sees
+        hidden.decompose()
+    return " ".join(page.get_text(" ").split())
 
 
 def html_values(notebook) -> list[str]:
@@ -60,12 +73,21 @@ def test_notebook_runs_and_saves_the_answers_in_the_widget_state(path, tmp_path,
     notebook = execute(path, tmp_path)
     values = html_values(notebook)
     assert values, "no widget state was saved"
+    # Each answer's output ended as a static copy: no widget view left that a viewer without the kernel cannot show.
+    asks = [c for c in notebook.cells if c.cell_type == "code" and c.source.startswith("%%mvlm_ask")]
+    shown = [o.data for c in asks for o in c.outputs if o.output_type == "display_data"]
+    assert asks and len(shown) == len(asks), [c.outputs for c in asks]
+    assert all("text/markdown" in data and "image/png" in data and WIDGET_VIEW not in data for data in shown)
+    # Only the answer cells, without the widget state: what they show is their static copy alone.
+    page = as_html_text(nbformat.v4.new_notebook(cells=asks, metadata={}))
+    assert page.count("tokens/s") >= len(asks)  # every answer's stats line
     if path.name == "classroom.ipynb":
         check = next(c for c in notebook.cells if c.cell_type == "code" and "print(_mvlm_answer.text)" in c.source)
         printed = stream_text(check).split("\n")[0]
         assert printed, "the checked answer is empty"
         answer = CONTROL_CHARACTERS.sub("", printed)  # the widget hides control characters
         assert any(html.escape(answer) in value for value in values), "the answer is not in the saved widget state"
+        assert " ".join(answer.split()) in page, "the answer is not in the notebook converted to HTML"
         asked = notebook.cells[-1]
         panel_answer = CONTROL_CHARACTERS.sub("", stream_text(asked).rstrip("\n"))
         assert panel_answer and any(html.escape(panel_answer) in value for value in values)
