@@ -1,9 +1,12 @@
 """A real browser: JupyterLab (headless, on 127.0.0.1) runs examples/stop_an_answer.ipynb in Chromium.
 
 What a student sees is checked from the page itself: the widgets render (not "Loading widget..." or their
-text form), the answer grows in its box while Stop is enabled, a click on Stop ends it before its token
-limit (the stats line then starts with "stopped", the button greys out, the kernel's `_mvlm_answer`
-agrees), and a screenshot is saved to tests/artifacts/ (or $MVLM_ARTIFACTS).
+text form), the answer grows in its box while Stop is enabled and neither Stop nor the status line moves, a
+click on Stop ends it before its token limit (the widget gives way to a static copy whose stats line starts
+with "stopped", Stop is gone, the kernel's `_mvlm_answer` agrees), and a screenshot is saved to
+tests/artifacts/ (or $MVLM_ARTIFACTS). A second notebook is saved, its kernel shut down and the page
+reloaded: the answer is still there; its stats and error lines keep a 4.5:1 contrast in the light and the
+dark theme.
 
 The browser is Debian's chromium (/usr/bin/chromium, or $MVLM_CHROMIUM) driven by Playwright; Playwright's
 own browser downloads are never used. Everything Jupyter writes (config, data, runtime, IPython, the
@@ -153,8 +156,9 @@ NOTEBOOK_READY = """() => {
               && panel.context && panel.context.isReady && panel.content.widgets.length > 0);
 }"""
 
-# The ask cell's answer view, read from the DOM: the AnswerView is HBox[thumbnail, VBox[question, answer,
-# HBox[Stop, stats]]]; the answer's HTML is a pre-wrap div (widgets/messages.py text_html).
+# The ask cell's answer view, read from the DOM: the AnswerView is HBox[thumbnail, VBox[question, HBox[Stop,
+# stats], answer]]; the answer's HTML is a pre-wrap div (widgets/messages.py text_html). Once the answer has
+# ended, the output is its static copy: rendered Markdown. Positions are relative to the cell (scroll-proof).
 PROBE = """() => {
     const cell = [...document.querySelectorAll('.jp-CodeCell')].find(c => c.textContent.includes('%%mvlm_ask'));
     if (!cell) return {cell: false};
@@ -163,10 +167,16 @@ PROBE = """() => {
     const answer = out.querySelector('.widget-html-content div[style*="pre-wrap"]');
     const controls = stop && stop.closest('.widget-hbox');
     const stats = controls && controls.querySelector('.widget-html-content');
+    const markdown = out.querySelector('.jp-RenderedMarkdown');
+    const top = element => element ? element.getBoundingClientRect().top - cell.getBoundingClientRect().top : null;
+    const thumbnail = out.querySelector('img');
     return {cell: true, widgets: out.querySelectorAll('.jupyter-widgets').length, output: out.innerText,
             stop: stop ? !stop.disabled : null, answer: answer ? answer.textContent : null,
-            stats: stats ? stats.textContent : null, thumbnail: !!out.querySelector('.widget-image'),
-            runAll: window.__runAll};
+            stats: stats ? stats.textContent : null, thumbnail: thumbnail ? thumbnail.alt : null,
+            stopY: top(stop), statsY: top(stats), ariaLive: answer ? answer.getAttribute('aria-live') : null,
+            answerPx: answer ? parseFloat(getComputedStyle(answer).fontSize) : null,
+            notebookPx: parseFloat(getComputedStyle(document.body).getPropertyValue('--jp-content-font-size1')),
+            markdown: markdown ? markdown.innerText : null, runAll: window.__runAll};
 }"""
 
 KERNEL_PRINT = """async (code) => {
@@ -244,10 +254,10 @@ def test_the_answer_streams_into_the_widget_and_stop_stops_it(lab, page):
         probe = page.evaluate(PROBE)
         if probe.get("runAll") not in ("running", True):
             pytest.fail(f"Run All failed ({probe.get('runAll')}); the notebook shows:\n{notebook_text(page)}")
-        if probe.get("stop") is False and "tokens/s" in (probe.get("stats") or ""):
+        if "tokens/s" in (probe.get("markdown") or ""):
             pytest.fail(f"the answer finished before it could be stopped: {probe}")
         if probe.get("stop") and probe.get("answer") and (not samples or len(probe["answer"]) > samples[-1][0]):
-            samples.append((len(probe["answer"]), probe["stats"], probe["runAll"]))
+            samples.append((len(probe["answer"]), probe["stats"], probe["runAll"], probe["stopY"], probe["statsY"]))
         return len(samples) >= 3 and samples[-1][2] is True
 
     try:
@@ -256,23 +266,30 @@ def test_the_answer_streams_into_the_widget_and_stop_stops_it(lab, page):
         save_screenshot(page, "browser-failed.png")
         raise
     sampled_at = time.monotonic()
-    assert all(stats == "streaming…" for _, stats, _ in samples), samples
+    assert all(stats == "streaming…" for _, stats, *_ in samples), samples
+    # Stop and the status line stay where they are while the text grows below them: a click never misses.
+    assert len({(stop_y, stats_y) for *_, stop_y, stats_y in samples}) == 1, samples
     probe = page.evaluate(PROBE)
-    assert probe["widgets"] > 0 and probe["thumbnail"], probe
+    assert probe["widgets"] > 0 and probe["thumbnail"] == "the picture asked about", probe
+    assert probe["ariaLive"] == "polite", probe  # a screen reader reads the answer as it grows
+    assert probe["answerPx"] >= probe["notebookPx"] > 0, probe  # answer text at least the notebook's text size
     assert "Loading widget" not in probe["output"] and "Error displaying widget" not in probe["output"], probe
     save_screenshot(page, "browser-streaming.png")
 
     # Stop: the answer ends where it is, well before its token limit.
     stop = page.locator(".jp-CodeCell", has_text="%%mvlm_ask").locator("button", has_text="Stop")
-    before = len(page.evaluate(PROBE)["answer"])
+    before = " ".join(page.evaluate(PROBE)["answer"].split())
     stop.click()
-    final = wait_until(lambda: (p := page.evaluate(PROBE))["stop"] is False and "tokens/s" in (p["stats"] or "") and p,
+    # The widget gives way to the static copy (what a saved notebook keeps): the answer, then the stats line.
+    final = wait_until(lambda: "tokens/s" in ((p := page.evaluate(PROBE))["markdown"] or "") and p,
                        60, "the answer to end after Stop", page)
-    assert final["stats"].startswith("stopped · "), final["stats"]
-    assert len(final["answer"]) >= before, "text shown before Stop was lost"
-    tokens = int(re.search(r"(\d+) tokens$", final["stats"]).group(1))
-    assert 0 < tokens < MAX_NEW_TOKENS, final["stats"]
-    assert stop.is_disabled()
+    stats = final["markdown"].strip().splitlines()[-1]
+    assert stats.startswith("stopped · "), final["markdown"]
+    assert before in " ".join(final["markdown"].split()), "text shown before Stop was lost"
+    tokens = int(re.search(r"(\d+) tokens$", stats).group(1))
+    assert 0 < tokens < MAX_NEW_TOKENS, stats
+    assert final["stop"] is None and stop.count() == 0  # Stop is gone, not a pale button
+    assert final["thumbnail"] == "the picture asked about", final
     reason = page.evaluate(KERNEL_PRINT, "print(_mvlm_answer.finish_reason, len(_mvlm_answer.token_ids))")
     assert reason.split() == ["stopped", str(tokens)], reason
 
@@ -283,6 +300,133 @@ def test_the_answer_streams_into_the_widget_and_stop_stops_it(lab, page):
     assert loaded.locator(".jupyter-widgets").count() > 0 and "is ready" in loaded.inner_text()
     page.locator(".jp-CodeCell", has_text="%%mvlm_ask").scroll_into_view_if_needed()
     save_screenshot(page, "browser.png")
-    print(f"streamed {[n for n, _, _ in samples]} characters before Stop, {tokens} tokens in all; "
+    print(f"streamed {[n for n, *_ in samples]} characters before Stop, {tokens} tokens in all; "
           f"{time.monotonic() - started:.1f} s in the browser "
           f"({time.monotonic() - sampled_at:.1f} s after the samples)")
+
+
+# --- a saved answer, in both themes ---------------------------------------------------------------
+
+SAVED = "saved_answer.ipynb"
+SAVED_CELLS = [
+    "import os\nMODEL = os.environ['MVLM_EXAMPLE_MODEL']\n%load_ext mvlm_magic\n%mvlm_load {MODEL} --precision f32",
+    "from PIL import Image, ImageDraw\npicture = Image.new('RGB', (320, 220), (225, 235, 250))\n"
+    "ImageDraw.Draw(picture).ellipse((30, 40, 130, 140), fill=(220, 40, 40))\npicture",
+    "%%mvlm_ask --max-new-tokens 24\nWhat is in the picture?",
+    # Two answer views as the widgets show them (no display id: they stay widgets): a finished answer with its
+    # stats, after the one above (it waits its turn), and one whose stream fails, with its error line.
+    "from mvlm_magic.widgets import AnswerView\n"
+    "magics = get_ipython().magics_manager.registry['MvlmMagics']\n"
+    "class Failing:\n"
+    "    def __iter__(self):\n        yield 'a few words '\n        raise RuntimeError('the device went away')\n"
+    "    def stop(self):\n        pass\n"
+    "finished, failed = AnswerView(image=picture), AnswerView()\ndisplay(finished, failed)\n"
+    "finished.stream(magics.engine.new_chat(picture).ask('What is this?', max_new_tokens=4), lock=magics.turn)\n"
+    "failed.stream(Failing());",
+]
+
+# The contrast of each element's text against what is behind it (WCAG 2: relative luminance of sRGB colours,
+# semi-transparent colours composited over the layers below, down to the white canvas).
+CONTRASTS = """(targets) => {
+    const rgba = text => {
+        const n = text.match(/[\\d.]+/g).map(Number);
+        return [n[0], n[1], n[2], n.length > 3 ? n[3] : 1];
+    };
+    const over = (top, below) => [0, 1, 2].map(i => top[i] * top[3] + below[i] * (1 - top[3]));
+    const luminance = c => c.map(v => v / 255).map(v => v <= 0.04045 ? v / 12.92 : ((v + 0.055) / 1.055) ** 2.4)
+                           .reduce((sum, v, i) => sum + v * [0.2126, 0.7152, 0.0722][i], 0);
+    const result = {};
+    const cells = window.jupyterapp.shell.currentWidget.content.node.querySelectorAll('.jp-CodeCell');
+    for (const [name, [cell, selector]] of Object.entries(targets)) {
+        const element = cells[cell] && cells[cell].querySelector('.jp-Cell-outputArea ' + selector);
+        if (!element) { result[name] = null; continue; }
+        const layers = [];
+        for (let node = element; node; node = node.parentElement) {
+            const colour = rgba(getComputedStyle(node).backgroundColor);
+            if (colour[3] > 0) layers.push(colour);
+            if (colour[3] >= 1) break;
+        }
+        const background = layers.reverse().reduce((below, top) => over(top, below), [255, 255, 255]);
+        const text = over(rgba(getComputedStyle(element).color), background);
+        const [light, dark] = [luminance(text), luminance(background)].sort((a, b) => b - a);
+        result[name] = {ratio: (light + 0.05) / (dark + 0.05), text: element.textContent.trim(),
+                        color: getComputedStyle(element).color, background};
+    }
+    return result;
+}"""
+
+CELL = "window.jupyterapp.shell.currentWidget.content.node.querySelectorAll('.jp-CodeCell')"  # this notebook's
+CONTRAST_TARGETS = {  # (cell, selector): the ask cell's static copy, the finished view's stats, the failed one's error
+    "static stats": (2, ".jp-RenderedMarkdown em"),
+    "stats": (3, 'span[style*="--jp-content-font-color2"]'),
+    "error": (3, 'span[style*="--jp-error-color1"]'),
+}
+
+
+def set_theme(page, theme: str) -> None:
+    page.evaluate("(theme) => window.jupyterapp.commands.execute('apputils:change-theme', {theme})", theme)
+    page.wait_for_function("(theme) => document.body.dataset.jpThemeName === theme", arg=theme, timeout=60_000)
+    page.wait_for_timeout(500)  # the theme's stylesheet applies after the attribute changes
+
+
+def test_a_saved_answer_survives_a_reload_and_reads_well_in_both_themes(lab, page):
+    import nbformat
+
+    notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in SAVED_CELLS],
+                                        metadata={"kernelspec": {"name": "python3", "display_name": "Python 3",
+                                                                 "language": "python"}})
+    body = json.dumps({"type": "notebook", "format": "json", "content": json.loads(nbformat.writes(notebook))})
+    request = urllib.request.Request(f"{lab}/api/contents/{SAVED}", method="PUT", data=body.encode(),
+                                      headers={"Authorization": f"token {TOKEN}", "Content-Type": "application/json"})
+    urllib.request.urlopen(request, timeout=10).read()
+
+    page.goto(f"{lab}/lab/tree/{SAVED}?token={TOKEN}&reset")  # reset: no tabs left over from another test
+    page.wait_for_function(NOTEBOOK_READY, timeout=120_000, polling=250)
+    assert page.evaluate("() => window.jupyterapp.shell.currentWidget.context.path") == SAVED
+    page.evaluate("() => window.jupyterapp.shell.collapseLeft()")
+    page.evaluate("() => window.jupyterapp.commands.execute('notebook:run-all-cells')")
+    ended = f"""() => {{ const cells = {CELL};
+        return cells.length === 4 && !!cells[2].querySelector('.jp-RenderedMarkdown em')
+            && cells[3].textContent.includes('tokens/s') && cells[3].textContent.includes('device went away'); }}"""
+    try:
+        page.wait_for_function(ended, timeout=180_000, polling=250)
+    except BaseException:
+        save_screenshot(page, "browser-saved-failed.png")
+        print(page.evaluate(f"() => [...{CELL}].map(c => c.textContent.slice(-300))"))
+        raise
+    page.evaluate(f"() => {CELL}[3].scrollIntoView()")
+
+    for theme in ("JupyterLab Dark", "JupyterLab Light"):  # the light theme last: the lab's setting stays light
+        set_theme(page, theme)
+        contrasts = page.evaluate(CONTRASTS, CONTRAST_TARGETS)
+        assert all(contrasts.values()), contrasts
+        assert "tokens/s" in contrasts["stats"]["text"] and "device went away" in contrasts["error"]["text"], contrasts
+        for name, measured in contrasts.items():
+            assert measured["ratio"] >= 4.5, (theme, name, measured)
+        print(theme, {name: round(measured["ratio"], 2) for name, measured in contrasts.items()})
+        if theme == "JupyterLab Dark":
+            save_screenshot(page, "browser-dark.png")
+
+    answer = page.evaluate(KERNEL_PRINT, "print(_mvlm_answer.text, end='')")
+    assert answer.strip()
+    page.evaluate("() => window.jupyterapp.commands.execute('docmanager:save')")
+    page.wait_for_function("() => !window.jupyterapp.shell.currentWidget.context.model.dirty", timeout=30_000)
+    page.evaluate("() => window.jupyterapp.shell.currentWidget.sessionContext.shutdown()")
+    wait_until(lambda: not json.loads(api(lab, "/api/kernels")) or
+               SAVED not in api(lab, "/api/sessions").decode(), 60, "the kernel to shut down", page)
+
+    # Reopened without the kernel that made it (a fresh one has no widgets): the answer is still there.
+    saved = json.loads(api(lab, f"/api/contents/{SAVED}"))["content"]
+    assert "text/markdown" in saved["cells"][2]["outputs"][0]["data"]
+    page.reload()
+    reopened = (f"() => !!(window.jupyterapp && window.jupyterapp.shell.currentWidget"
+                f" && window.jupyterapp.shell.currentWidget.content && {CELL}.length === 4"
+                f" && {CELL}[2].querySelector('.jp-RenderedMarkdown'))")
+    page.wait_for_function(reopened, timeout=120_000, polling=250)
+    page.evaluate(f"() => {CELL}[2].scrollIntoView()")
+    shown = page.evaluate(f"() => {CELL}[2].querySelector('.jp-Cell-outputArea').innerText")
+    assert " ".join(answer.split()) in " ".join(shown.split()), shown
+    assert "tokens/s" in shown and "Error displaying widget" not in shown, shown
+    alt = page.evaluate(f"() => [...{CELL}[2].querySelectorAll('.jp-Cell-outputArea img')].map(i => i.alt)")
+    save_screenshot(page, "browser-reloaded.png")
+    print(f"after the reload the answer shows, with thumbnails {alt}")

@@ -303,9 +303,14 @@ def test_without_a_widget_front_end_the_widget_runs_blocking_with_a_text_form(ip
     from mvlm_magic.widgets import AnswerView
 
     monkeypatch.setattr(output_mode, "detect", lambda shell: output_mode.DISPLAY)
-    out, err = run(ip, capsys, "%%mvlm_ask img --max-new-tokens 6\nWhat is this?")
+    ip.run_line_magic("config", "MvlmMagics.font_scale = 1.5")  # a presentation size for the answer text
+    try:
+        out, err = run(ip, capsys, "%%mvlm_ask img --max-new-tokens 6\nWhat is this?")
+    finally:
+        ip.run_line_magic("config", "MvlmMagics.font_scale = 1.0")
     view = magics.view
     assert isinstance(view, AnswerView) and view.done.is_set() and not err
+    assert view.font_scale == 1.5 and "var(--jp-content-font-size1,14px) * 1.5)" in view.answer_box.value
     answer = ip.user_ns[ANSWER_VARIABLE]
     assert view.answer is answer and view.text == answer.text
     assert view.thumbnail.value and "tokens/s" in view.stats.value
