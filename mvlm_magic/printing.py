@@ -6,8 +6,11 @@ from __future__ import annotations
 
 import sys
 
+from .errors import START_OVER
+
 # Why an answer ended, where the reason is worth a word (eos and a stop string are the normal ends).
-FINISH_NOTES = {"stopped": "stopped", "max_new_tokens": "max tokens reached", "context": "context full"}
+FINISH_NOTES = {"stopped": "stopped", "max_new_tokens": "max tokens reached",
+                "context": f"the conversation is full: {START_OVER}"}
 
 
 def answer_stats(answer) -> str:
@@ -15,6 +18,12 @@ def answer_stats(answer) -> str:
     note = FINISH_NOTES.get(answer.finish_reason)
     summary = answer.timings.summary()
     return f"{note} · {summary}" if note else summary
+
+
+def ready_line(engine, seconds: float) -> str:
+    """The one line saying a model is ready (printed by %mvlm_load, shown by the load panel)."""
+    how = "cached export, compiled only" if getattr(engine, "was_cached", False) else "exported and compiled"
+    return f"{engine.name} is ready in {seconds:.1f} s ({how})."
 
 
 def print_progress(stage: str, fraction: float | None, message: str = "", *, file=None) -> None:

@@ -90,6 +90,25 @@ def test_the_kernel_interrupt_stops_a_blocking_answer(kernel):
     assert reason == "stopped" and 0 < int(tokens) < LONG, result
 
 
+def test_misused_magics_get_our_help_in_a_real_kernel(kernel):
+    """What a student types by mistake gets one line of our own, not IPython's inspector or its cell-magic hint."""
+    def run(code: str) -> tuple[dict, list]:
+        messages = []
+        reply = kernel.execute_interactive(code, timeout=60, output_hook=messages.append)
+        return reply["content"], messages
+
+    for code, expected in [("%mvlm_ask What colour is the flower?", "is a cell magic"),
+                           ("%%mvlm_ask", "write it on the lines below %%mvlm_ask")]:
+        reply, messages = run(code)
+        shown = "".join(m["content"].get("text", "") for m in messages if m["msg_type"] == "stream")
+        assert reply["status"] == "error" and reply["ename"] == "UsageError", reply
+        assert expected in reply["evalue"] and shown.count("UsageError") == 1 and "Traceback" not in shown, shown
+        assert not reply.get("payload") and "Did you mean" not in shown  # no pager, no hint
+    reply, _ = run("%%mvlm_ask?")  # help on the magic still opens the pager, with a %% usage line
+    pages = [p["data"]["text/plain"] for p in reply["payload"] if p["source"] == "page"]
+    assert pages and "%%mvlm_ask [--max-new-tokens" in pages[0], reply
+
+
 def test_a_run_notebook_keeps_the_answer_as_markdown_text_and_picture(tmp_path, exported):
     """nbclient runs a notebook (as nbconvert --execute and papermill do); its saved answer is a static copy."""
     from nbclient import NotebookClient

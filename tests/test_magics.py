@@ -137,6 +137,19 @@ def test_help_text_covers_every_option(ip, capsys):
     out, _ = run(ip, capsys, "%mvlm_load?")
     assert "--group-size" in out
     out, _ = run(ip, capsys, "%%mvlm_ask?")
+    assert "--max-new-tokens" in out and "%%mvlm_ask [--max-new-tokens" in out  # a cell magic's usage line
+
+
+def test_misused_magics_get_our_one_line_help_not_the_inspector(ip, magics, capsys):
+    # One %, ending in `?`: IPython would look up `flower` in its object inspector.
+    out, err = run(ip, capsys, "%mvlm_ask What colour is the flower?")
+    assert "Object `flower` not found" not in out + err and "is a cell magic" in err, out + err
+    assert "Traceback" not in out + err and len(err.strip().splitlines()) == 1
+    # An empty cell: IPython would suggest the line magic, which is wrong here.
+    for cell in ("%%mvlm_ask", "%%mvlm_ask img\n\n"):
+        out, err = run(ip, capsys, cell)
+        assert "write it on the lines below %%mvlm_ask" in err and "Did you mean" not in err, err
+    out, _ = run(ip, capsys, "%mvlm_ask?")  # the name alone is still help
     assert "--max-new-tokens" in out
 
 
@@ -145,7 +158,8 @@ def test_help_text_covers_every_option(ip, capsys):
 
 def test_load_says_a_cached_export_was_only_compiled_and_lists_the_cache(ip, magics, capsys):
     out, err = run(ip, capsys, "%mvlm_load {export_folder} --precision f32")
-    assert "cached export: compiled only" in out and "[compile 100%]" in out, out + err
+    assert "cached export, compiled only" in out and "[compile 100%]" in out, out + err
+    assert out.count(" is ready in ") == 1, out  # one "ready" line
     assert magics.engine is not None and magics.session is None
     out, _ = run(ip, capsys, "%mvlm_load --list")
     key = ip.user_ns["export_folder"].rsplit("/", 1)[-1]
@@ -194,7 +208,8 @@ def test_load_with_a_model_in_a_widget_front_end_shows_progress_without_controls
     panel = magics.panel
     assert magics.engine is panel.engine and panel.children[0].layout.display == "none"
     assert panel.bars["compile"].bar.value == 1.0 and panel.bars["compile"].elapsed.value.endswith(" s")
-    assert "cached export: compiled only" in panel.message.value and "cached export: compiled only" in out
+    assert "is ready in" in panel.message.value and "cached export, compiled only" in panel.message.value
+    assert "is ready" not in out  # the panel's line is the one "ready" line
 
 
 def test_load_alone_uses_the_configured_default_model_where_no_panel_can_be_used(ip, magics, capsys):

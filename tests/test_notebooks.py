@@ -80,7 +80,7 @@ def test_notebook_runs_and_saves_the_answers_in_the_widget_state(path, tmp_path,
     assert all("text/markdown" in data and "image/png" in data and WIDGET_VIEW not in data for data in shown)
     # Only the answer cells, without the widget state: what they show is their static copy alone.
     page = as_html_text(nbformat.v4.new_notebook(cells=asks, metadata={}))
-    assert page.count("tokens/s") >= len(asks)  # every answer's stats line
+    assert page.count("first token") >= len(asks)  # every answer's stats line
     if path.name == "classroom.ipynb":
         check = next(c for c in notebook.cells if c.cell_type == "code" and "print(_mvlm_answer.text)" in c.source)
         printed = stream_text(check).split("\n")[0]
@@ -94,4 +94,4 @@ def test_notebook_runs_and_saves_the_answers_in_the_widget_state(path, tmp_path,
         # Where no widget renders (nbconvert to text, GitHub), the display's text form holds the answer too.
         follow_up = next(c for c in notebook.cells if c.source.startswith("%%mvlm_ask --blocking"))
         texts = [o["data"]["text/plain"] for o in follow_up.outputs if "data" in o]
-        assert any(answer in CONTROL_CHARACTERS.sub("", text) and "tokens/s" in text for text in texts)
+        assert any(answer in CONTROL_CHARACTERS.sub("", text) and "first token" in text for text in texts)

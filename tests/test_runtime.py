@@ -14,6 +14,7 @@ from PIL import Image
 
 from conftest import shapes_picture
 from mvlm_magic.errors import MvlmError
+from mvlm_magic.printing import answer_stats
 from mvlm_magic.runtime.engine import Engine
 from mvlm_magic.runtime.kv_state import text_before_image
 from mvlm_magic.runtime.tokenizer import IMAGE_TOKEN_INDEX
@@ -173,8 +174,34 @@ def test_an_abandoned_answer_holds_no_lock_and_interleaved_answers_are_exact(eng
 
 
 def test_prompt_beyond_the_context_is_refused(eng, picture):
-    with pytest.raises(MvlmError, match="context holds 2048"):
+    full = r"the conversation is full: this question needs \d+ tokens of the model's 2048; start a new one \(%%mvlm_ask"
+    with pytest.raises(MvlmError, match=full):
         eng.ask(picture, "circle " * 3000)
+
+
+def test_stats_are_words_a_student_reads(eng, picture):
+    """No `0.0 tokens/s` for one token, no `image 0 ms` on a follow-up."""
+    chat = eng.new_chat(picture)
+    first = chat.ask("What colour is the circle?", max_new_tokens=1).result()
+    stats = answer_stats(first)
+    assert "· picture " in stats and stats.endswith("· 1 token") and "tokens/s" not in stats, stats
+    second = chat.ask("And the square?", max_new_tokens=6).result()
+    stats = answer_stats(second)
+    assert "picture already seen" in stats and "image" not in stats and " ms" in stats, stats
+    if second.timings.new_tokens > 1:
+        assert f"{second.timings.new_tokens} tokens · " in stats and "tokens/s" in stats
+    text_only = eng.new_chat().ask("Hello", max_new_tokens=2).result()
+    assert "picture" not in answer_stats(text_only)
+
+
+def test_an_answer_cut_by_a_full_context_says_how_to_go_on(eng, picture):
+    chat = eng.new_chat(picture)
+    words = max(k for k in range(1, 3000) if eng.kv.positions(chat.prompt_ids("circle " * k)) < eng.context_length - 8)
+    answer = chat.ask("circle " * words, max_new_tokens=400, ignore_eos=True).result()
+    assert answer.finish_reason == "context"
+    assert answer_stats(answer).startswith("the conversation is full: start a new one (%%mvlm_ask --new, "
+                                           "%mvlm_reset, or a new chat)")
+    assert "context full" not in answer_stats(answer)
 
 
 def test_bad_questions_and_images(eng):

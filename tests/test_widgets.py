@@ -19,6 +19,7 @@ from datetime import datetime, timezone
 import pytest
 
 from mvlm_magic.printing import answer_stats
+from mvlm_magic.runtime.chat import Timings
 from mvlm_magic.widgets import AnswerView, AskPanel, LoadPanel
 from mvlm_magic.widgets.messages import text_markdown
 
@@ -113,12 +114,6 @@ def test_font_scale_enlarges_the_answer_text():
     assert "var(--jp-content-font-size1,14px) * 1)" in normal.answer_box.value  # the notebook's own text size
     assert "var(--jp-content-font-size1,14px) * 1.5)" in large.answer_box.value
     assert "font-size:150%" in large.static_copy()["text/markdown"]
-
-
-@dataclass
-class Timings:
-    def summary(self) -> str:
-        return "image 0 ms · first token 0 ms · 0.0 tokens/s · 0 tokens"
 
 
 @dataclass
@@ -272,7 +267,7 @@ def test_load_panel_exports_compiles_and_fills_each_stage(checkpoint, tmp_path):
 
     panel.load_button.click()  # the same model again: the export is reused, only compiled
     assert panel.wait(timeout=120) is not None
-    assert "cached export: compiled only" in panel.message.value
+    assert "cached export, compiled only" in panel.message.value
     assert panel.bars["convert"].elapsed.value == "not needed"
 
 

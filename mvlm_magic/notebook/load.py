@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 from IPython.display import display
 
 from . import output_mode
@@ -49,18 +51,19 @@ def load(magics, args) -> None:
         if output_mode.detect(magics.shell) == output_mode.WIDGET:
             from ..widgets import LoadPanel
 
+            # The panel shows the progress and then the one "ready" line.
             magics.panel = panel = LoadPanel(load_engine, models=[], default_model=str(model), devices=[device],
                                              device=device, compression=compression, loader_options=options,
                                              show_controls=False)
             display(panel)
             engine = panel.load(blocking=True).engine
         else:
-            from ..printing import print_progress
+            from ..printing import print_progress, ready_line
 
+            started = time.monotonic()
             engine = load_engine(model, compression, device, progress=print_progress, **options)
+            print(ready_line(engine, time.monotonic() - started))
     magics.set_engine(engine)
-    how = "cached export: compiled only, nothing converted" if engine.was_cached else "exported and compiled"
-    print(f"{engine.name} is ready ({how}; compile {engine.compile_seconds:.1f} s).")
 
 
 def stop_answers(magics) -> None:

@@ -29,7 +29,7 @@ from traitlets import Enum, Float, Int, TraitError, Unicode, validate
 from ..errors import MvlmError
 from . import ask, load
 from .last_image import LastImage
-from .usage_errors import ASK_IS_A_CELL_MAGIC
+from .usage_errors import ASK_IS_A_CELL_MAGIC, EMPTY_QUESTION, reach_our_help
 
 COMPRESSION_HELP = "int4, int8, fp16, fp32, or an int4 label such as int4-sym-g128-r1"
 
@@ -76,6 +76,7 @@ class MvlmMagics(Magics):
         self.last_image = LastImage()
         if shell is not None:
             self.last_image.install(shell)
+            shell.input_transformers_cleanup.append(reach_our_help)
 
     # --- %mvlm_load ------------------------------------------------------------------------------
 
@@ -108,7 +109,7 @@ class MvlmMagics(Magics):
 
     # --- %%mvlm_ask ------------------------------------------------------------------------------
 
-    @magic_arguments()
+    @magic_arguments(name="%mvlm_ask")  # a cell magic: its usage line reads %%mvlm_ask
     @argument("image", nargs="?", default=None,
               help="A variable (PIL image, numpy HxW / HxWx3 array, path string, bytes) or a file path. "
                    "Default: the last image displayed in this notebook.")
@@ -131,6 +132,8 @@ class MvlmMagics(Magics):
         """
         if cell is None:
             raise UsageError(ASK_IS_A_CELL_MAGIC)
+        if not cell.strip():
+            raise UsageError(EMPTY_QUESTION)
         return ask.run(self, parse_argstring(self.mvlm_ask, line), cell)
 
     # --- %mvlm_reset -----------------------------------------------------------------------------
@@ -162,8 +165,11 @@ class MvlmMagics(Magics):
         """Undo what __init__ did to the shell (for %unload_ext / %reload_ext)."""
         self.stop()
         self.last_image.uninstall()
-        if self.shell is not None and self in self.shell.configurables:
-            self.shell.configurables.remove(self)
+        if self.shell is not None:
+            if self in self.shell.configurables:
+                self.shell.configurables.remove(self)
+            if reach_our_help in self.shell.input_transformers_cleanup:
+                self.shell.input_transformers_cleanup.remove(reach_our_help)
 
 
 def load_extension(shell) -> None:

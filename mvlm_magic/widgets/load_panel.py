@@ -19,6 +19,7 @@ from typing import Any
 
 import ipywidgets as w
 
+from ..printing import ready_line
 from . import defaults
 from .messages import error_html, escape, one_line
 from .protocol import Engine, Loader
@@ -164,8 +165,7 @@ class LoadPanel(w.VBox):
                 bar.finish("success")
                 if bar.started is None:
                     bar.elapsed.value = "not needed"
-            cached = " (cached export: compiled only)" if getattr(engine, "was_cached", False) else ""
-            self.message.value = f"✓ {escape(engine.name)} ready in {time.monotonic() - started:.1f} s{cached}"
+            self.message.value = f"✓ {escape(ready_line(engine, time.monotonic() - started))}"
             self.engine = engine
             for callback in list(self.on_loaded):
                 callback(engine)

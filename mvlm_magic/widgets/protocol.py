@@ -30,7 +30,7 @@ Progress = Callable[[str, "float | None", str], None]  # (stage, fraction in [0,
 @runtime_checkable
 class Timings(Protocol):
     def summary(self) -> str:
-        """One line, e.g. "image 80 ms · first token 120 ms · 25.0 tokens/s · 42 tokens"."""
+        """One line, e.g. "picture 80 ms · first token 120 ms · 42 tokens · 25.0 tokens/s"."""
 
 
 @runtime_checkable
