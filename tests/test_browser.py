@@ -286,7 +286,7 @@ def test_the_answer_streams_into_the_widget_and_stop_stops_it(lab, page):
     stats = final["markdown"].strip().splitlines()[-1]
     assert stats.startswith("stopped · "), final["markdown"]
     assert before in " ".join(final["markdown"].split()), "text shown before Stop was lost"
-    tokens = int(re.search(r"(\d+) tokens$", stats).group(1))
+    tokens = int(re.search(r"(\d+) tokens? ·", stats + " ·").group(1))
     assert 0 < tokens < MAX_NEW_TOKENS, stats
     assert final["stop"] is None and stop.count() == 0  # Stop is gone, not a pale button
     assert final["thumbnail"] == "the picture asked about", final
