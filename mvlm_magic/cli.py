@@ -15,7 +15,7 @@ import sys
 
 from .errors import MvlmError
 from .export.compress import Compression
-from .printing import stderr_progress
+from .printing import stderr_progress, tokens_table
 from .store import default_cache_dir, delete_export, list_exports
 
 DEFAULT_MODEL_HELP = "a checkpoint folder, a Hugging Face id, or a preset (mobilevlm-v2-1.7b, ...)"
@@ -50,6 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
     ask.add_argument("--seed", type=int, default=None)
     ask.add_argument("--precision", default="auto", choices=("auto", "f32"))
     ask.add_argument("--stats", action="store_true", help="print timings to stderr")
+    ask.add_argument("--show-tokens", action="store_true",
+                     help="print each answer token with its probability and the likeliest alternatives")
 
     listing = commands.add_parser("list", help="list cached exports")
     listing.add_argument("--cache-dir", default=None)
@@ -75,7 +77,7 @@ def run_ask(args) -> None:
     from .runtime.sampling import GenerationConfig
 
     config = GenerationConfig(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
-                              top_k=args.top_k, seed=args.seed)
+                              top_k=args.top_k, seed=args.seed, alternatives=5 if args.show_tokens else 0)
     from .runtime.chat import check_question
     from .runtime.preprocess import load_image
 
@@ -88,8 +90,10 @@ def run_ask(args) -> None:
     for chunk in stream:
         print(chunk, end="", flush=True)
     print()
+    answer = stream.result()
+    if args.show_tokens and answer.tokens:
+        print(tokens_table(answer.tokens))
     if args.stats:
-        answer = stream.result()
         print(f"{answer.timings.summary()} · finish: {answer.finish_reason}", file=sys.stderr)
 
 

@@ -20,6 +20,20 @@ def answer_stats(answer) -> str:
     return f"{note} · {summary}" if note else summary
 
 
+def tokens_table(tokens, alternatives: int = 3) -> str:
+    """An answer's tokens, one per line: the token, how sure the model was, and the likeliest it weighed."""
+    def shown(text: str) -> str:
+        return text.strip() or repr(text)  # a space or a line break is shown as its repr
+
+    width = max(len(shown(t.text)) for t in tokens)
+    lines = []
+    for t in tokens:
+        others = " | ".join(f"{shown(a.text)} {a.probability:.2f}" for a in t.alternatives[:alternatives])
+        mark = "" if t.likeliest else "  (sampled)"
+        lines.append(f"  {shown(t.text).ljust(width)}  {t.probability:.2f}  [{others}]{mark}")
+    return "\n".join(lines)
+
+
 def ready_line(engine, seconds: float) -> str:
     """The one line saying a model is ready (printed by %mvlm_load, shown by the load panel)."""
     how = "cached export, compiled only" if getattr(engine, "was_cached", False) else "exported and compiled"

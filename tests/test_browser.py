@@ -312,7 +312,7 @@ SAVED_CELLS = [
     "import os\nMODEL = os.environ['MVLM_EXAMPLE_MODEL']\n%load_ext mvlm_magic\n%mvlm_load {MODEL} --precision f32",
     "from PIL import Image, ImageDraw\npicture = Image.new('RGB', (320, 220), (225, 235, 250))\n"
     "ImageDraw.Draw(picture).ellipse((30, 40, 130, 140), fill=(220, 40, 40))\npicture",
-    "%%mvlm_ask --max-new-tokens 24\nWhat is in the picture?",
+    "%%mvlm_ask --max-new-tokens 24 --show-tokens\nWhat is in the picture?",
     # Two answer views as the widgets show them (no display id: they stay widgets): a finished answer with its
     # stats, after the one above (it waits its turn), and one whose stream fails, with its error line.
     "from mvlm_magic.widgets import AnswerView\n"
@@ -358,6 +358,7 @@ CONTRASTS = """(targets) => {
 CELL = "window.jupyterapp.shell.currentWidget.content.node.querySelectorAll('.jp-CodeCell')"  # this notebook's
 CONTRAST_TARGETS = {  # (cell, selector): the ask cell's static copy, the finished view's stats, the failed one's error
     "static stats": (2, ".jp-RenderedMarkdown em"),
+    "tinted token": (2, ".jp-RenderedMarkdown span[title]"),  # --show-tokens: a token tinted by its probability
     "stats": (3, 'span[style*="--jp-content-font-color2"]'),
     "error": (3, 'span[style*="--jp-error-color1"]'),
 }
@@ -426,6 +427,11 @@ def test_a_saved_answer_survives_a_reload_and_reads_well_in_both_themes(lab, pag
     page.evaluate(f"() => {CELL}[2].scrollIntoView()")
     shown = page.evaluate(f"() => {CELL}[2].querySelector('.jp-Cell-outputArea').innerText")
     assert " ".join(answer.split()) in " ".join(shown.split()), shown
+    # The tokens keep their tint and hover text (the top alternatives) in the saved copy, kernel or not.
+    tokens = page.evaluate(f"""() => [...{CELL}[2].querySelectorAll('.jp-RenderedMarkdown span[title]')]
+        .map(s => [s.title, getComputedStyle(s).backgroundColor])""")
+    assert len(tokens) >= 2 and all(title.startswith("p ") and "\n" in title for title, _ in tokens), tokens
+    assert any(colour.startswith("rgba(255, 140, 0") for _, colour in tokens), tokens
     assert "first token" in shown and "Error displaying widget" not in shown, shown
     alt = page.evaluate(f"() => [...{CELL}[2].querySelectorAll('.jp-Cell-outputArea img')].map(i => i.alt)")
     save_screenshot(page, "browser-reloaded.png")

@@ -39,6 +39,11 @@ def test_export_ask_list_delete(checkpoint, picture_file, tmp_path):
     assert asked.stdout.strip()  # the streamed answer
     assert "tokens/s" in asked.stderr and "first token" in asked.stderr
     assert "[convert" not in asked.stderr and "cached export" in asked.stderr  # the export above was reused
+    shown = mvlm("ask", picture_file, "What colour is the circle?", "--model", checkpoint("v1"),
+                 "--compression", "int4", "--group-size", "32", "--cache-dir", cache, "--max-new-tokens", "3",
+                 "--show-tokens")
+    lines = shown.stdout.strip().splitlines()
+    assert shown.returncode == 0 and len(lines) == 4 and all(" | " in line for line in lines[1:]), shown.stdout
 
     listed = mvlm("list", "--cache-dir", cache)
     assert folder.name in listed.stdout and "MB" in listed.stdout

@@ -74,3 +74,20 @@ def test_compressed_last_position_logits_stay_within_bound(compression, engine, 
 def test_default_precision_runs(engine, picture):
     answer = engine("v2", "int8", "auto").ask(picture, "What is this?", max_new_tokens=6)
     assert answer.timings.new_tokens >= 1
+
+
+def test_token_probabilities_equal_the_torch_reference_softmax(engine, torch_model):
+    """`answer.tokens` (what --show-tokens tints) are the model's own probabilities, not an approximation."""
+    eng, model = engine("v2", "fp32", "f32"), torch_model("v2")
+    image, question = IMAGES["wide RGB"], QUESTIONS[0]
+    answer = eng.new_chat(image).ask(question, max_new_tokens=4, alternatives=5).result()
+    assert [t.id for t in answer.tokens] == answer.token_ids and len(answer.tokens) == 4
+    ids = tokenize_with_image(eng.tokenizer, build_conversation([(question, None)], with_image=True))
+    pixel_values = torch.from_numpy(preprocess_image(image))
+    for token in answer.tokens:
+        probs = torch.softmax(model.last_logits(ids, pixel_values).double(), -1).numpy()
+        top = np.argsort(-probs)[:5]
+        assert [a.id for a in token.alternatives] == list(top) and token.likeliest  # greedy picks the first
+        assert np.allclose([a.probability for a in token.alternatives], probs[top], atol=1e-4)
+        assert abs(token.probability - probs[token.id]) < 1e-4
+        ids = ids + [token.id]

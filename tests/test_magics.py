@@ -311,6 +311,16 @@ def test_sampling_options_reach_the_engine(ip, magics, capsys):
     assert ip.user_ns[ANSWER_VARIABLE].token_ids == first  # seeded sampling repeats
 
 
+def test_show_tokens_prints_each_token_with_its_probability_and_keeps_them(ip, magics, capsys):
+    out, err = run(ip, capsys, "%%mvlm_ask img --max-new-tokens 5 --show-tokens\nWhat is this?")
+    answer = ip.user_ns[ANSWER_VARIABLE]
+    assert not err and len(answer.tokens) == len(answer.token_ids) == 5
+    table = out.strip().splitlines()[-5:]  # one line per token after the stats line
+    for line, token in zip(table, answer.tokens):
+        assert f"{token.probability:.2f}  [" in line and " | " in line, line
+    assert len(answer.tokens[0].alternatives) == 5  # answer.tokens[0].alternatives, for exercises
+
+
 # --- %%mvlm_ask in front ends with widgets --------------------------------------------------------
 
 
@@ -330,6 +340,16 @@ def test_without_a_widget_front_end_the_widget_runs_blocking_with_a_text_form(ip
     assert view.answer is answer and view.text == answer.text
     assert view.thumbnail.value and "tokens/s" in view.stats.value
     assert answer.text in view.plain_text() and "tokens/s" in view.plain_text()
+
+
+def test_show_tokens_tints_the_finished_answer_in_the_widget_and_its_saved_copy(ip, magics, capsys, monkeypatch):
+    monkeypatch.setattr(output_mode, "detect", lambda shell: output_mode.DISPLAY)
+    run(ip, capsys, "%%mvlm_ask img --max-new-tokens 6 --show-tokens\nWhat is this?")
+    view, answer = magics.view, ip.user_ns[ANSWER_VARIABLE]
+    assert view.show_tokens and len(answer.tokens) == 6
+    for html_text in (view.answer_box.value, view.static_copy()["text/markdown"]):
+        assert html_text.count("<span title=") == 6 and "background-color:rgba(255,140,0," in html_text
+        assert f"p {answer.tokens[0].probability:.2f}" in html_text and "hover a token" in html_text
 
 
 def test_in_a_widget_front_end_the_answer_streams_in_the_background_and_stop_works(ip, magics, capsys, monkeypatch):

@@ -54,6 +54,20 @@ def test_streamed_chunks_add_up_to_the_answer(eng, picture):
     assert "tokens/s" in t.summary()
 
 
+def test_answer_tokens_only_when_asked_and_sampling_shows_in_them(eng, picture):
+    assert eng.new_chat(picture).ask("Describe the image.", max_new_tokens=6).result().tokens == []
+    greedy = eng.new_chat(picture).ask("Describe the image.", max_new_tokens=12, alternatives=3).result()
+    assert [t.id for t in greedy.tokens] == greedy.token_ids
+    for token in greedy.tokens:
+        assert token.likeliest and len(token.alternatives) == 3
+        assert token.alternatives[0].probability == token.probability
+        assert 1.0 >= sum(a.probability for a in token.alternatives) and token.alternatives[2].probability >= 0
+    assert "".join(t.text for t in greedy.tokens).strip() == greedy.text  # the tokens read as the answer
+    hot = eng.new_chat(picture).ask("Describe the image.", max_new_tokens=40, alternatives=3, temperature=5.0,
+                                    seed=1).result()
+    assert not all(t.likeliest for t in hot.tokens)  # sampling picked tokens the model did not like best
+
+
 def test_max_new_tokens(eng, picture):
     answer = eng.ask(picture, "What is this?", max_new_tokens=3)
     assert answer.timings.new_tokens <= 3

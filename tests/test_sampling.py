@@ -39,6 +39,9 @@ def test_defaults_are_greedy():
         ("seed", "7"),
         ("stop_strings", ("",)),
         ("stop_strings", (3,)),
+        ("alternatives", -1),
+        ("alternatives", 21),
+        ("alternatives", True),
     ],
 )
 def test_invalid_settings_are_refused(field, value):

@@ -17,6 +17,7 @@ from .cell import expand_question, image_key, resolve_image
 from .usage_errors import EMPTY_QUESTION, NO_MODEL, user_errors
 
 ANSWER_VARIABLE = "_mvlm_answer"
+SHOWN_ALTERNATIVES = 5  # --show-tokens: the likeliest tokens shown for each answer token
 
 
 def run(magics, args, cell: str) -> None:
@@ -30,7 +31,7 @@ def run(magics, args, cell: str) -> None:
             raise MvlmError(EMPTY_QUESTION)
         image, _ = resolve_image(args.image, namespace, magics.last_image.image)
         stream = session_for(magics, image, new=args.new).ask(question, **generation_options(magics, args))
-        show_answer(magics, stream, image, args.blocking)
+        show_answer(magics, stream, image, args.blocking, args.show_tokens)
 
 
 def session_for(magics, image, new: bool = False):
@@ -49,22 +50,24 @@ def generation_options(magics, args) -> dict:
         "top_p": args.top_p if args.top_p is not None else magics.top_p,
     }
     options.update({name: getattr(args, name) for name in ("top_k", "seed") if getattr(args, name) is not None})
+    if args.show_tokens:
+        options["alternatives"] = SHOWN_ALTERNATIVES
     return options
 
 
-def show_answer(magics, stream, image, blocking: bool) -> None:
+def show_answer(magics, stream, image, blocking: bool, show_tokens: bool = False) -> None:
     mode = output_mode.detect(magics.shell)
     if mode == output_mode.PRINT:
         from .printed import PrintedAnswer
 
-        magics.add_answer(PrintedAnswer())
+        magics.add_answer(PrintedAnswer(show_tokens=show_tokens))
         magics.view.stream(stream, lock=magics.turn)
         keep_answer(magics.shell, magics.view)
         return
     from ..widgets import AnswerView
 
     blocking = blocking or magics.blocking is True or (magics.blocking == "auto" and mode == output_mode.DISPLAY)
-    view = AnswerView(image=image, rate=magics.update_rate, font_scale=magics.font_scale)
+    view = AnswerView(image=image, rate=magics.update_rate, font_scale=magics.font_scale, show_tokens=show_tokens)
     magics.add_answer(view)
     view.on_done.append(lambda view: keep_answer(magics.shell, view))
     # The display's id lets the view replace itself by a static copy when the answer ends, so a saved notebook

@@ -119,6 +119,9 @@ class MvlmMagics(Magics):
     @argument("--top-k", type=int, default=None, help="Sample among the k likeliest tokens (0 = off).")
     @argument("--seed", type=int, default=None, help="Seed for sampling, for repeatable answers.")
     @argument("--new", action="store_true", help="Start a new conversation even about the same picture.")
+    @argument("--show-tokens", action="store_true",
+              help="Show the answer as tokens tinted by how sure the model was; hover one for its top 5 "
+                   "(also `_mvlm_answer.tokens`).")
     @argument("--blocking", action="store_true",
               help="Generate in the cell's own thread (the kernel's interrupt stops it; the Stop button cannot).")
     @line_cell_magic

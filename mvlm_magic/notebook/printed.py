@@ -5,14 +5,15 @@ from __future__ import annotations
 import sys
 import threading
 
-from ..printing import answer_stats
+from ..printing import answer_stats, tokens_table
 
 
 class PrintedAnswer:
     """Prints the answer as it streams (blocking; Ctrl-C stops the answer, not the session)."""
 
-    def __init__(self, file=None):
+    def __init__(self, file=None, show_tokens: bool = False):
         self.file = file
+        self.show_tokens = show_tokens
         self.text = ""
         self.answer = None
         self.done = threading.Event()
@@ -34,6 +35,8 @@ class PrintedAnswer:
                 print(self.answer.text[len(self.text):], end="", file=out)
             self.text = self.answer.text
             print(f"\n[{answer_stats(self.answer)}]", file=out, flush=True)
+            if self.show_tokens and self.answer.tokens:
+                print(tokens_table(self.answer.tokens), file=out, flush=True)
         finally:
             if lock is not None:
                 lock.release()

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..errors import START_OVER, MvlmError
+from .confidence import TokenChoice, choice
 from .sampling import GenerationConfig, Sampler
 from .text_stream import TextStream
 from .tokenizer import conversation_ids
@@ -71,6 +72,7 @@ class Answer:
     token_ids: list[int]
     finish_reason: str  # eos | stop_string | max_new_tokens | stopped | context
     timings: Timings = field(default_factory=Timings)
+    tokens: list[TokenChoice] = field(default_factory=list)  # with `alternatives`: how sure of each token
 
     def __str__(self) -> str:
         return self.text
@@ -137,6 +139,7 @@ class AnswerStream:
         logits = self._prefill(ids, timings)
         sampler, text = Sampler(config), TextStream(engine.tokenizer, config.stop_strings)
         previous = [t for t in ids if t >= 0]  # for the repetition penalty
+        choices: list[TokenChoice] = []
         finish = "max_new_tokens"
         try:
             while len(text.ids) < config.max_new_tokens:
@@ -149,6 +152,8 @@ class AnswerStream:
                     finish = "eos"
                     break
                 previous.append(token)
+                if config.alternatives:
+                    choices.append(choice(engine.tokenizer, logits, token, config.alternatives))
                 if chunk := text.push(token):
                     yield chunk
                 if text.stopped:
@@ -169,7 +174,7 @@ class AnswerStream:
             timings.decode_ms = (time.perf_counter() - started) * 1000 - timings.first_token_ms
         timings.new_tokens = len(text.ids)
         session.history.append((self.question, final))
-        self._answer = Answer(self.question, final, text.ids, finish, timings)
+        self._answer = Answer(self.question, final, text.ids, finish, timings, choices[: len(text.ids)])
 
     def _prompt(self, timings: Timings, started: float) -> list[int]:
         """The prompt's ids; encodes the chat's picture the first time."""

@@ -31,6 +31,7 @@ class GenerationConfig:
     seed: int | None = None
     stop_strings: tuple[str, ...] = ()
     ignore_eos: bool = False  # benchmarks force a fixed answer length
+    alternatives: int = 0  # keep each answer token's probability and this many likeliest tokens (0 = off)
 
     def __post_init__(self):
         if isinstance(self.max_new_tokens, bool) or not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
@@ -50,6 +51,9 @@ class GenerationConfig:
         if not all(isinstance(s, str) and s for s in stops):
             raise MvlmError(f"stop_strings must be non-empty strings, not {self.stop_strings!r}.")
         self.stop_strings = stops
+        top = self.alternatives
+        if isinstance(top, bool) or not isinstance(top, int) or not 0 <= top <= 20:
+            raise MvlmError(f"alternatives must be a whole number from 0 (off) to 20, not {top!r}.")
 
     @property
     def greedy(self) -> bool:

@@ -33,7 +33,8 @@ from collections.abc import Callable
 import ipywidgets as w
 
 from ..printing import answer_stats
-from .messages import error_html, escape, one_line, status_html, text_html, text_markdown
+from .confidence import LEGEND, tokens_html, tokens_markdown
+from .messages import answer_html, error_html, escape, one_line, status_html, text_html, text_markdown
 from .protocol import Answer, AnswerStream
 from .thumbnail import THUMBNAIL_SIZE, img_tag, thumbnail_png
 
@@ -42,8 +43,9 @@ class AnswerView(w.HBox):
     """One answer as it streams. `text`, `answer`, `error`, `done` and `wait()` read its state."""
 
     def __init__(self, image=None, question: str | None = None, *, rate: float = 25.0, show_stop: bool = True,
-                 thumbnail_size: int = THUMBNAIL_SIZE, font_scale: float = 1.0):
+                 thumbnail_size: int = THUMBNAIL_SIZE, font_scale: float = 1.0, show_tokens: bool = False):
         self.rate = float(rate)
+        self.show_tokens = show_tokens  # at the end, the answer as tokens tinted by the model's confidence
         self.question = question
         self.show_stop = show_stop
         self.font_scale = float(font_scale)  # answer text size, in notebook text sizes (1.5 for a projector)
@@ -184,8 +186,17 @@ class AnswerView(w.HBox):
         except Exception as error:
             self.error = one_line(error)
 
+    @property
+    def tokens(self) -> list:
+        """The finished answer's tokens with their probabilities, where they were asked for and are shown."""
+        answer_tokens = getattr(self.answer, "tokens", None) if self.show_tokens and self.finished else None
+        return list(answer_tokens or [])
+
     def _show_text(self) -> None:
-        self.answer_box.value = text_html(self.text, self.font_scale)
+        if tokens := self.tokens:
+            self.answer_box.value = answer_html(tokens_html(tokens), self.font_scale) + status_html(LEGEND)
+        else:
+            self.answer_box.value = text_html(self.text, self.font_scale)
         self.updates += 1
         if self._display_handle is not None and self._text_updates:
             self._display_handle.update(self)
@@ -229,14 +240,15 @@ class AnswerView(w.HBox):
         if self.question:
             parts.append(f"**Q:** {text_markdown(self.question)}")
         if self.text:
-            answer = text_markdown(self.text)
+            answer = tokens_markdown(self.tokens) if self.tokens else text_markdown(self.text)
             if self.font_scale != 1.0:
                 answer = f'<span style="font-size:{self.font_scale:.0%}">{answer}</span>'
             parts.append(answer)
         if self.error:
             parts.append(f"⚠ {text_markdown(self.error)}")
         elif self.answer is not None:
-            parts.append(f"*{text_markdown(answer_stats(self.answer))}*")
+            legend = f" · {text_markdown(LEGEND)}" if self.tokens else ""
+            parts.append(f"*{text_markdown(answer_stats(self.answer))}{legend}*")
         elif self.finished:
             parts.append("*interrupted*")
         bundle = {"text/markdown": "\n\n".join(parts), "text/plain": self.plain_text()}

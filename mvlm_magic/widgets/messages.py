@@ -41,15 +41,19 @@ CONTROL_CHARACTERS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
 
 
 def text_html(text: str, font_scale: float = 1.0) -> str:
-    """Answer text as HTML that keeps line breaks and wraps long lines (control characters would show as boxes).
+    """Answer text as HTML that keeps line breaks and wraps long lines (control characters would show as boxes)."""
+    return answer_html(html.escape(CONTROL_CHARACTERS.sub("", text)), font_scale)
+
+
+def answer_html(inner: str, font_scale: float = 1.0) -> str:
+    """The answer's box around HTML that is already escaped.
 
     The size is the notebook's text size times `font_scale` (widgets default to a smaller UI size); aria-live
     lets a screen reader read the answer as it grows.
     """
-    visible = CONTROL_CHARACTERS.sub("", text)
     style = ("white-space:pre-wrap;word-break:break-word;line-height:1.5;color:var(--jp-content-font-color1,inherit);"
              f"font-size:calc(var(--jp-content-font-size1,14px) * {font_scale:g})")
-    return f'<div aria-live="polite" style="{style}">{html.escape(visible)}</div>'
+    return f'<div aria-live="polite" style="{style}">{inner}</div>'
 
 
 MARKDOWN_PUNCTUATION = re.compile(r"([!-/:-@\[-`{-~])")  # every ASCII punctuation mark
