@@ -14,7 +14,7 @@ PACKAGE = ROOT / "mvlm_magic"
 HEAVY = ("torch", "transformers", "nncf", "safetensors", "huggingface_hub")  # the export extra
 
 ABOVE_STORE = ("mvlm_magic.runtime", "mvlm_magic.ops", "mvlm_magic.model", "mvlm_magic.export", "mvlm_magic.notebook",
-               "mvlm_magic.widgets", "mvlm_magic.demo", "mvlm_magic.loader", "mvlm_magic.cli")
+               "mvlm_magic.widgets", "mvlm_magic.inspect", "mvlm_magic.demo", "mvlm_magic.loader", "mvlm_magic.cli")
 
 # layer (a module or package of ours) -> what its modules must not import: our modules, or third-party packages.
 # Read it with docs/architecture.md's table; the first matching prefix (longest first) is a module's layer.
@@ -25,6 +25,7 @@ FORBIDDEN = {
     "mvlm_magic.printing": (*ABOVE_STORE, "openvino", "numpy", "PIL", "ipywidgets", *HEAVY),
     "mvlm_magic.pictures": (*ABOVE_STORE, "openvino", "numpy", "PIL", "ipywidgets", *HEAVY),
     "mvlm_magic.runtime": ("mvlm_magic.model", "mvlm_magic.export", "mvlm_magic.notebook", "mvlm_magic.widgets",
+                           "mvlm_magic.inspect",
                            "mvlm_magic.demo", "mvlm_magic.loader", "mvlm_magic.cli", "IPython", "ipywidgets", *HEAVY),
     "mvlm_magic.ops": ("mvlm_magic.model", "mvlm_magic.export", "mvlm_magic.notebook", "mvlm_magic.widgets",
                        "mvlm_magic.demo", "mvlm_magic.loader", "mvlm_magic.cli", "IPython", "ipywidgets", *HEAVY),
@@ -33,7 +34,11 @@ FORBIDDEN = {
     "mvlm_magic.export": ("mvlm_magic.notebook", "mvlm_magic.widgets", "mvlm_magic.demo", "mvlm_magic.loader",
                           "mvlm_magic.cli", "mvlm_magic.ops", "IPython", "ipywidgets"),
     "mvlm_magic.widgets": ("mvlm_magic.model", "mvlm_magic.export", "mvlm_magic.ops", "mvlm_magic.runtime.engine",
-                           "mvlm_magic.runtime.chat", "mvlm_magic.notebook", "mvlm_magic.cli", "openvino", *HEAVY),
+                           "mvlm_magic.runtime.chat", "mvlm_magic.notebook", "mvlm_magic.inspect", "mvlm_magic.cli",
+                           "openvino", *HEAVY),
+    # what the model sees and decides, shown to a class: runtime facts drawn with the widgets' pieces, torch-free
+    "mvlm_magic.inspect": ("mvlm_magic.model", "mvlm_magic.export", "mvlm_magic.ops", "mvlm_magic.notebook",
+                           "mvlm_magic.demo", "mvlm_magic.loader", "mvlm_magic.cli", "openvino", "IPython", *HEAVY),
     "mvlm_magic.notebook": ("mvlm_magic.model", "mvlm_magic.ops", "mvlm_magic.cli", *HEAVY),
     "mvlm_magic.demo": ("mvlm_magic.notebook", "mvlm_magic.widgets", "mvlm_magic.cli", "IPython", "ipywidgets"),
     "mvlm_magic.cli": ("mvlm_magic.notebook", "mvlm_magic.widgets", "IPython", "ipywidgets", *HEAVY),

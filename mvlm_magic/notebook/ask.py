@@ -30,6 +30,8 @@ def run(magics, args, cell: str) -> None:
         if not question:
             raise MvlmError(EMPTY_QUESTION)
         image, _ = resolve_image(args.image, namespace, magics.last_image.image)
+        if args.show_input:
+            show_input(magics, image)
         stream = session_for(magics, image, new=args.new).ask(question, **generation_options(magics, args))
         show_answer(magics, stream, image, args.blocking, args.show_tokens)
 
@@ -75,6 +77,18 @@ def show_answer(magics, stream, image, blocking: bool, show_tokens: bool = False
     handle = display(view, display_id=True)
     view.stream(stream, blocking=blocking, lock=magics.turn, display_handle=handle,
                 text_updates=mode == output_mode.DISPLAY)
+
+
+def show_input(magics, image) -> None:
+    """The picture as the model gets it, as a static output (it survives saving); printed as one line where no
+    front end shows pictures."""
+    from ..inspect import model_view
+
+    view = model_view(magics.engine, image)
+    if output_mode.detect(magics.shell) == output_mode.PRINT:
+        print(view.caption)
+    else:
+        display(view.static_copy(), raw=True)
 
 
 def keep_answer(shell, view) -> None:

@@ -119,6 +119,9 @@ class MvlmMagics(Magics):
     @argument("--top-k", type=int, default=None, help="Sample among the k likeliest tokens (0 = off).")
     @argument("--seed", type=int, default=None, help="Seed for sampling, for repeatable answers.")
     @argument("--new", action="store_true", help="Start a new conversation even about the same picture.")
+    @argument("--show-input", action="store_true",
+              help="First show the picture as the model gets it (padded, 336 x 336) with its image-token grid "
+                   "(mvlm_magic.inspect.model_view for the interactive view).")
     @argument("--show-tokens", action="store_true",
               help="Show the answer as tokens tinted by how sure the model was; hover one for its top 5 "
                    "(also `_mvlm_answer.tokens`).")

@@ -215,6 +215,14 @@ def center_crop(pixels: np.ndarray, size: int) -> np.ndarray:
     return pixels[top : top + size, left : left + size]
 
 
+def model_pixels(image, image_size: int = IMAGE_SIZE, mean=CLIP_MEAN) -> np.ndarray:
+    """The picture exactly as the model sees it, before rescaling: (image_size, image_size, 3) uint8, padded to a
+    square with the mean colour and resized (`preprocess_image` then only scales and normalises these pixels)."""
+    rgb = to_rgb(load_image(image))
+    background = tuple(int(m * 255) for m in mean)
+    return center_crop(resize_padded(rgb, background, int(image_size)), int(image_size))
+
+
 def preprocess_image(image, image_size: int = IMAGE_SIZE, mean=CLIP_MEAN, std=CLIP_STD) -> np.ndarray:
     """The pixel tensor for one picture: float32, shape (1, 3, image_size, image_size).
 
@@ -227,9 +235,7 @@ def preprocess_image(image, image_size: int = IMAGE_SIZE, mean=CLIP_MEAN, std=CL
         raise MvlmError(f"image_size must be a positive number of pixels, not {image_size}.")
     if len(mean) != 3 or len(std) != 3 or any(s == 0 for s in std):
         raise MvlmError("mean and std must each have 3 values and std must not contain 0; use CLIP_MEAN and CLIP_STD.")
-    rgb = to_rgb(load_image(image))
-    background = tuple(int(m * 255) for m in mean)
-    pixels = center_crop(resize_padded(rgb, background, int(image_size)), int(image_size))
+    pixels = model_pixels(image, image_size, mean)
     scaled = (pixels * (1 / 255)).astype(np.float32)
     normalized = (scaled - np.asarray(mean, dtype=np.float32)) / np.asarray(std, dtype=np.float32)
     return np.ascontiguousarray(normalized.transpose(2, 0, 1))[None]

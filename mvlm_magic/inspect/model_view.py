@@ -1,0 +1,113 @@
+"""What the model sees: the picture padded to a square with the mean colour and resized to 336 x 336 (at real
+pixels, beside the original), with the vision tower's patch grid or the projector's image-token grid over it.
+
+MobileVLM's CLIP cuts the 336 x 336 picture into 24 x 24 patches of 14 pixels; the projector (LDP v1 and v2 alike)
+halves each side, so the language model gets 12 x 12 = 144 image tokens, each standing for 28 x 28 pixels. The
+grids are derived from the export's own numbers (picture size, image tokens), so they hold for any export.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import math
+
+import ipywidgets as w
+import numpy as np
+from PIL import Image, ImageDraw
+
+from ..runtime.preprocess import model_pixels
+from ..widgets.messages import escape, status_html
+from ..widgets.thumbnail import img_tag, to_pil
+
+GRIDS = {"none": "no grid", "patches": "patches", "tokens": "image tokens"}
+GRID_COLOURS = {"patches": (255, 255, 255, 150), "tokens": (255, 200, 0, 230)}
+ORIGINAL_ALT = "the original picture"
+MODEL_ALT = "the picture as the model gets it"
+
+
+def token_side(engine) -> int:
+    """Image tokens per side: 12 for MobileVLM's 144."""
+    side = math.isqrt(int(engine.num_image_tokens))
+    return side if side * side == engine.num_image_tokens else 0
+
+
+def grid_png(pixels: np.ndarray, cells: int = 0, colour=(255, 200, 0, 230)) -> bytes:
+    """The pixels (S, S, 3) as a PNG, with a `cells` x `cells` grid of 1-pixel lines over them (0: no grid)."""
+    picture = Image.fromarray(pixels).convert("RGBA")
+    if cells:
+        overlay = Image.new("RGBA", picture.size, (0, 0, 0, 0))
+        draw, size = ImageDraw.Draw(overlay), picture.width
+        for i in range(1, cells):
+            at = round(i * size / cells)
+            draw.line([(at, 0), (at, size - 1)], fill=colour)
+            draw.line([(0, at), (size - 1, at)], fill=colour)
+        picture = Image.alpha_composite(picture, overlay)
+    buffer = io.BytesIO()
+    picture.convert("RGB").save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _png(picture: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    picture.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+class ModelView(w.VBox):
+    """The original picture beside the model's 336 x 336 input, with a grid toggle (none, patches, image tokens)."""
+
+    def __init__(self, engine, image, grid: str = "tokens"):
+        size, tokens = int(engine.image_size), token_side(engine)
+        self.pixels = model_pixels(image, size, engine.image_mean)  # (S, S, 3) uint8: exactly what is fed
+        self.cells = {"none": 0, "patches": 2 * tokens, "tokens": tokens}  # the projector halves each side
+        self.pngs = {name: grid_png(self.pixels, cells, GRID_COLOURS.get(name, (0, 0, 0, 0)))
+                     for name, cells in self.cells.items()}
+        background = tuple(int(m * 255) for m in engine.image_mean)
+        original = to_pil(image)
+        self.original_png = None
+        if original is not None:
+            shown = original.convert("RGB")
+            shown.thumbnail((size, size))
+            self.original_png = _png(shown)
+        self.caption = (f"what the model gets: the picture padded to a square with the mean colour {background} and "
+                        f"resized to {size} x {size}; its vision tower cuts it into {self.cells['patches']} x "
+                        f"{self.cells['patches']} patches of {size // max(self.cells['patches'], 1)} pixels, and "
+                        f"the projector makes {tokens} x {tokens} = {tokens * tokens} image tokens of "
+                        f"{size // max(tokens, 1)} x {size // max(tokens, 1)} pixels.")
+        self.original = w.HTML(self._img(self.original_png, ORIGINAL_ALT) if self.original_png else "")
+        self.model_input = w.HTML()
+        self.grid = w.ToggleButtons(options=[(label, name) for name, label in GRIDS.items()], value=grid,
+                                    description="grid", style={"button_width": "110px"})
+        self.grid.observe(lambda change: self._show(change["new"]), names="value")
+        self._show(grid)
+        self.original.layout.margin = "0 16px 0 0"
+        pictures = w.HBox([self.original, self.model_input], layout=w.Layout(align_items="flex-start"))
+        super().__init__([pictures, self.grid, w.HTML(status_html(self.caption))])
+
+    @staticmethod
+    def _img(png: bytes, alt: str) -> str:
+        # At real pixels: one pixel of the model's input is one pixel on the screen.
+        return img_tag(png, alt).replace("max-width:100%;height:auto", "image-rendering:pixelated")
+
+    def _show(self, grid: str) -> None:
+        self.model_input.value = self._img(self.pngs[grid], f"{MODEL_ALT}, {GRIDS[grid]}")
+
+    def static_copy(self) -> dict:
+        """Markdown (both pictures, the token grid, the caption), plain text and the model's input as a PNG, for
+        a saved notebook and viewers without widgets."""
+        pictures = [self._img(self.original_png, ORIGINAL_ALT)] if self.original_png else []
+        pictures.append(self._img(self.pngs["tokens"], f"{MODEL_ALT}, {GRIDS['tokens']}"))
+        return {"text/markdown": " ".join(pictures) + f"\n\n*{escape(self.caption)}*",
+                "text/plain": self.caption,
+                "image/png": base64.b64encode(self.pngs["tokens"]).decode("ascii")}
+
+    def _repr_mimebundle_(self, **kwargs):
+        bundle = super()._repr_mimebundle_(**kwargs) or {}
+        copy = self.static_copy()
+        return {**copy, **bundle, "text/plain": copy["text/plain"]}  # the widget where it renders, else the copy
+
+
+def model_view(engine, image, grid: str = "tokens") -> ModelView:
+    """The picture as `engine` gets it, beside the original, with a grid toggle."""
+    return ModelView(engine, image, grid)
