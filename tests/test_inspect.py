@@ -59,6 +59,76 @@ def test_the_static_copy_survives_without_widgets(eng):
     assert grid_png(np.zeros((28, 28, 3), np.uint8), 2)[:4] == b"\x89PNG"
 
 
+def test_the_attention_read_out_equals_transformers_eager_attention(eng, torch_model):
+    """The heatmaps come from the model the runtime runs, and equal the torch reference's own attention."""
+    import torch
+
+    from mvlm_magic.inspect.attention import answer_attention
+    from mvlm_magic.runtime.tokenizer import IMAGE_TOKEN_INDEX, conversation_ids
+
+    picture = shapes_picture(seed=7)
+    chat = eng.new_chat(picture)
+    answer = chat.ask("What colour is the circle?", max_new_tokens=5).result()
+    mine = answer_attention(eng, chat, answer)
+    model = torch_model("v2")
+    prompt = conversation_ids(eng.tokenizer, [(answer.question, None)], with_image=True)
+    ids = prompt + answer.token_ids[:-1]
+    with torch.no_grad():
+        features = model.get_image_features(torch.from_numpy(preprocess_image(picture)))
+        embeds = model.build_inputs_embeds(ids, features)
+        model.language_model.config._attn_implementation = "eager"
+        try:
+            out = model.language_model(inputs_embeds=embeds, output_attentions=True)
+        finally:
+            model.language_model.config._attn_implementation = "sdpa"
+    reference = torch.stack(out.attentions)[:, 0].numpy()  # (L, H, T, T)
+    start = prompt.index(IMAGE_TOKEN_INDEX)
+    first = len(prompt) - 1 + 143  # the position that predicted the first answer token: the id -200 is 144 positions
+    expected = reference[:, :, first : first + len(answer.token_ids), start : start + 144]
+    assert mine.maps.shape == expected.shape and mine.maps.shape[2:] == (5, 144)
+    assert np.abs(mine.maps - expected).max() < 1e-4
+
+
+def test_the_bundled_model_looks_at_the_object_it_names(cache_dir):
+    """For "What colour is the <shape>?" the head its training taught to look (docs/nano.md: head 0 of the last
+    layer, from the position that predicts the first answer token) puts the most attention on that shape."""
+    from mvlm_magic.demo import bundled_model, shapes
+    from mvlm_magic.inspect.attention import answer_attention
+    from mvlm_magic.loader import load_engine
+
+    nano = load_engine(bundled_model(), "int8", cache_dir=cache_dir)
+    questions = [q for q in shapes.heldout_questions(600) if q[1] == "colour"]
+    hits = 0
+    for seed, _, question, _ in questions:
+        scene = shapes.make_scene(seed)
+        named = question.rstrip("?").split()[-1]
+        blocks = shapes.object_map(scene).reshape(12, 28, 12, 28).transpose(0, 2, 1, 3).reshape(144, -1)
+        counts = np.stack([np.bincount(row, minlength=len(scene.things) + 1) for row in blocks])
+        counts[:, 0] = 0
+        owner = np.where(counts.max(1) > 0, counts.argmax(1), 0)  # the object on each image token (0: none)
+        chat = nano.new_chat(shapes.render(scene))
+        attention = answer_attention(nano, chat, chat.ask(question, max_new_tokens=3).result())
+        heat = attention.heatmap(token=0, layer=attention.layers - 1, head=0).reshape(-1)
+        mass = [heat[owner == i + 1].sum() for i in range(len(scene.things))]
+        hits += scene.things[int(np.argmax(mass))].shape == named
+    assert len(questions) >= 60 and hits / len(questions) >= 0.9, f"{hits} of {len(questions)}"
+
+
+def test_model_view_of_an_answer_lights_where_it_looked_and_its_controls_switch(eng):
+    chat = eng.new_chat(shapes_picture(seed=8))
+    answer = chat.ask("What is this?", max_new_tokens=3).result()
+    view = model_view(eng, chat=chat, answer=answer)
+    assert [label for label, _ in view.token.options][0] == "whole answer" and len(view.token.options) == 4
+    whole = view.model_input.value
+    view.token.value = 1
+    one_token = view.model_input.value
+    view.layer.value, view.head.value = 1, 0
+    assert len({whole, one_token, view.model_input.value}) == 3  # each choice draws its own map
+    assert np.allclose(view.heat(), view.attention.maps[1, 0, 1].reshape(12, 12))
+    copy = view.static_copy()
+    assert "where the whole answer looked" in copy["text/plain"] and copy["text/markdown"].count("<img") == 2
+
+
 def test_show_input_in_the_magic_shows_the_model_view_first(eng, exported, tmp_path, monkeypatch):
     from IPython.core.interactiveshell import InteractiveShell
 
@@ -69,12 +139,24 @@ def test_show_input_in_the_magic_shows_the_model_view_first(eng, exported, tmp_p
     try:
         shell.run_line_magic("mvlm_load", f"{exported('v2', 'fp32')} --precision f32")
         shell.user_ns["img"] = shapes_picture(seed=6)
-        shown = []
-        monkeypatch.setattr("mvlm_magic.notebook.ask.display", lambda obj, **kw: shown.append((obj, kw)))
+        shown, updates = [], []
+
+        class Handle:
+            def update(self, obj, **options):
+                updates.append(obj)
+
+        def display(obj, **options):
+            shown.append((obj, options))
+            return Handle()
+
+        monkeypatch.setattr("mvlm_magic.notebook.ask.display", display)
         monkeypatch.setattr(output_mode, "detect", lambda shell: output_mode.DISPLAY)
         shell.run_cell("%%mvlm_ask img --show-input --max-new-tokens 3 --blocking\nWhat is this?")
         first, options = shown[0]
         assert options.get("raw") and "144 image tokens" in first["text/plain"] and "image/png" in first
         assert len(shown) == 2  # then the answer
+        # When the answer ended, the model's view gained where it looked.
+        assert any("where the whole answer looked" in update.get("text/plain", "") for update in updates
+                   if isinstance(update, dict)), updates
     finally:
         shell.run_line_magic("unload_ext", "mvlm_magic")

@@ -16,6 +16,7 @@ import ipywidgets as w
 import numpy as np
 from PIL import Image, ImageDraw
 
+from ..errors import MvlmError
 from ..runtime.preprocess import model_pixels
 from ..widgets.messages import escape, status_html
 from ..widgets.thumbnail import img_tag, to_pil
@@ -48,6 +49,19 @@ def grid_png(pixels: np.ndarray, cells: int = 0, colour=(255, 200, 0, 230)) -> b
     return buffer.getvalue()
 
 
+def heatmap_png(pixels: np.ndarray, heat: np.ndarray, cells: int = 0) -> bytes:
+    """The pixels (S, S, 3) darkened where `heat` (side, side) is low and lit red where it is high (the map is
+    scaled to its own maximum), with an optional grid."""
+    size, side = pixels.shape[0], heat.shape[0]
+    scaled = heat / heat.max() if heat.max() > 0 else heat
+    block = np.kron(scaled, np.ones((size // side, size // side)))  # one value per pixel of its image token
+    block = np.pad(block, ((0, size - block.shape[0]), (0, size - block.shape[1])), mode="edge")[..., None]
+    red = np.array([255, 40, 40], dtype=np.float64)
+    shown = pixels * (0.5 + 0.5 * block) * (1 - 0.55 * block) + red * 0.55 * block  # dim where unseen, red where seen
+    picture = np.clip(np.rint(shown), 0, 255).astype(np.uint8)
+    return grid_png(picture, cells, GRID_COLOURS["tokens"]) if cells else grid_png(picture)
+
+
 def _png(picture: Image.Image) -> bytes:
     buffer = io.BytesIO()
     picture.save(buffer, format="PNG")
@@ -57,8 +71,9 @@ def _png(picture: Image.Image) -> bytes:
 class ModelView(w.VBox):
     """The original picture beside the model's 336 x 336 input, with a grid toggle (none, patches, image tokens)."""
 
-    def __init__(self, engine, image, grid: str = "tokens"):
+    def __init__(self, engine, image, grid: str = "tokens", attention=None):
         size, tokens = int(engine.image_size), token_side(engine)
+        self.attention = attention  # an AnswerAttention: where the answer looked, or None
         self.pixels = model_pixels(image, size, engine.image_mean)  # (S, S, 3) uint8: exactly what is fed
         self.cells = {"none": 0, "patches": 2 * tokens, "tokens": tokens}  # the projector halves each side
         self.pngs = {name: grid_png(self.pixels, cells, GRID_COLOURS.get(name, (0, 0, 0, 0)))
@@ -79,28 +94,62 @@ class ModelView(w.VBox):
         self.model_input = w.HTML()
         self.grid = w.ToggleButtons(options=[(label, name) for name, label in GRIDS.items()], value=grid,
                                     description="grid", style={"button_width": "110px"})
-        self.grid.observe(lambda change: self._show(change["new"]), names="value")
-        self._show(grid)
+        self.grid.observe(lambda change: self._show(), names="value")
+        controls = [self.grid]
+        if attention is not None:
+            # Which answer token's attention (a click on a token), or the whole answer's; which layer and head.
+            self.token = w.ToggleButtons(options=[("whole answer", -1)] + [
+                (text.strip() or repr(text), n) for n, text in enumerate(attention.texts)], value=-1,
+                description="looked", style={"button_width": "auto"})
+            self.layer = w.Dropdown(options=[("all layers", -1)] + [(f"layer {i}", i) for i in
+                                                                     range(attention.layers)], value=-1,
+                                    description="layer", layout=w.Layout(width="180px"))
+            self.head = w.Dropdown(options=[("all heads", -1)] + [(f"head {i}", i) for i in
+                                                                   range(attention.maps.shape[1])], value=-1,
+                                   description="head", layout=w.Layout(width="180px"))
+            for control in (self.token, self.layer, self.head):
+                control.observe(lambda change: self._show(), names="value")
+            controls += [self.token, w.HBox([self.layer, self.head])]
+        self._show()
         self.original.layout.margin = "0 16px 0 0"
         pictures = w.HBox([self.original, self.model_input], layout=w.Layout(align_items="flex-start"))
-        super().__init__([pictures, self.grid, w.HTML(status_html(self.caption))])
+        super().__init__([pictures, *controls, w.HTML(status_html(self.caption))])
 
     @staticmethod
     def _img(png: bytes, alt: str) -> str:
         # At real pixels: one pixel of the model's input is one pixel on the screen.
         return img_tag(png, alt).replace("max-width:100%;height:auto", "image-rendering:pixelated")
 
-    def _show(self, grid: str) -> None:
-        self.model_input.value = self._img(self.pngs[grid], f"{MODEL_ALT}, {GRIDS[grid]}")
+    def heat(self) -> np.ndarray | None:
+        """The attention map the controls select (None without an answer)."""
+        if self.attention is None:
+            return None
+        pick = [None if control.value == -1 else control.value for control in (self.token, self.layer, self.head)]
+        return self.attention.heatmap(token=pick[0], layer=pick[1], head=pick[2])
+
+    def _show(self) -> None:
+        grid = self.grid.value
+        heat = self.heat()
+        if heat is None:
+            self.model_input.value = self._img(self.pngs[grid], f"{MODEL_ALT}, {GRIDS[grid]}")
+        else:
+            png = heatmap_png(self.pixels, heat, self.cells[grid])
+            self.model_input.value = self._img(png, f"{MODEL_ALT}, lit where the answer looked")
 
     def static_copy(self) -> dict:
         """Markdown (both pictures, the token grid, the caption), plain text and the model's input as a PNG, for
         a saved notebook and viewers without widgets."""
         pictures = [self._img(self.original_png, ORIGINAL_ALT)] if self.original_png else []
-        pictures.append(self._img(self.pngs["tokens"], f"{MODEL_ALT}, {GRIDS['tokens']}"))
-        return {"text/markdown": " ".join(pictures) + f"\n\n*{escape(self.caption)}*",
-                "text/plain": self.caption,
-                "image/png": base64.b64encode(self.pngs["tokens"]).decode("ascii")}
+        caption, png = self.caption, self.pngs["tokens"]
+        if self.attention is not None:
+            png = heatmap_png(self.pixels, self.attention.heatmap())
+            caption += (" Lit red: where the whole answer looked (its attention on the image tokens, averaged over "
+                        "all layers and heads).")
+            pictures.append(self._img(png, f"{MODEL_ALT}, lit where the answer looked"))
+        else:
+            pictures.append(self._img(png, f"{MODEL_ALT}, {GRIDS['tokens']}"))
+        return {"text/markdown": " ".join(pictures) + f"\n\n*{escape(caption)}*", "text/plain": caption,
+                "image/png": base64.b64encode(png).decode("ascii")}
 
     def _repr_mimebundle_(self, **kwargs):
         bundle = super()._repr_mimebundle_(**kwargs) or {}
@@ -108,6 +157,14 @@ class ModelView(w.VBox):
         return {**copy, **bundle, "text/plain": copy["text/plain"]}  # the widget where it renders, else the copy
 
 
-def model_view(engine, image, grid: str = "tokens") -> ModelView:
-    """The picture as `engine` gets it, beside the original, with a grid toggle."""
-    return ModelView(engine, image, grid)
+def model_view(engine, image=None, grid: str = "tokens", *, chat=None, answer=None) -> ModelView:
+    """The picture as `engine` gets it, beside the original, with a grid toggle. Given a `chat` (and one of its
+    answers; default its latest), also where that answer looked: a heatmap over the image tokens for the whole
+    answer or one of its tokens, averaged over all layers and heads or for one."""
+    from .attention import answer_attention
+
+    image = chat.image if image is None and chat is not None else image
+    if image is None:
+        raise MvlmError("model_view needs a picture, or a chat about one.")
+    attention = answer_attention(engine, chat, answer) if chat is not None else None
+    return ModelView(engine, image, grid, attention)

@@ -30,10 +30,11 @@ def run(magics, args, cell: str) -> None:
         if not question:
             raise MvlmError(EMPTY_QUESTION)
         image, _ = resolve_image(args.image, namespace, magics.last_image.image)
-        if args.show_input:
-            show_input(magics, image)
-        stream = session_for(magics, image, new=args.new).ask(question, **generation_options(magics, args))
-        show_answer(magics, stream, image, args.blocking, args.show_tokens)
+        shown_input = show_input(magics, image) if args.show_input else None
+        chat = session_for(magics, image, new=args.new)
+        stream = chat.ask(question, **generation_options(magics, args))
+        looked = None if shown_input is None else (lambda view: show_where_it_looked(magics, chat, view, shown_input))
+        show_answer(magics, stream, image, args.blocking, args.show_tokens, on_done=looked)
 
 
 def session_for(magics, image, new: bool = False):
@@ -57,7 +58,7 @@ def generation_options(magics, args) -> dict:
     return options
 
 
-def show_answer(magics, stream, image, blocking: bool, show_tokens: bool = False) -> None:
+def show_answer(magics, stream, image, blocking: bool, show_tokens: bool = False, on_done=None) -> None:
     mode = output_mode.detect(magics.shell)
     if mode == output_mode.PRINT:
         from .printed import PrintedAnswer
@@ -72,6 +73,8 @@ def show_answer(magics, stream, image, blocking: bool, show_tokens: bool = False
     view = AnswerView(image=image, rate=magics.update_rate, font_scale=magics.font_scale, show_tokens=show_tokens)
     magics.add_answer(view)
     view.on_done.append(lambda view: keep_answer(magics.shell, view))
+    if on_done is not None:
+        view.on_done.append(on_done)
     # The display's id lets the view replace itself by a static copy when the answer ends, so a saved notebook
     # shows the answer without a kernel. Where no widget renders (nbclient), the text form is updated as it grows.
     handle = display(view, display_id=True)
@@ -79,16 +82,25 @@ def show_answer(magics, stream, image, blocking: bool, show_tokens: bool = False
                 text_updates=mode == output_mode.DISPLAY)
 
 
-def show_input(magics, image) -> None:
-    """The picture as the model gets it, as a static output (it survives saving); printed as one line where no
-    front end shows pictures."""
+def show_input(magics, image):
+    """The picture as the model gets it, as a static output (it survives saving), whose display handle is returned;
+    printed as one line where no front end shows pictures (None returned)."""
     from ..inspect import model_view
 
     view = model_view(magics.engine, image)
     if output_mode.detect(magics.shell) == output_mode.PRINT:
         print(view.caption)
-    else:
-        display(view.static_copy(), raw=True)
+        return None
+    return display(view.static_copy(), raw=True, display_id=True)
+
+
+def show_where_it_looked(magics, chat, view, handle) -> None:
+    """When the answer has ended: the model's view gains where the answer looked (from the answer's thread: a
+    display update by its id is safe there)."""
+    from ..inspect import model_view
+
+    if view.answer is not None and view.answer.token_ids and chat.image_embeds is not None:
+        handle.update(model_view(magics.engine, chat=chat, answer=view.answer).static_copy(), raw=True)
 
 
 def keep_answer(shell, view) -> None:

@@ -106,6 +106,16 @@ class Engine:
             self.kv.reset()
             self.kv.extend(None, ids[: text_before_image(ids)], lambda new: self.embed(new, None))  # BOS..."USER:"
 
+    def attention_probe(self):
+        """The language model compiled again with its attention probabilities as outputs (runtime/attention.py):
+        made on the first call, for the inspect views; answering never uses it."""
+        with self.lock:
+            if getattr(self, "_attention_probe", None) is None:
+                from .attention import AttentionProbe
+
+                self._attention_probe = AttentionProbe(self.folder / "language.xml", self.device)
+            return self._attention_probe
+
     def prompt_logits(self, ids: list[int], image_embeds: np.ndarray | None = None) -> np.ndarray:
         """The last position's logits for a whole prompt from an empty cache (the fidelity checks' oracle call)."""
         with self.lock:
