@@ -2,6 +2,7 @@
 
     mvlm export MODEL [--compression int4] [--group-size 128] [--ratio 1] [--cache-dir DIR]
     mvlm ask IMAGE "QUESTION" [--model MODEL] [--device CPU] [--stats] ...
+    mvlm compare int4 int8 fp16 --image IMAGE [--question Q] [--model MODEL]   # weight formats side by side
     mvlm list | mvlm delete KEY
     mvlm demo                      # a generated picture, a question, a streamed answer
 
@@ -53,6 +54,15 @@ def build_parser() -> argparse.ArgumentParser:
     ask.add_argument("--show-tokens", action="store_true",
                      help="print each answer token with its probability and the likeliest alternatives")
 
+    compare = commands.add_parser("compare", help="weight formats side by side: the same question, each format")
+    compare.add_argument("formats", nargs="+", help="int4, int8, fp16, fp32 or int4 labels (e.g. int4 int8 fp16)")
+    compare.add_argument("--image", required=True, help="path to an image file")
+    compare.add_argument("--question", default="Describe the image.")
+    compare.add_argument("--model", default=None, help=DEFAULT_MODEL_HELP)
+    compare.add_argument("--device", default="CPU")
+    compare.add_argument("--max-new-tokens", type=int, default=64)
+    compare.add_argument("--cache-dir", default=None)
+
     listing = commands.add_parser("list", help="list cached exports")
     listing.add_argument("--cache-dir", default=None)
     delete = commands.add_parser("delete", help="delete a cached export")
@@ -97,6 +107,18 @@ def run_ask(args) -> None:
         print(f"{answer.timings.summary()} · finish: {answer.finish_reason}", file=sys.stderr)
 
 
+def run_compare(args) -> None:
+    from .compare import compare_formats, text_table
+    from .runtime.chat import check_question
+    from .runtime.preprocess import load_image
+
+    image = load_image(args.image)  # bad input fails before any export
+    check_question(args.question)
+    rows = compare_formats(args.model or default_model(), args.formats, image, args.question, device=args.device,
+                           cache_dir=args.cache_dir, max_new_tokens=args.max_new_tokens, progress=stderr_progress)
+    print(f"Q: {args.question}\n{text_table(rows)}")
+
+
 def default_model():
     from .demo import bundled_model
 
@@ -122,7 +144,8 @@ def run_demo(args) -> None:
     demo(cache_dir=args.cache_dir)
 
 
-HANDLERS = {"export": run_export, "ask": run_ask, "list": run_list, "delete": run_delete, "demo": run_demo}
+HANDLERS = {"export": run_export, "ask": run_ask, "list": run_list, "delete": run_delete, "demo": run_demo,
+            "compare": run_compare}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -14,7 +14,8 @@ PACKAGE = ROOT / "mvlm_magic"
 HEAVY = ("torch", "transformers", "nncf", "safetensors", "huggingface_hub")  # the export extra
 
 ABOVE_STORE = ("mvlm_magic.runtime", "mvlm_magic.ops", "mvlm_magic.model", "mvlm_magic.export", "mvlm_magic.notebook",
-               "mvlm_magic.widgets", "mvlm_magic.inspect", "mvlm_magic.demo", "mvlm_magic.loader", "mvlm_magic.cli")
+               "mvlm_magic.widgets", "mvlm_magic.inspect", "mvlm_magic.demo", "mvlm_magic.loader", "mvlm_magic.compare",
+               "mvlm_magic.cli")
 
 # layer (a module or package of ours) -> what its modules must not import: our modules, or third-party packages.
 # Read it with docs/architecture.md's table; the first matching prefix (longest first) is a module's layer.
@@ -41,6 +42,9 @@ FORBIDDEN = {
                            "mvlm_magic.demo", "mvlm_magic.loader", "mvlm_magic.cli", "openvino", "IPython", *HEAVY),
     "mvlm_magic.notebook": ("mvlm_magic.model", "mvlm_magic.ops", "mvlm_magic.cli", *HEAVY),
     "mvlm_magic.demo": ("mvlm_magic.notebook", "mvlm_magic.widgets", "mvlm_magic.cli", "IPython", "ipywidgets"),
+    # weight formats side by side: model name -> engines (through the loader) -> a table; no front end of its own
+    "mvlm_magic.compare": ("mvlm_magic.notebook", "mvlm_magic.widgets", "mvlm_magic.inspect", "mvlm_magic.cli",
+                           "IPython", "ipywidgets", *HEAVY),
     "mvlm_magic.cli": ("mvlm_magic.notebook", "mvlm_magic.widgets", "IPython", "ipywidgets", *HEAVY),
 }
 

@@ -27,7 +27,7 @@ from IPython.core.magic_arguments import argument, magic_arguments, parse_argstr
 from traitlets import Enum, Float, Int, TraitError, Unicode, validate
 
 from ..errors import MvlmError
-from . import ask, load
+from . import ask, compare, load
 from .last_image import LastImage
 from .usage_errors import ASK_IS_A_CELL_MAGIC, EMPTY_QUESTION, reach_our_help
 
@@ -141,6 +141,23 @@ class MvlmMagics(Magics):
         if not cell.strip():
             raise UsageError(EMPTY_QUESTION)
         return ask.run(self, parse_argstring(self.mvlm_ask, line), cell)
+
+    # --- %mvlm_compare ---------------------------------------------------------------------------
+
+    @magic_arguments()
+    @argument("formats", nargs="+", help="Weight formats to compare: int4, int8, fp16, fp32 or int4 labels.")
+    @argument("--image", default=None, help="A variable or a file path (default: the last image displayed).")
+    @argument("--question", default=None,
+              help="The question (default: the cell's body in %%%%mvlm_compare, else 'Describe the image.').")
+    @argument("--max-new-tokens", type=int, default=64, help="Longest answer per format, in tokens.")
+    @line_cell_magic
+    def mvlm_compare(self, line="", cell=None):
+        """Weight formats side by side: the loaded model's formats answer the same question about the same picture.
+
+        Each format is exported where needed (with progress), compiled, asked greedily and released: a table of
+        answer, size on disk, load time, first token, tokens/s, peak memory and agreement with the most precise.
+        """
+        return compare.run(self, parse_argstring(self.mvlm_compare, line), cell)
 
     # --- %mvlm_reset -----------------------------------------------------------------------------
 
