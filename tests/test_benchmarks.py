@@ -25,3 +25,14 @@ def test_benchmark_smoke_run(tmp_path):
     assert report["exports"]["int8"]["seconds"] > 0 and not report["exports"]["int8"]["cached"]
     assert "| ours int8 |" in (out / "benchmarks.md").read_text()
     assert (out / "benchmarks.png").stat().st_size > 1000
+
+
+def test_many_pictures_smoke_run(tmp_path):
+    script = RUN.parent / "many_pictures.py"
+    run = subprocess.run([sys.executable, str(script), "--tiny", "--n", "1", "3", "--new-tokens", "4",
+                          "--compression", "int8", "--work", str(tmp_path / "work"), "--out", str(tmp_path / "out")],
+                         capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-2000:]
+    report = json.loads((tmp_path / "out" / "many_pictures.json").read_text())
+    assert [row["n"] for row in report["rows"]] == [1, 3]
+    assert all(row["single_s"] > 0 and row["many_s"] > 0 for row in report["rows"]) and "family" in report["cpu"]

@@ -54,6 +54,43 @@ def resolve_image(name: str | None, namespace: Mapping[str, Any], last_displayed
     return load_image(path), str(path)
 
 
+GLOB_CHARACTERS = set("*?[")
+
+
+def resolve_pictures(name: str | None, namespace: Mapping[str, Any]) -> list[tuple[str, Any]] | None:
+    """Many pictures for `%%mvlm_ask NAME`: a variable holding a list or tuple of pictures, a folder (its picture
+    files, sorted), or a glob such as `photos/*.jpg`; None when NAME names one picture (`resolve_image`)."""
+    from ..pictures import PICTURE_SUFFIXES
+
+    if not name:
+        return None
+    if name in namespace:
+        value = namespace[name]
+        if not isinstance(value, (list, tuple)):
+            return None
+        bad = [i for i, item in enumerate(value) if not is_picture(item)]
+        if not value or bad:
+            detail = "is empty" if not value else f"holds a {type(value[bad[0]]).__name__} at [{bad[0]}]"
+            raise MvlmError(f"variable {name!r} {detail}; a list to ask about holds pictures ({PICTURE_TYPES}).")
+        return [(str(item) if isinstance(item, (str, Path)) else f"{name}[{i}]", item) for i, item in enumerate(value)]
+    path = Path(name).expanduser()
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.suffix.lower() in PICTURE_SUFFIXES and p.is_file())
+        where = f"folder {path}"
+    elif GLOB_CHARACTERS & set(name):
+        anchor = Path(name).expanduser()
+        parts = anchor.parts
+        root = Path(anchor.anchor) if anchor.is_absolute() else Path(".")
+        pattern = str(Path(*parts[1:])) if anchor.is_absolute() else str(anchor)
+        files = sorted(p for p in root.glob(pattern) if p.is_file())
+        where = f"pattern {name}"
+    else:
+        return None
+    if not files:
+        raise MvlmError(f"{where} matches no picture files ({', '.join(PICTURE_SUFFIXES)}); check the path.")
+    return [(p.name, p) for p in files]
+
+
 def image_key(image) -> str:
     """A fingerprint of the picture's pixels: the same content asked about again continues the chat."""
     digest = hashlib.blake2b(digest_size=16)

@@ -112,7 +112,10 @@ class MvlmMagics(Magics):
     @magic_arguments(name="%mvlm_ask")  # a cell magic: its usage line reads %%mvlm_ask
     @argument("image", nargs="?", default=None,
               help="A variable (PIL image, numpy HxW / HxWx3 array, path string, bytes) or a file path. "
-                   "Default: the last image displayed in this notebook.")
+                   "Default: the last image displayed in this notebook. Many pictures (a list variable, a folder, "
+                   "a glob such as photos/*.jpg): one answer each, in a table.")
+    @argument("--each-line", action="store_true",
+              help="With many pictures: each line of the cell is its own question, asked of every picture.")
     @argument("--max-new-tokens", type=int, default=None, help="Longest answer in tokens.")
     @argument("--temperature", type=float, default=None, help="0 = greedy (the default).")
     @argument("--top-p", type=float, default=None, help="Nucleus sampling share (1 = off).")

@@ -9,6 +9,7 @@ They take any engine that follows the small protocol in `protocol.py` and import
 
 from .answer_view import AnswerView
 from .ask_panel import AskPanel
+from .batch_view import BatchView
 from .load_panel import LoadPanel
 
-__all__ = ["AnswerView", "AskPanel", "LoadPanel"]
+__all__ = ["AnswerView", "AskPanel", "BatchView", "LoadPanel"]
