@@ -75,9 +75,11 @@ def test_notebook_runs_and_saves_the_answers_in_the_widget_state(path, tmp_path,
     assert values, "no widget state was saved"
     # Each answer's output ended as a static copy: no widget view left that a viewer without the kernel cannot show.
     asks = [c for c in notebook.cells if c.cell_type == "code" and c.source.startswith("%%mvlm_ask")]
-    shown = [o.data for c in asks for o in c.outputs if o.output_type == "display_data"]
-    assert asks and len(shown) == len(asks), [c.outputs for c in asks]
-    assert all("text/markdown" in data and "image/png" in data and WIDGET_VIEW not in data for data in shown)
+    shown = [[o.data for o in c.outputs if o.output_type == "display_data"] for c in asks]
+    assert asks and all(shown), [c.outputs for c in asks]  # each ask shows its answer (a table for many pictures)
+    for data in (d for outputs in shown for d in outputs):  # --show-input's picture too
+        assert "text/markdown" in data and WIDGET_VIEW not in data
+        assert "image/png" in data or "<img" in data["text/markdown"]  # the thumbnail: its own PNG, or in a table
     # Only the answer cells, without the widget state: what they show is their static copy alone.
     page = as_html_text(nbformat.v4.new_notebook(cells=asks, metadata={}))
     assert page.count("first token") >= len(asks)  # every answer's stats line
@@ -95,3 +97,21 @@ def test_notebook_runs_and_saves_the_answers_in_the_widget_state(path, tmp_path,
         follow_up = next(c for c in notebook.cells if c.source.startswith("%%mvlm_ask --blocking"))
         texts = [o["data"]["text/plain"] for o in follow_up.outputs if "data" in o]
         assert any(answer in CONTROL_CHARACTERS.sub("", text) and "first token" in text for text in texts)
+
+
+@pytest.mark.slow
+def test_see_inside_walks_a_class_through_the_four_views_with_right_answers(tmp_path, kernel_cache):
+    notebook = execute(EXAMPLES / "see_inside.ipynb", tmp_path)
+    cells = [c for c in notebook.cells if c.cell_type == "code"]
+    show_input = next(c for c in cells if "--show-input" in c.source)
+    picture, answer = [o.data for o in show_input.outputs if o.output_type == "display_data"]
+    assert "144 image tokens" in picture["text/plain"] and "where the whole answer looked" in picture["text/plain"]
+    assert answer["text/plain"].startswith("red")  # the cross is red
+    view = next(c for c in cells if "model_view(" in c.source).outputs[-1]["data"]
+    assert "where the whole answer looked" in view["text/plain"]  # the interactive view, with a saved picture
+    tokens = next(c for c in cells if "--show-tokens" in c.source)
+    assert "<span title=" in tokens.outputs[-1]["data"]["text/markdown"]  # tinted tokens, kept when saved
+    assert "least sure:" in stream_text(next(c for c in cells if "least = min(" in c.source))
+    assert "score: 100%" in stream_text(next(c for c in cells if "score:" in c.source))  # every star's colour
+    compared = next(c for c in cells if c.source.startswith("%mvlm_compare")).outputs[-1]["data"]["text/plain"]
+    assert "int8" in compared and "int4" in compared and "same answer" in compared
