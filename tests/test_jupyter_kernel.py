@@ -106,7 +106,7 @@ def test_misused_magics_get_our_help_in_a_real_kernel(kernel):
         assert not reply.get("payload") and "Did you mean" not in shown  # no pager, no hint
     reply, _ = run("%%mvlm_ask?")  # help on the magic still opens the pager, with a %% usage line
     pages = [p["data"]["text/plain"] for p in reply["payload"] if p["source"] == "page"]
-    assert pages and "%%mvlm_ask [--max-new-tokens" in pages[0], reply
+    assert pages and "%%mvlm_ask [--each-line]" in pages[0], reply
 
 
 def test_a_run_notebook_keeps_the_answer_as_markdown_text_and_picture(tmp_path, exported):

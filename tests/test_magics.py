@@ -137,7 +137,7 @@ def test_help_text_covers_every_option(ip, capsys):
     out, _ = run(ip, capsys, "%mvlm_load?")
     assert "--group-size" in out
     out, _ = run(ip, capsys, "%%mvlm_ask?")
-    assert "--max-new-tokens" in out and "%%mvlm_ask [--max-new-tokens" in out  # a cell magic's usage line
+    assert "--max-new-tokens" in out and "%%mvlm_ask [--each-line]" in out  # a cell magic's usage line
 
 
 def test_misused_magics_get_our_one_line_help_not_the_inspector(ip, magics, capsys):
