@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from .demo import BUNDLED_NAME
 from .errors import MvlmError
 from .export.compress import Compression
 from .printing import stderr_progress, tokens_table
@@ -78,7 +79,8 @@ def run_export(args) -> None:
     from .export import export_model
 
     compression = Compression.parse(args.compression, args.group_size, args.ratio)
-    result = export_model(args.model, compression, cache_dir=args.cache_dir, progress=stderr_progress)
+    model = default_model() if args.model == BUNDLED_NAME else args.model
+    result = export_model(model, compression, cache_dir=args.cache_dir, progress=stderr_progress)
     print(result.path)
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from .demo import BUNDLED_NAME, bundled_model
 from .errors import MvlmError
 from .export.compress import Compression
 from .model.checkpoint import PRESETS, Progress, no_progress, resolve_source
@@ -46,6 +47,8 @@ def load_engine(model=None, compression: str | Compression = "int4", device: str
     if model is None:
         raise MvlmError("no model given; name a checkpoint folder, a Hugging Face id or a preset "
                         "(e.g. mobilevlm-v2-1.7b).")
+    if str(model) == BUNDLED_NAME:
+        model = bundled_model()
     if isinstance(compression, str):
         compression = Compression.parse(compression, group_size, ratio)
     device = check_device(device)  # before a long export, not after
@@ -61,5 +64,5 @@ def load_engine(model=None, compression: str | Compression = "int4", device: str
 
 
 def preset_names() -> list[str]:
-    """The short model names `load_engine` understands (mobilevlm-v2-1.7b, ...), for pickers."""
-    return list(PRESETS)
+    """The short model names `load_engine` understands (nano, mobilevlm-v2-1.7b, ...), for pickers."""
+    return [BUNDLED_NAME, *PRESETS]

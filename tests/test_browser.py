@@ -436,3 +436,47 @@ def test_a_saved_answer_survives_a_reload_and_reads_well_in_both_themes(lab, pag
     alt = page.evaluate(f"() => [...{CELL}[2].querySelectorAll('.jp-Cell-outputArea img')].map(i => i.alt)")
     save_screenshot(page, "browser-reloaded.png")
     print(f"after the reload the answer shows, with thumbnails {alt}")
+
+
+SEE_INSIDE = ROOT / "examples" / "see_inside.ipynb"
+SEE_INSIDE_DONE = f"""() => {{ const cells = {CELL};
+    return cells.length >= 10 && [...cells].some(c => c.textContent.includes('score:'))
+        && [...cells].some(c => c.querySelector('.jp-RenderedMarkdown table')
+                               && c.textContent.includes('agrees')); }}"""
+
+
+def test_see_inside_shows_its_four_views_in_the_browser(lab, page):
+    """examples/see_inside.ipynb in JupyterLab: the model's view with its attention switches when a token of the
+    answer is clicked; tinted tokens; the many-pictures table; the formats table."""
+    body = json.dumps({"type": "notebook", "format": "json", "content": json.loads(SEE_INSIDE.read_text())})
+    request = urllib.request.Request(f"{lab}/api/contents/{SEE_INSIDE.name}", method="PUT", data=body.encode(),
+                                      headers={"Authorization": f"token {TOKEN}", "Content-Type": "application/json"})
+    urllib.request.urlopen(request, timeout=10).read()
+    page.goto(f"{lab}/lab/tree/{SEE_INSIDE.name}?token={TOKEN}&reset")
+    page.wait_for_function(NOTEBOOK_READY, timeout=120_000, polling=250)
+    page.evaluate("() => window.jupyterapp.shell.collapseLeft()")
+    page.evaluate("() => window.jupyterapp.commands.execute('notebook:run-all-cells')")
+    try:
+        page.wait_for_function(SEE_INSIDE_DONE, timeout=300_000, polling=500)
+    except BaseException:
+        save_screenshot(page, "browser-see-inside-failed.png")
+        print(notebook_text(page)[-3000:])
+        raise
+    cell = page.locator(".jp-CodeCell", has_text="model_view(engine")
+    cell.scroll_into_view_if_needed()
+    looked = cell.locator("img[alt*='lit where the answer looked']")
+    wait_until(lambda: looked.count() == 1, 60, "the model view with where the answer looked", page)
+    before = looked.get_attribute("src")
+    cell.locator("select").nth(1).select_option(label="all heads")  # from head 0 of the last layer to all its heads
+    wait_until(lambda: looked.get_attribute("src") != before, 30, "the map of all heads", page)
+    assert cell.locator("button", has_text="red").count() == 1  # the answer's token, to click for its own map
+    assert cell.locator("img[alt='the original picture']").count() == 1
+    save_screenshot(page, "browser-see-inside-attention.png")
+    tokens = page.locator(".jp-CodeCell", has_text="--show-tokens").locator(".jp-RenderedMarkdown span[title]")
+    assert tokens.count() >= 5 and tokens.first.get_attribute("title").startswith("p ")
+    table = page.locator(".jp-CodeCell", has_text="%%mvlm_ask stars").locator(".jp-RenderedMarkdown table")
+    assert table.locator("tbody tr").count() == 6 and table.locator("img").count() == 6
+    compared = page.locator(".jp-CodeCell", has_text="%mvlm_compare").locator(".jp-RenderedMarkdown table")
+    assert compared.locator("tbody tr").count() == 2 and "same answer" in compared.inner_text()
+    compared.scroll_into_view_if_needed()
+    save_screenshot(page, "browser-see-inside-tables.png")

@@ -17,6 +17,7 @@ from ..errors import MvlmError
 from ..store import default_cache_dir
 
 BUNDLED_DIR = Path(__file__).parent.parent / "data" / "nano"
+BUNDLED_NAME = "nano"  # what %mvlm_load, load_engine and mvlm take for it
 
 
 def bundled_model() -> Path:
