@@ -110,8 +110,9 @@ class Engine:
             self.prefixes.clear()
 
     def ask(self, image, question: str, config: GenerationConfig | None = None, **options) -> Answer:
-        """One question, one blocking answer (a new chat each time)."""
-        return self.new_chat(image).ask(question, config, **options).result()
+        """One question, one blocking answer (a new chat each time, its picture encoded now: nothing to prepare
+        ahead, and no thread left behind when a script ends)."""
+        return self.new_chat(image, prepare=False).ask(question, config, **options).result()
 
     # --- preparing pictures ------------------------------------------------------------------------
 
@@ -145,8 +146,10 @@ class Engine:
     def use_prefix(self, owner, ids: list[int], picture: str | None) -> None:
         """Before a chat feeds `ids`: restore its picture's prepared prefix where that saves more positions than
         the cache holds for it (caller holds self.lock)."""
+        if self.kv.owner is owner or picture not in self.prefixes:  # each next token: the cache is the chat's
+            return
         snapshot = self.prefixes.get(picture)
-        if (snapshot is not None and ids[: len(snapshot.ids)] == snapshot.ids
+        if (ids[: len(snapshot.ids)] == snapshot.ids
                 and self.kv.reusable(owner, ids, picture) < len(snapshot.ids)):
             self.kv.restore(snapshot)
 
