@@ -98,7 +98,7 @@ def run_ask(args) -> None:
     engine = load_engine(args.model or default_model(), args.compression, args.device, args.precision,
                          group_size=args.group_size, ratio=args.ratio, cache_dir=args.cache_dir,
                          progress=stderr_progress if args.stats else lambda *a: None)
-    stream = engine.new_chat(image).ask(args.question, config)
+    stream = engine.new_chat(image, prepare=False).ask(args.question, config)  # one question: nothing to prepare
     for chunk in stream:
         print(chunk, end="", flush=True)
     print()

@@ -23,7 +23,11 @@ def test_benchmark_smoke_run(tmp_path):
     for row in report["medians"].values():
         assert row["decode_tps"] > 0 and row["ttft_ms"] > 0 and row["peak_rss_mb"] > 0
     assert report["exports"]["int8"]["seconds"] > 0 and not report["exports"]["int8"]["cached"]
+    for name in ("ours int8", "ours int4-sym-g32-r1"):  # the first token once the picture was prepared, and after
+        assert report["medians"][name]["warm_ttft_ms"] > 0 and report["medians"][name]["follow_up_ttft_ms"] > 0
+        assert report["medians"][name]["warm_prefill_tokens"] < 144  # the question, not the picture
     assert "| ours int8 |" in (out / "benchmarks.md").read_text()
+    assert "warm first token ms" in (out / "benchmarks.md").read_text()
     assert (out / "benchmarks.png").stat().st_size > 1000
 
 

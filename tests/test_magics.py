@@ -106,7 +106,7 @@ def test_load_ext_is_light_idempotent_and_unloads_cleanly(tmp_path):
 def test_config_lists_the_settings_and_they_apply(ip, magics, capsys):
     out, _ = run(ip, capsys, "%config MvlmMagics")
     for trait in ("cache_dir", "default_model", "device", "compression", "max_new_tokens", "temperature", "top_p",
-                  "update_rate", "blocking"):
+                  "update_rate", "blocking", "prepare_pictures"):
         assert f"MvlmMagics.{trait}" in out
     ip.run_line_magic("config", "MvlmMagics.max_new_tokens = 5")
     try:
@@ -259,6 +259,30 @@ def test_ask_about_the_last_displayed_image(ip, magics, capsys):
     assert answer.text in out and "tokens/s" in out and "max tokens reached" in out
     run(ip, capsys, "other")  # a cell's value is displayed too
     assert magics.last_image.image is ip.user_ns["other"]
+
+
+def test_a_displayed_picture_is_prepared_before_its_question(ip, magics, capsys):
+    engine = magics.engine
+    engine.forget_pictures()
+    ip.user_ns["shown"] = shapes_picture(seed=40)
+    run(ip, capsys, "shown")  # the cell's value is displayed: its picture is made ready in the background
+    preparation = engine.preparing
+    assert preparation.image is ip.user_ns["shown"] and preparation.wait(60) and preparation.prefix
+    out, err = run(ip, capsys, "%%mvlm_ask --max-new-tokens 4\nWhat is this?")
+    timings = ip.user_ns[ANSWER_VARIABLE].timings
+    assert not err and timings.picture_ready and timings.image_encode_ms == 0 and "picture prepared" in out
+    assert timings.prefill_tokens < 144  # the question, not the picture
+
+    ip.run_line_magic("config", "MvlmMagics.prepare_pictures = False")
+    try:
+        ip.user_ns["unprepared"] = shapes_picture(seed=41)
+        latest = engine.preparing
+        run(ip, capsys, "unprepared")
+        assert engine.preparing is latest  # nothing started
+        run(ip, capsys, "%%mvlm_ask --max-new-tokens 4\nWhat is this?")
+        assert not ip.user_ns[ANSWER_VARIABLE].timings.picture_ready
+    finally:
+        ip.run_line_magic("config", "MvlmMagics.prepare_pictures = True")
 
 
 @pytest.mark.parametrize("kind", ["pil", "array", "grey_array", "path", "bytes", "file"])

@@ -137,9 +137,9 @@ def test_follow_up_reuses_the_kv_cache(eng, picture):
 
 
 def test_a_new_image_starts_a_new_conversation(eng):
-    first_chat = eng.new_chat(shapes_picture(seed=10))
+    first_chat = eng.new_chat(shapes_picture(seed=10), prepare=False)
     first_chat.ask("What is this?", max_new_tokens=4).result()
-    other = eng.new_chat(shapes_picture(seed=11))
+    other = eng.new_chat(shapes_picture(seed=11), prepare=False)
     answer = other.ask("What is this?", max_new_tokens=4).result()
     # only the system prompt before the picture is reused from the first chat's state
     system = text_before_image(other.prompt_ids("What is this?"))
@@ -151,21 +151,21 @@ def test_a_new_image_starts_a_new_conversation(eng):
 
 def test_a_reused_system_prompt_gives_the_same_answer(eng):
     eng.kv.reset()
-    alone = eng.new_chat(shapes_picture(seed=12)).ask("What is this?", max_new_tokens=12).result()
+    alone = eng.new_chat(shapes_picture(seed=12), prepare=False).ask("What is this?", max_new_tokens=12).result()
     eng.new_chat(shapes_picture(seed=13)).ask("Describe the image.", max_new_tokens=6).result()
-    after = eng.new_chat(shapes_picture(seed=12)).ask("What is this?", max_new_tokens=12).result()
+    after = eng.new_chat(shapes_picture(seed=12), prepare=False).ask("What is this?", max_new_tokens=12).result()
     assert after.timings.prefill_tokens < alone.timings.prefill_tokens == alone.timings.prompt_tokens
     assert after.token_ids == alone.token_ids
 
 
 def test_a_loaded_engine_has_the_system_prompt_computed_already(exported):
     fresh = Engine(exported("v2", "fp32"), precision="f32")
-    chat = fresh.new_chat(shapes_picture(seed=14))
+    chat = fresh.new_chat(shapes_picture(seed=14), prepare=False)
     first = chat.ask("What is this?", max_new_tokens=12).result()
     system = text_before_image(chat.prompt_ids("What is this?"))
     assert system > 3 and first.timings.prefill_tokens == first.timings.prompt_tokens - system
     fresh.kv.reset()  # cold: the whole prompt in one go gives the same answer
-    cold = fresh.new_chat(shapes_picture(seed=14)).ask("What is this?", max_new_tokens=12).result()
+    cold = fresh.new_chat(shapes_picture(seed=14), prepare=False).ask("What is this?", max_new_tokens=12).result()
     assert cold.timings.prefill_tokens == cold.timings.prompt_tokens and cold.token_ids == first.token_ids
 
 
@@ -345,7 +345,8 @@ def test_two_hundred_questions_keep_memory_flat_and_answers_exact(eng):
             peak = max(peak, resident_mb())
         peaks.append(peak)
         eng.kv.reset()
-        fresh = eng.new_chat(chat.image)
+        eng.prefixes.clear()  # no prepared prefix either (the features may stay)
+        fresh = eng.new_chat(chat.image, prepare=False)
         fresh.history = list(chat.history[:-1])
         again = fresh.ask(LONG_USE_QUESTIONS[-1], max_new_tokens=8, ignore_eos=True).result()
         assert again.timings.prefill_tokens == again.timings.prompt_tokens  # really from an empty cache

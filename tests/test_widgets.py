@@ -308,6 +308,7 @@ def test_ask_panel_asks_follows_up_and_clears(tiny, picture):
 
     panel.variable.value = "img"
     assert panel.image is picture and panel.preview.value
+    assert tiny.preparing.image is picture  # picked: made ready in the background before the question
     panel.ask_button.click()
     assert "question is empty" in panel.error_message
 

@@ -58,7 +58,7 @@ def demo(cache_dir=None, out=sys.stdout, question: str = DEMO_QUESTION) -> str:
     print(f"model: {note}\npicture: shapes #{DEMO_SEED} "
           f"({describe_scene(DEMO_SEED)})\nquestion: {question}\nanswer: ", end="", file=out, flush=True)
     engine = load_engine(model, "int8", cache_dir=cache_dir)
-    stream = engine.new_chat(demo_picture()).ask(question, max_new_tokens=24)
+    stream = engine.new_chat(demo_picture(), prepare=False).ask(question, max_new_tokens=24)
     for chunk in stream:
         print(chunk, end="", file=out, flush=True)
     answer = stream.result()

@@ -45,8 +45,15 @@ def session_for(magics, image, new: bool = False):
     """The same picture continues the conversation; another picture (or --new) starts one."""
     key = image_key(image)
     if new or magics.session is None or key != magics.session_key:
-        magics.session, magics.session_key = magics.engine.new_chat(image), key
+        magics.session, magics.session_key = magics.engine.new_chat(image, prepare=magics.prepare_pictures), key
     return magics.session
+
+
+def prepare_picture(magics, image) -> None:
+    """A picture was displayed: have it encoded and its prompt prefix fed in the background, so a question
+    about it answers sooner (Engine.prepare returns at once and keeps its own errors for the question)."""
+    if magics.prepare_pictures and magics.engine is not None and hasattr(magics.engine, "prepare"):
+        magics.engine.prepare(image)
 
 
 def generation_options(magics, args) -> dict:

@@ -24,7 +24,7 @@ import time
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_cell_magic, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
-from traitlets import Enum, Float, Int, TraitError, Unicode, validate
+from traitlets import Bool, Enum, Float, Int, TraitError, Unicode, validate
 
 from ..errors import MvlmError
 from . import ask, compare, load
@@ -53,6 +53,8 @@ class MvlmMagics(Magics):
                     help="Generate in the cell's own thread: 'auto' does so where no widget front end listens "
                          "(nbclient, terminal), True always (the kernel's interrupt stops it), False never."
                     ).tag(config=True)
+    prepare_pictures = Bool(True, help="Encode each picture displayed (and feed the prompt up to the question) in "
+                                       "the background, so a question about it answers sooner.").tag(config=True)
 
     @validate("compression")
     def _check_compression(self, proposal):
@@ -73,7 +75,7 @@ class MvlmMagics(Magics):
         self.answers = []  # answer views not finished when the latest began (one streams, others wait their turn)
         self.panel = None  # the latest load panel
         self.turn = threading.Lock()  # one answer at a time; a second one waits visibly
-        self.last_image = LastImage()
+        self.last_image = LastImage(on_show=lambda image: ask.prepare_picture(self, image))
         if shell is not None:
             self.last_image.install(shell)
             shell.input_transformers_cleanup.append(reach_our_help)

@@ -95,7 +95,7 @@ def ask_many(engine, pictures: Sequence[tuple[str, object]], questions: Sequence
         for question in questions:
             result = BatchResult(name, picture, question.strip(), error=problem)
             if embeds is not None and not stop.is_set():
-                chat = engine.new_chat(picture)
+                chat = engine.new_chat(picture, prepare=False)  # the encoder thread prepares the pictures here
                 chat.image_embeds = embeds  # encoded ahead: the chat skips its own encode
                 result.answer = chat.ask(question, config, stop_event=stop).result()
             elif not problem:

@@ -25,6 +25,7 @@ import numpy as np
 
 from ..errors import START_OVER, MvlmError
 from .confidence import TokenChoice, choice
+from .picture_cache import Preparation
 from .sampling import GenerationConfig, Sampler
 from .text_stream import TextStream
 from .tokenizer import conversation_ids
@@ -43,6 +44,7 @@ class Timings:
     prefill_tokens: int = 0  # of those, how many this turn had to feed (the rest were cached)
     new_tokens: int = 0
     picture_seen: bool = False  # the picture was encoded before this question (an earlier turn, or prepared)
+    picture_ready: bool = False  # prepared before the question was asked (Engine.prepare): image_encode_ms is 0
 
     @property
     def decode_tokens_per_s(self) -> float:
@@ -55,6 +57,8 @@ class Timings:
         parts = []
         if self.image_encode_ms:
             parts.append(f"picture {self.image_encode_ms:.0f} ms")
+        elif self.picture_ready:
+            parts.append("picture prepared")
         elif self.picture_seen:
             parts.append("picture already seen")
         if self.new_tokens:
@@ -81,11 +85,18 @@ class Answer:
 class ChatSession:
     """A conversation about one image. Each `ask` continues it."""
 
-    def __init__(self, engine: Engine, image=None):
+    def __init__(self, engine: Engine, image=None, preparation: Preparation | None = None):
         self.engine = engine
         self.image = image
         self.history: list[tuple[str, str]] = []
         self.image_embeds: np.ndarray | None = None  # (1, 144, C), computed at the first question
+        # the picture made ready in the background (Engine.prepare), or at the first question
+        self.preparation = preparation or (Preparation(image) if image is not None else None)
+
+    @property
+    def picture(self) -> str | None:
+        """The key of the picture's pixels, once known (kv_state.py shares a cache about the same picture)."""
+        return self.preparation.key if self.preparation is not None else None
 
     def ask(self, question: str, config: GenerationConfig | None = None, stop_event: threading.Event | None = None,
             **options) -> AnswerStream:
@@ -132,6 +143,15 @@ class AnswerStream:
         return self._answer
 
     def _generate(self) -> Iterator[str]:
+        """The answer, counted among the engine's streams while it is generated (a preparation waits)."""
+        engine = self.session.engine
+        engine.stream_started(self.session.preparation)
+        try:
+            yield from self._steps()
+        finally:
+            engine.stream_ended()
+
+    def _steps(self) -> Iterator[str]:
         """prompt -> forward -> logits -> sample -> append, until a stop rule; yields text as it becomes final."""
         session, engine, config = self.session, self.session.engine, self.config
         timings, started = Timings(), time.perf_counter()
@@ -177,12 +197,15 @@ class AnswerStream:
         self._answer = Answer(self.question, final, text.ids, finish, timings, choices[: len(text.ids)])
 
     def _prompt(self, timings: Timings, started: float) -> list[int]:
-        """The prompt's ids; encodes the chat's picture the first time."""
+        """The prompt's ids; the chat's picture the first time: prepared, pending (waited for) or encoded now."""
         session, engine = self.session, self.session.engine
         if session.image is not None and session.image_embeds is None:
-            with engine.lock:
-                session.image_embeds = engine.encode_image(session.image)
-            timings.image_encode_ms = (time.perf_counter() - started) * 1000
+            preparation = session.preparation
+            ready = preparation.settled.is_set() and preparation.features is not None
+            session.image_embeds = engine.picture_features(preparation)
+            timings.picture_ready = ready or preparation.was_cached
+            if not timings.picture_ready:
+                timings.image_encode_ms = (time.perf_counter() - started) * 1000
         else:
             timings.picture_seen = session.image is not None
         ids = session.prompt_ids(self.question)
@@ -196,17 +219,21 @@ class AnswerStream:
         """Feed the prompt positions the cache lacks. The previous answer may re-tokenize differently from how
         it was generated: from there on, it is recomputed (kv_state.py)."""
         kv, started = self.session.engine.kv, time.perf_counter()
-        with self.session.engine.lock:
-            timings.prefill_tokens = kv.positions(ids) - kv.positions(ids[: kv.reusable(self.session, ids)])
-            logits = kv.extend(self.session, ids, self.session.embed)
+        session = self.session
+        with session.engine.lock:
+            session.engine.use_prefix(session, ids, session.picture)
+            timings.prefill_tokens = kv.positions(ids) - kv.positions(ids[: kv.reusable(session, ids, session.picture)])
+            logits = kv.extend(session, ids, session.embed, session.picture)
             timings.prompt_tokens = kv.length
         timings.prefill_ms = (time.perf_counter() - started) * 1000
         return logits
 
     def _forward(self, ids: list[int]) -> np.ndarray:
         """Logits after `ids`: one new position, or more where another chat used the cache in between."""
-        with self.session.engine.lock:
-            return self.session.engine.kv.extend(self.session, ids, self.session.embed)
+        session = self.session
+        with session.engine.lock:
+            session.engine.use_prefix(session, ids, session.picture)
+            return session.engine.kv.extend(session, ids, session.embed, session.picture)
 
 
 def check_question(question) -> None:

@@ -3,10 +3,12 @@
     engine = Engine(export_folder, device="CPU")
     answer = engine.ask(image, "What colour is the circle?")      # one question, one answer
     chat = engine.new_chat(image)                                 # a conversation (chat.py)
+    engine.prepare(image)                                         # ready that picture in the background
 
 The engine compiles the vision, text-embeddings and language IRs (or their copies with our operations,
 mvlm_magic/ops), embeds pictures and ids, and holds the language model's one KV cache (kv_state.py); a lock
-makes each model call whole.
+makes each model call whole. `prepare` encodes a picture and feeds `system + picture` before the question is
+asked (picture_cache.py), in a thread of its own that touches the cache only while no answer streams.
 """
 
 from __future__ import annotations
@@ -22,11 +24,18 @@ from ..ops import select
 from ..store import verify_export
 from .chat import Answer, ChatSession
 from .device import check_device, compile_model
-from .kv_state import KVState, text_before_image
+from .kv_state import KVState, common_prefix, text_before_image
 from .memory import shedding
+from .picture_cache import PictureCache, PrefixSnapshots, Preparation, picture_key
 from .preprocess import CLIP_MEAN, CLIP_STD, load_image, preprocess_image
 from .sampling import GenerationConfig
 from .tokenizer import IMAGE_TOKEN_INDEX, Tokenizer, conversation_ids
+
+# While a prefix is prepared, the chat in the cache is copied aside and put back (OpenVINO's cache only) when its
+# copy is at most this big (a long 1.7B conversation in f32 is ~0.4 MB a position); a bigger one is displaced
+# and, if continued, re-fed from its history.
+SAVED_BYTES = 256 << 20
+WAIT_STEP = 0.5  # s: how often a preparation waiting for an answer to end checks whether it was cancelled
 
 
 class Engine:
@@ -57,10 +66,16 @@ class Engine:
         # Our operations read their weights straight from the mapped file: those pages are in use, not copies.
         with shedding([] if self.vision_ops else [folder / "vision.bin"]):
             self.vision = compile_model(vision_xml, self.device, precision, threads, ov_config)
+        self.pictures = PictureCache(self.vision)  # image features of the last pictures, with their own request
         self.text_embeddings = compile_model(folder / "text_embeddings.xml", self.device, precision, threads, ov_config)
         language = compile_model(language_xml, self.device, precision, threads, ov_config)
         self.kv = KVState(language.create_infer_request(), self.num_image_tokens)
         self.lock = threading.RLock()  # one model call at a time: the models' requests and the cache are shared
+        self.prefixes = PrefixSnapshots()  # system + picture in the cache, for the last prepared pictures
+        self.prefix_ids = picture_prefix(self.tokenizer)
+        self.streams = 0  # answers being generated: a preparation waits for none before it touches the cache
+        self._idle = threading.Condition(self.lock)
+        self.preparing: Preparation | None = None  # the latest; a newer one cancels it
         with shedding([] if self.ops else [folder / "language.bin"]):
             self.prime()
         self.compile_seconds = time.perf_counter() - started
@@ -72,18 +87,125 @@ class Engine:
         with_ours = f" with our {' and '.join(ours)} operations" if ours else ""
         return f"{self.manifest['model_id']} [{self.manifest['compression']['label']}] on {self.device}{with_ours}"
 
-    def new_chat(self, image=None) -> ChatSession:
-        return ChatSession(self, image)
+    def new_chat(self, image=None, prepare: bool = True) -> ChatSession:
+        """A conversation about `image`; the picture is made ready in the background meanwhile (`prepare`)."""
+        preparation = self.prepare(image) if image is not None and prepare else None
+        return ChatSession(self, image, preparation)
+
+    def prepare(self, image) -> Preparation:
+        """Encode `image` and feed `system + picture` into the cache in a background thread, so that its first
+        question feeds only the question. Returns at once; a newer preparation or another chat's question
+        cancels what this one has not done yet; an answer being generated is never disturbed."""
+        preparation = Preparation(image)
+        previous, self.preparing = self.preparing, preparation
+        if previous is not None:
+            previous.cancelled = True
+        threading.Thread(target=self._prepare, args=(preparation,), name="mvlm-prepare", daemon=True).start()
+        return preparation
+
+    def forget_pictures(self) -> None:
+        """Drop every prepared picture (features and prefixes): the next question about one starts cold."""
+        self.pictures.clear()
+        with self.lock:
+            self.prefixes.clear()
 
     def ask(self, image, question: str, config: GenerationConfig | None = None, **options) -> Answer:
-        """One question, one blocking answer (a new chat each time)."""
-        return self.new_chat(image).ask(question, config, **options).result()
+        """One question, one blocking answer (a new chat each time, its picture encoded now: nothing to prepare
+        ahead, and no thread left behind when a script ends)."""
+        return self.new_chat(image, prepare=False).ask(question, config, **options).result()
+
+    # --- preparing pictures ------------------------------------------------------------------------
+
+    def settle(self, preparation: Preparation) -> None:
+        """A preparation's pixels, key and (unless cancelled first) features, made once: by its thread, or by
+        its question if that comes first. A picture that cannot be read keeps its error for the question."""
+        with preparation.settling:
+            if preparation.settled.is_set():
+                return
+            try:
+                preparation.pixels = preprocess_image(load_image(preparation.image), self.image_size,
+                                                      self.image_mean, self.image_std)
+                preparation.key = picture_key(preparation.pixels)
+                preparation.was_cached = self.pictures.ready(preparation.key)
+                if not preparation.cancelled:
+                    preparation.features = self.pictures.features(preparation.key, preparation.pixels)
+            except Exception as error:
+                preparation.error = error
+            finally:
+                preparation.settled.set()
+
+    def picture_features(self, preparation: Preparation) -> np.ndarray:
+        """(1, 144, C) for a chat's picture: prepared, pending (waited for), or encoded now."""
+        self.settle(preparation)
+        if preparation.error is not None:
+            raise preparation.error
+        if preparation.features is None:  # cancelled before it was encoded
+            preparation.features = self.pictures.features(preparation.key, preparation.pixels)
+        return preparation.features
+
+    def use_prefix(self, owner, ids: list[int], picture: str | None) -> None:
+        """Before a chat feeds `ids`: restore its picture's prepared prefix where that saves more positions than
+        the cache holds for it (caller holds self.lock)."""
+        if self.kv.owner is owner or picture not in self.prefixes:  # each next token: the cache is the chat's
+            return
+        snapshot = self.prefixes.get(picture)
+        if (ids[: len(snapshot.ids)] == snapshot.ids
+                and self.kv.reusable(owner, ids, picture) < len(snapshot.ids)):
+            self.kv.restore(snapshot)
+
+    def stream_started(self, preparation: Preparation | None) -> None:
+        """An answer begins: a preparation of another picture that has not fed its prefix yet is cancelled."""
+        with self.lock:
+            self.streams += 1
+            latest = self.preparing
+            if latest is not None and latest is not preparation and (
+                    preparation is None or latest.key is None or latest.key != preparation.key):
+                latest.cancelled = True
+
+    def stream_ended(self) -> None:
+        with self._idle:
+            self.streams -= 1
+            self._idle.notify_all()
+
+    def _prepare(self, preparation: Preparation) -> None:
+        try:
+            self.settle(preparation)
+            if preparation.error is None and preparation.features is not None:
+                self._prepare_prefix(preparation)
+        except Exception as error:  # a model call that failed: the question will meet it again and say so
+            preparation.failure = error
+        finally:
+            preparation.pixels = None
+            preparation.done.set()
+
+    def _prepare_prefix(self, preparation: Preparation) -> None:
+        """Feed `system + picture` once no answer streams: kept as a copy where the cache can be copied (the
+        chat in the cache is put back), else left in the cache (our operations: only the latest prefix)."""
+        kv, key, prefix = self.kv, preparation.key, self.prefix_ids
+        with self._idle:
+            while self.streams and not preparation.cancelled:
+                self._idle.wait(WAIT_STEP)
+            if preparation.cancelled:
+                return
+            if kv.holds(prefix, key):  # a chat about this picture fed it already
+                if kv.copyable and key not in self.prefixes:
+                    self.prefixes.put(key, kv.snapshot(prefix))
+            elif key not in self.prefixes:
+                saved = None
+                if kv.copyable and kv.length * kv.bytes_per_position() <= SAVED_BYTES:
+                    saved = kv.snapshot()
+                kv.extend(None, prefix, lambda new: self.embed(new, preparation.features), key)
+                if kv.copyable:
+                    self.prefixes.put(key, kv.snapshot())
+                    if saved is not None:
+                        kv.restore(saved)
+            preparation.prefix = True
 
     # --- model calls (callers hold self.lock) ----------------------------------------------------
 
     def encode_image(self, image) -> np.ndarray:
         pixel_values = preprocess_image(load_image(image), self.image_size, self.image_mean, self.image_std)
-        return self.vision(pixel_values)[0]  # (1, 144, C)
+        return self.pictures.features(picture_key(pixel_values), pixel_values)  # (1, 144, C)
 
     def embed(self, ids: list[int], image_embeds: np.ndarray | None) -> np.ndarray:
         """Token ids (IMAGE_TOKEN_INDEX where the image goes) -> (1, L, C)."""
@@ -123,3 +245,10 @@ class Engine:
             logits = self.kv.extend(None, ids, lambda new: self.embed(new, image_embeds)).copy()
             self.kv.reset()
         return logits
+
+
+def picture_prefix(tokenizer: Tokenizer) -> list[int]:
+    """The ids every picture chat's first prompt begins with, up to its question: `system · USER: <image>`
+    and whatever of the text after the picture does not depend on the question."""
+    one, other = (conversation_ids(tokenizer, [(q, None)], with_image=True) for q in ("What is it?", "Describe."))
+    return one[: common_prefix(one, other)]

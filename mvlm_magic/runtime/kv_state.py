@@ -8,18 +8,37 @@ cache, for both back ends.
 
 Reuse rules (`reusable`): a chat continues from every position of its own that matches its new prompt; another
 chat's cache is shared up to its picture (the text before it, BOS + system prompt + "USER:", is the same for
-every chat), never from the picture onwards (same ids, other image features).
+every chat), and past it only where the cached picture is the same picture (`picture`, a key of its pixels:
+same ids and same image features give the same keys and values), as after `Engine.prepare`.
+
+Snapshots (`snapshot`, `restore`) copy OpenVINO's variables, so the prefix of a prepared picture can be kept
+aside while a chat uses the cache; our KVAttention keeps its cache inside the operation, where no copy can be
+taken (`copyable` is False).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 
 from .tokenizer import IMAGE_TOKEN_INDEX
 
 BEAM_IDX = np.zeros(1, dtype=np.int32)  # one sequence: its cache rows stay where they are
+
+
+@dataclass
+class Snapshot:
+    """A copy of the cache: its ids, picture, owner, and each variable's keys or values (B, KV, P, D)."""
+    ids: list[int]
+    picture: str | None
+    owner: object
+    states: dict[str, np.ndarray]
+
+    @property
+    def nbytes(self) -> int:
+        return sum(array.nbytes for array in self.states.values())
 
 
 class KVState:
@@ -32,6 +51,8 @@ class KVState:
         self.beam_inputs = {"beam_idx": BEAM_IDX} if "beam_idx" in inputs else {}  # exports before format 2 lack it
         self.owner = None  # the chat whose ids are cached (None: nobody's; the text before a picture is shared)
         self.ids: list[int] = []  # the cached ids; IMAGE_TOKEN_INDEX stands for a picture's positions
+        self.picture: str | None = None  # the key of the picture whose features those positions hold
+        self.copyable = bool(request.query_state())  # OpenVINO's variables; KVAttention's cache has none
 
     @property
     def length(self) -> int:
@@ -44,35 +65,71 @@ class KVState:
 
     def reset(self) -> None:
         self.request.reset_state()
-        self.owner, self.ids = None, []
+        self.owner, self.ids, self.picture = None, [], None
 
     def release(self, owner) -> None:
         """`owner` will not continue: its cache may still be shared up to its picture."""
         if self.owner is owner:
             self.owner = None
 
-    def reusable(self, owner, ids: list[int]) -> int:
-        """How many leading `ids` are cached for `owner` (at most all but one: a call needs a position to run)."""
-        shareable = self.ids if owner is not None and owner is self.owner else self.ids[: text_before_image(self.ids)]
+    def reusable(self, owner, ids: list[int], picture: str | None = None) -> int:
+        """How many leading `ids` are cached for `owner`, whose picture is `picture` (at most all but one: a call
+        needs a position to run)."""
+        if (owner is not None and owner is self.owner) or (picture is not None and picture == self.picture):
+            shareable = self.ids
+        else:
+            shareable = self.ids[: text_before_image(self.ids)]
         if ids[: len(shareable)] == shareable:
             cached = len(shareable)  # the usual case, a next token: no walk over the ids
         else:
             cached = common_prefix(shareable, ids)
         return min(cached, len(ids) - 1)
 
-    def extend(self, owner, ids: list[int], embed: Callable[[list[int]], np.ndarray]) -> np.ndarray:
-        """Make the cache hold `ids` for `owner`, feeding only the positions it lacks (`embed` turns ids into
-        inputs_embeds (1, T, C)); returns the logits of the last position (V,)."""
-        cached = self.reusable(owner, ids)
+    def holds(self, ids: list[int], picture: str | None) -> bool:
+        """Are all of `ids` (about `picture`) cached, for whoever asks?"""
+        return self.reusable(None, ids + [0], picture) == len(ids)
+
+    def extend(self, owner, ids: list[int], embed: Callable[[list[int]], np.ndarray],
+               picture: str | None = None) -> np.ndarray:
+        """Make the cache hold `ids` for `owner` about `picture`, feeding only the positions it lacks (`embed`
+        turns ids into inputs_embeds (1, T, C)); returns the logits of the last position (V,)."""
+        cached = self.reusable(owner, ids, picture)
         held, kept = self.length, self.positions(ids[:cached])
-        self.ids = []  # while the cache changes it matches no ids: an interrupt now means a reset next time
+        self.ids, self.picture = [], None  # while the cache changes it matches no ids: an interrupt -> a reset
         if cached == 0:
             self.request.reset_state()
         elif kept < held:
             self._truncate(kept)
         logits = self._run(embed(ids[cached:]), kept)
         self.owner, self.ids = owner, list(ids)
+        self.picture = picture if IMAGE_TOKEN_INDEX in ids else None
         return logits
+
+    def snapshot(self, ids: list[int] | None = None) -> Snapshot:
+        """A copy of the cache, or of its first `ids` (a prefix of the cached ids). Only where `copyable`."""
+        owner = self.owner if ids is None else None  # a prefix is nobody's
+        ids = self.ids if ids is None else ids
+        positions = self.positions(ids)
+        states = {state.name: np.array(state.state.data[:, :, :positions, :]) for state in self.request.query_state()}
+        return Snapshot(list(ids), self.picture if IMAGE_TOKEN_INDEX in ids else None, owner, states)
+
+    def restore(self, snapshot: Snapshot) -> None:
+        """Make the cache what it was when `snapshot` was taken."""
+        import openvino as ov
+
+        if not snapshot.ids:
+            self.reset()
+            return
+        self.ids = []
+        for state in self.request.query_state():
+            state.state = ov.Tensor(np.ascontiguousarray(snapshot.states[state.name]))
+        self.owner, self.ids, self.picture = snapshot.owner, list(snapshot.ids), snapshot.picture
+
+    def bytes_per_position(self) -> int:
+        """What one cached position costs in a snapshot (0 where nothing is cached)."""
+        if not self.length:
+            return 0
+        return sum(state.state.data.nbytes for state in self.request.query_state()) // self.length
 
     def _truncate(self, positions: int) -> None:
         """Forget the keys/values after the first `positions` positions. OpenVINO's variables are cut; our

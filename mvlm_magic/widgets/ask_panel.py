@@ -98,6 +98,9 @@ class AskPanel(w.VBox):
         self.preview.value = png or b""
         self.preview.layout.display = None if png else "none"
         self.picture_note.value = escape(label)
+        prepare = getattr(self.engine, "prepare", None)  # optional (protocol.py): ready it before the question
+        if prepare is not None:
+            prepare(image)
         if self.history.children:
             self.history.children += (w.HTML("<hr><i>new picture: a new conversation</i>"),)
         self._show_error("")

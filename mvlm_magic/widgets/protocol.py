@@ -5,6 +5,7 @@ by another backend, or by a fake in a test:
 
     engine.name                                  -> str, shown in the panels
     engine.new_chat(image)                       -> ChatSession about one picture
+    engine.prepare(image)                        -> optional: make the picture ready in the background
     session.ask(question, **options)             -> AnswerStream (options: max_new_tokens, temperature, ...)
     session.history                              -> [(question, answer_text), ...]
     session.reset()                              -> forget the conversation
