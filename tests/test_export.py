@@ -315,3 +315,18 @@ def test_mvlm_export_out_writes_a_folder_a_runtime_only_install_answers_from(che
         out.chmod(0o755)
     assert run.returncode == 0, run.stderr[-2000:]
     assert "tokens: 4 cached: True" in run.stdout, run.stdout
+
+
+def test_compression_reports_each_weight_as_it_goes(checkpoint, capsys):
+    """The language model's compression takes minutes on a real checkpoint: it reports as it goes, on stdout too."""
+    from mvlm_magic.export.compress import compress
+    from mvlm_magic.export.convert import convert_language_model, sixteen_bit
+    from mvlm_magic.model.mobilevlm import MobileVLM
+
+    vlm = MobileVLM.mapped(checkpoint("v2"))
+    with sixteen_bit(vlm):
+        ov_model = convert_language_model(vlm)
+    compress(ov_model, "language", Compression.parse("int4"), on_weight=lambda done, total: print(done, total))
+    seen = [tuple(map(int, line.split())) for line in capsys.readouterr().out.splitlines()]
+    assert len(seen) == 2 * 7 + 1  # q, k, v, o, gate, up, down of 2 layers, and the head
+    assert [d for d, _ in seen] == sorted(d for d, _ in seen) and seen[-1][0] == seen[-1][1]

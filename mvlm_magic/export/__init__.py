@@ -106,7 +106,8 @@ def _export(source, config, key, compression, cache_dir, progress, started, repl
                 progress("compress", i / len(converters), f"compressing the {role} model ({compression.label})")
                 # NNCF reads each 16-bit weight once (from the mapped checkpoint): hand its pages back as it goes
                 with shedding(weights):
-                    ov_model, details[role] = compress_weights(ov_model, role, compression)
+                    ov_model, details[role] = compress_weights(
+                        ov_model, role, compression, on_weight=_weight_progress(progress, role, i, len(converters)))
                 if compression.mode != "fp32":
                     bf16_to_f16(ov_model)
                 details[role]["weights"] = weight_precisions(ov_model)
@@ -131,6 +132,20 @@ def _export(source, config, key, compression, cache_dir, progress, started, repl
         raise
     progress("save", 1.0, f"saved {key}")
     return result
+
+
+def _weight_progress(progress: Progress, role: str, index: int, count: int):
+    """NNCF's per-weight callback -> a compress line at most every 5 % (the language model takes minutes)."""
+    shown = [-1]
+
+    def on_weight(done: int, total: int) -> None:
+        percent = int(100 * done / total)
+        if percent // 5 > shown[0]:
+            shown[0] = percent // 5
+            progress("compress", (index + done / total) / count, f"compressing the {role} model: {percent}% of "
+                                                                 f"{total / 1e6:.0f} M weights")
+
+    return on_weight
 
 
 def _torch_model(folder: Path, compression: Compression, progress: Progress):
