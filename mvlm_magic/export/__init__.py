@@ -109,7 +109,8 @@ def _export(source, config, key, compression, cache_dir, progress, started, repl
                     ov_model, details[role] = compress_weights(
                         ov_model, role, compression, on_weight=_weight_progress(progress, role, i, len(converters)))
                 if compression.mode != "fp32":
-                    bf16_to_f16(ov_model)
+                    with shedding(weights):  # fp16 exports: every weight, read once from the mapped checkpoint
+                        bf16_to_f16(ov_model)
                 details[role]["weights"] = weight_precisions(ov_model)
                 progress("save", i / len(converters), f"saving {role}.xml")
                 ov.save_model(ov_model, temp / f"{role}.xml", compress_to_fp16=compression.mode != "fp32")
