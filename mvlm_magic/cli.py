@@ -1,6 +1,6 @@
 """`mvlm`: the engine in a terminal.
 
-    mvlm export MODEL [--compression int4] [--group-size 128] [--ratio 1] [--cache-dir DIR]
+    mvlm export MODEL [--compression int4] [--group-size 128] [--ratio 1] [--cache-dir DIR] [--out DIR]
     mvlm ask IMAGE "QUESTION" [--model MODEL] [--device CPU] [--stats] ...
     mvlm compare int4 int8 fp16 --image IMAGE [--question Q] [--model MODEL]   # weight formats side by side
     mvlm list | mvlm delete KEY
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from .demo import BUNDLED_NAME
 from .errors import MvlmError
@@ -38,6 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
     export = commands.add_parser("export", help="export a checkpoint to OpenVINO IR (cached)")
     export.add_argument("model", help=DEFAULT_MODEL_HELP)
     add_compression_options(export)
+    export.add_argument("--out", default=None,
+                        help="also copy the export into this new folder: self-contained, loads without torch "
+                             "(mvlm ask --model DIR, %%mvlm_load DIR, load_engine(DIR)), also from read-only media")
 
     ask = commands.add_parser("ask", help="ask a question about an image; the answer streams to stdout")
     ask.add_argument("image", help="path to an image file")
@@ -79,9 +83,23 @@ def run_export(args) -> None:
     from .export import export_model
 
     compression = Compression.parse(args.compression, args.group_size, args.ratio)
+    if args.out and Path(args.out).exists():  # before minutes of work, not after
+        raise MvlmError(f"{args.out} already exists; name a new folder for --out (or delete that one).")
     model = default_model() if args.model == BUNDLED_NAME else args.model
     result = export_model(model, compression, cache_dir=args.cache_dir, progress=stderr_progress)
-    print(result.path)
+    print(copy_export(result.path, Path(args.out)) if args.out else result.path)
+
+
+def copy_export(folder: Path, out: Path) -> Path:
+    """The export folder copied to `out` (which must not exist yet); its manifest records every file's size, so a
+    copy that lost a file is refused when it loads. Written under a temporary name and renamed."""
+    import shutil
+
+    temp = out.with_name(f".{out.name}.partial")
+    shutil.rmtree(temp, ignore_errors=True)
+    shutil.copytree(folder, temp)
+    temp.rename(out)
+    return out
 
 
 def run_ask(args) -> None:

@@ -218,3 +218,115 @@ def test_a_broken_checkpoint_is_refused_before_anything_is_converted(checkpoint,
     assert named in message and "\n" not in message and len(message) < 300, message
     assert not {"convert", "compress", "save"} & set(stages), stages  # found before any conversion
     assert not cache.exists() or not any(cache.iterdir())  # no export, no temp folder
+
+
+# --- 16-bit exports trace the checkpoint's own (mapped) weights: every stored format, the same answers ---------------
+
+
+def test_the_mapped_model_holds_the_checkpoints_own_pages(checkpoint):
+    """MobileVLM.mapped copies no weight: each Linear weight is a bf16 view of the memory-mapped weight file."""
+    import torch
+
+    from mvlm_magic.model.checkpoint import read_state_dict, weight_files
+    from mvlm_magic.model.mobilevlm import MobileVLM
+    from mvlm_magic.runtime.memory import mapped_ranges
+
+    folder = checkpoint("v2")
+    model = MobileVLM.mapped(folder)
+    ranges = mapped_ranges(weight_files(folder))
+    assert ranges
+    weight = model.language_model.model.layers[1].mlp.down_proj.weight
+    assert weight.dtype == torch.bfloat16 and not weight.is_meta
+    assert any(start <= weight.data_ptr() < end for start, end in ranges)
+    assert torch.equal(weight, read_state_dict(folder)["model.layers.1.mlp.down_proj.weight"])
+    assert not any(p.is_meta for p in model.parameters()) and not any(b.is_meta for b in model.buffers())
+
+
+@pytest.mark.parametrize("weights_format", ["safetensors", "sharded-bin"])
+def test_16bit_exports_of_each_stored_format_answer_as_the_torch_reference(tmp_path, torch_model, weights_format):
+    """bf16 weights stored as the real checkpoints are (one safetensors file; pytorch_model-0000k-of-0000n.bin shards
+    with their index), exported fp16 from the mapped tensors: the same greedy tokens as the fp32 torch reference."""
+    from conftest import shapes_picture
+    from mvlm_magic.model.tiny import build_tiny_checkpoint
+    from mvlm_magic.runtime.engine import Engine
+    from test_fidelity import NEW_TOKENS, reference_tokens
+
+    folder = build_tiny_checkpoint(tmp_path / weights_format, projector_type="ldpnetv2", seed=7,
+                                   weights_format=weights_format)
+    export = export_model(folder, "fp16", cache_dir=tmp_path / "cache")
+    assert export.manifest["compression"]["per_model"]["language"]["weights"].get("bf16") is None  # stored as f16
+    engine = Engine(export.path, precision="f32")
+    for seed in (1, 2):
+        image = shapes_picture(seed=seed)
+        answer = engine.new_chat(image).ask("What colour is the circle?", max_new_tokens=NEW_TOKENS).result()
+        assert answer.token_ids == reference_tokens(torch_model("v2"), engine.tokenizer, image,
+                                                    [("What colour is the circle?", None)])
+
+
+def test_an_export_that_cannot_fit_is_refused_before_anything_heavy(checkpoint, tmp_path, monkeypatch):
+    from mvlm_magic.export import budget
+
+    monkeypatch.setattr(budget, "available_memory", lambda: 0.2e9)
+    stages, cache = [], tmp_path / "cache"
+    with pytest.raises(MvlmError) as err:
+        export_model(checkpoint("v2"), "int8", cache_dir=cache, progress=lambda s, f, m: stages.append(m))
+    message = str(err.value)
+    assert message.startswith("this export needs about") and "0.2 GB of memory available" in message, message
+    assert "\n" not in message and "close other programs" in message
+    assert not [m for m in stages if m.startswith("converting")] and not any(cache.iterdir())
+    assert budget.estimate(checkpoint("v2"), "int4", tmp_path).memory < 2e9  # the tiny model's estimate is the base
+
+
+RUNTIME_ONLY = textwrap.dedent("""
+    import sys
+    class NoHeavyImports:  # a runtime-only install: torch, transformers and NNCF are not there
+        def find_spec(self, name, path=None, target=None):
+            if name.split(".")[0] in ("torch", "transformers", "nncf"):
+                raise ImportError(f"No module named {name!r}")
+    sys.meta_path.insert(0, NoHeavyImports())
+    from mvlm_magic.loader import load_engine
+    engine = load_engine(sys.argv[1])
+    answer = engine.ask(sys.argv[2], "What is in the picture?", max_new_tokens=4)
+    print("tokens:", answer.timings.new_tokens, "cached:", engine.was_cached)
+""")
+
+
+def test_mvlm_export_out_writes_a_folder_a_runtime_only_install_answers_from(checkpoint, tmp_path, picture):
+    import os
+    import stat
+
+    from mvlm_magic.cli import main
+
+    out = tmp_path / "class" / "tiny-model"
+    out.parent.mkdir()
+    assert main(["export", str(checkpoint("v2")), "--compression", "fp16", "--cache-dir", str(tmp_path / "cache"),
+                 "--out", str(out)]) == 0
+    assert main(["export", str(checkpoint("v2")), "--compression", "fp16", "--cache-dir", str(tmp_path / "cache"),
+                 "--out", str(out)]) == 2  # an existing folder is not overwritten
+    for path in [*out.iterdir(), out]:  # read-only media
+        path.chmod(path.stat().st_mode & ~(stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH))
+    picture_path = tmp_path / "p.png"
+    picture.save(picture_path)
+    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "home-cache"), "MVLM_CACHE": str(tmp_path / "empty")}
+    try:
+        run = subprocess.run([sys.executable, "-c", RUNTIME_ONLY, str(out), str(picture_path)], capture_output=True,
+                             text=True, timeout=180, env=env)
+    finally:
+        out.chmod(0o755)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "tokens: 4 cached: True" in run.stdout, run.stdout
+
+
+def test_compression_reports_each_weight_as_it_goes(checkpoint, capsys):
+    """The language model's compression takes minutes on a real checkpoint: it reports as it goes, on stdout too."""
+    from mvlm_magic.export.compress import compress
+    from mvlm_magic.export.convert import convert_language_model, sixteen_bit
+    from mvlm_magic.model.mobilevlm import MobileVLM
+
+    vlm = MobileVLM.mapped(checkpoint("v2"))
+    with sixteen_bit(vlm):
+        ov_model = convert_language_model(vlm)
+    compress(ov_model, "language", Compression.parse("int4"), on_weight=lambda done, total: print(done, total))
+    seen = [tuple(map(int, line.split())) for line in capsys.readouterr().out.splitlines()]
+    assert len(seen) == 2 * 7 + 1  # q, k, v, o, gate, up, down of 2 layers, and the head
+    assert [d for d, _ in seen] == sorted(d for d, _ in seen) and seen[-1][0] == seen[-1][1]

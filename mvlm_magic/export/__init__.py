@@ -12,6 +12,8 @@ Importing this package imports no torch, transformers or NNCF: the runtime parse
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import shutil
 import time
 import warnings
@@ -29,10 +31,18 @@ from ..store import (
     new_temp_folder,
     publish,
 )
+from .budget import check_fits
 from .checks import check_checkpoint
 from .compress import INT4_PRESET, Compression, weight_precisions
 from .compress import compress as compress_weights  # the package attribute `compress` stays the module
-from .convert import check_versions, convert_language_model, convert_text_embeddings, convert_vision
+from .convert import (
+    bf16_to_f16,
+    check_versions,
+    convert_language_model,
+    convert_text_embeddings,
+    convert_vision,
+    sixteen_bit,
+)
 from .manifest import build_manifest
 
 __all__ = ["export_model", "Compression", "INT4_PRESET"]
@@ -74,27 +84,41 @@ def export_model(model: str, compression: Compression | str = "int4", *, cache_d
 
 def _export(source, config, key, compression, cache_dir, progress, started, replace: bool) -> CachedExport:
     import openvino as ov
-    import torch
 
-    from ..model.mobilevlm import MobileVLM
+    from ..model.checkpoint import weight_files
+    from ..runtime.memory import shed, shedding
 
-    vlm = MobileVLM.from_folder(source.folder, dtype=torch.float32, progress=progress)
+    check_fits(source.folder, config, compression, cache_dir, progress)
+    weights = weight_files(source.folder)
     temp = new_temp_folder(cache_dir, key)
     try:
+        vlm, traced = _torch_model(source.folder, compression, progress)
         details = {}
         converters = [("vision", convert_vision), ("text_embeddings", convert_text_embeddings),
                       ("language", convert_language_model)]
-        for i, (role, convert) in enumerate(converters):
-            progress("convert", i / len(converters), f"converting the {role} model")
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # tracer warnings about constants we expect to be constant
-                ov_model = convert(vlm)
-            progress("compress", i / len(converters), f"compressing the {role} model ({compression.label})")
-            ov_model, details[role] = compress_weights(ov_model, role, compression)
-            details[role]["weights"] = weight_precisions(ov_model)
-            progress("save", i / len(converters), f"saving {role}.xml")
-            ov.save_model(ov_model, temp / f"{role}.xml", compress_to_fp16=compression.mode != "fp32")
-            del ov_model
+        with traced:
+            # One IR at a time, freed before the next: the peak is the largest IR's, not the sum.
+            for i, (role, convert) in enumerate(converters):
+                progress("convert", i / len(converters), f"converting the {role} model")
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")  # tracer warnings about constants we expect to be constant
+                    ov_model = convert(vlm)
+                progress("compress", i / len(converters), f"compressing the {role} model ({compression.label})")
+                # NNCF reads each 16-bit weight once (from the mapped checkpoint): hand its pages back as it goes
+                with shedding(weights):
+                    ov_model, details[role] = compress_weights(
+                        ov_model, role, compression, on_weight=_weight_progress(progress, role, i, len(converters)))
+                if compression.mode != "fp32":
+                    with shedding(weights):  # fp16 exports: every weight, read once from the mapped checkpoint
+                        bf16_to_f16(ov_model)
+                details[role]["weights"] = weight_precisions(ov_model)
+                progress("save", i / len(converters), f"saving {role}.xml")
+                ov.save_model(ov_model, temp / f"{role}.xml", compress_to_fp16=compression.mode != "fp32")
+                del ov_model
+                gc.collect()
+                shed(weights)
+        del vlm, traced
+        gc.collect()
         progress("convert", 1.0, "converted")
         progress("compress", 1.0, "compressed")
         for name in TOKENIZER_FILES:
@@ -109,3 +133,34 @@ def _export(source, config, key, compression, cache_dir, progress, started, repl
         raise
     progress("save", 1.0, f"saved {key}")
     return result
+
+
+def _weight_progress(progress: Progress, role: str, index: int, count: int):
+    """NNCF's per-weight callback -> a compress line at most every 5 % (the language model takes minutes)."""
+    shown = [-1]
+
+    def on_weight(done: int, total: int) -> None:
+        percent = int(100 * done / total)
+        if percent // 5 > shown[0]:
+            shown[0] = percent // 5
+            progress("compress", (index + done / total) / count, f"compressing the {role} model: {percent}% of "
+                                                                 f"{total / 1e6:.0f} M weights")
+
+    return on_weight
+
+
+def _torch_model(folder: Path, compression: Compression, progress: Progress):
+    """The torch model to trace and the context to trace it in.
+
+    fp32 exports are traced from an fp32 copy, exactly as before (the fidelity oracle's IR). Every other
+    compression stores 16-bit or smaller weights anyway, so it is traced from the checkpoint's own bf16 tensors,
+    memory-mapped and never copied: the weights exist once, as file pages that can be handed back.
+    """
+    import torch
+
+    from ..model.mobilevlm import MobileVLM
+
+    if compression.mode == "fp32":
+        return MobileVLM.from_folder(folder, dtype=torch.float32, progress=progress), contextlib.nullcontext()
+    vlm = MobileVLM.mapped(folder, progress)
+    return vlm, sixteen_bit(vlm)

@@ -10,6 +10,7 @@ import contextlib
 import io
 import logging
 import re
+import sys
 from dataclasses import dataclass
 
 from ..errors import MvlmError
@@ -67,16 +68,45 @@ class Compression:
         return f"int4-{'sym-' if self.sym else ''}g{self.group_size}-r{self.ratio:g}"
 
 
-def compress(ov_model, role: str, compression: Compression):
+def compress(ov_model, role: str, compression: Compression, on_weight=None):
     """int8: every IR INT8_ASYM. int4: the language model INT4_SYM or INT4_ASYM (layers beyond the ratio and the
-    head: int8 backup), the others int8."""
+    head: int8 backup), the others int8. on_weight(done, total) is called as each weight is compressed (done and total
+    in weight elements), so a minutes-long compression shows how far it is."""
     if compression.mode in ("fp32", "fp16"):
         return ov_model, {}
     import nncf
 
     nncf.set_log_level(logging.ERROR)  # its tables and bars would bury our own progress; weight_precisions() says it
-    with quiet_rich(), contextlib.redirect_stdout(io.StringIO()):
+    with reporting(on_weight, sys.stdout), quiet_rich(), contextlib.redirect_stdout(io.StringIO()):
         return _compress(nncf, ov_model, role, compression)
+
+
+@contextlib.contextmanager
+def reporting(on_weight, stdout):
+    """NNCF's weight compression walks the weights through its `track` (a rich progress bar, silenced above); a
+    wrapper around it tells us each weight as it is done. If NNCF moves `track`, compression runs unreported."""
+    from nncf.quantization.algorithms.weight_compression import algorithm
+
+    track = getattr(algorithm, "track", None)
+    if on_weight is None or track is None:
+        yield
+        return
+
+    def reported(items, *args, weights=None, **kwargs):
+        items = list(items)
+        sizes = list(weights) if weights is not None else [1] * len(items)
+        total, done = sum(sizes) or 1, 0
+        for item, size in zip(items, sizes):
+            yield item
+            done += size
+            with contextlib.redirect_stdout(stdout):  # our progress, not NNCF's prints, reaches the terminal / cell
+                on_weight(done, total)
+
+    algorithm.track = reported
+    try:
+        yield
+    finally:
+        algorithm.track = track
 
 
 @contextlib.contextmanager

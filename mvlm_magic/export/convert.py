@@ -4,10 +4,16 @@ The language model is traced with transformers' DynamicCache filled directly wit
 tensors (OpenVINO's frontend rejects the empty 1-D tensor a fresh DynamicLayer starts from),
 then made stateful with OpenVINO's transformation plus a state initializer sized from the batch.
 torch, transformers and OpenVINO are imported inside the functions, so importing this module loads none of them.
+
+A model holding 16-bit weights (MobileVLM.mapped: the checkpoint's bf16 tensors, memory-mapped) is traced inside
+`sixteen_bit`: OpenVINO's PyTorch frontend then emits each Linear / Embedding weight as its 16-bit constant followed
+by a Convert to f32, without running those layers (so tracing reads no weight page), while every activation stays
+f32. The IR computes what the fp32 model computes (bf16 -> f32 is exact); docs/export.md measures what it saves.
 """
 
 from __future__ import annotations
 
+import contextlib
 from importlib.metadata import version
 
 import numpy as np
@@ -107,6 +113,43 @@ def convert_language_model(model, stateful: bool = True):
     if stateful:
         make_stateful(ov_model, dict(zip(past_names, present_names)))
     return ov_model
+
+
+@contextlib.contextmanager
+def sixteen_bit(model):
+    """Trace `model`'s 16-bit Linear / Embedding weights as 16-bit constants (the frontend's own patch, which
+    optimum-intel applies too; other modules' few 16-bit parameters become f32); the model is restored after."""
+    from openvino.frontend.pytorch import patch_model
+
+    orig_forward_name = "_openvino_module_extension_patch_orig_forward"
+    getattr(patch_model, "__make_16bit_traceable")(model, orig_forward_name)  # module-level name, not mangled
+    try:
+        yield model
+    finally:
+        patch_model.unpatch_model(model, orig_forward_name)
+
+
+def bf16_to_f16(ov_model) -> int:
+    """Store the weights NNCF left as bf16 (embeddings, the weights of fp16 exports) as f16, as exports traced
+    from an fp32 model store them (save_model's compress_to_fp16 turns f32 constants into f16 but leaves bf16
+    ones), so the IRs hold the same values as before. Returns how many constants changed."""
+    import openvino as ov
+    from openvino import opset13
+
+    changed = 0
+    for op in ov_model.get_ops():
+        if op.get_type_name() != "Constant" or op.get_output_element_type(0) != ov.Type.bf16:
+            continue
+        bits = op.get_tensor_view().data.view(np.uint16).astype(np.uint32) << 16  # bf16 is f32's upper half
+        f16 = opset13.constant(bits.view(np.float32).astype(np.float16), dtype=ov.Type.f16)
+        f16.set_friendly_name(op.get_friendly_name())
+        f16.output(0).get_tensor().set_names(op.output(0).get_tensor().get_names())
+        for target in list(op.output(0).get_target_inputs()):
+            target.replace_source_output(f16.output(0))
+        changed += 1
+    if changed:
+        ov_model.validate_nodes_and_infer_types()
+    return changed
 
 
 def name_ports(ov_model, input_names: list[str], output_names: list[str]) -> None:

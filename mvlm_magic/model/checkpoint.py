@@ -135,9 +135,7 @@ def read_weight_file(path: Path) -> dict:
 
     try:
         if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            return load_file(str(path))
+            return mapped_safetensors(path)
         part = torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
     except Exception as err:  # torch/pickle/zip/safetensors each raise their own kind for a damaged file
         raise corrupt(path, err) from None
@@ -146,12 +144,45 @@ def read_weight_file(path: Path) -> dict:
     return part
 
 
+SAFETENSORS_DTYPES = {"BF16": "bfloat16", "F16": "float16", "F32": "float32", "F64": "float64", "I64": "int64",
+                      "I32": "int32", "I16": "int16", "I8": "int8", "U8": "uint8", "BOOL": "bool"}
+
+
+def mapped_safetensors(path: Path) -> dict:
+    """A .safetensors file's tensors as views of a private memory map: no byte is read until a tensor is used,
+    and the pages can be handed back afterwards (runtime/memory.py). safetensors' own load_file copies all."""
+    import mmap
+
+    import torch
+
+    with open(path, "rb") as f:
+        header_len = int.from_bytes(f.read(8), "little")
+        header = json.loads(f.read(header_len))
+        mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)  # writable for torch, never written back
+    start = 8 + header_len
+    state = {}
+    for key, info in header.items():
+        if key == "__metadata__":
+            continue
+        dtype = getattr(torch, SAFETENSORS_DTYPES[info["dtype"]])
+        begin, end = info["data_offsets"]
+        if end < begin or start + end > len(mapped):
+            raise ValueError(f"{key} lies outside the file")
+        count = (end - begin) // torch.empty((), dtype=dtype).element_size()
+        flat = (torch.frombuffer(mapped, dtype=dtype, count=count, offset=start + begin) if count
+                else torch.empty(0, dtype=dtype))
+        state[key] = flat.reshape(info["shape"])
+    return state
+
+
 def corrupt(path: Path, err: Exception) -> MvlmError:
     first_line = (str(err).splitlines() or [type(err).__name__])[0].split(". ")[0][:80]
     return MvlmError(f"weight file {path} is corrupt or truncated ({first_line}); download it again.")
 
 
 def read_state_dict(folder: Path, progress: Progress = no_progress) -> dict:
+    """All weights as stored (bf16 in the mtgv repos), memory-mapped where the format allows (zip .bin files,
+    safetensors): the pages are read as the tensors are used."""
     files = weight_files(Path(folder))
     state: dict = {}
     for i, path in enumerate(files):

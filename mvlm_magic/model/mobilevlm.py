@@ -10,6 +10,7 @@ runtime is checked against its `generate`. Checkpoint keys map onto it as in the
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import torch
@@ -49,6 +50,22 @@ class MobileVLM(nn.Module):
         model.load_checkpoint_state(state)
         return model.eval()
 
+    @classmethod
+    def mapped(cls, folder: Path | str, progress=no_progress) -> MobileVLM:
+        """The model holding the checkpoint's own tensors (bf16 as stored, memory-mapped): no copy of the weights.
+
+        The exporter traces this one (export/convert.py keeps the 16-bit weights 16-bit in the IR); a 7B model
+        in fp32 alone would need 28 GB. The parameters are made on the meta device and then replaced by the
+        checkpoint's tensors, so no random initial weights are allocated either; buffers (rotary frequencies,
+        position ids) are computed as usual.
+        """
+        config = MobileVLMConfig.from_folder(Path(folder))
+        state = read_state_dict(Path(folder), progress)
+        with parameters_on_meta():
+            model = cls(config)
+        model.load_checkpoint_state(state, assign=True)
+        return model.eval().requires_grad_(False)
+
     def split_checkpoint_state(self, state: dict) -> dict[str, dict]:
         parts: dict[str, dict] = {"language_model": {}, "vision_tower": {}, "mm_projector": {}}
         for key, tensor in state.items():
@@ -63,11 +80,12 @@ class MobileVLM(nn.Module):
                     parts["language_model"][key] = tensor
         return parts
 
-    def load_checkpoint_state(self, state: dict[str, torch.Tensor]) -> None:
-        """Load mtgv-named weights; fail with the names of missing / unexpected keys."""
+    def load_checkpoint_state(self, state: dict[str, torch.Tensor], assign: bool = False) -> None:
+        """Load mtgv-named weights (assign=True: take the tensors themselves, not copies); fail with the names of
+        missing / unexpected keys."""
         self.check_checkpoint_shapes({key: tuple(tensor.shape) for key, tensor in state.items()})
         for name, part in self.split_checkpoint_state(state).items():
-            getattr(self, name).load_state_dict(part, strict=False)
+            getattr(self, name).load_state_dict(part, strict=False, assign=assign)
 
     def check_checkpoint_shapes(self, shapes: dict[str, tuple[int, ...]]) -> None:
         """mtgv-named weight shapes against this model's (a model on the meta device will do); one line if off."""
@@ -150,6 +168,24 @@ class MobileVLM(nn.Module):
         features = None if pixel_values is None else self.get_image_features(pixel_values)
         embeds = self.build_inputs_embeds(list(input_ids), features)
         return self.language_model(inputs_embeds=embeds).logits[0, -1]  # (V,)
+
+
+@contextlib.contextmanager
+def parameters_on_meta():
+    """Modules built inside get their parameters on the meta device (no memory, no initialisation cost);
+    buffers stay real. The same trick as accelerate's init_empty_weights(include_buffers=False)."""
+    register = nn.Module.register_parameter
+
+    def on_meta(module, name, param):
+        register(module, name, param)
+        if param is not None:
+            module._parameters[name] = nn.Parameter(param.to("meta"), requires_grad=param.requires_grad)
+
+    nn.Module.register_parameter = on_meta
+    try:
+        yield
+    finally:
+        nn.Module.register_parameter = register
 
 
 def checkpoint_key(part: str, key: str) -> str:

@@ -8,6 +8,7 @@ config files. Sizes are free, so a benchmark can build a random checkpoint of th
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -94,15 +95,17 @@ def tiny_config(spec: TinySpec, vocab_size: int) -> dict:
 def randomize(model: MobileVLM, init_std: float, seed: int) -> None:
     generator = torch.Generator().manual_seed(seed)
     for name, param in sorted(model.named_parameters()):
-        if param.dim() >= 2 or name.endswith("class_embedding"):
-            param.copy_(torch.randn(param.shape, generator=generator) * init_std)
-        elif "norm" in name or "layrnorm" in name or name.endswith(("block.0.1.weight", "block.2.1.weight")):
-            if name.endswith("weight"):
-                param.copy_(1.0 + 0.1 * torch.randn(param.shape, generator=generator))
-            else:
-                param.copy_(0.02 * torch.randn(param.shape, generator=generator))
-        else:
-            param.copy_(0.02 * torch.randn(param.shape, generator=generator))
+        param.copy_(random_weight(name, param.shape, init_std, generator))
+
+
+def random_weight(name: str, shape, init_std: float, generator: torch.Generator) -> torch.Tensor:
+    if len(shape) >= 2 or name.endswith("class_embedding"):
+        return torch.randn(shape, generator=generator) * init_std
+    if "norm" in name or "layrnorm" in name or name.endswith(("block.0.1.weight", "block.2.1.weight")):
+        if name.endswith("weight"):
+            return 1.0 + 0.1 * torch.randn(shape, generator=generator)
+        return 0.02 * torch.randn(shape, generator=generator)
+    return 0.02 * torch.randn(shape, generator=generator)
 
 
 def save_weights(state: dict[str, torch.Tensor], folder: Path, weights_format: str) -> None:
@@ -116,7 +119,7 @@ def save_weights(state: dict[str, torch.Tensor], folder: Path, weights_format: s
         names = [f"{base}-{i + 1:05d}-of-{len(shards):05d}.{ext}" for i in range(len(shards))]
     weight_map = {}
     for name, shard_keys in zip(names, shards):
-        shard = {k: state[k].contiguous().clone() for k in shard_keys}
+        shard = {k: own_storage(state[k]) for k in shard_keys}
         if use_safetensors:
             from safetensors.torch import save_file
 
@@ -128,6 +131,13 @@ def save_weights(state: dict[str, torch.Tensor], folder: Path, weights_format: s
         index = {"metadata": {"total_size": sum(t.numel() * t.element_size() for t in state.values())},
                  "weight_map": weight_map}
         (folder / f"{base}.{ext}.index.json").write_text(json.dumps(index, indent=2))
+
+
+def own_storage(tensor: torch.Tensor) -> torch.Tensor:
+    """The tensor itself when it owns its storage, else a compact copy (torch.save writes a view's whole storage);
+    no copy of every weight, so a 7B checkpoint is written without holding it twice."""
+    tensor = tensor.contiguous()
+    return tensor if tensor.untyped_storage().nbytes() == tensor.nbytes else tensor.clone()
 
 
 def build_tiny_checkpoint(folder: Path | str, spec: TinySpec | None = None, **overrides) -> Path:
@@ -146,6 +156,53 @@ def build_tiny_checkpoint(folder: Path | str, spec: TinySpec | None = None, **ov
     randomize(model, spec.init_std, spec.seed)
     state = {k: v.to(torch.bfloat16) for k, v in model.checkpoint_state().items()}
     save_weights(state, folder, spec.weights_format)
+    (folder / "config.json").write_text(json.dumps(config, indent=2))
+    (folder / "generation_config.json").write_text(
+        json.dumps({"_from_model_config": True, "bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 0,
+                    "transformers_version": "4.33.1"}, indent=2))
+    return folder
+
+
+def build_large_checkpoint(folder: Path | str, shards: int = 2, spec: TinySpec | None = None, **overrides) -> Path:
+    """A random checkpoint written one shard at a time (pytorch_model-0000k-of-0000n.bin + index, bf16, as the 7B one
+    is stored): memory holds one shard, not the model, so a 7B checkpoint (14 GB) is written on a 24 GB machine.
+    Same key names and config as build_tiny_checkpoint; other random values (this one draws weight by weight)."""
+    from .mobilevlm import checkpoint_key, parameters_on_meta
+
+    spec = spec or TinySpec(**overrides)
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    train_tiny_tokenizer(folder, vocab_size=spec.tokenizer_vocab_size, seed=spec.seed)
+    import sentencepiece
+
+    vocab_size = (spec.vocab_size
+                  or sentencepiece.SentencePieceProcessor(model_file=str(folder / "tokenizer.model")).vocab_size())
+    config = tiny_config(spec, vocab_size)
+    with parameters_on_meta():
+        model = MobileVLM(MobileVLMConfig.from_dict(config))
+    shapes = {checkpoint_key(part, key): tuple(param.shape) for part in ("language_model", "vision_tower",
+                                                                         "mm_projector")
+              for key, param in getattr(model, part).named_parameters()}
+    del model
+    keys, total = sorted(shapes), sum(math.prod(shape) for shape in shapes.values())
+    generator = torch.Generator().manual_seed(spec.seed)
+    weight_map, shard, shard_bytes, written = {}, {}, 0, 0
+    for i, key in enumerate(keys):
+        shard[key] = random_weight(key, shapes[key], spec.init_std, generator).to(torch.bfloat16)
+        shard_bytes += shard[key].nbytes
+        if shard_bytes >= 2 * total / shards or i == len(keys) - 1:
+            written += 1
+            name = f"pytorch_model-{written:05d}-of-{shards:05d}.bin"
+            torch.save(shard, folder / name)
+            weight_map.update({k: name for k in shard})
+            shard, shard_bytes = {}, 0
+    if written != shards:  # the names say how many shards there are: rename if the split came out otherwise
+        for k in range(1, written + 1):
+            old = folder / f"pytorch_model-{k:05d}-of-{shards:05d}.bin"
+            old.rename(folder / f"pytorch_model-{k:05d}-of-{written:05d}.bin")
+        weight_map = {key: name.replace(f"-of-{shards:05d}", f"-of-{written:05d}") for key, name in weight_map.items()}
+    index = {"metadata": {"total_size": 2 * total}, "weight_map": weight_map}
+    (folder / "pytorch_model.bin.index.json").write_text(json.dumps(index, indent=2))
     (folder / "config.json").write_text(json.dumps(config, indent=2))
     (folder / "generation_config.json").write_text(
         json.dumps({"_from_model_config": True, "bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 0,
