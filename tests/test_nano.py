@@ -154,15 +154,17 @@ def test_lookup_loss_is_the_attention_mass_on_the_named_object(tmp_path):
         # reference: each question alone, head 0 of the last layer's attention weights, as transformers computes them
         model.language_model.config._attn_implementation = "eager"
         losses = []
-        for image_index, prompt, _, subject in samples:
-            at = prompt.index(IMAGE_TOKEN_INDEX)
-            on_subject = labels[image_index, :, subject[0]] == subject[1] if subject else None
-            if on_subject is None or not on_subject.any():
-                continue
-            embeds = torch.cat([model.embed_tokens(torch.tensor(prompt[:at])), features[image_index],
-                                model.embed_tokens(torch.tensor(prompt[at + 1:]))])[None]
-            weights = model.language_model.model(inputs_embeds=embeds, output_attentions=True).attentions[-1]
-            losses.append(-weights[0, 0, -1, at: at + 144][on_subject].sum().log())
+        for image_index, ids, spans, subjects in samples:
+            for (start, _), subject in zip(spans, subjects):  # every turn's prompt, earlier answers included
+                prompt = ids[:start]
+                at = prompt.index(IMAGE_TOKEN_INDEX)
+                on_subject = labels[image_index, :, subject[0]] == subject[1] if subject else None
+                if on_subject is None or not on_subject.any():
+                    continue
+                embeds = torch.cat([model.embed_tokens(torch.tensor(prompt[:at])), features[image_index],
+                                    model.embed_tokens(torch.tensor(prompt[at + 1:]))])[None]
+                weights = model.language_model.model(inputs_embeds=embeds, output_attentions=True).attentions[-1]
+                losses.append(-weights[0, 0, -1, at: at + 144][on_subject].sum().log())
     assert losses and lookup.item() == pytest.approx(torch.stack(losses).mean().item(), abs=1e-6)  # eager: f32 softmax
 
 
