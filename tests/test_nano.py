@@ -11,6 +11,7 @@ from mvlm_magic.demo import BUNDLED_DIR, bundled_model, shapes
 
 MIN_ACCURACY = 0.95  # issue 4's bar; the shipped weights: 96.0 % through OpenVINO int8
 HELDOUT_QUESTIONS = 600  # the whole held-out benchmark of docs/nano.md (also tools/nano/evaluate.py)
+FLOORS: dict[str, float] = {}  # sets whose issue-14 bar (tools/nano/evaluate.py BARS) the shipped weights miss
 
 
 @pytest.fixture(scope="module")
@@ -77,6 +78,23 @@ def test_int4_operations_accuracy_on_the_heldout_benchmark(cache_dir):
     questions = shapes.heldout_questions(HELDOUT_QUESTIONS)
     result = score(lambda picture, question: engine.ask(picture, question, max_new_tokens=24).text, questions)
     assert result["accuracy"] >= MIN_ACCURACY, result["per_kind"]
+
+
+SET_QUESTIONS = 100  # per issue-14 set in CI (docs/nano.md has 600 per set at torch / int8 / int4)
+
+
+def test_int8_accuracy_on_the_classroom_sets(nano_engine):
+    """Issue 14: follow-ups, absent things, yes/no, counting all / by colour, detailed descriptions, re-spelled
+    questions and pictures from outside the shapes world, each held out, through the int8 export."""
+    pytest.importorskip("skimage")
+    from tools.nano.evaluate import BARS, openvino_chat_starter, score_chats, set_accuracy
+
+    start = openvino_chat_starter(bundled_model(), "int8", engine=nano_engine)
+    figures = {}
+    for name in shapes.HELDOUT_SETS:
+        figures[name] = set_accuracy(name, score_chats(start, shapes.heldout_set(name, SET_QUESTIONS)))
+    below = {name: round(value, 3) for name, value in figures.items() if value < FLOORS.get(name, BARS[name])}
+    assert not below, f"below the bar: {below}; all: {figures}"
 
 
 # --- the generator ------------------------------------------------------------------------------
@@ -154,15 +172,17 @@ def test_lookup_loss_is_the_attention_mass_on_the_named_object(tmp_path):
         # reference: each question alone, head 0 of the last layer's attention weights, as transformers computes them
         model.language_model.config._attn_implementation = "eager"
         losses = []
-        for image_index, prompt, _, subject in samples:
-            at = prompt.index(IMAGE_TOKEN_INDEX)
-            on_subject = labels[image_index, :, subject[0]] == subject[1] if subject else None
-            if on_subject is None or not on_subject.any():
-                continue
-            embeds = torch.cat([model.embed_tokens(torch.tensor(prompt[:at])), features[image_index],
-                                model.embed_tokens(torch.tensor(prompt[at + 1:]))])[None]
-            weights = model.language_model.model(inputs_embeds=embeds, output_attentions=True).attentions[-1]
-            losses.append(-weights[0, 0, -1, at: at + 144][on_subject].sum().log())
+        for image_index, ids, spans, subjects in samples:
+            for (start, _), subject in zip(spans, subjects):  # every turn's prompt, earlier answers included
+                prompt = ids[:start]
+                at = prompt.index(IMAGE_TOKEN_INDEX)
+                on_subject = labels[image_index, :, subject[0]] == subject[1] if subject else None
+                if on_subject is None or not on_subject.any():
+                    continue
+                embeds = torch.cat([model.embed_tokens(torch.tensor(prompt[:at])), features[image_index],
+                                    model.embed_tokens(torch.tensor(prompt[at + 1:]))])[None]
+                weights = model.language_model.model(inputs_embeds=embeds, output_attentions=True).attentions[-1]
+                losses.append(-weights[0, 0, -1, at: at + 144][on_subject].sum().log())
     assert losses and lookup.item() == pytest.approx(torch.stack(losses).mean().item(), abs=1e-6)  # eager: f32 softmax
 
 
@@ -257,3 +277,59 @@ def test_question_weights_favour_the_named_kinds():
     assert picks.count("where") > 150  # 50 / 53 of the picks expected
     few = train.Batches(tokenizer=None, config=train.TrainConfig(questions_per_image=8))
     assert sorted(few.pick_questions(["colour"] * 3)) == [0, 1, 2]  # never more questions than a picture has
+
+
+# --- issue 14: classroom conversations ----------------------------------------------------------------
+
+
+def test_new_questions_match_the_scene_and_keep_the_old_ones():
+    for seed in range(60):
+        scene = shapes.make_scene(seed)
+        assert scene.questions == shapes.make_scene(seed).questions  # the old benchmark does not move
+        present = {t.shape for t in scene.things}
+        for kind, question, answer in shapes.new_questions(scene):
+            if kind == "absent":
+                missing = answer.removeprefix("There is no ").removesuffix(".").removesuffix(" object")
+                assert missing not in present | {t.colour for t in scene.things} and missing in question
+            elif kind == "yesno":
+                assert answer in ("yes", "no")
+            elif kind == "count_all":
+                assert answer == str(len(scene.things))
+            elif kind == "count_colour":
+                colour = next(c for c in shapes.COLOURS if c in question)
+                assert answer == str(sum(t.colour == colour for t in scene.things))
+            else:
+                assert kind == "detail" and answer.count(".") == len(scene.things)
+    busy = next(shapes.make_scene(s) for s in range(1000) if len(shapes.make_scene(s).things) >= 7)
+    assert shapes.describe_in_detail(busy.things).startswith(("A ", "An "))
+
+
+def test_vary_keeps_the_question_readable():
+    rng = np.random.default_rng(0)
+    variants = {shapes.vary("What colour is the triangle?", rng) for _ in range(200)}
+    assert "What color is the triangle?" in variants and "what colour is the triangle?" in variants
+    assert "WHAT COLOUR IS THE TRIANGLE?" in variants and "What colour is a triangle?" in variants
+    assert "What colour is the triangle" in variants
+
+
+def test_chat_ids_mark_every_answer(tmp_path):
+    from mvlm_magic.runtime.tokenizer import Tokenizer, conversation_ids
+    from tools.nano import train
+
+    tokenizer = Tokenizer.from_folder(bundled_model())
+    turns = [("What colour is the star?", "red"), ("And where is the square?", "There is no square.")]
+    ids, spans = train.chat_ids(tokenizer, turns)
+    assert ids == conversation_ids(tokenizer, turns) and spans[-1][1] == len(ids)
+    for (start, end), (_, answer) in zip(spans, turns):
+        assert tokenizer.decode(ids[start:end]).strip() == answer and ids[end - 1] == tokenizer.eos_id
+    assert ids[: spans[1][0]] == conversation_ids(tokenizer, [turns[0], (turns[1][0], None)])
+
+
+def test_outside_pictures_are_seeded_and_held_out_photos_are_many():
+    pytest.importorskip("skimage")
+    a, b = shapes.outside_picture(3), shapes.outside_picture(3)
+    assert a.size == (336, 336) and np.array_equal(np.asarray(a), np.asarray(b))
+    chats = shapes.heldout_set("outside", 600)
+    assert len({key for key, _ in chats}) >= 30 and sum(len(turns) for _, turns in chats) >= 600
+    assert all(answer == shapes.OUTSIDE_ANSWER for _, turns in chats for _, _, answer in turns)
+    assert shapes.heldout_picture(chats[0][0]).mode == "RGB"

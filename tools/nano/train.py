@@ -80,6 +80,11 @@ class TrainConfig:
     # names (see `lookup_loss`); without it "where is the X?" answered with another object's place
     eval_every: int = 1500
     eval_questions: int = 60
+    # issue 14: classroom conversations
+    max_turns: int = 4  # a picture's questions are grouped into chats of 1..max_turns turns (loss on every answer)
+    outside_fraction: float = 0.08  # pictures from outside the shapes world (noise, drawings, gradients, textures)
+    vary_fraction: float = 0.3  # questions re-spelled (color, case, no "?", "a" for "the")
+    init: str = ""  # start from this checkpoint folder (its weights and tokenizer) instead of from scratch
 
 
 # --- tokenizer ---------------------------------------------------------------------------------
@@ -126,6 +131,22 @@ def _write_json(path: Path, data: dict) -> None:
 
 
 # --- data --------------------------------------------------------------------------------------
+
+
+def chat_ids(tokenizer: Tokenizer, turns: list[tuple[str, str]]) -> tuple[list[int], tuple[tuple[int, int], ...]]:
+    """The ids of a whole chat, "... ASSISTANT: a1</s>USER: q2 ASSISTANT: a2</s>", and the (start, end) of every
+    answer (with its </s>) in them: each answer starts where the runtime's prompt for that turn ends."""
+    full = conversation_ids(tokenizer, list(turns))
+    spans = []
+    for k in range(len(turns)):
+        prompt = conversation_ids(tokenizer, list(turns[:k]) + [(turns[k][0], None)])
+        if full[: len(prompt)] != prompt:
+            raise AssertionError(f"turn {k + 1}'s prompt is not a prefix of the chat {turns!r}")
+        end = full.index(tokenizer.eos_id, len(prompt)) + 1
+        spans.append((len(prompt), end))
+    if spans[-1][1] != len(full):
+        raise AssertionError(f"the chat does not end with the last answer's </s>: {turns!r}")
+    return full, tuple(spans)
 
 
 def prompt_ids(tokenizer: Tokenizer, question: str) -> list[int]:
@@ -177,29 +198,33 @@ def token_labels(scene: shapes.Scene, min_cover: float = 0.1) -> np.ndarray:
     return np.concatenate([table[owner], cell[:, None]], axis=1)
 
 
+TRAIN_KINDS = shapes.KINDS + shapes.NEW_KINDS + ("outside",)
+
+
 def parse_weights(text: str) -> dict[str, float]:
     """'where=3,describe=2' -> {'where': 3.0, 'describe': 2.0} (kinds not named weigh 1)."""
     weights = {}
     for part in filter(None, (p.strip() for p in text.split(","))):
         kind, _, value = part.partition("=")
-        if kind not in shapes.KINDS:
-            raise ValueError(f"question_weights: unknown kind {kind!r}; kinds are {', '.join(shapes.KINDS)}")
+        if kind not in TRAIN_KINDS:
+            raise ValueError(f"question_weights: unknown kind {kind!r}; kinds are {', '.join(TRAIN_KINDS)}")
         weights[kind] = float(value)
     return weights
 
 
 def question_subject(kind: str, question: str) -> tuple[int, int] | None:
     """(column, class) in `token_labels` of the image tokens a question is about: the named shape's tokens
-    (colour, where, size, count), the named colour's (shape); None for "describe" (every object)."""
+    (colour, where, size, count, yes/no), the named colour's (shape, or no shape named); None for "describe",
+    "detail", "count_all" and pictures from outside (every object, or none)."""
     words = question.lower().rstrip("?.").split()
-    if kind == "shape":
-        colour = next(w for w in words if w in shapes.COLOURS)
-        return 0, 1 + list(shapes.COLOURS).index(colour)
-    if kind == "describe":
+    if kind in ("describe", "detail", "count_all", "outside"):
         return None
     plural_of = {plural: shape for shape, plural in shapes.PLURALS.items()}
-    shape = next(plural_of.get(w, w) for w in words if w in shapes.SHAPES or w in plural_of)
-    return 1, 1 + shapes.SHAPES.index(shape)
+    shape = next((plural_of.get(w, w) for w in words if w in shapes.SHAPES or w in plural_of), None)
+    colour = next((w for w in words if w in shapes.COLOURS), None)
+    if colour is not None and (kind == "shape" or shape is None):
+        return 0, 1 + list(shapes.COLOURS).index(colour)
+    return None if shape is None else (1, 1 + shapes.SHAPES.index(shape))
 
 
 class Batches:
@@ -209,14 +234,15 @@ class Batches:
         self.tokenizer, self.config = tokenizer, config
         self.rng = np.random.default_rng(config.seed)
         self.next_seed = shapes.TRAIN_SEEDS.start
-        self.cache: dict[str, tuple[list[int], list[int]]] = {}
+        self.cache: dict[tuple, tuple[list[int], tuple]] = {}
         self.weights = parse_weights(config.question_weights)
 
-    def encode(self, question: str, answer: str) -> tuple[list[int], list[int]]:
-        key = question + "\x00" + answer
-        if key not in self.cache:
-            self.cache[key] = (prompt_ids(self.tokenizer, question), answer_ids(self.tokenizer, question, answer))
-        return self.cache[key]
+    def encode(self, turns: tuple[tuple[str, str], ...]) -> tuple[list[int], tuple]:
+        if turns not in self.cache:
+            self.cache[turns] = chat_ids(self.tokenizer, list(turns))
+        if len(self.cache) > 200_000:
+            self.cache.clear()
+        return self.cache[turns]
 
     def max_objects(self, step: int) -> int | None:
         """Curriculum: the first `curriculum_steps` steps see only pictures with few objects."""
@@ -242,21 +268,35 @@ class Batches:
         return self.rng.choice(len(kinds), n, replace=False, p=weights / weights.sum())
 
     def next_batch(self, step: int):
-        """(images (B, 3, 336, 336) float32, [(image index, prompt ids, answer ids, subject)],
-        labels (B, 144, 4) int64); subject as `question_subject` gives it."""
+        """(images (B, 3, 336, 336) float32, [(image index, chat ids, answer spans, subjects)],
+        labels (B, 144, 4) int64); a chat's ids hold the picture as IMAGE_TOKEN_INDEX, each answer span is
+        (start, end) in them, one subject per turn as `question_subject` gives it."""
         config = self.config
         images, samples = [], []
         limit = self.max_objects(step)
         labels = []
         for b in range(config.images_per_step):
             scene = self.next_scene(limit)
-            image, qa = shapes.render(scene), scene.questions
+            if config.outside_fraction and self.rng.random() < config.outside_fraction:
+                image = shapes.outside_picture(scene.seed)
+                qa = shapes.outside_questions(scene.seed, config.questions_per_image)
+                labels.append(token_labels(shapes.Scene(scene.seed, [], scene.background)))
+            else:
+                image = shapes.render(scene)
+                qa = scene.questions + (shapes.new_questions(scene) if config.max_turns > 1 or
+                                        config.outside_fraction else [])
+                labels.append(token_labels(scene))
             images.append(pixels(image))
-            labels.append(token_labels(scene))
-            picks = self.pick_questions([kind for kind, _, _ in qa])
-            for i in picks:
-                kind, question, answer = qa[i]
-                samples.append((b, *self.encode(question, answer), question_subject(kind, question)))
+            picks = [qa[i] for i in self.pick_questions([kind for kind, _, _ in qa])]
+            picks = [(kind, shapes.vary(q, self.rng) if self.rng.random() < config.vary_fraction else q, a)
+                     for kind, q, a in picks]
+            while picks:
+                n = int(self.rng.integers(1, config.max_turns + 1))
+                chat = [(kind, shapes.follow_up(q, self.rng) if i else q, a)
+                        for i, (kind, q, a) in enumerate(picks[:n])]
+                picks = picks[n:]
+                ids, spans = self.encode(tuple((q, a) for _, q, a in chat))
+                samples.append((b, ids, spans, tuple(question_subject(kind, q) for kind, q, _ in chat)))
         return np.stack(images), samples, np.stack(labels)
 
 
@@ -350,13 +390,14 @@ def packed_losses(model: MobileVLM, features: torch.Tensor, samples,
     fraction of the cost.
     """
     n_images, n_image_tokens = features.shape[:2]
-    prefixes = {tuple(p[: p.index(IMAGE_TOKEN_INDEX)]) for _, p, _, _ in samples}
+    prefixes = {tuple(ids[: ids.index(IMAGE_TOKEN_INDEX)]) for _, ids, _, _ in samples}
     assert len(prefixes) == 1, "every prompt starts with the same system text"
     prefix = list(prefixes.pop())
     shared = len(prefix) + n_image_tokens
-    tails: list[list[tuple[list[int], int, object]]] = [[] for _ in range(n_images)]
-    for image_index, prompt, answer, subject in samples:
-        tails[image_index].append((prompt[prompt.index(IMAGE_TOKEN_INDEX) + 1:] + answer, len(answer), subject))
+    tails: list[list[tuple[list[int], list[tuple[int, int]], tuple]]] = [[] for _ in range(n_images)]
+    for image_index, chat, spans, subjects in samples:
+        cut = chat.index(IMAGE_TOKEN_INDEX) + 1  # spans move from the chat's ids to the tail's
+        tails[image_index].append((chat[cut:], [(a - cut, b - cut) for a, b in spans], subjects))
     length = shared + max(sum(len(t) for t, _, _ in row) for row in tails)
     ids = torch.zeros(n_images, length - shared, dtype=torch.long)
     positions = torch.arange(length).repeat(n_images, 1)
@@ -366,13 +407,14 @@ def packed_losses(model: MobileVLM, features: torch.Tensor, samples,
     for b, row in enumerate(tails):
         at = shared
         segment[b, at:] = -2
-        for j, (tail, n_answer, subject) in enumerate(row):
+        for j, (tail, spans, subjects) in enumerate(row):
             ids[b, at - shared: at - shared + len(tail)] = torch.tensor(tail)
             positions[b, at: at + len(tail)] = torch.arange(shared, shared + len(tail))
-            target[b, at + len(tail) - n_answer: at + len(tail)] = torch.tensor(tail[-n_answer:])
+            for (start, end), subject in zip(spans, subjects):
+                target[b, at + start: at + end] = torch.tensor(tail[start:end])
+                if subject is not None:
+                    lookups.append((b, at + start - 1, subject))
             segment[b, at: at + len(tail)] = j
-            if subject is not None:
-                lookups.append((b, at + len(tail) - n_answer - 1, subject))
             at += len(tail)
     causal = torch.ones(length, length, dtype=torch.bool).tril()
     query, key = segment[:, :, None], segment[:, None, :]
@@ -430,28 +472,31 @@ def lookup_loss(attention: torch.nn.Module, hidden: torch.Tensor, position_embed
 
 
 def reference_loss(model: MobileVLM, pixel_values: torch.Tensor, samples) -> torch.Tensor:
-    """The same loss over full, independent sequences (slow; used to check `loss_fn`)."""
+    """The same loss over full, independent chats (slow; used to check `loss_fn`)."""
     features = model.get_image_features(pixel_values)
-    losses = []
-    for image_index, prompt, answer, _ in samples:
-        ids = prompt + answer
+    losses, n_tokens = [], 0
+    for image_index, ids, spans, _ in samples:
         at = ids.index(IMAGE_TOKEN_INDEX)
         embeds = torch.cat([model.embed_tokens(torch.tensor(ids[:at])), features[image_index],
                             model.embed_tokens(torch.tensor(ids[at + 1:]))])[None]
         logits = model.language_model(inputs_embeds=embeds).logits[0]
-        n = len(answer)
-        losses.append(F.cross_entropy(logits[-n - 1:-1], torch.tensor(answer), reduction="sum"))
-    return torch.stack(losses).sum() / sum(len(a) for _, _, a, _ in samples)
+        shift = features.shape[1] - 1  # the picture's one id became 144 positions
+        for start, end in spans:
+            losses.append(F.cross_entropy(logits[start + shift - 1: end + shift - 1], torch.tensor(ids[start:end]),
+                                          reduction="sum"))
+            n_tokens += end - start
+    return torch.stack(losses).sum() / n_tokens
 
 
 # --- evaluation (torch, greedy) ------------------------------------------------------------------
 
 
 @torch.no_grad()
-def torch_answer(model: MobileVLM, tokenizer: Tokenizer, image, question: str, max_new_tokens: int = 24) -> str:
+def torch_answer(model: MobileVLM, tokenizer: Tokenizer, image, question: str, max_new_tokens: int = 24,
+                 history: list[tuple[str, str]] = ()) -> str:
     pixel_values = torch.from_numpy(preprocess_image(image))
-    new_ids = model.generate(prompt_ids(tokenizer, question), pixel_values, max_new_tokens=max_new_tokens,
-                             eos_token_id=tokenizer.eos_id)
+    new_ids = model.generate(conversation_ids(tokenizer, list(history) + [(question, None)]), pixel_values,
+                             max_new_tokens=max_new_tokens, eos_token_id=tokenizer.eos_id)
     return tokenizer.decode(new_ids).strip()
 
 
@@ -468,6 +513,26 @@ def quick_accuracy(model: MobileVLM, tokenizer: Tokenizer, n: int) -> tuple[floa
     model.train()
     total = sum(sum(v) for v in per_kind.values()) / max(1, sum(len(v) for v in per_kind.values()))
     return total, {k: round(sum(v) / len(v), 3) for k, v in per_kind.items()}
+
+
+@torch.no_grad()
+def quick_new_accuracy(model: MobileVLM, tokenizer: Tokenizer, n: int) -> dict:
+    """Torch accuracy on about `n` questions of each issue-14 held-out set (follow-ups: turns 2-4 only)."""
+    model.eval()
+    out = {}
+    for name in shapes.HELDOUT_SETS:
+        chats = shapes.heldout_set(name, n)[: max(1, n // 4) if name == "followup" else n]
+        right = []
+        for key, turns in chats[: (3 if name == "outside" else len(chats))]:
+            image, history = shapes.heldout_picture(key), []
+            for i, (_, question, expected) in enumerate(turns[: (n // 3 if name == "outside" else len(turns))]):
+                got = torch_answer(model, tokenizer, image, question, 160, history)
+                history.append((question, got))
+                if name != "followup" or i:
+                    right.append(int(got == expected))
+        out[name] = round(sum(right) / max(1, len(right)), 3)
+    model.train()
+    return out
 
 
 @torch.no_grad()
@@ -591,8 +656,17 @@ def train(out: Path, config: TrainConfig, max_minutes: float | None = None, log=
     random.seed(config.seed)
     np.random.seed(config.seed)
     out.mkdir(parents=True, exist_ok=True)
-    tokenizer = train_tokenizer(out, config.vocab_size, config.seed)
-    model, model_config = build_model(config, tokenizer.vocab_size)
+    if config.init:  # a continuation: the given checkpoint's weights and tokenizer
+        init = Path(config.init)
+        for name in ("tokenizer.model", "tokenizer_config.json", "special_tokens_map.json"):
+            if (init / name).resolve() != (out / name).resolve():
+                (out / name).write_bytes((init / name).read_bytes())
+        tokenizer = Tokenizer.from_folder(out)
+        model_config = json.loads((init / "config.json").read_text())
+        model = MobileVLM.from_folder(init, dtype=torch.float32).train()
+    else:
+        tokenizer = train_tokenizer(out, config.vocab_size, config.seed)
+        model, model_config = build_model(config, tokenizer.vocab_size)
     n_params = sum(p.numel() for p in model.parameters())
     log(f"model: {n_params / 1e6:.2f} M parameters, vocab {tokenizer.vocab_size}; {config}")
     aux_head = build_aux_head(config)  # training only, never saved
@@ -612,8 +686,13 @@ def train(out: Path, config: TrainConfig, max_minutes: float | None = None, log=
             group["lr"] = lr_at(step, config)
         pixel_values, samples, labels = next(batches)
         vision_phase = step < config.vision_steps
-        features = train_image_features(model, pixel_values, train_vision=vision_phase or not config.freeze_vision)
-        extra = aux_loss(aux_head, features, labels, config.object_weight) if config.aux_weight else torch.zeros(())
+        # a continuation (`init`) spends its vision phase fitting the new per-token head to the trained features
+        # alone: a random head's gradients would otherwise scramble the features in the first steps
+        probe_only = vision_phase and bool(config.init)
+        features = train_image_features(model, pixel_values, train_vision=(vision_phase and not probe_only) or (
+            not vision_phase and not config.freeze_vision))
+        extra = aux_loss(aux_head, features.detach() if probe_only else features, labels,
+                         config.object_weight) if config.aux_weight else torch.zeros(())
         lookup = None
         if vision_phase:  # vision phase: the language model waits for useful image tokens
             lm_loss = torch.zeros(())
@@ -638,7 +717,10 @@ def train(out: Path, config: TrainConfig, max_minutes: float | None = None, log=
             if step >= config.vision_steps:
                 accuracy, per_kind = quick_accuracy(model, tokenizer, config.eval_questions)
                 log(f"  held-out accuracy (torch, {config.eval_questions} questions): {accuracy:.3f} {per_kind}")
-                history.append({"step": step + 1, "accuracy": accuracy, "per_kind": per_kind, "probe": probe})
+                new = quick_new_accuracy(model, tokenizer, 24)
+                log(f"  issue-14 sets (torch, ~24 questions each): {new}")
+                history.append({"step": step + 1, "accuracy": accuracy, "per_kind": per_kind, "probe": probe,
+                                "sets": new})
         if max_minutes and elapsed > max_minutes * 60:
             log(f"stopping early at step {step + 1}: the {max_minutes} minute budget is spent")
             break
@@ -646,11 +728,14 @@ def train(out: Path, config: TrainConfig, max_minutes: float | None = None, log=
     save_checkpoint(model, model_config, out)
     model = MobileVLM.from_folder(out)  # the shipped (bf16) weights, as the loader reads them
     accuracy, per_kind = quick_accuracy(model, tokenizer, config.eval_questions)
-    minutes = (time.perf_counter() - started) / 60
     log(f"final held-out accuracy (torch, bf16 weights, {config.eval_questions} questions): {accuracy:.3f} {per_kind}")
+    new = quick_new_accuracy(model, tokenizer, 24)
+    log(f"final issue-14 sets (torch, ~24 questions each): {new}")
+    minutes = (time.perf_counter() - started) / 60
     log(f"done in {minutes:.1f} min; saved to {out}")
     summary = {"config": asdict(config), "parameters": n_params, "minutes": round(minutes, 1),
                "steps_done": step + 1, "final_loss": smoothed, "quick_accuracy": accuracy, "per_kind": per_kind,
+               "sets": new,
                "history": history, "torch": torch.__version__}
     (out / "training.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
