@@ -62,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     compare = commands.add_parser("compare", help="weight formats side by side: the same question, each format")
     compare.add_argument("formats", nargs="+", help="int4, int8, fp16, fp32 or int4 labels (e.g. int4 int8 fp16)")
     compare.add_argument("--image", required=True, help="path to an image file")
-    compare.add_argument("--question", default="Describe the image.")
+    compare.add_argument("--question", default=None, help="default: Describe the image.")
     compare.add_argument("--model", default=None, help=DEFAULT_MODEL_HELP)
     compare.add_argument("--device", default="CPU")
     compare.add_argument("--max-new-tokens", type=int, default=64)
@@ -128,15 +128,16 @@ def run_ask(args) -> None:
 
 
 def run_compare(args) -> None:
-    from .compare import compare_formats, text_table
+    from .compare import DEFAULT_QUESTION, compare_formats, text_table
     from .runtime.chat import check_question
     from .runtime.preprocess import load_image
 
     image = load_image(args.image)  # bad input fails before any export
-    check_question(args.question)
-    rows = compare_formats(args.model or default_model(), args.formats, image, args.question, device=args.device,
+    question = DEFAULT_QUESTION if args.question is None else args.question
+    check_question(question)
+    rows = compare_formats(args.model or default_model(), args.formats, image, question, device=args.device,
                            cache_dir=args.cache_dir, max_new_tokens=args.max_new_tokens, progress=stderr_progress)
-    print(f"Q: {args.question}\n{text_table(rows)}")
+    print(f"Q: {question}\n{text_table(rows)}")
 
 
 def default_model():

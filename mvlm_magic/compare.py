@@ -20,7 +20,10 @@ from .errors import MvlmError
 from .export.compress import Compression
 from .loader import load_engine
 from .model.checkpoint import Progress, no_progress
+from .printing import token_label
+from .runtime.confidence import token_text
 
+DEFAULT_QUESTION = "Describe the image."  # a question every format answers at length: where they part shows
 # Most precise first: agreement is measured against the first of these that was asked for.
 PRECISION_ORDER = ("fp32", "fp16", "int8", "int4")
 # Our operations' copies of an export's IRs (ops/copies.py: NAME.KIND-vFORMAT.xml/.bin): derived, not the export.
@@ -43,6 +46,10 @@ class FormatRow:
     same_answer: bool | None = None  # as the most precise format's (None for that one itself)
     first_difference: int | None = None  # index of the first answer token that differs
     error: str = ""
+
+    @property
+    def answered(self) -> bool:
+        return self.load_s > 0 and not self.error
 
 
 def rank(label: str) -> int:
@@ -124,7 +131,7 @@ def measure(row: FormatRow, model, image, question, device, cache_dir, max_new_t
         row.export_mb, row.copy_mb = own / 1e6, derived / 1e6 if engine.ops or engine.vision_ops else 0.0
         answer = engine.ask(image, question, max_new_tokens=max_new_tokens)
         row.answer, row.token_ids = answer.text, list(answer.token_ids)
-        row.tokens = [engine.tokenizer.decode([t]) for t in answer.token_ids]
+        row.tokens = [token_text(engine.tokenizer, t) for t in answer.token_ids]
         row.first_token_ms, row.tokens_per_s = answer.timings.first_token_ms, answer.timings.decode_tokens_per_s
         if measured and start_mb is not None and (peak := peak_mb()) is not None:
             row.peak_mb = max(0.0, peak - start_mb)
@@ -137,7 +144,7 @@ def measure(row: FormatRow, model, image, question, device, cache_dir, max_new_t
 
 def agree(rows: list[FormatRow]) -> None:
     """Each answered row against the first answered one (the most precise)."""
-    answered = [row for row in rows if row.token_ids or (row.answer == "" and not row.error and row.load_s)]
+    answered = [row for row in rows if row.answered]
     if not answered:
         return
     reference = answered[0]
@@ -164,13 +171,13 @@ def row_cells(row: FormatRow, reference: FormatRow | None) -> list[str]:
         agrees = "same answer"
     else:
         theirs = row.tokens[row.first_difference] if row.first_difference < len(row.tokens) else "(end)"
-        agrees = f"parts at token {row.first_difference + 1} ({theirs.strip() or repr(theirs)!s})"
+        agrees = f"parts at token {row.first_difference + 1} ({token_label(theirs)})"
     rate = f"{row.tokens_per_s:.1f}" if row.tokens_per_s else "—"
     return [row.label, row.answer, size, load, f"{row.first_token_ms:.0f} ms", rate, peak, agrees]
 
 
 def table_rows(rows: list[FormatRow]) -> list[list[str]]:
-    reference = next((row for row in rows if not row.error and row.load_s), None)
+    reference = next((row for row in rows if row.answered), None)
     return [row_cells(row, reference) for row in rows if row.load_s or row.error]
 
 

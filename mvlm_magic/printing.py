@@ -20,17 +20,19 @@ def answer_stats(answer) -> str:
     return f"{note} · {summary}" if note else summary
 
 
+def token_label(text: str) -> str:
+    """One token's text as a reader can see it: stripped, or its repr when it is only a space or a line break."""
+    return text.strip() or repr(text)
+
+
 def tokens_table(tokens, alternatives: int = 3) -> str:
     """An answer's tokens, one per line: the token, how sure the model was, and the likeliest it weighed."""
-    def shown(text: str) -> str:
-        return text.strip() or repr(text)  # a space or a line break is shown as its repr
-
-    width = max(len(shown(t.text)) for t in tokens)
+    width = max(len(token_label(t.text)) for t in tokens)
     lines = []
     for t in tokens:
-        others = " | ".join(f"{shown(a.text)} {a.probability:.2f}" for a in t.alternatives[:alternatives])
+        others = " | ".join(f"{token_label(a.text)} {a.probability:.2f}" for a in t.alternatives[:alternatives])
         mark = "" if t.likeliest else "  (sampled)"
-        lines.append(f"  {shown(t.text).ljust(width)}  {t.probability:.2f}  [{others}]{mark}")
+        lines.append(f"  {token_label(t.text).ljust(width)}  {t.probability:.2f}  [{others}]{mark}")
     return "\n".join(lines)
 
 

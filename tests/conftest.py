@@ -85,6 +85,46 @@ def shapes_picture(size=(300, 200), background=(30, 60, 150), seed=0) -> Image.I
     return image
 
 
+@pytest.fixture(scope="session")
+def nano_engine(cache_dir):
+    """The bundled model's int8 export, compiled once for every test that asks it."""
+    from mvlm_magic.demo import bundled_model
+    from mvlm_magic.loader import load_engine
+
+    return load_engine(bundled_model(), "int8", cache_dir=cache_dir)
+
+
 @pytest.fixture
 def picture():
     return shapes_picture()
+
+
+class DisplayRecorder:
+    """Stands in for IPython's `display` where the test is the front end: what was shown (with its options), and
+    each later update of it (its own display handle)."""
+
+    def __init__(self):
+        self.shown, self.options, self.updates = [], [], []
+
+    def __call__(self, obj, **options):
+        self.shown.append(obj)
+        self.options.append(options)
+        return self
+
+    def update(self, obj, **options):
+        self.updates.append(obj)
+
+
+@pytest.fixture
+def magic_shell(exported, cache_dir):
+    """A real IPython shell with the extension loaded and the tiny V2 fp32 export loaded at f32."""
+    from IPython.core.interactiveshell import InteractiveShell
+
+    shell = InteractiveShell.instance()
+    shell.run_line_magic("load_ext", "mvlm_magic")
+    try:
+        shell.run_line_magic("config", f"MvlmMagics.cache_dir = {str(cache_dir)!r}")
+        shell.run_line_magic("mvlm_load", f"{exported('v2', 'fp32')} --precision f32")
+        yield shell
+    finally:
+        shell.run_line_magic("unload_ext", "mvlm_magic")

@@ -7,7 +7,7 @@ import threading
 
 import pytest
 
-from conftest import shapes_picture
+from conftest import DisplayRecorder, shapes_picture
 from mvlm_magic.errors import MvlmError
 from mvlm_magic.notebook.cell import resolve_pictures
 from mvlm_magic.runtime.batch import ask_many
@@ -23,11 +23,9 @@ PICTURES = [(f"p{i}", shapes_picture(seed=20 + i)) for i in range(4)]
 
 
 def test_each_answer_equals_asking_alone_and_each_picture_is_encoded_once(eng, monkeypatch):
-    from mvlm_magic.runtime import batch
-
     encodes = []
-    preprocess = batch.preprocess_image
-    monkeypatch.setattr(batch, "preprocess_image", lambda *args: encodes.append(1) or preprocess(*args))
+    encode = eng.encode_image
+    monkeypatch.setattr(eng, "encode_image", lambda picture: encodes.append(1) or encode(picture))
     questions = ["What is this?", "What colour is the circle?"]
     results = ask_many(eng, PICTURES, questions, GenerationConfig(max_new_tokens=6))
     monkeypatch.undo()
@@ -70,40 +68,24 @@ def test_many_pictures_are_a_list_a_folder_or_a_glob(tmp_path):
         resolve_pictures(f"{tmp_path}/*.jpg", namespace)
 
 
-def test_the_magic_fills_a_table_with_stop_and_scores_as_a_dataframe(exported, monkeypatch):
+def test_the_magic_fills_a_table_with_stop_and_scores_as_a_dataframe(magic_shell, monkeypatch):
     import pandas as pd
-    from IPython.core.interactiveshell import InteractiveShell
 
     from mvlm_magic.notebook import batch, output_mode
 
-    shell = InteractiveShell.instance()
-    shell.run_line_magic("load_ext", "mvlm_magic")
-    try:
-        shell.run_line_magic("mvlm_load", f"{exported('v2', 'fp32')} --precision f32")
-        shell.user_ns["pics"] = [p for _, p in PICTURES[:3]]
-        shown, updates = [], []
-
-        class Handle:
-            def update(self, obj, **options):
-                updates.append(obj)
-
-        def display(obj, **options):
-            shown.append(obj)
-            return Handle()
-
-        monkeypatch.setattr(output_mode, "detect", lambda shell: output_mode.DISPLAY)
-        monkeypatch.setattr(batch, "display", display)
-        shell.run_cell("%%mvlm_ask pics --each-line --max-new-tokens 4\nWhat is this?\nWhat colour is it?")
-        view, frame = shown[0], shell.user_ns["_mvlm_answer"]
-        assert len(view.rows) == 6 and view.progress.value == 6 and view.stop_button.layout.display == "none"
-        assert isinstance(frame, pd.DataFrame) and len(frame) == 6 and list(frame.question[:2]) == [
-            "What is this?", "What colour is it?"]
-        assert (frame.answer == frame.answer).mean() == 1.0  # an exercise scores it like this
-        copy = updates[-1]["text/markdown"]
-        assert copy.count("<img") == 6 and copy.count("\n|") == 7  # the table a saved notebook keeps
-        monkeypatch.setitem(sys.modules, "pandas", None)  # without pandas: the list of Answers
-        shell.run_cell("%%mvlm_ask pics --max-new-tokens 2\nWhat is this?")
-        answers = shell.user_ns["_mvlm_answer"]
-        assert isinstance(answers, list) and len(answers) == 3 and all(a.token_ids for a in answers)
-    finally:
-        shell.run_line_magic("unload_ext", "mvlm_magic")
+    magic_shell.user_ns["pics"] = [p for _, p in PICTURES[:3]]
+    display = DisplayRecorder()
+    monkeypatch.setattr(output_mode, "detect", lambda shell: output_mode.DISPLAY)
+    monkeypatch.setattr(batch, "display", display)
+    magic_shell.run_cell("%%mvlm_ask pics --each-line --max-new-tokens 4\nWhat is this?\nWhat colour is it?")
+    view, frame = display.shown[0], magic_shell.user_ns["_mvlm_answer"]
+    assert len(view.rows) == 6 and view.progress.value == 6 and view.stop_button.layout.display == "none"
+    assert isinstance(frame, pd.DataFrame) and len(frame) == 6 and list(frame.question[:2]) == [
+        "What is this?", "What colour is it?"]
+    assert (frame.answer == frame.answer).mean() == 1.0  # an exercise scores it like this
+    copy = display.updates[-1]["text/markdown"]
+    assert copy.count("<img") == 6 and copy.count("\n|") == 7  # the table a saved notebook keeps
+    monkeypatch.setitem(sys.modules, "pandas", None)  # without pandas: the list of Answers
+    magic_shell.run_cell("%%mvlm_ask pics --max-new-tokens 2\nWhat is this?")
+    answers = magic_shell.user_ns["_mvlm_answer"]
+    assert isinstance(answers, list) and len(answers) == 3 and all(a.token_ids for a in answers)

@@ -9,7 +9,7 @@ from contextlib import redirect_stdout
 
 import pytest
 
-from conftest import shapes_picture
+from conftest import DisplayRecorder, shapes_picture
 from mvlm_magic.compare import COLUMNS, compare_formats, export_sizes, text_table
 
 
@@ -53,42 +53,23 @@ def test_export_sizes_split_our_copies_from_the_export(tmp_path):
     assert export_sizes(tmp_path) == (100, 42)
 
 
-def test_the_magic_and_the_terminal_show_the_table(checkpoint, exported, cache_dir, tmp_path):
-    from IPython.core.interactiveshell import InteractiveShell
+def test_the_magic_and_the_terminal_show_the_table(checkpoint, cache_dir, magic_shell, tmp_path, monkeypatch):
+    from mvlm_magic.notebook import compare, output_mode
 
-    shell = InteractiveShell.instance()
-    shell.run_line_magic("load_ext", "mvlm_magic")
-    try:
-        shell.run_line_magic("config", f"MvlmMagics.cache_dir = {str(cache_dir)!r}")
-        shell.run_line_magic("mvlm_load", f"{exported('v2', 'fp32')} --precision f32")
-        shell.user_ns["img"] = shapes_picture(seed=10)
-        out = io.StringIO()  # a plain shell prints the table
-        with redirect_stdout(out):
-            shell.run_cell("%mvlm_compare int8 fp32 --image img --max-new-tokens 4 --question 'What colour?'")
-        printed = out.getvalue()
-        assert "Q: What colour?\n" in printed and "fp32" in printed and "int8" in printed and "reference" in printed
-        shown, updates = [], []
-
-        class Handle:
-            def update(self, obj, **options):
-                updates.append(obj)
-
-        def display(obj, **options):
-            shown.append(obj)
-            return Handle()
-
-        from mvlm_magic.notebook import compare, output_mode
-
-        with pytest.MonkeyPatch.context() as patch:
-            patch.setattr(output_mode, "detect", lambda shell: output_mode.DISPLAY)
-            patch.setattr(compare, "display", display)
-            shell.run_cell("%%mvlm_compare int8 fp32 --image img --max-new-tokens 4\nWhat colour is it?")
-        table = shown[0].children[1].value  # the table filled in as the formats were asked
-        assert table.count("<tr>") == 3 and "reference" in table
-        markdown = updates[-1]["text/markdown"]  # then the static copy a saved notebook keeps
-        assert markdown.startswith("**Q:** What colour is it") and markdown.count("\n| ") == 3
-    finally:
-        shell.run_line_magic("unload_ext", "mvlm_magic")
+    magic_shell.user_ns["img"] = shapes_picture(seed=10)
+    out = io.StringIO()  # a plain shell prints the table
+    with redirect_stdout(out):
+        magic_shell.run_cell("%mvlm_compare int8 fp32 --image img --max-new-tokens 4 --question 'What colour?'")
+    printed = out.getvalue()
+    assert "Q: What colour?\n" in printed and "fp32" in printed and "int8" in printed and "reference" in printed
+    display = DisplayRecorder()
+    monkeypatch.setattr(output_mode, "detect", lambda shell: output_mode.DISPLAY)
+    monkeypatch.setattr(compare, "display", display)
+    magic_shell.run_cell("%%mvlm_compare int8 fp32 --image img --max-new-tokens 4\nWhat colour is it?")
+    table = display.shown[0].children[1].value  # the table filled in as the formats were asked
+    assert table.count("<tr>") == 3 and "reference" in table
+    markdown = display.updates[-1]["text/markdown"]  # then the static copy a saved notebook keeps
+    assert markdown.startswith("**Q:** What colour is it") and markdown.count("\n| ") == 3
     picture = tmp_path / "picture.png"
     shapes_picture(seed=10).save(picture)
     cli = subprocess.run([sys.executable, "-m", "mvlm_magic.cli", "compare", "int8", "fp32", "--image", str(picture),

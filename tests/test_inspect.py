@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import shapes_picture
+from conftest import DisplayRecorder, shapes_picture
 from mvlm_magic.inspect import grid_png, model_view
 from mvlm_magic.runtime.preprocess import CLIP_MEAN, CLIP_STD, model_pixels, preprocess_image
 
@@ -89,14 +89,13 @@ def test_the_attention_read_out_equals_transformers_eager_attention(eng, torch_m
     assert np.abs(mine.maps - expected).max() < 1e-4
 
 
-def test_the_bundled_model_looks_at_the_object_it_names(cache_dir):
+def test_the_bundled_model_looks_at_the_object_it_names(nano_engine):
     """For "What colour is the <shape>?" the head its training taught to look (docs/nano.md: head 0 of the last
     layer, from the position that predicts the first answer token) puts the most attention on that shape."""
-    from mvlm_magic.demo import bundled_model, shapes
+    from mvlm_magic.demo import shapes
     from mvlm_magic.inspect.attention import answer_attention
-    from mvlm_magic.loader import load_engine
 
-    nano = load_engine(bundled_model(), "int8", cache_dir=cache_dir)
+    nano = nano_engine
     questions = [q for q in shapes.heldout_questions(600) if q[1] == "colour"]
     hits = 0
     for seed, _, question, _ in questions:
@@ -129,34 +128,17 @@ def test_model_view_of_an_answer_lights_where_it_looked_and_its_controls_switch(
     assert "where the whole answer looked" in copy["text/plain"] and copy["text/markdown"].count("<img") == 2
 
 
-def test_show_input_in_the_magic_shows_the_model_view_first(eng, exported, tmp_path, monkeypatch):
-    from IPython.core.interactiveshell import InteractiveShell
-
+def test_show_input_in_the_magic_shows_the_model_view_first(magic_shell, monkeypatch):
     from mvlm_magic.notebook import output_mode
 
-    shell = InteractiveShell.instance()
-    shell.run_line_magic("load_ext", "mvlm_magic")
-    try:
-        shell.run_line_magic("mvlm_load", f"{exported('v2', 'fp32')} --precision f32")
-        shell.user_ns["img"] = shapes_picture(seed=6)
-        shown, updates = [], []
-
-        class Handle:
-            def update(self, obj, **options):
-                updates.append(obj)
-
-        def display(obj, **options):
-            shown.append((obj, options))
-            return Handle()
-
-        monkeypatch.setattr("mvlm_magic.notebook.ask.display", display)
-        monkeypatch.setattr(output_mode, "detect", lambda shell: output_mode.DISPLAY)
-        shell.run_cell("%%mvlm_ask img --show-input --max-new-tokens 3 --blocking\nWhat is this?")
-        first, options = shown[0]
-        assert options.get("raw") and "144 image tokens" in first["text/plain"] and "image/png" in first
-        assert len(shown) == 2  # then the answer
-        # When the answer ended, the model's view gained where it looked.
-        assert any("where the whole answer looked" in update.get("text/plain", "") for update in updates
-                   if isinstance(update, dict)), updates
-    finally:
-        shell.run_line_magic("unload_ext", "mvlm_magic")
+    magic_shell.user_ns["img"] = shapes_picture(seed=6)
+    display = DisplayRecorder()
+    monkeypatch.setattr("mvlm_magic.notebook.ask.display", display)
+    monkeypatch.setattr(output_mode, "detect", lambda shell: output_mode.DISPLAY)
+    magic_shell.run_cell("%%mvlm_ask img --show-input --max-new-tokens 3 --blocking\nWhat is this?")
+    first, options = display.shown[0], display.options[0]
+    assert options.get("raw") and "144 image tokens" in first["text/plain"] and "image/png" in first
+    assert len(display.shown) == 2  # then the answer
+    # When the answer ended, the model's view gained where it looked.
+    assert any("where the whole answer looked" in update.get("text/plain", "") for update in display.updates
+               if isinstance(update, dict)), display.updates

@@ -7,18 +7,11 @@ import json
 import numpy as np
 import pytest
 
-from mvlm_magic.demo import BUNDLED_DIR, bundled_model, shapes
+from mvlm_magic.demo import BUNDLED_DIR, bundled_model, conversations, shapes
 
 MIN_ACCURACY = 0.95  # issue 4's bar; the shipped weights: 96.0 % through OpenVINO int8
 HELDOUT_QUESTIONS = 600  # the whole held-out benchmark of docs/nano.md (also tools/nano/evaluate.py)
 FLOORS: dict[str, float] = {}  # sets whose issue-14 bar (tools/nano/evaluate.py BARS) the shipped weights miss
-
-
-@pytest.fixture(scope="module")
-def nano_engine(cache_dir):
-    from mvlm_magic.loader import load_engine
-
-    return load_engine(bundled_model(), "int8", cache_dir=cache_dir)
 
 
 def test_bundled_checkpoint_is_in_mtgv_format():
@@ -93,8 +86,8 @@ def test_int8_accuracy_on_the_classroom_sets(nano_engine):
 
     start = openvino_chat_starter(bundled_model(), "int8", engine=nano_engine)
     figures = {}
-    for name in shapes.HELDOUT_SETS:
-        figures[name] = set_accuracy(name, score_chats(start, shapes.heldout_set(name, SET_QUESTIONS)))
+    for name in conversations.HELDOUT_SETS:
+        figures[name] = set_accuracy(name, score_chats(start, conversations.heldout_set(name, SET_QUESTIONS)))
     below = {name: round(value, 3) for name, value in figures.items() if value < FLOORS.get(name, BARS[name])}
     assert not below, f"below the bar: {below}; all: {figures}"
 
@@ -289,7 +282,7 @@ def test_new_questions_match_the_scene_and_keep_the_old_ones():
         scene = shapes.make_scene(seed)
         assert scene.questions == shapes.make_scene(seed).questions  # the old benchmark does not move
         present = {t.shape for t in scene.things}
-        for kind, question, answer in shapes.new_questions(scene):
+        for kind, question, answer in conversations.new_questions(scene):
             if kind == "absent":
                 missing = answer.removeprefix("There is no ").removesuffix(".").removesuffix(" object")
                 assert missing not in present | {t.colour for t in scene.things} and missing in question
@@ -303,12 +296,12 @@ def test_new_questions_match_the_scene_and_keep_the_old_ones():
             else:
                 assert kind == "detail" and answer.count(".") == len(scene.things)
     busy = next(shapes.make_scene(s) for s in range(1000) if len(shapes.make_scene(s).things) >= 7)
-    assert shapes.describe_in_detail(busy.things).startswith(("A ", "An "))
+    assert conversations.describe_in_detail(busy.things).startswith(("A ", "An "))
 
 
 def test_vary_keeps_the_question_readable():
     rng = np.random.default_rng(0)
-    variants = {shapes.vary("What colour is the triangle?", rng) for _ in range(200)}
+    variants = {conversations.vary("What colour is the triangle?", rng) for _ in range(200)}
     assert "What color is the triangle?" in variants and "what colour is the triangle?" in variants
     assert "WHAT COLOUR IS THE TRIANGLE?" in variants and "What colour is a triangle?" in variants
     assert "What colour is the triangle" in variants
@@ -329,9 +322,9 @@ def test_chat_ids_mark_every_answer(tmp_path):
 
 def test_outside_pictures_are_seeded_and_held_out_photos_are_many():
     pytest.importorskip("skimage")
-    a, b = shapes.outside_picture(3), shapes.outside_picture(3)
+    a, b = conversations.outside_picture(3), conversations.outside_picture(3)
     assert a.size == (336, 336) and np.array_equal(np.asarray(a), np.asarray(b))
-    chats = shapes.heldout_set("outside", 600)
+    chats = conversations.heldout_set("outside", 600)
     assert len({key for key, _ in chats}) >= 30 and sum(len(turns) for _, turns in chats) >= 600
-    assert all(answer == shapes.OUTSIDE_ANSWER for _, turns in chats for _, _, answer in turns)
-    assert shapes.heldout_picture(chats[0][0]).mode == "RGB"
+    assert all(answer == conversations.OUTSIDE_ANSWER for _, turns in chats for _, _, answer in turns)
+    assert conversations.heldout_picture(chats[0][0]).mode == "RGB"

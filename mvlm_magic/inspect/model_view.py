@@ -17,6 +17,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from ..errors import MvlmError
+from ..printing import token_label
 from ..runtime.preprocess import model_pixels
 from ..widgets.messages import escape, status_html
 from ..widgets.thumbnail import img_tag, to_pil
@@ -59,7 +60,7 @@ def heatmap_png(pixels: np.ndarray, heat: np.ndarray, cells: int = 0) -> bytes:
     red = np.array([255, 40, 40], dtype=np.float64)
     shown = pixels * (0.5 + 0.5 * block) * (1 - 0.55 * block) + red * 0.55 * block  # dim where unseen, red where seen
     picture = np.clip(np.rint(shown), 0, 255).astype(np.uint8)
-    return grid_png(picture, cells, GRID_COLOURS["tokens"]) if cells else grid_png(picture)
+    return grid_png(picture, cells, GRID_COLOURS["tokens"])
 
 
 def _png(picture: Image.Image) -> bytes:
@@ -99,7 +100,7 @@ class ModelView(w.VBox):
         if attention is not None:
             # Which answer token's attention (a click on a token), or the whole answer's; which layer and head.
             self.token = w.ToggleButtons(options=[("whole answer", -1)] + [
-                (text.strip() or repr(text), n) for n, text in enumerate(attention.texts)], value=-1,
+                (token_label(text), n) for n, text in enumerate(attention.texts)], value=-1,
                 description="looked", style={"button_width": "auto"})
             self.layer = w.Dropdown(options=[("all layers", -1)] + [(f"layer {i}", i) for i in
                                                                      range(attention.layers)], value=-1,

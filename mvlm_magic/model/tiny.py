@@ -140,9 +140,8 @@ def own_storage(tensor: torch.Tensor) -> torch.Tensor:
     return tensor if tensor.untyped_storage().nbytes() == tensor.nbytes else tensor.clone()
 
 
-def build_tiny_checkpoint(folder: Path | str, spec: TinySpec | None = None, **overrides) -> Path:
-    """Write a random MobileVLM checkpoint in the mtgv layout into `folder` and return it."""
-    spec = spec or TinySpec(**overrides)
+def start_checkpoint(folder: Path | str, spec: TinySpec) -> tuple[Path, dict]:
+    """The folder with its tokenizer trained, and the config.json a checkpoint of `spec` gets."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     train_tiny_tokenizer(folder, vocab_size=spec.tokenizer_vocab_size, seed=spec.seed)
@@ -150,16 +149,27 @@ def build_tiny_checkpoint(folder: Path | str, spec: TinySpec | None = None, **ov
 
     vocab_size = (spec.vocab_size
                   or sentencepiece.SentencePieceProcessor(model_file=str(folder / "tokenizer.model")).vocab_size())
-    config = tiny_config(spec, vocab_size)
+    return folder, tiny_config(spec, vocab_size)
+
+
+def write_configs(folder: Path, config: dict) -> None:
+    """config.json and the generation_config.json of the mtgv checkpoints."""
+    (folder / "config.json").write_text(json.dumps(config, indent=2))
+    (folder / "generation_config.json").write_text(
+        json.dumps({"_from_model_config": True, "bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 0,
+                    "transformers_version": "4.33.1"}, indent=2))
+
+
+def build_tiny_checkpoint(folder: Path | str, spec: TinySpec | None = None, **overrides) -> Path:
+    """Write a random MobileVLM checkpoint in the mtgv layout into `folder` and return it."""
+    spec = spec or TinySpec(**overrides)
+    folder, config = start_checkpoint(folder, spec)
     torch.manual_seed(spec.seed)
     model = MobileVLM(MobileVLMConfig.from_dict(config))
     randomize(model, spec.init_std, spec.seed)
     state = {k: v.to(torch.bfloat16) for k, v in model.checkpoint_state().items()}
     save_weights(state, folder, spec.weights_format)
-    (folder / "config.json").write_text(json.dumps(config, indent=2))
-    (folder / "generation_config.json").write_text(
-        json.dumps({"_from_model_config": True, "bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 0,
-                    "transformers_version": "4.33.1"}, indent=2))
+    write_configs(folder, config)
     return folder
 
 
@@ -170,14 +180,7 @@ def build_large_checkpoint(folder: Path | str, shards: int = 2, spec: TinySpec |
     from .mobilevlm import checkpoint_key, parameters_on_meta
 
     spec = spec or TinySpec(**overrides)
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    train_tiny_tokenizer(folder, vocab_size=spec.tokenizer_vocab_size, seed=spec.seed)
-    import sentencepiece
-
-    vocab_size = (spec.vocab_size
-                  or sentencepiece.SentencePieceProcessor(model_file=str(folder / "tokenizer.model")).vocab_size())
-    config = tiny_config(spec, vocab_size)
+    folder, config = start_checkpoint(folder, spec)
     with parameters_on_meta():
         model = MobileVLM(MobileVLMConfig.from_dict(config))
     shapes = {checkpoint_key(part, key): tuple(param.shape) for part in ("language_model", "vision_tower",
@@ -203,8 +206,5 @@ def build_large_checkpoint(folder: Path | str, shards: int = 2, spec: TinySpec |
         weight_map = {key: name.replace(f"-of-{shards:05d}", f"-of-{written:05d}") for key, name in weight_map.items()}
     index = {"metadata": {"total_size": 2 * total}, "weight_map": weight_map}
     (folder / "pytorch_model.bin.index.json").write_text(json.dumps(index, indent=2))
-    (folder / "config.json").write_text(json.dumps(config, indent=2))
-    (folder / "generation_config.json").write_text(
-        json.dumps({"_from_model_config": True, "bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 0,
-                    "transformers_version": "4.33.1"}, indent=2))
+    write_configs(folder, config)
     return folder

@@ -12,7 +12,7 @@ from IPython.core.error import UsageError
 from IPython.display import display
 
 from ..errors import MvlmError
-from . import batch, output_mode
+from . import output_mode
 from .cell import expand_question, image_key, resolve_image, resolve_pictures
 from .usage_errors import EMPTY_QUESTION, NO_MODEL, user_errors
 
@@ -31,6 +31,8 @@ def run(magics, args, cell: str) -> None:
             raise MvlmError(EMPTY_QUESTION)
         pictures = resolve_pictures(args.image, namespace)
         if pictures is not None:  # many pictures: a table, not a conversation
+            from . import batch
+
             questions = [q for q in question.splitlines() if q.strip()] if args.each_line else [question]
             return batch.run(magics, pictures, questions, generation_options(magics, args), args.blocking)
         image, _ = resolve_image(args.image, namespace, magics.last_image.image)

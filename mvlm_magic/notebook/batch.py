@@ -11,8 +11,7 @@ from IPython.display import display
 
 from ..printing import answer_stats
 from . import output_mode
-
-ANSWER_VARIABLE = "_mvlm_answer"
+from .ask import ANSWER_VARIABLE
 
 
 def run(magics, pictures: list, questions: list[str], options: dict, blocking: bool) -> None:

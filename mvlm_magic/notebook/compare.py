@@ -3,8 +3,6 @@ that fills in as each format is loaded and asked, then stays in the notebook as 
 
 from __future__ import annotations
 
-import html
-
 from IPython.core.error import UsageError
 from IPython.display import display
 
@@ -13,11 +11,9 @@ from . import output_mode
 from .cell import resolve_image
 from .usage_errors import NO_MODEL, user_errors
 
-DEFAULT_QUESTION = "Describe the image."
-
 
 def run(magics, args, cell: str | None) -> None:
-    from ..compare import COLUMNS, compare_formats, table_rows, text_table
+    from ..compare import COLUMNS, DEFAULT_QUESTION, compare_formats, table_rows, text_table
 
     if magics.engine is None:
         raise UsageError(NO_MODEL)
@@ -33,7 +29,7 @@ def run(magics, args, cell: str | None) -> None:
             return
         import ipywidgets as w
 
-        from ..widgets.messages import status_html
+        from ..widgets.messages import escape, html_table, markdown_table, status_html, text_markdown
 
         status, table = w.HTML(status_html(f"comparing {' '.join(args.formats)} on: {question}")), w.HTML()
         handle = display(w.VBox([status, table]), display_id=True)
@@ -42,33 +38,15 @@ def run(magics, args, cell: str | None) -> None:
             status.value = status_html(f"[{stage}] {message}")
 
         def on_row(rows):
-            table.value = html_table(COLUMNS, table_rows(rows))
+            table.value = html_table(COLUMNS, [[escape(cell) for cell in row] for row in table_rows(rows)])
 
         rows = compare_formats(model, args.formats, image, question, progress=progress, on_row=on_row, **options)
-        handle.update({"text/markdown": f"**Q:** {markdown_cell(question)}\n\n" +
-                       markdown_table(COLUMNS, table_rows(rows)), "text/plain": text_table(rows)}, raw=True)
+        cells = [[text_markdown(cell) for cell in row] for row in table_rows(rows)]
+        handle.update({"text/markdown": f"**Q:** {text_markdown(question)}\n\n" + markdown_table(COLUMNS, cells),
+                       "text/plain": text_table(rows)}, raw=True)
 
 
 def unquote(text: str) -> str:
     """IPython's magic arguments keep the quotes around `--question 'What colour?'`."""
     text = text.strip()
     return text[1:-1] if len(text) > 1 and text[0] == text[-1] and text[0] in "'\"" else text
-
-
-def html_table(columns, rows) -> str:
-    head = "".join(f"<th style='text-align:left;padding:2px 8px'>{html.escape(c)}</th>" for c in columns)
-    body = "".join("<tr>" + "".join(f"<td style='padding:2px 8px'>{html.escape(cell)}</td>" for cell in row)
-                   + "</tr>" for row in rows)
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
-
-
-def markdown_cell(text: str) -> str:
-    from ..widgets.messages import text_markdown
-
-    return text_markdown(text)
-
-
-def markdown_table(columns, rows) -> str:
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(markdown_cell(cell) for cell in row) + " |" for row in rows]
-    return "\n".join(lines)

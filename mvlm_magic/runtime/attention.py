@@ -52,12 +52,11 @@ class AttentionProbe:
     """The engine's language model compiled once more, with its attention as outputs (made on first use)."""
 
     def __init__(self, language_xml, device: str = "CPU"):
-        import openvino as ov
+        from .device import compile_model, core
 
-        model = with_attention_outputs(ov.Core().read_model(language_xml))
+        model = with_attention_outputs(core().read_model(str(language_xml)))
         self.layers = len([o for o in model.outputs if o.get_any_name().startswith("attention.")])
-        config = {"INFERENCE_PRECISION_HINT": "f32"} if device == "CPU" else {}
-        self.request = ov.Core().compile_model(model, device, config).create_infer_request()
+        self.request = compile_model(model, device, precision="f32").create_infer_request()
         self.lock = threading.Lock()
 
     def attention(self, inputs_embeds: np.ndarray) -> np.ndarray:

@@ -3,9 +3,9 @@
     results = ask_many(engine, [(name, picture), ...], ["What colour is the cross?"])
 
 Each (picture, question) pair is a fresh chat. While the language model answers about one picture, a second thread
-encodes the next pictures with the vision model's own infer request: decoding mostly waits on memory (it reads
-every weight once per token) and the vision tower mostly computes, so the two overlap on the same cores rather
-than taking turns (measured in docs/benchmarks.md). A picture asked several questions is encoded once.
+encodes the next ones through the engine's picture cache (the vision model's own infer request), hoping to overlap
+the encoding (compute) with the decoding (memory); on two cores it does not gain (docs/benchmarks.md). A picture
+asked several questions is encoded once.
 `stop_event` ends the batch: the answer in progress stops where it is and the rest are not asked.
 """
 
@@ -20,7 +20,7 @@ import numpy as np
 
 from ..errors import MvlmError
 from .chat import Answer
-from .preprocess import load_image, preprocess_image
+from .preprocess import load_image
 from .sampling import GenerationConfig
 
 AHEAD = 2  # pictures encoded ahead of the one being answered: enough to hide an encode behind an answer
@@ -42,20 +42,18 @@ class PictureEncoder:
         self.engine, self.pictures, self.stop = engine, pictures, stop
         self.futures = [Future() for _ in pictures]
         self.taken = threading.Semaphore(AHEAD)
-        self.request = engine.vision.create_infer_request()  # its own: never waits for the engine's lock
+        self.closed = False
         threading.Thread(target=self._run, name="mvlm-encode-ahead", daemon=True).start()
 
     def _run(self) -> None:
         for picture, future in zip(self.pictures, self.futures):
             self.taken.acquire()
-            if self.stop.is_set():
+            if self.stop.is_set() or self.closed:
                 future.cancel()
                 continue
             try:
-                pixels = preprocess_image(picture, self.engine.image_size, self.engine.image_mean,
-                                          self.engine.image_std)
-                self.request.infer({0: pixels})
-                future.set_result(self.request.get_output_tensor(0).data.copy())  # (1, 144, C)
+                # The engine's picture cache encodes on its own request: never waits for the language model.
+                future.set_result(self.engine.encode_image(picture))  # (1, 144, C)
             except Exception as error:  # shown on its row; the batch goes on
                 future.set_exception(error)
 
@@ -63,6 +61,12 @@ class PictureEncoder:
         try:
             return self.futures[index].result()
         finally:
+            self.taken.release()
+
+    def close(self) -> None:
+        """The batch is over (stopped, or a picture's question failed): the thread skips what is left and ends."""
+        self.closed = True
+        for _ in self.pictures:
             self.taken.release()
 
 
@@ -84,26 +88,26 @@ def ask_many(engine, pictures: Sequence[tuple[str, object]], questions: Sequence
     readable = [picture for _, picture, _ in loaded if picture is not None]
     encoder = PictureEncoder(engine, readable, stop)
     results, index = [], 0
-    for name, picture, problem in loaded:
-        embeds = None
-        if picture is not None:
-            try:
-                embeds = encoder.embeds(index) if not stop.is_set() else None
-            except Exception as error:
-                problem = str(error).splitlines()[0]
-            index += 1
-        for question in questions:
-            result = BatchResult(name, picture, question.strip(), error=problem)
-            if embeds is not None and not stop.is_set():
-                chat = engine.new_chat(picture, prepare=False)  # the encoder thread prepares the pictures here
-                chat.image_embeds = embeds  # encoded ahead: the chat skips its own encode
-                result.answer = chat.ask(question, config, stop_event=stop).result()
-            elif not problem:
-                result.error = "not asked: the batch was stopped"
-            results.append(result)
-            if on_result is not None:
-                on_result(result)
-    if index < len(readable):  # stopped early: let the encoder thread finish its loop
-        for _ in range(len(readable) - index):
-            encoder.taken.release()
+    try:
+        for name, picture, problem in loaded:
+            embeds = None
+            if picture is not None:
+                try:
+                    embeds = encoder.embeds(index) if not stop.is_set() else None
+                except Exception as error:
+                    problem = str(error).splitlines()[0]
+                index += 1
+            for question in questions:
+                result = BatchResult(name, picture, question.strip(), error=problem)
+                if embeds is not None and not stop.is_set():
+                    chat = engine.new_chat(picture, prepare=False)  # the encoder thread prepares the pictures here
+                    chat.image_embeds = embeds  # encoded ahead: the chat skips its own encode
+                    result.answer = chat.ask(question, config, stop_event=stop).result()
+                elif not problem:
+                    result.error = "not asked: the batch was stopped"
+                results.append(result)
+                if on_result is not None:
+                    on_result(result)
+    finally:
+        encoder.close()  # stopped or failed: the encoder thread skips what is left instead of waiting forever
     return results

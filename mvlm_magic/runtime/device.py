@@ -55,9 +55,10 @@ def compile_config(precision: str = "auto", threads: int | None = None, extra: d
     return config
 
 
-def compile_model(path, device: str, precision: str = "auto", threads: int | None = None,
+def compile_model(model, device: str, precision: str = "auto", threads: int | None = None,
                   extra: dict | None = None) -> ov.CompiledModel:
+    """`model`: an IR's path, or an ov.Model made in memory (a rewritten copy)."""
     config = compile_config(precision, threads, extra)
     if device.startswith("AUTO"):
         config = {k: v for k, v in config.items() if k == "PERFORMANCE_HINT"}  # AUTO rejects device-only keys
-    return core().compile_model(str(path), device, config)
+    return core().compile_model(model if isinstance(model, ov.Model) else str(model), device, config)

@@ -76,6 +76,7 @@ class Engine:
         self.streams = 0  # answers being generated: a preparation waits for none before it touches the cache
         self._idle = threading.Condition(self.lock)
         self.preparing: Preparation | None = None  # the latest; a newer one cancels it
+        self._attention_probe = None  # compiled on first use by the inspect views (attention_probe)
         with shedding([] if self.ops else [folder / "language.bin"]):
             self.prime()
         self.compile_seconds = time.perf_counter() - started
@@ -232,7 +233,7 @@ class Engine:
         """The language model compiled again with its attention probabilities as outputs (runtime/attention.py):
         made on the first call, for the inspect views; answering never uses it."""
         with self.lock:
-            if getattr(self, "_attention_probe", None) is None:
+            if self._attention_probe is None:
                 from .attention import AttentionProbe
 
                 self._attention_probe = AttentionProbe(self.folder / "language.xml", self.device)

@@ -9,7 +9,7 @@ import threading
 
 import ipywidgets as w
 
-from .messages import escape, status_html, text_markdown
+from .messages import escape, html_table, markdown_table, status_html, text_markdown
 from .thumbnail import img_tag
 
 COLUMNS = ("picture", "question", "answer", "finish", "timings")
@@ -45,18 +45,11 @@ class BatchView(w.VBox):
         self.status.value = status_html(f"{len(self.rows)} of {self.total}{stopped}")
 
     def html(self) -> str:
-        head = "".join(f"<th style='text-align:left;padding:2px 8px'>{c}</th>" for c in COLUMNS)
-        body = []
-        for thumbnail, *cells in self.rows:
-            picture = img_tag(thumbnail) if thumbnail else ""
-            body.append(f"<tr><td style='padding:2px 8px'>{picture}</td>" + "".join(
-                f"<td style='padding:2px 8px;vertical-align:top'>{escape(cell)}</td>" for cell in cells) + "</tr>")
-        return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+        return html_table(COLUMNS, [[img_tag(thumbnail) if thumbnail else "", *map(escape, cells)]
+                                    for thumbnail, *cells in self.rows])
 
     def static_copy(self) -> dict:
-        lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-        for thumbnail, *cells in self.rows:
-            picture = img_tag(thumbnail) if thumbnail else ""
-            lines.append("| " + " | ".join([picture] + [text_markdown(c) for c in cells]) + " |")
+        rows = [[img_tag(thumbnail) if thumbnail else "", *map(text_markdown, cells)]
+                for thumbnail, *cells in self.rows]
         text = "\n".join(" | ".join(cells) for _, *cells in self.rows)
-        return {"text/markdown": "\n".join(lines), "text/plain": text}
+        return {"text/markdown": markdown_table(COLUMNS, rows), "text/plain": text}

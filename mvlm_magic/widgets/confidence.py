@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import html
 
+from ..printing import token_label
 from .messages import CONTROL_CHARACTERS, text_markdown
 
 # A translucent orange: readable on the light and the dark theme, as the text keeps the theme's own colour.
@@ -28,7 +29,7 @@ def hover_text(token) -> str:
     lines = [f"p {token.probability:.2f}" + ("" if token.likeliest else " (sampled; not the likeliest)")]
     for alternative in token.alternatives:
         mark = "▸" if alternative.id == token.id else " "
-        lines.append(f"{mark} {alternative.text.strip() or repr(alternative.text)}  {alternative.probability:.2f}")
+        lines.append(f"{mark} {token_label(alternative.text)}  {alternative.probability:.2f}")
     return "\n".join(lines)
 
 

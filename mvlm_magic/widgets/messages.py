@@ -70,3 +70,17 @@ def text_markdown(text: str) -> str:
     visible = CONTROL_CHARACTERS.sub("", text.replace("\r\n", "\n").replace("\r", "\n"))
     visible = LEADING_SPACES.sub(lambda m: "\u00a0" * len(m.group().expandtabs(4)), visible)
     return MARKDOWN_PUNCTUATION.sub(r"\\\1", visible).replace("\n", "<br>")
+
+
+def html_table(columns, rows) -> str:
+    """A table in HTML; the cells are HTML already (escape text with `escape`)."""
+    head = "".join(f"<th style='text-align:left;padding:2px 8px'>{escape(column)}</th>" for column in columns)
+    body = "".join("<tr>" + "".join(f"<td style='padding:2px 8px;vertical-align:top'>{cell}</td>" for cell in row)
+                   + "</tr>" for row in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def markdown_table(columns, rows) -> str:
+    """A table in Markdown; the cells are Markdown already (`text_markdown` escapes text, `|` included)."""
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])

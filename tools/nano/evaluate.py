@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from mvlm_magic.demo import shapes
+from mvlm_magic.demo import conversations, shapes
 from mvlm_magic.errors import MvlmError
 from mvlm_magic.export.compress import Compression
 
@@ -95,7 +95,7 @@ def openvino_answerer(folder: Path, compression: str, cache_dir=None, precision:
 
 
 def score_chats(start: Callable[[object], Callable[[str], str]], chats, count_tokens=None, log=None) -> dict:
-    """Run held-out chats (shapes.heldout_set): `start(picture)` gives `ask(question) -> answer` for one chat,
+    """Run held-out chats (conversations.heldout_set): `start(picture)` gives `ask(question) -> answer` for one chat,
     which keeps its own earlier answers in the prompt. Accuracy per turn (1-4) and per question kind; with
     `count_tokens`, the answer lengths in tokens (for "a busy picture gives 60+ tokens")."""
     per_turn: dict[int, list[int]] = {}
@@ -103,7 +103,7 @@ def score_chats(start: Callable[[object], Callable[[str], str]], chats, count_to
     lengths, answers = [], []
     started = time.perf_counter()
     for i, (key, turns) in enumerate(chats):
-        ask = start(shapes.heldout_picture(key))
+        ask = start(conversations.heldout_picture(key))
         for turn, (kind, question, expected) in enumerate(turns, 1):
             got = ask(question)
             answers.append(got)
@@ -174,7 +174,7 @@ def openvino_chat_starter(folder: Path, compression: str, cache_dir=None, precis
 
 
 def evaluate_sets(folder: Path, names, n_questions: int = 600, columns=COLUMNS, cache_dir=None, log=print) -> dict:
-    """Issue 14's held-out sets (shapes.HELDOUT_SETS) in every column: accuracy per set and per turn."""
+    """Issue 14's held-out sets (conversations.HELDOUT_SETS) in every column: accuracy per set and per turn."""
     from mvlm_magic.runtime.tokenizer import Tokenizer
 
     tokenizer = Tokenizer.from_folder(folder)
@@ -186,7 +186,7 @@ def evaluate_sets(folder: Path, names, n_questions: int = 600, columns=COLUMNS, 
                  else openvino_chat_starter(folder, compression, cache_dir, precision or "f32"))
         results[column] = {}
         for name in names:
-            result = score_chats(start, shapes.heldout_set(name, n_questions), count)
+            result = score_chats(start, conversations.heldout_set(name, n_questions), count)
             results[column][name] = result
             log(f"{column} {name}: {100 * set_accuracy(name, result):.1f}% (bar {100 * BARS[name]:.0f}%) "
                 f"per turn {result['per_turn']} max {result['max_tokens']} tokens ({result['seconds']} s)")
@@ -245,7 +245,7 @@ def main(argv=None) -> int:
     parser.add_argument("--cache-dir", type=Path, default=None)
     parser.add_argument("--json", type=Path, default=None, help="write the full report here")
     parser.add_argument("--sets", default="", help="issue 14's held-out sets instead of the single questions: "
-                        "'all' or comma-separated of " + ", ".join(shapes.HELDOUT_SETS))
+                        "'all' or comma-separated of " + ", ".join(conversations.HELDOUT_SETS))
     args = parser.parse_args(argv)
     folder = args.model or default_model()
     columns = [c.strip() for c in args.columns.split(",") if c.strip()]
@@ -256,10 +256,11 @@ def main(argv=None) -> int:
             except MvlmError as error:
                 parser.error(f"column {column!r}: {error}")
     if args.sets:
-        names = shapes.HELDOUT_SETS if args.sets == "all" else [n.strip() for n in args.sets.split(",")]
-        unknown = set(names) - set(shapes.HELDOUT_SETS)
+        names = conversations.HELDOUT_SETS if args.sets == "all" else [n.strip() for n in args.sets.split(",")]
+        unknown = set(names) - set(conversations.HELDOUT_SETS)
         if unknown:
-            parser.error(f"--sets: unknown {', '.join(sorted(unknown))}; sets are {', '.join(shapes.HELDOUT_SETS)}")
+            known = ", ".join(conversations.HELDOUT_SETS)
+            parser.error(f"--sets: unknown {', '.join(sorted(unknown))}; sets are {known}")
         report = evaluate_sets(folder, names, args.questions, columns, args.cache_dir,
                                log=lambda m: print(m, flush=True))
         print(sets_table(report))

@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from transformers.models.llama.modeling_llama import rotate_half
 
-from mvlm_magic.demo import BUNDLED_DIR, shapes
+from mvlm_magic.demo import BUNDLED_DIR, conversations, shapes
 from mvlm_magic.model.config import MobileVLMConfig
 from mvlm_magic.model.mobilevlm import IMAGE_TOKEN_INDEX, MobileVLM
 from mvlm_magic.model.tiny import TinySpec, save_weights, tiny_config
@@ -92,7 +92,7 @@ class TrainConfig:
 
 def tokenizer_corpus(seed: int) -> list[str]:
     rng = random.Random(seed)
-    texts = [SYSTEM, "USER:", "ASSISTANT:"] + shapes.corpus_texts()
+    texts = [SYSTEM, "USER:", "ASSISTANT:"] + conversations.corpus_texts()
     for s in range(400):
         for _, question, answer in shapes.make_scene(10_000_000 + s).questions:
             if rng.random() < 0.3:
@@ -198,7 +198,7 @@ def token_labels(scene: shapes.Scene, min_cover: float = 0.1) -> np.ndarray:
     return np.concatenate([table[owner], cell[:, None]], axis=1)
 
 
-TRAIN_KINDS = shapes.KINDS + shapes.NEW_KINDS + ("outside",)
+TRAIN_KINDS = shapes.KINDS + conversations.NEW_KINDS + ("outside",)
 
 
 def parse_weights(text: str) -> dict[str, float]:
@@ -278,21 +278,21 @@ class Batches:
         for b in range(config.images_per_step):
             scene = self.next_scene(limit)
             if config.outside_fraction and self.rng.random() < config.outside_fraction:
-                image = shapes.outside_picture(scene.seed)
-                qa = shapes.outside_questions(scene.seed, config.questions_per_image)
+                image = conversations.outside_picture(scene.seed)
+                qa = conversations.outside_questions(scene.seed, config.questions_per_image)
                 labels.append(token_labels(shapes.Scene(scene.seed, [], scene.background)))
             else:
                 image = shapes.render(scene)
-                qa = scene.questions + (shapes.new_questions(scene) if config.max_turns > 1 or
+                qa = scene.questions + (conversations.new_questions(scene) if config.max_turns > 1 or
                                         config.outside_fraction else [])
                 labels.append(token_labels(scene))
             images.append(pixels(image))
             picks = [qa[i] for i in self.pick_questions([kind for kind, _, _ in qa])]
-            picks = [(kind, shapes.vary(q, self.rng) if self.rng.random() < config.vary_fraction else q, a)
+            picks = [(kind, conversations.vary(q, self.rng) if self.rng.random() < config.vary_fraction else q, a)
                      for kind, q, a in picks]
             while picks:
                 n = int(self.rng.integers(1, config.max_turns + 1))
-                chat = [(kind, shapes.follow_up(q, self.rng) if i else q, a)
+                chat = [(kind, conversations.follow_up(q, self.rng) if i else q, a)
                         for i, (kind, q, a) in enumerate(picks[:n])]
                 picks = picks[n:]
                 ids, spans = self.encode(tuple((q, a) for _, q, a in chat))
@@ -520,11 +520,11 @@ def quick_new_accuracy(model: MobileVLM, tokenizer: Tokenizer, n: int) -> dict:
     """Torch accuracy on about `n` questions of each issue-14 held-out set (follow-ups: turns 2-4 only)."""
     model.eval()
     out = {}
-    for name in shapes.HELDOUT_SETS:
-        chats = shapes.heldout_set(name, n)[: max(1, n // 4) if name == "followup" else n]
+    for name in conversations.HELDOUT_SETS:
+        chats = conversations.heldout_set(name, n)[: max(1, n // 4) if name == "followup" else n]
         right = []
         for key, turns in chats[: (3 if name == "outside" else len(chats))]:
-            image, history = shapes.heldout_picture(key), []
+            image, history = conversations.heldout_picture(key), []
             for i, (_, question, expected) in enumerate(turns[: (n // 3 if name == "outside" else len(turns))]):
                 got = torch_answer(model, tokenizer, image, question, 160, history)
                 history.append((question, got))
