@@ -19,7 +19,7 @@ from .demo import BUNDLED_NAME
 from .errors import MvlmError
 from .export.compress import Compression
 from .printing import stderr_progress, tokens_table
-from .store import default_cache_dir, delete_export, list_exports
+from .store import default_cache_dir, delete_export
 
 DEFAULT_MODEL_HELP = "a checkpoint folder, a Hugging Face id, or a preset (mobilevlm-v2-1.7b, ...)"
 
@@ -147,12 +147,14 @@ def default_model():
 
 
 def run_list(args) -> None:
-    exports = list_exports(args.cache_dir)
-    if not exports:
+    from .loader import LISTING_COLUMNS, cached_exports
+
+    rows = cached_exports(args.cache_dir)
+    if not rows:
         print(f"no cached exports in {args.cache_dir or default_cache_dir()}")
-    for export in exports:
-        what = f"damaged: {export.problem}" if export.problem else export.manifest["model_id"]
-        print(f"{export.key}\t{export.size_bytes / 1e6:.1f} MB\t{what}")
+        return
+    for row in (LISTING_COLUMNS, *rows):  # tab-separated: a script reads it with cut -f
+        print("\t".join(row))
 
 
 def run_delete(args) -> None:

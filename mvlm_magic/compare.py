@@ -11,7 +11,6 @@ where they part). `%mvlm_compare` and `mvlm compare` show the rows; docs/noteboo
 from __future__ import annotations
 
 import gc
-import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,17 +21,17 @@ from .loader import load_engine
 from .model.checkpoint import Progress, no_progress
 from .printing import token_label
 from .runtime.confidence import token_text
+from .store import export_bytes
 
 DEFAULT_QUESTION = "Describe the image."  # a question every format answers at length: where they part shows
 # Most precise first: agreement is measured against the first of these that was asked for.
 PRECISION_ORDER = ("fp32", "fp16", "int8", "int4")
-# Our operations' copies of an export's IRs (ops/copies.py: NAME.KIND-vFORMAT.xml/.bin): derived, not the export.
-DERIVED = re.compile(r"\.[a-z0-9]+-v\d+\.(xml|bin)$")
 
 
 @dataclass
 class FormatRow:
-    label: str  # the compression label, e.g. int4-sym-g128-r1
+    label: str  # the compression label asked, e.g. int4-sym-g128-r1
+    written: str = ""  # the label of what the export holds (export/written.py), e.g. int4-sym-g128/64-r1
     answer: str = ""
     token_ids: list[int] = field(default_factory=list)
     tokens: list[str] = field(default_factory=list)
@@ -55,18 +54,6 @@ class FormatRow:
 def rank(label: str) -> int:
     mode = Compression.parse(label).mode
     return PRECISION_ORDER.index(mode) if mode in PRECISION_ORDER else len(PRECISION_ORDER)
-
-
-def export_sizes(folder: Path) -> tuple[int, int]:
-    """(bytes of the export's own files, bytes of our operations' derived copies beside them)."""
-    own = derived = 0
-    for path in Path(folder).rglob("*"):
-        if path.is_file():
-            if DERIVED.search(path.name):
-                derived += path.stat().st_size
-            else:
-                own += path.stat().st_size
-    return own, derived
 
 
 def resident_mb() -> float | None:
@@ -126,8 +113,9 @@ def measure(row: FormatRow, model, image, question, device, cache_dir, max_new_t
     try:
         engine = load_engine(model, row.label, device, cache_dir=cache_dir, progress=progress)
         row.load_s, row.exported = time.perf_counter() - started, not engine.was_cached
+        row.written = engine.manifest["compression"]["label"]
         measured = reset_peak()  # after the load: an export's own transient memory is not the format's
-        own, derived = export_sizes(engine.folder)
+        own, derived = export_bytes(engine.folder)
         row.export_mb, row.copy_mb = own / 1e6, derived / 1e6 if engine.ops or engine.vision_ops else 0.0
         answer = engine.ask(image, question, max_new_tokens=max_new_tokens)
         row.answer, row.token_ids = answer.text, list(answer.token_ids)
@@ -173,7 +161,7 @@ def row_cells(row: FormatRow, reference: FormatRow | None) -> list[str]:
         theirs = row.tokens[row.first_difference] if row.first_difference < len(row.tokens) else "(end)"
         agrees = f"parts at token {row.first_difference + 1} ({token_label(theirs)})"
     rate = f"{row.tokens_per_s:.1f}" if row.tokens_per_s else "—"
-    return [row.label, row.answer, size, load, f"{row.first_token_ms:.0f} ms", rate, peak, agrees]
+    return [row.written or row.label, row.answer, size, load, f"{row.first_token_ms:.0f} ms", rate, peak, agrees]
 
 
 def table_rows(rows: list[FormatRow]) -> list[list[str]]:

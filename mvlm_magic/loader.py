@@ -14,7 +14,16 @@ from .export.compress import Compression
 from .model.checkpoint import PRESETS, Progress, no_progress, resolve_source
 from .runtime.device import check_device
 from .runtime.engine import Engine
-from .store import MANIFEST, cache_key, check_writable, default_cache_dir, find_export, verify_export
+from .store import (
+    MANIFEST,
+    CachedExport,
+    cache_key,
+    check_writable,
+    default_cache_dir,
+    find_export,
+    list_exports,
+    verify_export,
+)
 
 
 def find_or_export(model, compression: Compression, cache_dir: Path, revision: str | None = None,
@@ -66,3 +75,25 @@ def load_engine(model=None, compression: str | Compression = "int4", device: str
 def preset_names() -> list[str]:
     """The short model names `load_engine` understands (nano, mobilevlm-v2-1.7b, ...), for pickers."""
     return [BUNDLED_NAME, *PRESETS]
+
+
+LISTING_COLUMNS = ("export", "model", "weights", "operations here", "size")
+
+
+def cached_exports(cache_dir: Path | str | None = None) -> list[tuple[str, str, str, str, str]]:
+    """The rows of `%mvlm_load --list` and `mvlm list`: each export's key, model, the weights it holds
+    (export/written.py's label), whose operations answer from it on this machine (ops="auto", `ops.plan`) and its
+    size, with our operations' copies beside it counted apart."""
+    return [listing_row(export) for export in list_exports(Path(cache_dir or default_cache_dir()))]
+
+
+def listing_row(export: CachedExport) -> tuple[str, str, str, str, str]:
+    from .ops import plan
+    from .store import export_bytes
+
+    if export.problem:
+        return export.key, f"damaged: {export.problem}", "", "", ""
+    own, copies = export_bytes(export.path, export.manifest)
+    size = f"{own / 1e6:.1f} MB" + (f" + {copies / 1e6:.1f} MB operations copy" if copies else "")
+    manifest = export.manifest
+    return export.key, manifest["model_id"], manifest["compression"]["label"], plan(manifest), size

@@ -130,7 +130,13 @@ class CachedExport:
 
     @property
     def size_bytes(self) -> int:
+        """Everything in the folder: the export and anything made from it beside it."""
         return sum(f.stat().st_size for f in self.path.rglob("*") if f.is_file())
+
+    @property
+    def own_bytes(self) -> int:
+        """The files the export wrote (its manifest lists them); not the copies our operations derive from them."""
+        return export_bytes(self.path, self.manifest)[0]
 
     @property
     def problem(self) -> str | None:
@@ -188,6 +194,26 @@ def expected_sizes(manifest: dict) -> dict[str, int | None]:
     if "sizes" in manifest:
         return dict(manifest["sizes"])
     return {name: None for xml in manifest["files"].values() for name in (xml, str(Path(xml).with_suffix(".bin")))}
+
+
+def export_bytes(folder: Path, manifest: dict | None = None) -> tuple[int, int]:
+    """(bytes of the files the export wrote, bytes of everything else in its folder: the copies our operations
+    derive from it, written beside it on first use)."""
+    folder = Path(folder)
+    manifest = read_manifest(folder) if manifest is None else manifest
+    try:
+        own_names = {MANIFEST, *expected_sizes(manifest or {})}
+    except (TypeError, AttributeError, ValueError, KeyError):
+        own_names = {MANIFEST}
+    own = other = 0
+    for path in folder.rglob("*"):
+        if path.is_file():
+            size = path.stat().st_size
+            if path.parent == folder and path.name in own_names:
+                own += size
+            else:
+                other += size
+    return own, other
 
 
 def verify_export(folder: Path) -> dict:

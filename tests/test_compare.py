@@ -10,7 +10,8 @@ from contextlib import redirect_stdout
 import pytest
 
 from conftest import DisplayRecorder, shapes_picture
-from mvlm_magic.compare import COLUMNS, compare_formats, export_sizes, text_table
+from mvlm_magic.compare import COLUMNS, compare_formats, text_table
+from mvlm_magic.store import export_bytes
 
 
 @pytest.fixture(scope="module")
@@ -23,6 +24,7 @@ def rows(checkpoint, exported, cache_dir):
 
 def test_rows_go_from_the_most_precise_and_sizes_follow_the_format(rows):
     assert [row.label for row in rows] == ["fp32", "int8", "int4-sym-g128-r1"]
+    assert rows[2].written == "int4-sym-g128/64-r1"  # what the export holds: width 64 takes group 64 (test_manifest)
     assert all(not row.error and row.answer and row.load_s > 0 and row.first_token_ms > 0 for row in rows)
     fp32, int8, int4 = rows
     assert fp32.export_mb > int8.export_mb > int4.export_mb  # honest: our operations' copy is counted apart
@@ -47,10 +49,11 @@ def test_peak_memory_is_measured_on_linux(rows):
 
 
 def test_export_sizes_split_our_copies_from_the_export(tmp_path):
+    (tmp_path / "manifest.json").write_text('{"sizes": {"language.bin": 100}}')  # 32 bytes
     (tmp_path / "language.bin").write_bytes(b"x" * 100)
     (tmp_path / "language.int4-v9.bin").write_bytes(b"x" * 40)
     (tmp_path / "vision.int8-v9.xml").write_bytes(b"x" * 2)
-    assert export_sizes(tmp_path) == (100, 42)
+    assert export_bytes(tmp_path) == (132, 42)
 
 
 def test_the_magic_and_the_terminal_show_the_table(checkpoint, cache_dir, magic_shell, tmp_path, monkeypatch):

@@ -10,6 +10,7 @@ import shutil
 import subprocess
 import sys
 import tomllib
+from dataclasses import replace
 from xml.etree import ElementTree
 
 import numpy as np
@@ -312,7 +313,7 @@ def test_without_a_compiler_the_engine_uses_openvino_alone(exported, monkeypatch
     assert not list((tmp_path / "cache" / "ops").glob("*.so"))
     monkeypatch.setattr(build, "extension", lambda cache_dir=None: build.Build(None, "no compiler"))
     eng = Engine(exported("v2", "int4"), ops="on")
-    assert eng.ops is None
+    assert eng.ops is None and eng.name.endswith("with OpenVINO's operations (no compiler)"), eng.name
     assert eng.ask(picture, "What is this?", max_new_tokens=4).token_ids
     with pytest.raises(Exception, match="ops must be"):
         Engine(exported("v2", "int4"), ops="fast")
@@ -322,10 +323,10 @@ def test_without_a_compiler_the_engine_uses_openvino_alone(exported, monkeypatch
 
 def test_select_keeps_the_plain_irs_where_our_operations_are_not_used(exported):
     folder = exported("v2", "int4")
-    plain = folder / "vision.xml", folder / "language.xml"
-    assert ops.select(folder, "off") == plain
-    assert ops.select(folder, "on", precision="f32") == plain  # f32 answers: exact path
-    assert ops.select(folder, "on", device="GPU") == plain
+    plain = ops.Choice(folder / "vision.xml", folder / "language.xml")
+    assert ops.select(folder, "off") == replace(plain, why="ops off")
+    assert ops.select(folder, "on", precision="f32") == replace(plain, why="f32 answers take the exact path")
+    assert ops.select(folder, "on", device="GPU") == replace(plain, why="ours run on the CPU, not GPU")
     with pytest.raises(MvlmError, match="ops must be"):
         ops.select(folder, "fast")
 

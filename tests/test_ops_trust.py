@@ -188,13 +188,13 @@ def test_copies_of_an_export_others_can_change_are_made_privately(exported, libr
     shared.chmod(0o777)
     mine = tmp_path / "mine"
     with_library(mine / "ops", library)
-    vision, language = ops.select(folder, "on", cache_dir=mine)
+    language = ops.select(folder, "on", cache_dir=mine).language
     assert language.parent.parent == mine / "copies" and language.name == planted.name
     assert language.read_text() != planted.read_text()
-    assert ops.select(folder, "on", cache_dir=mine)[1] == language  # found again
+    assert ops.select(folder, "on", cache_dir=mine).language == language  # found again
     assert writable_only_by_me(language) is None
     shared.chmod(0o755)  # private again: the copies beside the export
-    assert ops.select(folder, "on", cache_dir=mine)[1] == planted
+    assert ops.select(folder, "on", cache_dir=mine).language == planted
     planted.chmod(0o666)  # a copy others could change is written again
     assert copies.int4_language_model(folder) == planted and planted.read_text() != "<net/>"
     assert writable_only_by_me(planted) is None

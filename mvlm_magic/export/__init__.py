@@ -33,7 +33,7 @@ from ..store import (
 )
 from .budget import check_fits
 from .checks import check_checkpoint
-from .compress import INT4_PRESET, Compression, weight_precisions
+from .compress import INT4_PRESET, Compression
 from .compress import compress as compress_weights  # the package attribute `compress` stays the module
 from .convert import (
     bf16_to_f16,
@@ -44,6 +44,7 @@ from .convert import (
     sixteen_bit,
 )
 from .manifest import build_manifest
+from .written import describe, record
 
 __all__ = ["export_model", "Compression", "INT4_PRESET"]
 
@@ -86,6 +87,7 @@ def _export(source, config, key, compression, cache_dir, progress, started, repl
     import openvino as ov
 
     from ..model.checkpoint import weight_files
+    from ..runtime.device import core
     from ..runtime.memory import shed, shedding
 
     check_fits(source.folder, config, compression, cache_dir, progress)
@@ -93,7 +95,7 @@ def _export(source, config, key, compression, cache_dir, progress, started, repl
     temp = new_temp_folder(cache_dir, key)
     try:
         vlm, traced = _torch_model(source.folder, compression, progress)
-        details = {}
+        records = {}
         converters = [("vision", convert_vision), ("text_embeddings", convert_text_embeddings),
                       ("language", convert_language_model)]
         with traced:
@@ -106,17 +108,17 @@ def _export(source, config, key, compression, cache_dir, progress, started, repl
                 progress("compress", i / len(converters), f"compressing the {role} model ({compression.label})")
                 # NNCF reads each 16-bit weight once (from the mapped checkpoint): hand its pages back as it goes
                 with shedding(weights):
-                    ov_model, details[role] = compress_weights(
+                    ov_model = compress_weights(
                         ov_model, role, compression, on_weight=_weight_progress(progress, role, i, len(converters)))
                 if compression.mode != "fp32":
                     with shedding(weights):  # fp16 exports: every weight, read once from the mapped checkpoint
                         bf16_to_f16(ov_model)
-                details[role]["weights"] = weight_precisions(ov_model)
                 progress("save", i / len(converters), f"saving {role}.xml")
                 ov.save_model(ov_model, temp / f"{role}.xml", compress_to_fp16=compression.mode != "fp32")
                 del ov_model
                 gc.collect()
                 shed(weights)
+                records[role] = record(core().read_model(temp / f"{role}.xml"))  # what was written, not asked
         del vlm, traced
         gc.collect()
         progress("convert", 1.0, "converted")
@@ -126,7 +128,11 @@ def _export(source, config, key, compression, cache_dir, progress, started, repl
                 shutil.copy2(source.folder / name, temp / name)
         if not (temp / "tokenizer.model").is_file():
             raise MvlmError(f"{source.folder} has no tokenizer.model; a MobileVLM checkpoint ships one.")
-        manifest = build_manifest(source, compression, config, details, time.perf_counter() - started, temp)
+        label, note = describe(records, compression)
+        if note:
+            progress("note", None, note)  # once, at export time; the label says it ever after
+        manifest = build_manifest(source, compression, config, records, label, note, time.perf_counter() - started,
+                                  temp)
         result = publish(temp, cache_dir / key, manifest, replace=replace)
     except BaseException:
         shutil.rmtree(temp, ignore_errors=True)

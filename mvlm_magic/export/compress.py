@@ -70,13 +70,15 @@ class Compression:
 
 def compress(ov_model, role: str, compression: Compression, on_weight=None):
     """int8: every IR INT8_ASYM. int4: the language model INT4_SYM or INT4_ASYM (layers beyond the ratio and the
-    head: int8 backup), the others int8. on_weight(done, total) is called as each weight is compressed (done and total
-    in weight elements), so a minutes-long compression shows how far it is."""
+    head: int8 backup), the others int8; what NNCF actually wrote is read back by written.py. on_weight(done,
+    total) is called as each weight is compressed (done and total in weight elements), so a minutes-long
+    compression shows how far it is."""
     if compression.mode in ("fp32", "fp16"):
-        return ov_model, {}
+        return ov_model
     import nncf
 
-    nncf.set_log_level(logging.ERROR)  # its tables and bars would bury our own progress; weight_precisions() says it
+    nncf.set_log_level(logging.ERROR)  # its tables and bars would bury our own progress; written.py says
+    # what it did (from the IRs), in the manifest and in one note when that is not what was asked
     with reporting(on_weight, sys.stdout), quiet_rich(), contextlib.redirect_stdout(io.StringIO()):
         return _compress(nncf, ov_model, role, compression)
 
@@ -130,18 +132,7 @@ def _compress(nncf, ov_model, role: str, compression: Compression):
         params = AdvancedCompressionParameters(group_size_fallback_mode=GroupSizeFallbackMode.ADJUST,
                                                min_adjusted_group_size=16)
         mode = nncf.CompressWeightsMode.INT4_SYM if compression.sym else nncf.CompressWeightsMode.INT4_ASYM
-        compressed = nncf.compress_weights(ov_model, mode=mode, group_size=compression.group_size,
-                                           ratio=compression.ratio, advanced_parameters=params)
-        return compressed, {"mode": "int4_sym" if compression.sym else "int4_asym",
-                            "group_size": compression.group_size, "ratio": compression.ratio}
-    return nncf.compress_weights(ov_model, mode=nncf.CompressWeightsMode.INT8_ASYM), {"mode": "int8_asym"}
+        return nncf.compress_weights(ov_model, mode=mode, group_size=compression.group_size,
+                                     ratio=compression.ratio, advanced_parameters=params)
+    return nncf.compress_weights(ov_model, mode=nncf.CompressWeightsMode.INT8_ASYM)
 
-
-def weight_precisions(ov_model) -> dict[str, int]:
-    """How many weight constants of each element type an IR holds (shows what the compression did)."""
-    counts: dict[str, int] = {}
-    for op in ov_model.get_ops():
-        if op.get_type_name() == "Constant" and op.get_output_partial_shape(0).rank.get_length() >= 2:
-            kind = op.get_output_element_type(0).get_type_name()
-            counts[kind] = counts.get(kind, 0) + 1
-    return counts

@@ -14,17 +14,19 @@ from ..store import EXPORT_FORMAT, file_sizes, library_versions
 from .compress import Compression
 
 
-def build_manifest(source, compression: Compression, config, details: dict, seconds: float, folder) -> dict:
+def build_manifest(source, compression: Compression, config, records: dict, label: str, note: str | None,
+                   seconds: float, folder) -> dict:
     """The manifest of the export written into `folder` (all its files there already: their sizes are recorded,
-    and checked whenever the export loads, store.export_problem)."""
+    and checked whenever the export loads, store.export_problem). `compression` is what was asked (its label is
+    part of the cache key); `label` and `records` say what the IRs hold (written.py), `note` how that differs."""
     text = config.text
     return {
         "format": EXPORT_FORMAT,
         "model_id": source.model_id,
         "revision": source.revision,
-        "compression": {"mode": compression.mode, "group_size": compression.group_size, "ratio": compression.ratio,
-                        "sym": compression.sym,
-                        "label": compression.label, "per_model": details},
+        "compression": {"requested": compression.label, "label": label, "note": note,
+                        "mode": label.split("-")[0], "group_size": compression.group_size, "ratio": compression.ratio,
+                        "sym": compression.sym, "per_model": records},
         "versions": {**library_versions(), "mvlm_magic": version("mvlm-magic") if _installed() else "source"},
         "model": {
             "version": config.version,

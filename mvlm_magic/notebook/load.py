@@ -72,20 +72,19 @@ def stop_answers(magics) -> None:
 
 
 def list_cache(cache_dir: str) -> None:
-    from ..store import default_cache_dir, list_exports
+    from ..loader import LISTING_COLUMNS, cached_exports
+    from ..store import default_cache_dir
 
     folder = cache_dir or default_cache_dir()
-    exports = list_exports(folder)
-    if not exports:
+    rows = cached_exports(folder)
+    if not rows:
         print(f"no cached exports in {folder}")
         return
-    rows = [(e.key, f"damaged: {e.problem}", "", "") if e.problem else
-            (e.key, e.manifest["model_id"], e.manifest["compression"]["label"], f"{e.size_bytes / 1e6:.1f} MB")
-            for e in exports]
-    widths = [max(len(row[i]) for row in rows) for i in range(3)]
+    table = [LISTING_COLUMNS, *rows]
+    widths = [max(len(row[i]) for row in table) for i in range(len(LISTING_COLUMNS) - 1)]
     print(f"cached exports in {folder}:")
-    for row in rows:
-        print("  " + "  ".join(cell.ljust(width) for cell, width in zip(row, widths)) + "  " + row[3])
+    for row in table:
+        print("  " + "  ".join(cell.ljust(width) for cell, width in zip(row, widths)) + "  " + row[-1])
 
 
 def delete_cached(key: str, cache_dir: str) -> None:

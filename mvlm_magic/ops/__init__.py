@@ -8,7 +8,7 @@ int8 and multiplies in integer arithmetic (AVX2, or AVX-512 VNNI where the CPU h
 one stream; Int8MatMul does the same for per-row int8 weights (an int4 export's head, an export's vision
 model); KVAttention keeps the key/value cache itself.
 
-How it is used (the engine calls `select` only):
+How it is used (the engine calls `select` only; `plan` says beforehand what it will decide, for listings):
 1. `build.extension(cache_dir)` compiles src/*.cpp once per OpenVINO version and instruction set
    (`cpu.instruction_set()`) with the system's C++ compiler into the cache folder (the private one where other
    users could change it), and registers the library with OpenVINO.
@@ -27,6 +27,7 @@ layout (weight order, .bin alignment), rewrite (graph rewrites), copies (derived
 
 from __future__ import annotations
 
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ..errors import MvlmError
@@ -35,38 +36,95 @@ from ..store import read_manifest
 MODES = ("auto", "on", "off")
 
 
+@dataclass(frozen=True)
+class Choice:
+    """The IRs an engine compiles, and why OpenVINO's own operations run the language model where ours do not."""
+
+    vision: Path
+    language: Path
+    why: str = ""  # "" when ours run the language model
+
+    @property
+    def ours(self) -> list[str]:
+        """Which of our operations run: "int4" (the language model's), "int8 vision"."""
+        return [name for name, xml, plain in (("int4", self.language, "language.xml"),
+                                              ("int8 vision", self.vision, "vision.xml")) if xml.name != plain]
+
+
 def select(folder: Path | str, mode: str = "auto", device: str = "CPU", precision: str = "auto",
-           cache_dir: Path | str | None = None) -> tuple[Path, Path]:
+           cache_dir: Path | str | None = None) -> Choice:
     """The (vision, language) IRs an engine compiles: vision.xml and language.xml, or their copies with our
     operations. `mode` is "auto" (where they are faster: cpu.helps_here()), "on" (wherever they build) or "off".
     Only on CPU at the default precision (f32 answers must match the reference: no int8 activations); the
-    language copy needs an int4 export, the vision one an int4 or int8 export and the AVX-512 build. The library
-    is built in `cache_dir` (None: default_cache_dir()) or, where others could change that, the private cache."""
+    language copy needs a symmetric int4 export, the vision one an int4 or int8 export and the AVX-512 build. The
+    library is built in `cache_dir` (None: default_cache_dir()) or, where others could change that, the private
+    cache."""
     if mode not in MODES:
         raise MvlmError(f"ops must be 'auto', 'on' or 'off', not {mode!r}.")
     folder = Path(folder)
-    plain = folder / "vision.xml", folder / "language.xml"
-    if mode == "off" or device != "CPU" or precision != "auto":
-        return plain
+    manifest = read_manifest(folder) or {}
+    plain = Choice(folder / "vision.xml", folder / "language.xml")
+    why = run_why(mode, device, precision) or export_why(manifest, vision_too=True)
+    if why:
+        return replace(plain, why=why)
     from ..runtime.memory import shed
-    from . import build, copies, cpu
+    from . import build, copies
 
-    if not (mode == "on" or cpu.helps_here()) or not has_compressed_weights(folder):
-        return plain
     built = build.extension(cache_dir)
     if built.library is None:
-        return plain
+        return replace(plain, why=built.why_not or "our operations could not be built")
     try:  # copies the export's folder cannot hold safely go beside the library: a place only this user can change
         vision, language = copies.copies(folder, built.library.parent.parent / "copies")
-    except OSError:  # a read-only cache: OpenVINO's own path
-        return plain
+    except OSError:
+        return replace(plain, why="no place only this user can change holds the copies with our operations")
     finally:  # making a copy read the original's weights, whose file OpenVINO keeps mapped
         shed([folder / "vision.bin", folder / "language.bin"])
-    return vision or plain[0], language or plain[1]
+    return Choice(vision or plain.vision, language or plain.language,
+                  "" if language else export_why(manifest) or "no int4 weights our operations read")
 
 
-def has_compressed_weights(folder: Path) -> bool:
-    """Whether the export has int4 or int8 weights for our operations: fp16 and fp32 exports need no library."""
-    manifest = read_manifest(folder) or {}
-    compression = manifest.get("compression")
-    return isinstance(compression, dict) and compression.get("mode") in ("int4", "int8")
+def plan(manifest: dict, mode: str = "auto", device: str = "CPU", precision: str = "auto") -> str:
+    """What `select` will run for an export with this manifest, in words, without building anything:
+    "ours", or "OpenVINO's (why)"."""
+    why = run_why(mode, device, precision) or export_why(manifest)
+    return f"OpenVINO's ({why})" if why else "ours"
+
+
+def run_why(mode: str, device: str, precision: str) -> str:
+    """Why no export can run ours here, as asked: "" when ours may run."""
+    from . import cpu
+
+    if mode == "off":
+        return "ops off"
+    if device != "CPU":
+        return f"ours run on the CPU, not {device}"
+    if precision != "auto":
+        return f"{precision} answers take the exact path"
+    if cpu.instruction_set() is None:
+        return "this CPU lacks AVX2, FMA or F16C"
+    if mode == "auto" and not cpu.helps_here():
+        return "as fast on this CPU"
+    return ""
+
+
+def export_why(manifest: dict, vision_too: bool = False) -> str:
+    """Why this export's language model (and, with `vision_too`, its vision model) cannot run ours: "" when it
+    can. Read from the manifest's record of the weights written (export/written.py)."""
+    from . import cpu
+
+    compression = manifest.get("compression") if isinstance(manifest.get("compression"), dict) else {}
+    kind = compression.get("mode")
+    if kind not in ("int4", "int8"):
+        return f"{kind or 'unknown'} export: no compressed weights for ours"
+    if vision_too and cpu.instruction_set() == "avx512":
+        return ""  # the vision copy (int8) may run ours even where the language model cannot
+    if kind == "int8":
+        return "int8 export: ours run int4 language models"
+    int4 = (compression.get("per_model") or {}).get("language", {}).get("int4")
+    if not int4:  # an export written before the record: what was asked
+        return "" if compression.get("sym", True) else "asymmetric int4"
+    if not int4.get("sym", True):
+        return "asymmetric int4"
+    if all(int(group) % 64 for group in int4.get("groups", {})):
+        return f"int4 groups of {'/'.join(int4['groups'])}: ours take multiples of 64"
+    return ""

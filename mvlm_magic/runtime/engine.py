@@ -57,10 +57,12 @@ class Engine:
         self.tokenizer = Tokenizer.from_folder(folder)
         # vision.xml and language.xml, or their copies with our operations where those are faster (the library
         # built in cache_dir, None: default_cache_dir())
-        vision_xml, language_xml = select(folder, ops if kernels is None else kernels, self.device, precision,
-                                          cache_dir)
-        self.ops = None if language_xml.name == "language.xml" else "int4"  # whose MatMuls and attention run
-        self.vision_ops = vision_xml.name != "vision.xml"
+        self.ops_mode = ops if kernels is None else kernels
+        self.ops_choice = select(folder, self.ops_mode, self.device, precision, cache_dir)
+        vision_xml, language_xml = self.ops_choice.vision, self.ops_choice.language
+        self.ops = "int4" if "int4" in self.ops_choice.ours else None  # whose MatMuls and attention run
+        self.vision_ops = "int8 vision" in self.ops_choice.ours
+        self.ops_why = self.ops_choice.why  # why OpenVINO's run the language model, when ours do not
         # OpenVINO copies the vision weights into its own layout while compiling, the language model's on its
         # first inference; shedding the mapped file pages meanwhile keeps them from counting twice (memory.py).
         # Our operations read their weights straight from the mapped file: those pages are in use, not copies.
@@ -84,9 +86,15 @@ class Engine:
 
     @property
     def name(self) -> str:
-        ours = [name for name, used in (("int4", self.ops), ("int8 vision", self.vision_ops)) if used]
-        with_ours = f" with our {' and '.join(ours)} operations" if ours else ""
-        return f"{self.manifest['model_id']} [{self.manifest['compression']['label']}] on {self.device}{with_ours}"
+        """The model, the weights it holds (export/written.py's label), the device and whose operations run; why
+        not ours where they were asked for (ops="on") and cannot run."""
+        ours = self.ops_choice.ours
+        runs = f"our {' and '.join(ours)} operations" if ours else "OpenVINO's operations"
+        why = ""
+        if self.ops_mode == "on" and self.ops_why:
+            why = f" (language model: OpenVINO's, {self.ops_why})" if ours else f" ({self.ops_why})"
+        label = self.manifest["compression"]["label"]
+        return f"{self.manifest['model_id']} [{label}] on {self.device} with {runs}{why}"
 
     def new_chat(self, image=None, prepare: bool = True) -> ChatSession:
         """A conversation about `image`; the picture is made ready in the background meanwhile (`prepare`)."""

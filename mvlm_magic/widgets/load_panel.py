@@ -100,6 +100,7 @@ class LoadPanel(w.VBox):
         self.load_button.on_click(lambda _: self.load())
         self.bars = {stage: StageBar(stage) for stage in STAGES}
         self.message = w.HTML("")
+        self.note = w.HTML("")  # an export that is not exactly what was asked says so here, and it stays
         self.error = w.HTML("")
         self.error_message = ""
         self.engine: Engine | None = None
@@ -110,7 +111,7 @@ class LoadPanel(w.VBox):
         controls = w.VBox([self.model, w.HBox([self.device, self.compression, self.load_button])])
         if not show_controls:
             controls.layout.display = "none"
-        super().__init__([controls, *self.bars.values(), self.message, self.error])
+        super().__init__([controls, *self.bars.values(), self.note, self.message, self.error])
 
     @property
     def loading(self) -> bool:
@@ -128,7 +129,7 @@ class LoadPanel(w.VBox):
         self.load_button.disabled = True
         self.done.clear()
         self.engine, self.exception, self.error_message = None, None, ""
-        self.error.value, self.message.value = "", f"loading {model}…"
+        self.error.value, self.note.value, self.message.value = "", "", f"loading {model}…"
         for bar in self.bars.values():
             bar.reset()
         threading.Thread(target=self._tick, name="mvlm-load-clock", daemon=True).start()
@@ -146,6 +147,9 @@ class LoadPanel(w.VBox):
 
     def progress(self, stage: str, fraction: float | None, message: str = "") -> None:
         """The loader's progress callback."""
+        if stage == "note":
+            self.note.value = f'<span style="color:#8a5a00">note: {escape(message)}</span>'
+            return
         bar = self.bars.get(STAGE_BAR.get(stage, ""))
         if bar is not None:
             # Only a bar's own stage moves its fraction; a stage sharing the bar just keeps its clock running.
