@@ -18,11 +18,13 @@ How it is used (the engine calls `select` only; `plan` says beforehand what it w
    reading one input, such as q/k/v, as one operation), the int8 head by Int8MatMul and each attention with its
    cache by KVAttention (`rewrite`, on the weights `patterns` recognises); and, for the AVX-512 build, a copy of
    the vision IR with Int8MatMul. A copy is the same for both builds.
-3. The engine compiles the copies instead of vision.xml and language.xml where `cpu.helps_here()`. Without a
+3. The engine compiles the copies instead of vision.xml and language.xml where `cpu.helps_here()`, or, on a kind
+   of CPU never measured, where `measured.faster` timed them faster at first load (remembered). Without a
    compiler, on other CPUs, for f32 answers or fp16 / fp32 exports, everything stays as it was.
 
 Modules: cpu (detection), build (compiler + registration), nodes (Python stand-ins), patterns (NNCF weights),
-layout (weight order, .bin alignment), rewrite (graph rewrites), copies (derived IRs); src/ the C++.
+layout (weight order, .bin alignment), rewrite (graph rewrites), copies (derived IRs), measured (ours or OpenVINO's
+timed on CPUs never measured); src/ the C++.
 """
 
 from __future__ import annotations
@@ -54,7 +56,8 @@ class Choice:
 def select(folder: Path | str, mode: str = "auto", device: str = "CPU", precision: str = "auto",
            cache_dir: Path | str | None = None) -> Choice:
     """The (vision, language) IRs an engine compiles: vision.xml and language.xml, or their copies with our
-    operations. `mode` is "auto" (where they are faster: cpu.helps_here()), "on" (wherever they build) or "off".
+    operations. `mode` is "auto" (where they are faster: cpu.helps_here(), or timed once by measured.faster on
+    CPUs never measured), "on" (wherever they build) or "off".
     Only on CPU at the default precision (f32 answers must match the reference: no int8 activations); the
     language copy needs a symmetric int4 export, the vision one an int4 or int8 export and the AVX-512 build. The
     library is built in `cache_dir` (None: default_cache_dir()) or, where others could change that, the private
@@ -68,7 +71,7 @@ def select(folder: Path | str, mode: str = "auto", device: str = "CPU", precisio
     if why:
         return replace(plain, why=why)
     from ..runtime.memory import shed
-    from . import build, copies
+    from . import build, copies, cpu, measured
 
     built = build.extension(cache_dir)
     if built.library is None:
@@ -79,6 +82,8 @@ def select(folder: Path | str, mode: str = "auto", device: str = "CPU", precisio
         return replace(plain, why="no place only this user can change holds the copies with our operations")
     finally:  # making a copy read the original's weights, whose file OpenVINO keeps mapped
         shed([folder / "vision.bin", folder / "language.bin"])
+    if language and mode == "auto" and cpu.helps_here() is None and not measured.faster(plain.language, language)[0]:
+        return replace(plain, why="OpenVINO's timed faster on this CPU")
     return Choice(vision or plain.vision, language or plain.language,
                   "" if language else export_why(manifest) or "no int4 weights our operations read")
 
@@ -86,7 +91,14 @@ def select(folder: Path | str, mode: str = "auto", device: str = "CPU", precisio
 def plan(manifest: dict, mode: str = "auto", device: str = "CPU", precision: str = "auto") -> str:
     """What `select` will run for an export with this manifest, in words, without building anything:
     "ours", or "OpenVINO's (why)"."""
+    from . import cpu, measured
+
     why = run_why(mode, device, precision) or export_why(manifest)
+    if not why and mode == "auto" and cpu.helps_here() is None:
+        found = measured.remembered()
+        if found is None:
+            return "ours or OpenVINO's: timed at first load"
+        why = "" if found["ours"] else "timed faster on this CPU"
     return f"OpenVINO's ({why})" if why else "ours"
 
 
@@ -102,7 +114,7 @@ def run_why(mode: str, device: str, precision: str) -> str:
         return f"{precision} answers take the exact path"
     if cpu.instruction_set() is None:
         return "this CPU lacks AVX2, FMA or F16C"
-    if mode == "auto" and not cpu.helps_here():
+    if mode == "auto" and cpu.helps_here() is False:
         return "as fast on this CPU"
     return ""
 

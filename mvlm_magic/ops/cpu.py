@@ -33,12 +33,17 @@ def instruction_set() -> str | None:
     return "avx2" if asked == "avx2" else best
 
 
-def helps_here() -> bool:
-    """True where our operations are faster than OpenVINO's own: CPUs with AVX2 and no VNNI (where OpenVINO
-    multiplies int4 weights in f32) and CPUs with AVX-512 VNNI (where it runs prompts in bf16 and decodes well
-    below memory speed: docs/benchmarks.md). CPUs with AVX-VNNI but no AVX-512, and those with AMX (whose matrix
-    units OpenVINO uses for prompts), keep OpenVINO's path: not measured."""
+def helps_here() -> bool | None:
+    """True where our operations were measured faster than OpenVINO's own: CPUs with AVX2 and no VNNI (where
+    OpenVINO multiplies int4 weights in f32) and CPUs with AVX-512 VNNI (where it runs prompts in bf16 and decodes
+    well below memory speed: docs/benchmarks.md). False where ours cannot run (no AVX2, FMA or F16C). None on the
+    CPUs never measured, those with AVX-VNNI but no AVX-512 or with AMX (whose matrix units OpenVINO uses for
+    prompts): there `measured.faster` times both paths at first load and remembers the faster."""
     flags = cpu_flags()
-    if not NEEDED_FLAGS <= flags or flags & {"amx_int8", "amx_bf16"}:
+    if not NEEDED_FLAGS <= flags:
         return False
-    return AVX512_FLAGS <= flags or not flags & {"avx512_vnni", "avx_vnni"}
+    if flags & {"amx_int8", "amx_bf16"}:
+        return None
+    if AVX512_FLAGS <= flags:
+        return True
+    return None if flags & {"avx512_vnni", "avx_vnni"} else True
