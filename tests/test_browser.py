@@ -480,3 +480,107 @@ def test_see_inside_shows_its_four_views_in_the_browser(lab, page):
     assert compared.locator("tbody tr").count() == 2 and "same answer" in compared.inner_text()
     compared.scroll_into_view_if_needed()
     save_screenshot(page, "browser-see-inside-tables.png")
+
+
+# --- the ask panel -----------------------------------------------------------------------------------
+
+PANEL = "ask_panel.ipynb"
+PANEL_CELLS = [
+    "import os\nMODEL = os.environ['MVLM_EXAMPLE_MODEL']\n%load_ext mvlm_magic\n%mvlm_load {MODEL} --precision f32",
+    "from PIL import Image, ImageDraw\npicture = Image.new('RGB', (320, 220), (225, 235, 250))\n"
+    "ImageDraw.Draw(picture).ellipse((30, 40, 130, 140), fill=(220, 40, 40))\n"
+    "other = Image.new('RGB', (220, 320), (40, 40, 40))",
+    "from mvlm_magic.widgets import AskPanel\nengine = get_ipython().magics_manager.registry['MvlmMagics'].engine\n"
+    f"panel = AskPanel(engine, namespace=globals(), image=picture, max_new_tokens={MAX_NEW_TOKENS})\npanel",
+]
+
+# The panel as the page shows it; positions relative to its cell (scroll-proof).
+PANEL_PROBE = f"""() => {{
+    const cell = {CELL}[2];
+    const out = cell && cell.querySelector('.jp-Cell-outputArea');
+    const box = out && out.querySelector('.mvlm-question textarea');
+    if (!box) return {{box: false}};
+    const stop = [...out.querySelectorAll('button')].find(b => b.textContent.trim() === 'Stop' && b.offsetParent);
+    const ask = [...out.querySelectorAll('button')].find(b => b.textContent.trim() === 'Ask');
+    const select = out.querySelector('select');
+    const top = element => element ? element.getBoundingClientRect().top - cell.getBoundingClientRect().top : null;
+    return {{box: true, value: box.value, boxY: top(box), stopY: top(stop), askY: top(ask),
+            stop: stop ? !stop.disabled : null, ask: ask ? !ask.disabled : null,
+            picked: select.options[select.selectedIndex].textContent,
+            answers: [...out.querySelectorAll('div[aria-live]')].map(a => a.textContent),
+            pictures: [...out.querySelectorAll('img[alt="the picture asked about"]')].map(i => i.src),
+            headings: [...out.querySelectorAll('.mvlm-conversation')].map(h => h.innerText),
+            labels: [...out.querySelectorAll('.widget-html-content code')].map(c => c.textContent),
+            text: out.innerText}};
+}}"""
+
+
+def test_the_ask_panel_asks_on_enter_and_keeps_its_question_box_in_place(lab, page):
+    import nbformat
+
+    notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in PANEL_CELLS],
+                                        metadata={"kernelspec": {"name": "python3", "display_name": "Python 3",
+                                                                 "language": "python"}})
+    body = json.dumps({"type": "notebook", "format": "json", "content": json.loads(nbformat.writes(notebook))})
+    request = urllib.request.Request(f"{lab}/api/contents/{PANEL}", method="PUT", data=body.encode(),
+                                      headers={"Authorization": f"token {TOKEN}", "Content-Type": "application/json"})
+    urllib.request.urlopen(request, timeout=10).read()
+    page.goto(f"{lab}/lab/tree/{PANEL}?token={TOKEN}&reset")
+    page.wait_for_function(NOTEBOOK_READY, timeout=120_000, polling=250)
+    page.evaluate("() => window.jupyterapp.shell.collapseLeft()")
+    page.evaluate("() => window.jupyterapp.commands.execute('notebook:run-all-cells')")
+    probe = lambda: page.evaluate(PANEL_PROBE)  # noqa: E731
+    try:
+        shown = wait_until(lambda: (p := probe())["box"] and p, 180, "the ask panel", page)
+    except BaseException:
+        save_screenshot(page, "browser-panel-failed.png")
+        raise
+    # The dropdown names the picture in use, and the label is rendered HTML, not its tags.
+    assert shown["picked"] == "picture" and shown["labels"] == ["picture"], shown
+    assert "<code>" not in shown["text"], shown
+
+    box = page.locator(".mvlm-question textarea")
+    box.click()
+    page.keyboard.type("What is this?")
+    page.keyboard.press("Shift+Enter")  # a new line, not a question
+    page.keyboard.type("Be brief.")
+    assert box.input_value() == "What is this?\nBe brief." and not probe()["answers"]
+    page.keyboard.press("Enter")
+
+    samples = []  # (characters shown, question box y, Stop y, Ask y) while the answer grows
+
+    def streamed_enough():
+        p = probe()
+        if p["stop"] and p["answers"] and (not samples or len(p["answers"][-1]) > samples[-1][0]):
+            samples.append((len(p["answers"][-1]), p["boxY"], p["stopY"], p["askY"]))
+        return len(samples) >= 3
+
+    wait_until(streamed_enough, 120, "the answer to stream into the panel", page)
+    assert len({tuple(sample[1:]) for sample in samples}) == 1, samples  # the box and its buttons never moved
+    assert probe()["value"] == "", probe()  # asked: the box is empty for the next question
+    page.locator(".jp-CodeCell").nth(2).locator("button:visible", has_text="Stop").click()
+    wait_until(lambda: probe()["ask"], 60, "the answer to end after Stop", page)
+    asked = page.evaluate(KERNEL_PRINT, "print(repr(panel.view.question), panel.answer.finish_reason)")
+    assert asked.split() == ["'What", "is", "this?\\nBe", "brief.'", "stopped"], asked
+    save_screenshot(page, "browser-panel.png")
+
+    # Another picture (of another shape): a new conversation, shown by a heading; the question box stays put;
+    # the next answer has that picture beside it.
+    page.locator(".jp-CodeCell").nth(2).locator("select").select_option(label="other")
+    picked = wait_until(lambda: (p := probe())["headings"] and p, 30, "the new conversation's heading", page)
+    assert (picked["boxY"], picked["askY"]) == samples[0][1::2], (picked, samples)
+    box.click()
+    page.keyboard.type("What is this?")
+    page.keyboard.press("Enter")
+    wait_until(lambda: len(probe()["answers"]) == 2, 60, "the second conversation's answer", page)
+    page.locator(".jp-CodeCell").nth(2).locator("button:visible", has_text="Stop").click()
+    wait_until(lambda: probe()["ask"], 60, "the second answer to end", page)
+    final = probe()
+    assert final["picked"] == "other" and final["labels"] == ["other", "other"], final
+    assert len(final["headings"]) == 1 and "New conversation" in final["headings"][0], final
+    assert len(final["pictures"]) == 2 and final["pictures"][0] != final["pictures"][1], final
+    state = page.evaluate(KERNEL_PRINT, "print(len(panel.conversations), len(panel.session.history), "
+                                        "panel.image is other)")
+    assert state.split() == ["2", "1", "True"], state
+    page.evaluate(f"() => {CELL}[2].querySelector('.mvlm-conversation').scrollIntoView()")
+    save_screenshot(page, "browser-panel-new-picture.png")

@@ -66,8 +66,11 @@ class AskPanel(w.VBox):
         self._showing_variable = False  # the dropdown is being set to match the picture, not picked by hand
 
         self.model_note = w.HTML("")
-        self.preview = w.Image(format="png", layout=w.Layout(max_width=f"{THUMBNAIL_SIZE}px", height="auto",
-                                                             display="none", margin="0 12px 0 0"))
+        # A fixed square whatever the picture's shape (or none yet), so a new picture never moves the question box.
+        side = f"{THUMBNAIL_SIZE}px"
+        self.preview = w.Image(format="png", layout=w.Layout(width=side, height=side, object_fit="contain",
+                                                             flex="0 0 auto", visibility="hidden",
+                                                             margin="0 12px 0 0"))
         self.picture_note = w.HTML("<i>no picture yet</i>")
         self.upload = w.FileUpload(accept="image/*", multiple=False, description="Upload picture")
         self.upload.observe(self._uploaded, names="value")
@@ -140,7 +143,7 @@ class AskPanel(w.VBox):
         self.image_label = f"variable <code>{escape(variable)}</code>" if variable else escape(label)
         png = thumbnail_png(image)
         self.preview.value = png or b""
-        self.preview.layout.display = None if png else "none"
+        self.preview.layout.visibility = None if png else "hidden"
         self.picture_note.value = self.image_label
         self._show_variable(variable or "")
         prepare = getattr(self.engine, "prepare", None)  # optional (protocol.py): ready it before the question
