@@ -503,6 +503,12 @@ PANEL_PROBE = f"""() => {{
     const stop = [...out.querySelectorAll('button')].find(b => b.textContent.trim() === 'Stop' && b.offsetParent);
     const ask = [...out.querySelectorAll('button')].find(b => b.textContent.trim() === 'Ask');
     const select = out.querySelector('select');
+    const scroll = history => {{  // does the history overflow its box, and is the end of the newest answer in view?
+        const answers = history.querySelectorAll('div[aria-live]'), box = history.getBoundingClientRect();
+        const end = answers.length ? answers[answers.length - 1].getBoundingClientRect().bottom : box.top;
+        return {{overflows: history.scrollHeight > history.clientHeight + 1,
+                 endInView: end >= box.top && end <= box.bottom + 1}};
+    }};
     const top = element => element ? element.getBoundingClientRect().top - cell.getBoundingClientRect().top : null;
     return {{box: true, value: box.value, boxY: top(box), stopY: top(stop), askY: top(ask),
             stop: stop ? !stop.disabled : null, ask: ask ? !ask.disabled : null,
@@ -511,7 +517,7 @@ PANEL_PROBE = f"""() => {{
             pictures: [...out.querySelectorAll('img[alt="the picture asked about"]')].map(i => i.src),
             headings: [...out.querySelectorAll('.mvlm-conversation')].map(h => h.innerText),
             labels: [...out.querySelectorAll('.widget-html-content code')].map(c => c.textContent),
-            text: out.innerText}};
+            scroll: scroll(out.querySelector('.mvlm-history')), text: out.innerText}};
 }}"""
 
 
@@ -572,7 +578,11 @@ def test_the_ask_panel_asks_on_enter_and_keeps_its_question_box_in_place(lab, pa
     box.click()
     page.keyboard.type("What is this?")
     page.keyboard.press("Enter")
-    wait_until(lambda: len(probe()["answers"]) == 2, 60, "the second conversation's answer", page)
+    # While it grows past the history's height, the history scrolls on its own and keeps the answer's end in view.
+    grown = wait_until(lambda: len((p := probe())["answers"]) == 2 and (p["scroll"]["overflows"] or p["ask"]) and p, 60,
+                       "the second answer to fill the history", page)
+    assert grown["scroll"] == {"overflows": True, "endInView": True}, grown
+    assert grown["boxY"] == samples[0][1], (grown, samples)
     page.locator(".jp-CodeCell").nth(2).locator("button:visible", has_text="Stop").click()
     wait_until(lambda: probe()["ask"], 60, "the second answer to end", page)
     final = probe()

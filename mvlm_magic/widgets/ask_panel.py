@@ -34,7 +34,9 @@ from .thumbnail import THUMBNAIL_SIZE, thumbnail_png, to_pil
 NO_VARIABLE = ("(pick a variable)", "")
 HISTORY_THUMBNAIL = 64  # pixels: each entry's own picture, small enough for a follow-up under the last
 HISTORY_HEIGHT = "480px"  # the history scrolls past this, the question box above it stays put
-SUBMIT = "\x03"  # end of text: appended to the question by Enter (see ENTER_ASKS); never typed by hand
+# Appended to the question by Enter (see ENTER_ASKS): INVISIBLE SEPARATOR, a zero-width character nobody types,
+# so the box shows nothing odd in the moment before Python empties it.
+SUBMIT = "\u2063"
 
 # Runs where the HTML widget renders (an <img> that fails to load runs its onerror); installs the listener once
 # per page, on the document in the capture phase (the Textarea stops its keydown events from bubbling).
@@ -43,7 +45,7 @@ ENTER_ASKS = (
     " window.mvlmEnterAsks = true; document.addEventListener('keydown', function (e) {"
     " var box = e.target; if (e.key !== 'Enter' || e.shiftKey || e.ctrlKey || e.altKey || e.metaKey"
     " || e.isComposing || !box || box.tagName !== 'TEXTAREA' || !box.closest('.mvlm-question')) return;"
-    " e.preventDefault(); e.stopPropagation(); box.value += '\\u0003';"
+    " e.preventDefault(); e.stopPropagation(); box.value += '\\u2063';"
     " box.dispatchEvent(new Event('input', {bubbles: true})); }, true); }\">"
 )
 
@@ -98,6 +100,7 @@ class AskPanel(w.VBox):
         # One child in a column-reverse box: its scroll position is kept from the end, so new text stays in view.
         self.history_box = w.Box([self.history], layout=w.Layout(flex_flow="column-reverse", overflow="auto",
                                                                  max_height=HISTORY_HEIGHT))
+        self.history_box.add_class("mvlm-history")
 
         choose = w.VBox([self.upload, w.HBox([self.variable, self.refresh_button]), self.picture_note])
         super().__init__([
