@@ -38,14 +38,16 @@ HISTORY_HEIGHT = "480px"  # the history scrolls past this, the question box abov
 # so the box shows nothing odd in the moment before Python empties it.
 SUBMIT = "\u2063"
 
-# Runs where the HTML widget renders (an <img> that fails to load runs its onerror); installs the listener once
-# per page, on the document in the capture phase (the Textarea stops its keydown events from bubbling).
+# Runs where the HTML widget renders (an <img> that fails to load runs its onerror) and installs one listener per
+# page, on the window in the capture phase: before the notebook's own shortcuts see the key (Notebook 7 listens on
+# the document while capturing, so there Shift+Enter in a widget's box would run the cell and rebuild the panel).
+# Every Enter in a question box stays in the box: plain Enter asks, Shift+Enter is the browser's new line.
 ENTER_ASKS = (
     '<img src="data:," alt="" style="display:none" onerror="if (!window.mvlmEnterAsks) {'
-    " window.mvlmEnterAsks = true; document.addEventListener('keydown', function (e) {"
-    " var box = e.target; if (e.key !== 'Enter' || e.shiftKey || e.ctrlKey || e.altKey || e.metaKey"
-    " || e.isComposing || !box || box.tagName !== 'TEXTAREA' || !box.closest('.mvlm-question')) return;"
-    " e.preventDefault(); e.stopPropagation(); box.value += '\\u2063';"
+    " window.mvlmEnterAsks = true; window.addEventListener('keydown', function (e) {"
+    " var box = e.target; if (e.key !== 'Enter' || e.isComposing || !box || box.tagName !== 'TEXTAREA'"
+    " || !box.closest('.mvlm-question')) return; e.stopPropagation();"
+    " if (e.shiftKey || e.ctrlKey || e.altKey || e.metaKey) return; e.preventDefault(); box.value += '\\u2063';"
     " box.dispatchEvent(new Event('input', {bubbles: true})); }, true); }\">"
 )
 
