@@ -359,14 +359,18 @@ def test_the_panel_offers_pictures_that_look_like_pictures_and_the_magic_passes_
 def test_ask_panel_stop_button_stops(tiny, picture):
     panel = AskPanel(tiny, image=picture, max_new_tokens=LONG)
     panel.question.value = "Describe it."
+    assert panel.stop_button.layout.display == "none"  # nothing to stop yet
     panel.ask_button.click()
     assert panel.ask_button.disabled and not panel.stop_button.disabled
+    # Stop stands in Ask's place while the answer streams: one of them shows at a time.
+    assert panel.ask_button.layout.display == "none" and panel.stop_button.layout.display is None
     wait_until(lambda: panel.view.text)
     panel.stop_button.click()
     answer = panel.view.wait(timeout=30)
     assert answer.finish_reason == "stopped" and len(answer.token_ids) < LONG
     wait_until(lambda: not panel.ask_button.disabled, timeout=5)
-    assert panel.stop_button.disabled
+    assert panel.stop_button.disabled and panel.stop_button.layout.display == "none"  # gone, not a pale button
+    assert panel.ask_button.layout.display is None
 
 
 def test_ask_panel_upload_and_errors(tiny, picture):

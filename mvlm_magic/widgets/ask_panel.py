@@ -92,7 +92,10 @@ class AskPanel(w.VBox):
         self.enter_asks = w.HTML(ENTER_ASKS, layout=w.Layout(display="none"))
         self.ask_button = w.Button(description="Ask", icon="paper-plane", button_style="primary")
         self.ask_button.on_click(lambda _: self.ask())
-        self.stop_button = w.Button(description="Stop", icon="stop", button_style="warning", disabled=True)
+        # Stop takes Ask's place while an answer streams (same size, same spot), and is gone otherwise: never a
+        # pale disabled button, and Clear beside them never moves.
+        self.stop_button = w.Button(description="Stop", icon="stop", button_style="warning", disabled=True,
+                                    layout=w.Layout(display="none"))
         self.stop_button.on_click(lambda _: self.stop())
         self.clear_button = w.Button(description="Clear", icon="eraser", tooltip="start a new conversation")
         self.clear_button.on_click(lambda _: self.clear())
@@ -249,9 +252,9 @@ class AskPanel(w.VBox):
                           thumbnail_size=HISTORY_THUMBNAIL)
         view.on_done.append(self._answer_done)
         self.view = view
-        self.history.children += (view,)
         self.question.value = ""
-        self.ask_button.disabled, self.stop_button.disabled = True, False
+        self._streaming_buttons(True)  # before the answer shows: no moment where both seem to be asking
+        self.history.children += (view,)
         try:
             view.stream(stream, blocking=self.blocking)
         except Exception as error:  # blocking mode re-raises; the panel shows it as one line instead
@@ -295,7 +298,12 @@ class AskPanel(w.VBox):
 
     def _answer_done(self, view: AnswerView) -> None:
         self.answer = view.answer
-        self.ask_button.disabled, self.stop_button.disabled = False, True
+        self._streaming_buttons(False)
+
+    def _streaming_buttons(self, streaming: bool) -> None:
+        self.ask_button.disabled, self.stop_button.disabled = streaming, not streaming
+        self.ask_button.layout.display = "none" if streaming else None
+        self.stop_button.layout.display = None if streaming else "none"
 
     def _show_error(self, message: str) -> None:
         self.error_message = message
