@@ -457,6 +457,13 @@ def test_a_new_picture_starts_a_new_conversation_with_its_own_pictures(tiny, pic
     namespace["other"] = picture.copy()  # the variable now holds another picture than the one in use
     panel.refresh_variables()
     assert panel.variable.value == "" and panel.image is other
+    assert panel.picture_note.value == "variable <code>other</code>, as it was when picked"
+    namespace["same"] = other
+    panel.refresh_variables()
+    assert panel.variable.value == "same" and panel.picture_note.value == "variable <code>same</code>"
+
+    panel.engine = tiny  # another model (here the same one again): a new conversation too
+    assert panel.session is None and "new model" in panel.history.children[-1].value
 
     data = png_bytes(picture)
     panel.upload.value = ({"name": "shapes.png", "type": "image/png", "size": len(data), "content": memoryview(data),

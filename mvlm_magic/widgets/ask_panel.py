@@ -172,7 +172,13 @@ class AskPanel(w.VBox):
         finally:
             self._showing_variable = False
         # The dropdown names the picture in use: its variable if it still holds it, else another that does.
-        self._show_variable(self._variable_holding(self.image, prefer=self.image_variable) or "")
+        holder = self._variable_holding(self.image, prefer=self.image_variable)
+        if holder != self.image_variable:  # its variable was reassigned since, or another one holds it now
+            self.image_label = (f"variable <code>{escape(holder)}</code>" if holder
+                                else f"{self.image_label}, as it was when picked")
+            self.image_variable = holder
+            self.picture_note.value = self.image_label
+        self._show_variable(holder or "")
 
     def _variable_holding(self, image, prefer: str | None = None) -> str | None:
         """The offered variable whose value is `image` itself (`prefer` first), if any."""
