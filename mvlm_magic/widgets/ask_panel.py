@@ -3,13 +3,15 @@
     AskPanel(engine)                         # any engine that follows protocol.py
     AskPanel(engine, namespace=globals())    # also offers the picture variables of the notebook
 
-Layout, top to bottom: the model, the picture and its picker, the question box with Ask / Stop / Clear, then
-the conversation so far. The question box and the buttons sit above the history, so nothing above them changes
-size while an answer streams: they never move. The history scrolls in its own box that sticks to its end (a
-column-reverse flex box around one child), so the growing answer stays in view without JavaScript.
+Layout, top to bottom: the model, the picture (a fixed square) and its picker, the question box with Ask (Stop in
+its place while an answer streams) and Clear, then the conversation so far. Nothing above the question box changes
+size while an answer streams or when the picture changes: it never moves. The history scrolls in its own box that
+sticks to its end (a column-reverse flex box around one child), so the growing answer stays in view without
+JavaScript.
 
 Enter asks, Shift+Enter starts a new line. ipywidgets' Textarea has no submit event, so a hidden HTML widget
-installs one key listener on the page (once): Enter in a question box appends SUBMIT to the box's text. Python
+installs one key listener on the page (once, see ENTER_ASKS): Enter in a question box appends SUBMIT to the box's
+text, and no Enter there reaches the notebook's shortcuts. Python
 sees it arrive with the text itself, so the whole question is there even when the front end batches its
 updates (a separate "submit" message could overtake the last keystrokes). Where that script cannot run (a
 front end that renders no inline handlers), Enter is a plain new line and the Ask button still asks.
