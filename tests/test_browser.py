@@ -514,7 +514,7 @@ PANEL_PROBE = f"""() => {{
     const top = element => element ? element.getBoundingClientRect().top - cell.getBoundingClientRect().top : null;
     return {{box: true, value: box.value, boxY: top(box), stopY: top(stop), askY: top(ask),
             stop: stop ? !stop.disabled : null, ask: ask ? !ask.disabled : null,
-            picked: select.options[select.selectedIndex].textContent,
+            picked: select && select.selectedIndex >= 0 ? select.options[select.selectedIndex].textContent : null,
             answers: [...out.querySelectorAll('div[aria-live]')].map(a => a.textContent),
             pictures: [...out.querySelectorAll('img[alt="the picture asked about"]')].map(i => i.src),
             headings: [...out.querySelectorAll('.mvlm-conversation')].map(h => h.innerText),
@@ -529,7 +529,7 @@ FRONT_ENDS = {"jupyterlab": "lab/tree/{}?reset&", "notebook7": "notebooks/{}?"}
 
 
 @pytest.mark.parametrize("front_end", FRONT_ENDS)
-def test_the_ask_panel_asks_on_enter_and_keeps_its_question_box_in_place(lab, page, front_end):
+def test_the_ask_panel_asks_on_enter_and_keeps_its_question_box_in_place(lab, page, front_end, tmp_path):
     import nbformat
 
     if front_end == "notebook7":
@@ -549,7 +549,8 @@ def test_the_ask_panel_asks_on_enter_and_keeps_its_question_box_in_place(lab, pa
     page.evaluate("() => window.jupyterapp.commands.execute('notebook:run-all-cells')")
     probe = lambda: page.evaluate(PANEL_PROBE)  # noqa: E731
     try:
-        shown = wait_until(lambda: (p := probe())["box"] and p, 180, "the ask panel", page)
+        shown = wait_until(lambda: (p := probe())["box"] and p["labels"] and p["picked"] and p, 180, "the ask panel",
+                           page)
     except BaseException:
         save_screenshot(page, f"browser-panel-{front_end}-failed.png")
         raise
@@ -609,3 +610,14 @@ def test_the_ask_panel_asks_on_enter_and_keeps_its_question_box_in_place(lab, pa
     assert state.split() == ["2", "1", "True"], state
     page.evaluate(f"() => {CELL}[2].querySelector('.mvlm-conversation').scrollIntoView()")
     save_screenshot(page, f"browser-panel-{front_end}-new-picture.png")
+
+    # An uploaded picture: the dropdown names no variable any more, and the upload button counts no stale file.
+    from PIL import Image
+
+    Image.new("RGB", (64, 48), (30, 160, 60)).save(tmp_path / "green.png")
+    with page.expect_file_chooser() as chooser:  # the upload's <input type=file> is never in the page
+        page.locator(".jp-CodeCell").nth(2).locator("button.widget-upload").click()
+    chooser.value.set_files(tmp_path / "green.png")
+    uploaded = wait_until(lambda: len((p := probe())["headings"]) == 2 and p, 30, "the uploaded picture", page)
+    assert uploaded["picked"].split() == ["(pick", "a", "variable)"] and "(1)" not in uploaded["text"], uploaded
+    assert len(uploaded["headings"]) == 2 and "uploaded green.png" in uploaded["headings"][1], uploaded
