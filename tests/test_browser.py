@@ -6,7 +6,8 @@ click on Stop ends it before its token limit (the widget gives way to a static c
 with "stopped", Stop is gone, the kernel's `_mvlm_answer` agrees), and a screenshot is saved to
 tests/artifacts/ (or $MVLM_ARTIFACTS). A second notebook is saved, its kernel shut down and the page
 reloaded: the answer is still there; its stats and error lines keep a 4.5:1 contrast in the light and the
-dark theme.
+dark theme. In an AskPanel, in JupyterLab and in Notebook 7: Enter asks, Shift+Enter is a new line, the question
+box stays put while the answer streams and when the picture changes, and a new picture starts a new conversation.
 
 The browser is Debian's chromium (/usr/bin/chromium, or $MVLM_CHROMIUM) driven by Playwright; Playwright's
 own browser downloads are never used. Everything Jupyter writes (config, data, runtime, IPython, the
@@ -96,7 +97,8 @@ def lab(tmp_path_factory, exported):
     command = [sys.executable, "-m", "jupyterlab", "--no-browser", "--allow-root", f"--port={port}",
                "--ServerApp.ip=127.0.0.1", "--ServerApp.port_retries=0", f"--IdentityProvider.token={TOKEN}",
                f"--ServerApp.root_dir={root}", "--ServerApp.terminals_enabled=False",
-               "--LabApp.expose_app_in_browser=True", "--LabApp.news_url=None",
+               "--LabApp.expose_app_in_browser=True", "--JupyterNotebookApp.expose_app_in_browser=True",
+               "--LabApp.news_url=None",
                "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate"]
     with open(log_path, "wb") as log:
         server = subprocess.Popen(command, cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT,
@@ -480,3 +482,142 @@ def test_see_inside_shows_its_four_views_in_the_browser(lab, page):
     assert compared.locator("tbody tr").count() == 2 and "same answer" in compared.inner_text()
     compared.scroll_into_view_if_needed()
     save_screenshot(page, "browser-see-inside-tables.png")
+
+
+# --- the ask panel -----------------------------------------------------------------------------------
+
+PANEL = "ask_panel.ipynb"
+PANEL_CELLS = [
+    "import os\nMODEL = os.environ['MVLM_EXAMPLE_MODEL']\n%load_ext mvlm_magic\n%mvlm_load {MODEL} --precision f32",
+    "from PIL import Image, ImageDraw\npicture = Image.new('RGB', (320, 220), (225, 235, 250))\n"
+    "ImageDraw.Draw(picture).ellipse((30, 40, 130, 140), fill=(220, 40, 40))\n"
+    "other = Image.new('RGB', (220, 320), (40, 40, 40))",
+    "from mvlm_magic.widgets import AskPanel\nengine = get_ipython().magics_manager.registry['MvlmMagics'].engine\n"
+    f"panel = AskPanel(engine, namespace=globals(), image=picture, max_new_tokens={MAX_NEW_TOKENS})\npanel",
+]
+
+# The panel as the page shows it; positions relative to its cell (scroll-proof).
+PANEL_PROBE = f"""() => {{
+    const cell = {CELL}[2];
+    const out = cell && cell.querySelector('.jp-Cell-outputArea');
+    const box = out && out.querySelector('.mvlm-question textarea');
+    if (!box) return {{box: false}};
+    const stop = [...out.querySelectorAll('button')].find(b => b.textContent.trim() === 'Stop' && b.offsetParent);
+    const ask = [...out.querySelectorAll('button')].find(b => b.textContent.trim() === 'Ask' && b.offsetParent);
+    const select = out.querySelector('select');
+    const scroll = history => {{  // does the history overflow its box, and is the end of the newest answer in view?
+        const answers = history.querySelectorAll('div[aria-live]'), box = history.getBoundingClientRect();
+        const end = answers.length ? answers[answers.length - 1].getBoundingClientRect().bottom : box.top;
+        return {{overflows: history.scrollHeight > history.clientHeight + 1,
+                 endInView: end >= box.top && end <= box.bottom + 1}};
+    }};
+    const top = element => element ? element.getBoundingClientRect().top - cell.getBoundingClientRect().top : null;
+    return {{box: true, value: box.value, boxY: top(box), stopY: top(stop), askY: top(ask),
+            stop: stop ? !stop.disabled : null, ask: ask ? !ask.disabled : null,
+            picked: select && select.selectedIndex >= 0 ? select.options[select.selectedIndex].textContent : null,
+            answers: [...out.querySelectorAll('div[aria-live]')].map(a => a.textContent),
+            pictures: [...out.querySelectorAll('img[alt="the picture asked about"]')].map(i => i.src),
+            headings: [...out.querySelectorAll('.mvlm-conversation')].map(h => h.innerText),
+            labels: [...out.querySelectorAll('.widget-html-content code')].map(c => c.textContent),
+            scroll: scroll(out.querySelector('.mvlm-history')), text: out.innerText}};
+}}"""
+
+
+# The same server serves Notebook 7 where it is installed; it listens for shortcuts differently from JupyterLab
+# (capturing on the document), which a widget's own key handling cannot hold off.
+FRONT_ENDS = {"jupyterlab": "lab/tree/{}?reset&", "notebook7": "notebooks/{}?"}
+
+
+@pytest.mark.parametrize("front_end", FRONT_ENDS)
+def test_the_ask_panel_asks_on_enter_and_keeps_its_question_box_in_place(lab, page, front_end, tmp_path):
+    import nbformat
+
+    if front_end == "notebook7":
+        pytest.importorskip("notebook", minversion="7", reason="Notebook 7 is not installed (pip install notebook)")
+    name = f"{front_end}_{PANEL}"
+    notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in PANEL_CELLS],
+                                        metadata={"kernelspec": {"name": "python3", "display_name": "Python 3",
+                                                                 "language": "python"}})
+    body = json.dumps({"type": "notebook", "format": "json", "content": json.loads(nbformat.writes(notebook))})
+    request = urllib.request.Request(f"{lab}/api/contents/{name}", method="PUT", data=body.encode(),
+                                      headers={"Authorization": f"token {TOKEN}", "Content-Type": "application/json"})
+    urllib.request.urlopen(request, timeout=10).read()
+    page.goto(f"{lab}/{FRONT_ENDS[front_end].format(name)}token={TOKEN}")
+    page.wait_for_function(NOTEBOOK_READY, timeout=120_000, polling=250)
+    if front_end == "jupyterlab":
+        page.evaluate("() => window.jupyterapp.shell.collapseLeft()")
+    page.evaluate("() => window.jupyterapp.commands.execute('notebook:run-all-cells')")
+    probe = lambda: page.evaluate(PANEL_PROBE)  # noqa: E731
+    try:
+        shown = wait_until(lambda: (p := probe())["box"] and p["labels"] and p["picked"] and p, 180, "the ask panel",
+                           page)
+    except BaseException:
+        save_screenshot(page, f"browser-panel-{front_end}-failed.png")
+        raise
+    # The dropdown names the picture in use, and the label is rendered HTML, not its tags.
+    assert shown["picked"] == "picture" and shown["labels"] == ["picture"], shown
+    assert "<code>" not in shown["text"], shown
+
+    box = page.locator(".mvlm-question textarea")
+    box.click()
+    page.keyboard.type("What is this?")
+    page.keyboard.press("Shift+Enter")  # a new line, not a question
+    page.keyboard.type("Be brief.")
+    assert box.input_value() == "What is this?\nBe brief." and not probe()["answers"]
+    page.keyboard.press("Enter")
+
+    samples = []  # (characters shown, question box y, Stop y, Ask shown) while the answer grows
+
+    def streamed_enough():
+        p = probe()
+        if p["stop"] and p["answers"] and (not samples or len(p["answers"][-1]) > samples[-1][0]):
+            samples.append((len(p["answers"][-1]), p["boxY"], p["stopY"], p["ask"]))
+        return len(samples) >= 3
+
+    wait_until(streamed_enough, 120, "the answer to stream into the panel", page)
+    # The box and Stop never moved; Stop stands in Ask's place while the answer streams.
+    assert len({tuple(sample[1:]) for sample in samples}) == 1 and samples[0][3] is None, samples
+    assert probe()["value"] == "", probe()  # asked: the box is empty for the next question
+    page.locator(".jp-CodeCell").nth(2).locator("button:visible", has_text="Stop").click()
+    ended = wait_until(lambda: (p := probe())["ask"] and p, 60, "the answer to end after Stop", page)
+    assert ended["stop"] is None and ended["askY"] == samples[0][2], (ended, samples)  # Stop gone, Ask in its place
+    asked = page.evaluate(KERNEL_PRINT, "print(repr(panel.view.question), panel.answer.finish_reason)")
+    assert asked.split() == ["'What", "is", "this?\\nBe", "brief.'", "stopped"], asked
+    page.evaluate(f"() => {CELL}[2].querySelector('.mvlm-question').scrollIntoView({{block: 'center'}})")
+    save_screenshot(page, f"browser-panel-{front_end}.png")
+
+    # Another picture (of another shape): a new conversation, shown by a heading; the question box stays put;
+    # the next answer has that picture beside it.
+    page.locator(".jp-CodeCell").nth(2).locator("select").select_option(label="other")
+    picked = wait_until(lambda: (p := probe())["headings"] and p, 30, "the new conversation's heading", page)
+    assert (picked["boxY"], picked["askY"]) == samples[0][1:3], (picked, samples)
+    box.click()
+    page.keyboard.type("What is this?")
+    page.keyboard.press("Enter")
+    # While it grows past the history's height, the history scrolls on its own and keeps the answer's end in view.
+    grown = wait_until(lambda: len((p := probe())["answers"]) == 2 and (p["scroll"]["overflows"] or p["ask"]) and p, 60,
+                       "the second answer to fill the history", page)
+    assert grown["scroll"] == {"overflows": True, "endInView": True}, grown
+    assert grown["boxY"] == samples[0][1], (grown, samples)
+    page.locator(".jp-CodeCell").nth(2).locator("button:visible", has_text="Stop").click()
+    wait_until(lambda: probe()["ask"], 60, "the second answer to end", page)
+    final = probe()
+    assert final["picked"] == "other" and final["labels"] == ["other", "other"], final
+    assert len(final["headings"]) == 1 and "New conversation" in final["headings"][0], final
+    assert len(final["pictures"]) == 2 and final["pictures"][0] != final["pictures"][1], final
+    state = page.evaluate(KERNEL_PRINT, "print(len(panel.conversations), len(panel.session.history), "
+                                        "panel.image is other)")
+    assert state.split() == ["2", "1", "True"], state
+    page.evaluate(f"() => {CELL}[2].querySelector('.mvlm-conversation').scrollIntoView()")
+    save_screenshot(page, f"browser-panel-{front_end}-new-picture.png")
+
+    # An uploaded picture: the dropdown names no variable any more, and the upload button counts no stale file.
+    from PIL import Image
+
+    Image.new("RGB", (64, 48), (30, 160, 60)).save(tmp_path / "green.png")
+    with page.expect_file_chooser() as chooser:  # the upload's <input type=file> is never in the page
+        page.locator(".jp-CodeCell").nth(2).locator("button.widget-upload").click()
+    chooser.value.set_files(tmp_path / "green.png")
+    uploaded = wait_until(lambda: len((p := probe())["headings"]) == 2 and p, 30, "the uploaded picture", page)
+    assert uploaded["picked"].split() == ["(pick", "a", "variable)"] and "(1)" not in uploaded["text"], uploaded
+    assert len(uploaded["headings"]) == 2 and "uploaded green.png" in uploaded["headings"][1], uploaded

@@ -18,10 +18,13 @@ from datetime import datetime, timezone
 
 import pytest
 
+from conftest import shapes_picture
 from mvlm_magic.printing import answer_stats
 from mvlm_magic.runtime.chat import Timings
 from mvlm_magic.widgets import AnswerView, AskPanel, LoadPanel
+from mvlm_magic.widgets.ask_panel import HISTORY_THUMBNAIL, SUBMIT
 from mvlm_magic.widgets.messages import text_markdown
+from mvlm_magic.widgets.thumbnail import thumbnail_png
 
 LONG = 1500  # more tokens than any test waits for: only Stop (or a bug) ends these answers early
 
@@ -356,14 +359,18 @@ def test_the_panel_offers_pictures_that_look_like_pictures_and_the_magic_passes_
 def test_ask_panel_stop_button_stops(tiny, picture):
     panel = AskPanel(tiny, image=picture, max_new_tokens=LONG)
     panel.question.value = "Describe it."
+    assert panel.stop_button.layout.display == "none"  # nothing to stop yet
     panel.ask_button.click()
     assert panel.ask_button.disabled and not panel.stop_button.disabled
+    # Stop stands in Ask's place while the answer streams: one of them shows at a time.
+    assert panel.ask_button.layout.display == "none" and panel.stop_button.layout.display is None
     wait_until(lambda: panel.view.text)
     panel.stop_button.click()
     answer = panel.view.wait(timeout=30)
     assert answer.finish_reason == "stopped" and len(answer.token_ids) < LONG
     wait_until(lambda: not panel.ask_button.disabled, timeout=5)
-    assert panel.stop_button.disabled
+    assert panel.stop_button.disabled and panel.stop_button.layout.display == "none"  # gone, not a pale button
+    assert panel.ask_button.layout.display is None
 
 
 def test_ask_panel_upload_and_errors(tiny, picture):
@@ -387,3 +394,80 @@ def test_ask_panel_upload_and_errors(tiny, picture):
     nothing_loaded.question.value = "What is this?"
     nothing_loaded.ask_button.click()
     assert nothing_loaded.error_message.startswith("no model loaded")
+
+
+def test_enter_asks_and_shift_enter_is_a_new_line(tiny, picture):
+    # In the page, Enter appends SUBMIT to the box's text (ENTER_ASKS; tests/test_browser.py presses the keys);
+    # Shift+Enter is a plain new line.
+    panel = AskPanel(tiny, image=picture, max_new_tokens=4, blocking=True)
+    assert "mvlm-question" in panel.question._dom_classes  # what the page's Enter listener looks for
+    panel.question.value = "What is this?\nIn one word"
+    assert not panel.history.children  # a new line asks nothing
+    panel.question.value += SUBMIT
+    assert [view.question for view in panel.history.children] == ["What is this?\nIn one word"]
+    assert panel.question.value == "" and panel.view.done.is_set()
+
+    no_picture = AskPanel(tiny)
+    no_picture.question.value = "What is this?" + SUBMIT
+    assert "choose a picture first" in no_picture.error_message
+    assert no_picture.question.value == "What is this?"  # kept, without the marker, to ask again
+
+
+def test_the_question_box_stays_above_a_history_that_scrolls_on_its_own(tiny, picture):
+    panel = AskPanel(tiny, image=picture)
+    order = list(panel.children)
+    # Nothing between the top and the question box changes while an answer streams (tests/test_browser.py
+    # measures it); the answers grow below, in a box that scrolls and keeps its end in view.
+    assert order.index(panel.question) < order.index(panel.history_box) == len(order) - 1
+    assert panel.stop_button in order[order.index(panel.question) + 1].children
+    assert panel.history_box.children == (panel.history,)
+    assert panel.history_box.layout.overflow == "auto" and panel.history_box.layout.max_height
+    assert panel.history_box.layout.flex_flow == "column-reverse"
+
+
+def test_a_new_picture_starts_a_new_conversation_with_its_own_pictures(tiny, picture):
+    other = shapes_picture(background=(200, 200, 200), seed=1)
+    namespace = {"img": picture, "other": other}
+    panel = AskPanel(tiny, namespace, image=picture, max_new_tokens=4, blocking=True)
+    # The picker names the picture in use, and its label renders as HTML (no literal tags).
+    assert panel.variable.value == "img" and panel.picture_note.value == "variable <code>img</code>"
+    panel.ask("What is this?")
+    panel.ask("And what else?")
+    first = panel.session
+    assert len(first.history) == 2
+
+    panel.variable.value = "other"
+    panel.variable.value = "img"
+    panel.variable.value = "other"  # picked and picked again before asking: one heading
+    assert panel.session is None and panel.image is other
+    assert panel.picture_note.value == "variable <code>other</code>"
+    headings = [child for child in panel.history.children if not isinstance(child, AnswerView)]
+    assert len(headings) == 1 and "New conversation" in headings[0].value and "<code>other</code>" in headings[0].value
+    panel.ask("What is this?")
+    assert panel.session is not first and len(panel.session.history) == 1  # a new chat in the engine
+    assert [[view.question for view in c] for c in panel.conversations] == [["What is this?", "And what else?"],
+                                                                            ["What is this?"]]
+    # Each entry shows its own picture.
+    assert [[view.png for view in c] for c in panel.conversations] == [
+        [thumbnail_png(picture, HISTORY_THUMBNAIL)] * 2, [thumbnail_png(other, HISTORY_THUMBNAIL)]]
+    assert "<img" in panel.history.children[-1].thumbnail.value
+
+    panel.variable.value = ""  # "(pick a variable)" picks nothing: the dropdown keeps naming the picture in use
+    assert panel.variable.value == "other" and panel.image is other
+    namespace["other"] = picture.copy()  # the variable now holds another picture than the one in use
+    panel.refresh_variables()
+    assert panel.variable.value == "" and panel.image is other
+    assert panel.picture_note.value == "variable <code>other</code>, as it was when picked"
+    namespace["same"] = other
+    panel.refresh_variables()
+    assert panel.variable.value == "same" and panel.picture_note.value == "variable <code>same</code>"
+
+    panel.engine = tiny  # another model (here the same one again): a new conversation too
+    assert panel.session is None and "new model" in panel.history.children[-1].value
+
+    data = png_bytes(picture)
+    panel.upload.value = ({"name": "shapes.png", "type": "image/png", "size": len(data), "content": memoryview(data),
+                           "last_modified": datetime.now(timezone.utc)},)
+    assert panel.variable.value == "" and panel.picture_note.value == "uploaded shapes.png"
+    assert panel.upload.value == ()  # read: its button no longer counts a file
+    assert "uploaded shapes.png" in panel.history.children[-1].value

@@ -54,7 +54,9 @@ class AnswerView(w.HBox):
                                                 flex="0 0 auto"))
         self.png: bytes | None = None
         self.set_image(image, thumbnail_size)
-        self.question_box = w.HTML(f"<b>Q:</b> {escape(question)}" if question else "")
+        # pre-line: a question written on several lines (Shift+Enter in the AskPanel) keeps them
+        self.question_box = w.HTML(f'<b>Q:</b> <span style="white-space:pre-line">{escape(question)}</span>'
+                                   if question else "")
         self.answer_box = w.HTML("", layout=w.Layout(width="100%"))
         self.stop_button = w.Button(description="Stop", icon="stop", button_style="warning", disabled=True,
                                     tooltip="stop this answer", layout=w.Layout(width="90px", display="none"))
