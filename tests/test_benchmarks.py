@@ -40,3 +40,17 @@ def test_many_pictures_smoke_run(tmp_path):
     report = json.loads((tmp_path / "out" / "many_pictures.json").read_text())
     assert [row["n"] for row in report["rows"]] == [1, 3]
     assert all(row["single_s"] > 0 and row["many_s"] > 0 for row in report["rows"]) and "family" in report["cpu"]
+
+
+def test_quality_smoke_run(tmp_path):
+    """benchmarks/quality.py's every step on the tiny checkpoint; its fp32 export, teacher-forced one token at a
+    time through the runtime, chooses what the torch reference chooses at every position."""
+    out = tmp_path / "quality.json"
+    run = subprocess.run([sys.executable, str(RUN.parent / "quality.py"), "--tiny", "--presets", "fp32", "int8",
+                          "--no-llamacpp", "--precision", "f32", "--work", str(tmp_path / "work"), "--out", str(out)],
+                         capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-2000:]
+    rows = {row["format"]: row for row in json.loads(out.read_text())["rows"]}
+    assert rows["fp32 (OpenVINO)"]["top1_agreement"] == 1.0 and rows["fp32 (OpenVINO)"]["mean_kl"] < 1e-4
+    assert rows["int8 (OpenVINO)"]["positions"] == 4 * 47 and 0 < rows["int8 (OpenVINO)"]["perplexity"]
+    assert rows["int8 (OpenVINO)"]["bits_per_weight"] > 8  # the weights and their scales
