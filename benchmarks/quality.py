@@ -147,11 +147,11 @@ def build_llamacpp(folder: Path, work: Path) -> dict[str, Path]:
         return {}
     from run import LM_FOR_GGUF
 
-    ggufs = {name: work / f"lm-{ftype.rsplit('_', 1)[-1].lower()}.gguf" for name, ftype in LLAMACPP.items()}
-    ggufs["llama.cpp Q4_K_M"] = work / "lm-q4_k_m.gguf"
+    ggufs = {name: work / f"lm-{name.split()[-1].lower()}.gguf" for name in LLAMACPP}  # lm-q4_0.gguf, ...
     if not (work / "lm-f16.gguf").is_file():
         python(LM_FOR_GGUF, folder, work / "lm-hf")
-        (work / "lm-hf" / "tokenizer.model").unlink()  # the checkpoint's small one: SmolLM2's own BPE instead
+        for name in ("tokenizer.model", "tokenizer_config.json", "special_tokens_map.json"):
+            (work / "lm-hf" / name).unlink(missing_ok=True)  # the checkpoint's small tokenizer: SmolLM2's BPE instead
         save_hf_tokenizer(work / "lm-hf")
         llama = llama_cpp_sources(work)
         subprocess.run([sys.executable, str(llama / "convert_hf_to_gguf.py"), str(work / "lm-hf"), "--outtype", "f16",
