@@ -250,3 +250,13 @@ def test_models_health_and_metrics(server, client):
     assert metric(server, 'mvlm_requests_total{outcome="ok"}') >= 1
     assert metric(server, "mvlm_first_token_seconds_count") >= 1
     assert metric(server, "mvlm_queue_length") == 0
+
+
+def test_bad_start_options_end_with_one_line_before_loading(capsys, tmp_path):
+    from mvlm_magic.cli import main
+
+    assert main(["serve", "--pictures-folder", str(tmp_path / "missing")]) == 2
+    assert capsys.readouterr().err.strip() == f"mvlm: the pictures folder {tmp_path / 'missing'} is not a folder; " \
+                                              "name an existing folder."
+    assert main(["serve", "--api-key", " "]) == 2
+    assert "the API key is empty" in capsys.readouterr().err
