@@ -110,7 +110,7 @@ def test_answers_equal_the_local_engine_streaming_or_not(client, engine):
     assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == local.timings.new_tokens
 
 
-def test_a_two_turn_conversation_continues_as_the_local_chat(client, engine):
+def test_a_two_turn_conversation_continues_as_the_local_chat(client, server, engine):
     image = shapes_picture(seed=2)
     chat = engine("v2", "fp32", "f32").new_chat(image, prepare=False)
     first = chat.ask("Describe it.", max_new_tokens=8).result()
@@ -118,9 +118,12 @@ def test_a_two_turn_conversation_continues_as_the_local_chat(client, engine):
     messages = [question("Describe it.", image)]
     reply = client.chat.completions.create(model=NAME, messages=messages, max_tokens=8)
     assert reply.choices[0].message.content == first.text
-    messages += [{"role": "assistant", "content": first.text}, {"role": "user", "content": "And the colours?"}]
+    messages += [{"role": "assistant", "content": first.text}, {"role": "user", "content": " And the colours?\n"}]
+    fed = metric(server, "mvlm_prefill_tokens_total")
     reply = client.chat.completions.create(model=NAME, messages=messages, max_tokens=8)
     assert reply.choices[0].message.content == second.text
+    # the follow-up fed only its new turn (and the first answer's last token): the rest was in the KV cache
+    assert metric(server, "mvlm_prefill_tokens_total") - fed < reply.usage.prompt_tokens - 144
 
 
 def test_a_picture_from_the_pictures_folder_and_sampling_options(client, engine):
@@ -206,6 +209,14 @@ BAD = {
         {"type": "text", "text": "What?"}]}]), 400, "invalid_image"),
     "a second picture": (ok_body(messages=[question("What?", shapes_picture()), {"role": "assistant", "content": "x"},
                                            question("And this?", shapes_picture(seed=4))]), 400, "picture_misplaced"),
+    "a path with a NUL": (ok_body(messages=[{"role": "user", "content": [
+        {"type": "image_url", "image_url": {"url": "three\x00.png"}}, {"type": "text", "text": "What?"}]}]),
+        400, "invalid_image"),
+    "a broken URL": (ok_body(messages=[{"role": "user", "content": [
+        {"type": "image_url", "image_url": {"url": "http://[::1"}}, {"type": "text", "text": "What?"}]}]),
+        400, "invalid_image"),
+    "an audio part": (ok_body(messages=[{"role": "user", "content": [{"type": "input_audio", "input_audio": {}}]}]),
+                      400, None),
     "unknown model": (ok_body(model="gpt-4o"), 404, "model_not_found"),
     "too many tokens": (ok_body(max_tokens=100000), 400, None),
     "a long question": (ok_body(messages=[question("why " * 2000, shapes_picture())]), 400, "question_too_long"),

@@ -29,7 +29,7 @@ from .settings import Settings
 from .stream import ApiError, Reply, sse
 from .worker import Job, Worker
 
-WAIT_CHECK = 0.5  # s: how often a request waiting for its first event checks whether its client left
+WAIT_CHECK = 0.5  # s: how often a request waiting for its answer checks whether its client left
 
 
 class ClientGone(Exception):
@@ -62,7 +62,7 @@ def create_app(engine, settings: Settings) -> Starlette:
         job = Job(chat, asyncio.get_running_loop())
         worker.submit(job)
         try:
-            first = await first_event(job, request)
+            first = await next_event(job, request)
         except ClientGone:
             metrics.request("cancelled")
             return PlainTextResponse("", status_code=499)
@@ -75,8 +75,14 @@ def create_app(engine, settings: Settings) -> Starlette:
             return StreamingResponse(streamed(job, first, reply), media_type="text/event-stream",
                                      headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
         kind, value = first
-        while kind == "text":
-            kind, value = await job.events.get()
+        text = []
+        try:
+            while kind == "text":
+                text.append(value)
+                kind, value = await next_event(job, request)
+        except ClientGone:
+            metrics.request("cancelled")
+            return PlainTextResponse("", status_code=499)
         if kind != "done":
             metrics.request("server_error")
             raise value
@@ -150,8 +156,9 @@ async def read_body(request: Request, limit: int) -> bytes:
     return bytes(body)
 
 
-async def first_event(job: Job, request: Request):
-    """The answer's first event; a client that leaves while its request waits in the queue is taken out of it."""
+async def next_event(job: Job, request: Request):
+    """The answer's next event, before a response has begun: a client that leaves meanwhile stops its answer, or
+    takes its request out of the queue. (Once a stream has begun, Starlette ends it when the client leaves.)"""
     task = asyncio.ensure_future(job.events.get())
     while True:
         done, _ = await asyncio.wait({task}, timeout=WAIT_CHECK)

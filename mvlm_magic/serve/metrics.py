@@ -13,7 +13,7 @@ class Metrics:
     def __init__(self):
         self._lock = threading.Lock()
         self.requests = dict.fromkeys(OUTCOMES, 0)
-        self.prompt_tokens = self.completion_tokens = 0
+        self.prompt_tokens = self.completion_tokens = self.prefill_tokens = 0
         self.first_token_counts = [0] * len(FIRST_TOKEN_BUCKETS)  # per bucket, not cumulative
         self.first_token_sum, self.first_token_count = 0.0, 0
 
@@ -21,8 +21,9 @@ class Metrics:
         with self._lock:
             self.requests[outcome] += 1
 
-    def tokens(self, prompt: int, completion: int) -> None:
+    def tokens(self, prompt: int, completion: int, prefill: int) -> None:
         with self._lock:
+            self.prefill_tokens += prefill
             self.prompt_tokens += prompt
             self.completion_tokens += completion
 
@@ -42,6 +43,9 @@ class Metrics:
             lines += [f'mvlm_requests_total{{outcome="{k}"}} {v}' for k, v in self.requests.items()]
             lines += ["# HELP mvlm_prompt_tokens_total Prompt positions of answered requests (image tokens included).",
                       "# TYPE mvlm_prompt_tokens_total counter", f"mvlm_prompt_tokens_total {self.prompt_tokens}",
+                      "# HELP mvlm_prefill_tokens_total Of the prompt positions, those fed to the model (the rest "
+                      "came from the KV cache).", "# TYPE mvlm_prefill_tokens_total counter",
+                      f"mvlm_prefill_tokens_total {self.prefill_tokens}",
                       "# HELP mvlm_completion_tokens_total Tokens generated.",
                       "# TYPE mvlm_completion_tokens_total counter",
                       f"mvlm_completion_tokens_total {self.completion_tokens}",

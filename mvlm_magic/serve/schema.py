@@ -51,8 +51,8 @@ def bad(message: str, param: str | None = None, code: str | None = None, status:
 def parse_chat(body: bytes, settings: Settings) -> ChatRequest:
     try:
         request = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as error:
-        raise bad(f"the body is not JSON ({error}); send a JSON object.") from None
+    except (ValueError, RecursionError) as error:
+        raise bad(f"the body is not JSON ({str(error)[:100]}); send a JSON object.") from None
     if not isinstance(request, dict):
         raise bad(f"the body is a JSON {type(request).__name__}; send a JSON object with model and messages.")
     model = request.get("model")
@@ -134,7 +134,7 @@ def read_messages(messages, settings: Settings) -> tuple[Image.Image, list[tuple
         if role != expected:
             raise bad(f"{where} is a {role} message where a {expected} message was expected; user and assistant "
                       "messages alternate, starting with the user.", where)
-        turns.append(text)
+        turns.append(text.strip() if role == "user" else text)  # as runtime/chat.py keeps a question
     if len(turns) % 2 == 0:
         raise bad("the last message must be the user's question.", "messages")
     if image is None:
@@ -189,6 +189,14 @@ def read_picture(url: str, where: str, settings: Settings) -> Image.Image:
             raise bad(f"{where}: the data: URL's base64 is not valid; encode the picture file's bytes in base64.",
                       where, "invalid_image") from None
         return decode(data, where, settings)
+    try:
+        return decode(read_file(url, where, settings), where, settings)
+    except (ValueError, OSError):  # a URL or path that cannot be parsed or read
+        raise bad(f"{where}: {url[:100]!r} cannot be read as a file under the pictures folder; send a data: URL.",
+                  where, "invalid_image") from None
+
+
+def read_file(url: str, where: str, settings: Settings) -> bytes:
     scheme = urlparse(url).scheme
     if scheme and scheme != "file" and len(scheme) > 1:  # a one-letter scheme is a Windows drive
         raise bad(f"{where}: the server fetches no {scheme}: URLs; send the picture as a data: URL.", where,
@@ -201,7 +209,7 @@ def read_picture(url: str, where: str, settings: Settings) -> Image.Image:
     if not path.is_relative_to(settings.pictures_folder) or not path.is_file():
         raise bad(f"{where}: {url!r} is not a file under the pictures folder; name a file there or send a data: URL.",
                   where, "invalid_image")
-    return decode(path.read_bytes(), where, settings)
+    return path.read_bytes()
 
 
 def decode(data: bytes, where: str, settings: Settings) -> Image.Image:

@@ -64,12 +64,14 @@ class Worker:
             self.running = 1
             try:
                 self._answer(job)
+            except Exception:  # its request cannot be told (its loop is gone): the thread goes on to the next
+                log.exception("a request's answer could not be delivered")
             finally:
                 self.running = 0
 
     def count(self, job: Job, answer) -> None:
         """Tokens generated, a stopped answer's too (the work was done), and the first token's latency."""
-        self.metrics.tokens(answer.timings.prompt_tokens, answer.timings.new_tokens)
+        self.metrics.tokens(answer.timings.prompt_tokens, answer.timings.new_tokens, answer.timings.prefill_tokens)
         if answer.timings.new_tokens:
             self.metrics.first_token(job.started - job.created + answer.timings.first_token_ms / 1000)
 
