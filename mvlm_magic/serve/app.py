@@ -75,10 +75,8 @@ def create_app(engine, settings: Settings) -> Starlette:
             return StreamingResponse(streamed(job, first, reply), media_type="text/event-stream",
                                      headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
         kind, value = first
-        text = []
         try:
-            while kind == "text":
-                text.append(value)
+            while kind == "text":  # the text is in the Answer that ends the events
                 kind, value = await next_event(job, request)
         except ClientGone:
             metrics.request("cancelled")
@@ -86,32 +84,29 @@ def create_app(engine, settings: Settings) -> Starlette:
         if kind != "done":
             metrics.request("server_error")
             raise value
-        finished(job, value)
+        metrics.request("ok")  # its tokens were counted by the worker
         return JSONResponse(reply.completion(value))
 
     async def streamed(job: Job, first, reply: Reply):
         """role, deltas, finish (+ usage), [DONE]; closing the connection stops the answer (the finally)."""
-        done = False
+        ended = False  # the answer was sent whole, or its failure was
         try:
             yield reply.role()
             kind, value = first
             while kind == "text":
                 yield reply.delta(value)
                 kind, value = await job.events.get()
+            ended = True
             if kind == "done":
-                done = True
-                finished(job, value)
+                metrics.request("ok")
                 yield reply.finish(value)
             else:  # failed after its first text: the status is sent already, so the error goes in the stream
                 metrics.request("server_error")
                 yield sse(value.body())
         finally:
-            if not done:
+            if not ended:
                 job.stop.set()
                 metrics.request("cancelled")
-
-    def finished(job: Job, answer) -> None:
-        metrics.request("ok")  # its tokens were counted by the worker
 
     routes = [Route("/health", health), Route("/metrics", prometheus), Route("/v1/models", models),
               Route("/v1/chat/completions", chat_completions, methods=["POST"])]
