@@ -5,6 +5,7 @@
     mvlm compare int4 int8 fp16 --image IMAGE [--question Q] [--model MODEL]   # weight formats side by side
     mvlm list | mvlm delete KEY
     mvlm demo                      # a generated picture, a question, a streamed answer
+    mvlm serve [MODEL] [--host 127.0.0.1] [--port 8000] [--api-key KEY] [--pictures-folder DIR]  # OpenAI API
 
 Bad input ends with one line on stderr and exit code 2; no traceback.
 """
@@ -76,6 +77,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = commands.add_parser("demo", help="answer a question about a generated picture with the bundled model")
     demo.add_argument("--cache-dir", default=None)
+
+    serve = commands.add_parser("serve", help="answer the OpenAI chat-completions API over HTTP (docs/serving.md)")
+    serve.add_argument("model", nargs="?", default=BUNDLED_NAME, help=DEFAULT_MODEL_HELP + " (default: nano)")
+    add_compression_options(serve)
+    serve.add_argument("--device", default="CPU", help="OpenVINO device (CPU, GPU, AUTO, ...)")
+    serve.add_argument("--precision", default="auto", choices=("auto", "f32"))
+    serve.add_argument("--host", default="127.0.0.1", help="127.0.0.1 (default): this machine only; 0.0.0.0: all")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--api-key", default=None, help="require `Authorization: Bearer KEY` (default: none)")
+    serve.add_argument("--pictures-folder", default=None, help="image_url may name files under this folder")
+    serve.add_argument("--name", default=None, help="the model id clients send (default: MODEL's last part)")
+    serve.add_argument("--max-tokens", type=int, default=1024, help="the most tokens a request may ask for")
     return parser
 
 
@@ -167,8 +180,25 @@ def run_demo(args) -> None:
     demo(cache_dir=args.cache_dir)
 
 
+def run_serve(args) -> None:
+    try:
+        from .serve.app import run
+    except ImportError as err:
+        raise MvlmError(f"serving needs the serve extra ({err.name} is missing): pip install 'mvlm-magic[serve]'") \
+            from None
+    from .loader import load_engine
+    from .serve import Settings
+
+    name = args.name or (Path(str(args.model)).name if Path(str(args.model)).exists() else str(args.model))
+    settings = Settings(model_name=name, host=args.host, port=args.port, api_key=args.api_key,
+                        pictures_folder=args.pictures_folder, max_tokens=args.max_tokens)  # checked before loading
+    engine = load_engine(args.model, args.compression, args.device, args.precision, group_size=args.group_size,
+                         ratio=args.ratio, cache_dir=args.cache_dir, progress=stderr_progress)
+    run(engine, settings)
+
+
 HANDLERS = {"export": run_export, "ask": run_ask, "list": run_list, "delete": run_delete, "demo": run_demo,
-            "compare": run_compare}
+            "compare": run_compare, "serve": run_serve}
 
 
 def main(argv: list[str] | None = None) -> int:

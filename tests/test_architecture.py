@@ -15,7 +15,10 @@ HEAVY = ("torch", "transformers", "nncf", "safetensors", "huggingface_hub")  # t
 
 ABOVE_STORE = ("mvlm_magic.runtime", "mvlm_magic.ops", "mvlm_magic.model", "mvlm_magic.export", "mvlm_magic.notebook",
                "mvlm_magic.widgets", "mvlm_magic.inspect", "mvlm_magic.demo", "mvlm_magic.loader", "mvlm_magic.compare",
-               "mvlm_magic.cli")
+               "mvlm_magic.serve", "mvlm_magic.cli")
+
+# the command line and the server: front ends that nothing of ours below them imports
+FRONT_ENDS = ("mvlm_magic.cli", "mvlm_magic.serve")
 
 # layer (a module or package of ours) -> what its modules must not import: our modules, or third-party packages.
 # Read it with docs/architecture.md's table; the first matching prefix (longest first) is a module's layer.
@@ -27,24 +30,27 @@ FORBIDDEN = {
     "mvlm_magic.pictures": (*ABOVE_STORE, "openvino", "numpy", "PIL", "ipywidgets", *HEAVY),
     "mvlm_magic.runtime": ("mvlm_magic.model", "mvlm_magic.export", "mvlm_magic.notebook", "mvlm_magic.widgets",
                            "mvlm_magic.inspect",
-                           "mvlm_magic.demo", "mvlm_magic.loader", "mvlm_magic.cli", "IPython", "ipywidgets", *HEAVY),
+                           "mvlm_magic.demo", "mvlm_magic.loader", *FRONT_ENDS, "IPython", "ipywidgets", *HEAVY),
     "mvlm_magic.ops": ("mvlm_magic.model", "mvlm_magic.export", "mvlm_magic.notebook", "mvlm_magic.widgets",
-                       "mvlm_magic.demo", "mvlm_magic.loader", "mvlm_magic.cli", "IPython", "ipywidgets", *HEAVY),
+                       "mvlm_magic.demo", "mvlm_magic.loader", *FRONT_ENDS, "IPython", "ipywidgets", *HEAVY),
     "mvlm_magic.model": ("mvlm_magic.export", "mvlm_magic.notebook", "mvlm_magic.widgets", "mvlm_magic.demo",
-                         "mvlm_magic.loader", "mvlm_magic.cli", "mvlm_magic.ops", "openvino", "IPython", "ipywidgets"),
+                         "mvlm_magic.loader", *FRONT_ENDS, "mvlm_magic.ops", "openvino", "IPython", "ipywidgets"),
     "mvlm_magic.export": ("mvlm_magic.notebook", "mvlm_magic.widgets", "mvlm_magic.demo", "mvlm_magic.loader",
-                          "mvlm_magic.cli", "mvlm_magic.ops", "IPython", "ipywidgets"),
+                          *FRONT_ENDS, "mvlm_magic.ops", "IPython", "ipywidgets"),
     "mvlm_magic.widgets": ("mvlm_magic.model", "mvlm_magic.export", "mvlm_magic.ops", "mvlm_magic.runtime.engine",
-                           "mvlm_magic.runtime.chat", "mvlm_magic.notebook", "mvlm_magic.inspect", "mvlm_magic.cli",
+                           "mvlm_magic.runtime.chat", "mvlm_magic.notebook", "mvlm_magic.inspect", *FRONT_ENDS,
                            "openvino", *HEAVY),
     # what the model sees and decides, shown to a class: runtime facts drawn with the widgets' pieces, torch-free
     "mvlm_magic.inspect": ("mvlm_magic.model", "mvlm_magic.export", "mvlm_magic.ops", "mvlm_magic.notebook",
-                           "mvlm_magic.demo", "mvlm_magic.loader", "mvlm_magic.cli", "openvino", "IPython", *HEAVY),
-    "mvlm_magic.notebook": ("mvlm_magic.model", "mvlm_magic.ops", "mvlm_magic.cli", *HEAVY),
-    "mvlm_magic.demo": ("mvlm_magic.notebook", "mvlm_magic.widgets", "mvlm_magic.cli", "IPython", "ipywidgets"),
+                           "mvlm_magic.demo", "mvlm_magic.loader", *FRONT_ENDS, "openvino", "IPython", *HEAVY),
+    "mvlm_magic.notebook": ("mvlm_magic.model", "mvlm_magic.ops", *FRONT_ENDS, *HEAVY),
+    "mvlm_magic.demo": ("mvlm_magic.notebook", "mvlm_magic.widgets", *FRONT_ENDS, "IPython", "ipywidgets"),
     # weight formats side by side: model name -> engines (through the loader) -> a table; no front end of its own
-    "mvlm_magic.compare": ("mvlm_magic.notebook", "mvlm_magic.widgets", "mvlm_magic.inspect", "mvlm_magic.cli",
+    "mvlm_magic.compare": ("mvlm_magic.notebook", "mvlm_magic.widgets", "mvlm_magic.inspect", *FRONT_ENDS,
                            "IPython", "ipywidgets", *HEAVY),
+    # the OpenAI-compatible server: requests -> the runtime's chats, one engine, no notebook and no torch
+    "mvlm_magic.serve": ("mvlm_magic.notebook", "mvlm_magic.widgets", "mvlm_magic.inspect", "mvlm_magic.compare",
+                         "mvlm_magic.model", "mvlm_magic.ops", "mvlm_magic.cli", "IPython", "ipywidgets", *HEAVY),
     "mvlm_magic.cli": ("mvlm_magic.notebook", "mvlm_magic.widgets", "IPython", "ipywidgets", *HEAVY),
 }
 

@@ -71,6 +71,6 @@ def test_bad_input_is_one_line_and_exit_code_2(args, message, checkpoint, pictur
 def test_help_lists_the_commands():
     run = mvlm("--help")
     assert run.returncode == 0
-    for command in ("export", "ask", "list", "delete", "demo"):
+    for command in ("export", "ask", "list", "delete", "demo", "serve"):
         assert command in run.stdout
     assert shutil.which(MVLM)
