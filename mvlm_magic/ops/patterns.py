@@ -12,6 +12,11 @@ def is_type(node, type_name: str) -> bool:
     return node.get_type_name() == type_name
 
 
+def shape_size(node) -> int:
+    """How many elements a node's output holds (a constant's, without reading its data)."""
+    return int(np.prod(list(node.get_output_shape(0))))
+
+
 def decompressed_weight(matmul):
     """For `x @ W.T` (a MatMul with transpose_b), the node that computes W, past a final Convert; else None."""
     if not is_type(matmul, "MatMul") or matmul.get_attributes() != {"transpose_a": False, "transpose_b": True}:
@@ -24,6 +29,14 @@ def int4_weight(matmul) -> tuple[np.ndarray, np.ndarray] | None:
     """(bytes (N, K/2) as value + 8 in the operation's order, f16 scales (N, K/G) as bytes) when the MatMul's weight is
     NNCF's symmetric int4 decompression (Constant i4 -> Convert -> Multiply by a scale [-> Reshape] -> Convert)
     with groups of a multiple of 64; else None."""
+    found = int4_constants(matmul)
+    return None if found is None else int4_data(*found)
+
+
+def int4_constants(matmul) -> tuple | None:
+    """(weight constant, scale constant, N, K, groups) when `int4_weight` takes the MatMul, read off the graph
+    alone: a rewrite matches every MatMul first and reads the weights one group at a time (a model's worth of
+    weights never in memory at once)."""
     node = decompressed_weight(matmul)
     if node is None or matmul.get_input_element_type(0) != ov.Type.f32:
         return None
@@ -47,7 +60,12 @@ def int4_weight(matmul) -> tuple[np.ndarray, np.ndarray] | None:
         return None
     if (k // groups) % 64 or second.get_output_element_type(0) != ov.Type.f16:
         return None
-    scales = second.get_data().reshape(n, groups).view(np.uint8)  # f16 bytes: the CPU plugin leaves u8 alone
+    return weight, second, n, k, groups
+
+
+def int4_data(weight, scale, n: int, k: int, groups: int) -> tuple[np.ndarray, np.ndarray]:
+    """`int4_weight`'s arrays from what `int4_constants` found."""
+    scales = scale.get_data().reshape(n, groups).view(np.uint8)  # f16 bytes: the CPU plugin leaves u8 alone
     nncf = weight.get_data().view(np.uint8).reshape(n, k // 2) ^ np.uint8(0x88)  # signed nibbles -> value + 8
     values = np.stack([nncf & 0x0F, nncf >> 4], axis=-1).reshape(n, k // 64, 2, 32)  # element 2i low, 2i+1 high
     packed = values[:, :, 0] | (values[:, :, 1] << 4)  # per 64 inputs: byte i = input i | input 32 + i << 4
@@ -58,6 +76,12 @@ def int8_weight(matmul) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
     """(weight i8 (N, K), zero (N,), scale (N,)) when the MatMul's weight is NNCF's asymmetric
     int8 with one zero point and scale per row (Constant u8 -> Convert -> Subtract zero -> Multiply scale ->
     Convert), as the head of an int4 export; else None."""
+    found = int8_constants(matmul)
+    return None if found is None else int8_data(*found)
+
+
+def int8_constants(matmul) -> tuple | None:
+    """(weight, zero and scale constants, N, K) when `int8_weight` takes the MatMul, read off the graph alone."""
     node = decompressed_weight(matmul)
     if node is None or not is_type(node, "Multiply") or not is_type(node.input_value(1).get_node(), "Constant"):
         return None
@@ -70,8 +94,13 @@ def int8_weight(matmul) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
     if not (is_type(weight, "Constant") and is_type(zero, "Constant")) or weight.get_element_type() != ov.Type.u8:
         return None
     n, k = weight.get_output_shape(0)
-    if k % 32 or zero.get_data().size != n or scale.get_data().size != n:
+    if k % 32 or shape_size(zero) != n or shape_size(scale) != n:
         return None
+    return weight, zero, scale, n, k
+
+
+def int8_data(weight, zero, scale, n: int, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """`int8_weight`'s arrays from what `int8_constants` found."""
     values = (weight.get_data().astype(np.int16) - 128).astype(np.int8)
     zeros = zero.get_data().astype(np.float32).reshape(n) - 128
     return values, zeros, scale.get_data().astype(np.float32).reshape(n)

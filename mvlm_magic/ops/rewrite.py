@@ -9,43 +9,51 @@ from openvino import opset13
 
 from .layout import panels
 from .nodes import Int4MatMul, Int8MatMul, KVAttention
-from .patterns import int4_weight, int8_weight, is_type
+from .patterns import int4_constants, int4_data, int8_constants, int8_data, is_type
 
 
-def rewrite_int4_matmuls(model: ov.Model) -> int:
+def rewrite_int4_matmuls(model: ov.Model, spill=None) -> int:
     """Replace the symmetric-int4 MatMuls of `model` by Int4MatMul, in place, and, where there were any, the
     per-row int8 ones (the head) by Int8MatMul; returns how many int4 MatMuls it replaced.
     MatMuls that read the same input with the same group size (q, k, v; gate, up) become one operation whose
     output is split again: the input is quantized once and there are fewer calls per token.
+    `spill` (an ops.spill.Spill) holds the new weights in a file instead of memory.
     (The language models of int8 exports stay on OpenVINO's own path: not measured with our operation.)"""
-    found = [(op, int4_weight(op)) for op in model.get_ordered_ops()]
-    int4 = [(op, weights) for op, weights in found if weights is not None]
-    _replace_by_input(int4, Int4MatMul, lambda weights: (weights[0].shape[1], weights[1].shape[1]))
+    found = [(op, int4_constants(op)) for op in model.get_ordered_ops()]
+    int4 = [(op, constants) for op, constants in found if constants is not None]
+    # grouped by (K/2, groups): the shapes of int4_data's two arrays past N
+    _replace_by_input(int4, int4_data, Int4MatMul, lambda constants: (constants[3] // 2, constants[4]), spill)
     if int4:
-        rewrite_int8_matmuls(model)
+        rewrite_int8_matmuls(model, spill)
     return len(int4)
 
 
-def rewrite_int8_matmuls(model: ov.Model) -> int:
+def rewrite_int8_matmuls(model: ov.Model, spill=None) -> int:
     """Replace the per-row int8 MatMuls of `model` (the head; every MatMul of an export's vision model) by
     Int8MatMul, in place, those reading one input (q, k, v) as one operation; returns how many it replaced."""
-    found = [(op, int8_weight(op)) for op in model.get_ordered_ops()]
-    int8 = [(op, weights) for op, weights in found if weights is not None]
-    _replace_by_input(int8, Int8MatMul, lambda weights: weights[0].shape[1])
+    found = [(op, int8_constants(op)) for op in model.get_ordered_ops()]
+    int8 = [(op, constants) for op, constants in found if constants is not None]
+    _replace_by_input(int8, int8_data, Int8MatMul, lambda constants: constants[4], spill)  # by K
     return len(int8)
 
 
-def _replace_by_input(found: list, operation, same) -> None:
+def _replace_by_input(found: list, data, operation, same, spill=None) -> None:
     """One `operation` for each group of MatMuls that read the same output and whose weights agree on
-    `same(weights)`: their weights concatenated by rows, the first one (the weight bytes) in panel order."""
+    `same(constants)`: their weights (`data(*constants)`) concatenated by rows, the first one (the weight bytes) in
+    panel order. The weights are read one group at a time, and put in `spill` where there is one."""
     groups: dict[tuple, list] = {}
-    for op, weights in found:
+    for op, constants in found:
         source = op.input_value(0)
-        key = (source.get_node().get_name(), source.get_index(), same(weights))  # unique names
-        groups.setdefault(key, []).append((op, weights))
+        key = (source.get_node().get_name(), source.get_index(), same(constants))  # unique names
+        groups.setdefault(key, []).append((op, constants))
     for group in groups.values():
-        parts = [np.concatenate([weights[i] for _, weights in group]) for i in range(len(group[0][1]))]
-        _replace([op for op, _ in group], operation, (panels(parts[0]), *parts[1:]))
+        weights = [data(*constants) for _, constants in group]
+        parts = [np.concatenate([w[i] for w in weights]) for i in range(len(weights[0]))]
+        del weights  # only one group's arrays at a time
+        parts[0] = panels(parts[0])
+        if spill is not None:
+            parts = [spill(part) for part in parts]
+        _replace([op for op, _ in group], operation, parts, shared=spill is not None)
 
 
 def _cached_input(concat):
@@ -114,10 +122,11 @@ def _cache_shape(inputs_embeds, attention_mask, heads: int, head: int, element_t
     return opset13.concat([dimension(embeds, 0), constant(heads), past, constant(head)], 0).output(0)
 
 
-def _replace(matmuls: list, operation, weights) -> None:
-    """Put one `operation` node (on the MatMuls' shared input, with the given weight constants) where the
-    MatMuls were; several MatMuls get its output split back into theirs."""
-    node = operation([matmuls[0].input_value(0)] + [opset13.constant(w).output(0) for w in weights])
+def _replace(matmuls: list, operation, weights, shared: bool = False) -> None:
+    """Put one `operation` node (on the MatMuls' shared input, with the given weight constants: `shared`, over
+    the arrays' own memory) where the MatMuls were; several MatMuls get its output split back into theirs."""
+    constants = [opset13.constant(w, shared_memory=shared).output(0) for w in weights]
+    node = operation([matmuls[0].input_value(0)] + constants)
     node.set_friendly_name(" + ".join(op.get_friendly_name() for op in matmuls))
     outputs = node.outputs()
     if len(matmuls) > 1:
