@@ -47,8 +47,8 @@ SMOLLM = TinySpec(hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
                   num_key_value_heads=3, vocab_size=49152, context_length=2048)
 TOPICS = ("assignment", "compound", "exceptions", "execmodel", "import", "naming", "numbers", "objects", "typesseq")
 PASSAGE_TOKENS = 363  # four passages: ~1450 tokens, each fed from an empty cache
-PRESETS = ("fp16", "int8", "int4-sym-g128-r1", "int4-sym-g64-r1", "int4-sym-g32-r1", "int4-g128-r0.8", "int4-g64-r1",
-           "int4-g32-r1")
+PRESETS = ("fp16", "int8", "int4-sym-g128-r1", "int4-sym-g64-r1", "int4-sym-g32-r1", "int4-g32-r1",  # docs' rows
+           "int4-sym-g128-r0.9", "int4-sym-g64-r0.9", "int4-sym-g128-r0.8", "int4-sym-g64-r0.8", "int4-g128-r0.8")
 LLAMACPP = {"llama.cpp Q8_0": "LLAMA_FTYPE_MOSTLY_Q8_0", "llama.cpp Q4_0": "LLAMA_FTYPE_MOSTLY_Q4_0",
             "llama.cpp Q4_K_M": "LLAMA_FTYPE_MOSTLY_Q4_K_M"}
 

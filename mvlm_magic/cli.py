@@ -27,7 +27,7 @@ DEFAULT_MODEL_HELP = "a checkpoint folder, a Hugging Face id, or a preset (mobil
 
 def add_compression_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--compression", default="int4",
-                        help="weight format: int4 (default), int8, fp16, fp32, or an int4 label like int4-sym-g128-r1")
+                        help="weight format: int4 (default), int8, fp16, fp32, or an int4 label like int4-sym-g64-r0.9")
     parser.add_argument("--group-size", type=int, default=None, help="int4 group size (default 128)")
     parser.add_argument("--ratio", type=float, default=None, help="int4 share of layers, the rest int8 (default 1)")
     parser.add_argument("--cache-dir", default=None, help=f"export cache (default {default_cache_dir()})")

@@ -30,7 +30,7 @@ def test_export_ask_list_delete(checkpoint, picture_file, tmp_path):
     exported = mvlm("export", checkpoint("v1"), "--compression", "int4", "--group-size", "32", "--cache-dir", cache)
     assert exported.returncode == 0, exported.stderr
     folder = Path(exported.stdout.strip())
-    assert (folder / "manifest.json").is_file() and "int4-sym-g32-r1" in folder.name
+    assert (folder / "manifest.json").is_file() and "int4-sym-g32-r0.9" in folder.name
 
     asked = mvlm("ask", picture_file, "What colour is the circle?", "--model", checkpoint("v1"),
                  "--compression", "int4", "--group-size", "32", "--cache-dir", cache, "--max-new-tokens", "6",

@@ -23,8 +23,8 @@ def rows(checkpoint, exported, cache_dir):
 
 
 def test_rows_go_from_the_most_precise_and_sizes_follow_the_format(rows):
-    assert [row.label for row in rows] == ["fp32", "int8", "int4-sym-g128-r1"]
-    assert rows[2].written == "int4-sym-g128/64-r1"  # what the export holds: width 64 takes group 64 (test_manifest)
+    assert [row.label for row in rows] == ["fp32", "int8", "int4-sym-g64-r0.9"]
+    assert rows[2].written == "int4-sym-g64-r0.85"  # what the export holds: 11 of 14 layers int4 (test_manifest)
     assert all(not row.error and row.answer and row.load_s > 0 and row.first_token_ms > 0 for row in rows)
     fp32, int8, int4 = rows
     assert fp32.export_mb > int8.export_mb > int4.export_mb  # honest: our operations' copy is counted apart

@@ -37,7 +37,7 @@ def width_96(tmp_path_factory, cache_dir):
     folder = build_tiny_checkpoint(tmp_path_factory.mktemp("w96") / "tiny-w96", hidden_size=96,
                                    intermediate_size=192, seed=3)
     notes = []
-    export = export_model(folder, "int4", cache_dir=cache_dir,
+    export = export_model(folder, "int4-sym-g128-r1", cache_dir=cache_dir,
                           progress=lambda stage, fraction, message: stage == "note" and notes.append(message))
     return export, notes, folder
 

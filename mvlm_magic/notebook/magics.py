@@ -31,7 +31,7 @@ from . import ask, compare, load
 from .last_image import LastImage
 from .usage_errors import ASK_IS_A_CELL_MAGIC, EMPTY_QUESTION, reach_our_help
 
-COMPRESSION_HELP = "int4, int8, fp16, fp32, or an int4 label such as int4-sym-g128-r1"
+COMPRESSION_HELP = "int4, int8, fp16, fp32, or an int4 label such as int4-sym-g64-r0.9"
 
 
 @magics_class

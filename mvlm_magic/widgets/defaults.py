@@ -7,8 +7,8 @@ engine that follows `protocol.py`).
 
 from __future__ import annotations
 
-# The presets benchmarks/run.py chose (docs/benchmarks.md): INT4 is int4-sym-g128-r1, the fastest and lightest at
-# the same answers; the mixed INT4 of the reference notebook stays for comparison; INT8 / FP16 for fidelity.
+# The presets (docs/benchmarks.md): INT4 is export/compress.py's INT4_PRESET, chosen on real trained weights; the
+# mixed INT4 of the reference notebook stays for comparison; INT8 / FP16 for fidelity.
 COMPRESSIONS = [("INT4", "int4"), ("INT4 mixed (80% int4, asym)", "int4-g128-r0.8"), ("INT8", "int8"), ("FP16", "fp16")]
 FALLBACK_DEVICES = ["CPU", "AUTO"]
 
