@@ -36,14 +36,19 @@ def width_96(tmp_path_factory, cache_dir):
     """A checkpoint whose width, 96, is a multiple of neither 128 nor 64, exported int4 (asked: group 128)."""
     folder = build_tiny_checkpoint(tmp_path_factory.mktemp("w96") / "tiny-w96", hidden_size=96,
                                    intermediate_size=192, seed=3)
-    notes = []
-    export = export_model(folder, "int4-sym-g128-r1", cache_dir=cache_dir,
-                          progress=lambda stage, fraction, message: stage == "note" and notes.append(message))
-    return export, notes, folder
+    notes, lines = [], []
+
+    def progress(stage, fraction, message):
+        lines.append((stage, message))
+        if stage == "note":
+            notes.append(message)
+
+    export = export_model(folder, "int4-sym-g128-r1", cache_dir=cache_dir, progress=progress)
+    return export, notes, folder, lines
 
 
 def test_a_group_size_nncf_adjusted_is_recorded_labelled_and_said_once(width_96):
-    export, notes, _ = width_96
+    export, notes, _, _ = width_96
     compression = export.manifest["compression"]
     groups = int4_groups(export.path / "language.xml")
     assert set(groups) == {64, 32}  # inputs of 192 take 64, of 96 take 32: never the 128 asked
@@ -59,6 +64,14 @@ def test_a_group_size_nncf_adjusted_is_recorded_labelled_and_said_once(width_96)
     assert "[int4-sym-g64/32-r1]" in engine.name
     (row,) = [row for row in cached_exports(export.path.parent) if row[0] == export.key]
     assert row[2] == "int4-sym-g64/32-r1"
+
+
+def test_converting_says_which_layer_it_has_traced(width_96):
+    """Issue 15: tracing a large model takes a while; the convert stage counts its transformer blocks."""
+    converted = [message for stage, message in width_96[3] if stage == "convert"]
+    assert "converting the vision model: layer 3 of 3 traced" in converted
+    assert [m for m in converted if m.startswith("converting the language model: layer")] == [
+        "converting the language model: layer 1 of 2 traced", "converting the language model: layer 2 of 2 traced"]
 
 
 def test_the_record_counts_each_precision_as_written(exported, width_96):

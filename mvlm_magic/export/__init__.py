@@ -42,6 +42,8 @@ from .convert import (
     convert_text_embeddings,
     convert_vision,
     sixteen_bit,
+    traced_layers,
+    transformer_blocks,
 )
 from .manifest import build_manifest
 from .written import describe, record
@@ -102,7 +104,8 @@ def _export(source, config, key, compression, cache_dir, progress, started, repl
             # One IR at a time, freed before the next: the peak is the largest IR's, not the sum.
             for i, (role, convert) in enumerate(converters):
                 progress("convert", i / len(converters), f"converting the {role} model")
-                with warnings.catch_warnings():
+                with warnings.catch_warnings(), traced_layers(transformer_blocks(vlm, role),
+                                                              _layer_progress(progress, role, i, len(converters))):
                     warnings.simplefilter("ignore")  # tracer warnings about constants we expect to be constant
                     ov_model = convert(vlm)
                 progress("compress", i / len(converters), f"compressing the {role} model ({compression.label})")
@@ -139,6 +142,15 @@ def _export(source, config, key, compression, cache_dir, progress, started, repl
         raise
     progress("save", 1.0, f"saved {key}")
     return result
+
+
+def _layer_progress(progress: Progress, role: str, index: int, count: int):
+    """traced_layers' callback -> a convert line per layer traced (the fraction: half of this model's share)."""
+    def on_layer(done: int, total: int) -> None:
+        progress("convert", (index + 0.5 * done / total) / count,
+                 f"converting the {role} model: layer {done} of {total} traced")
+
+    return on_layer
 
 
 def _weight_progress(progress: Progress, role: str, index: int, count: int):

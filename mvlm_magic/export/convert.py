@@ -116,6 +116,37 @@ def convert_language_model(model, stateful: bool = True):
 
 
 @contextlib.contextmanager
+def traced_layers(layers, report):
+    """Call report(done, total) as each of `layers` (a model's transformer blocks) runs while it is traced: tracing a
+    7B language model takes tens of seconds, and this says how far it is. Layers run in order; a second pass (the
+    frontend may run the model again) does not count twice."""
+    total, done = len(layers), [0]
+
+    def hook(index):
+        def after(module, args, output):
+            if index + 1 > done[0]:
+                done[0] = index + 1
+                report(done[0], total)
+        return after
+
+    handles = [layer.register_forward_hook(hook(i)) for i, layer in enumerate(layers)]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def transformer_blocks(model, role: str) -> list:
+    """The blocks `traced_layers` counts: the language model's decoder layers, the vision tower's encoder layers."""
+    if role == "language":
+        return list(model.language_model.model.layers)
+    if role == "vision":
+        return list(model.vision_tower.encoder.layers)
+    return []
+
+
+@contextlib.contextmanager
 def sixteen_bit(model):
     """Trace `model`'s 16-bit Linear / Embedding weights as 16-bit constants (the frontend's own patch, which
     optimum-intel applies too; other modules' few 16-bit parameters become f32); the model is restored after."""
