@@ -110,16 +110,10 @@ def reference_logits(folder: Path, texts: list[list[int]]) -> list[np.ndarray]:
 
 def runtime_logits(engine: Engine, texts: list[list[int]]) -> list[np.ndarray]:
     """Next-token logits at every position, one token at a time through the compiled language IR."""
-    request = engine.kv.request
     result = []
     for ids in texts:
         engine.kv.reset()
-        rows = []
-        for t, token in enumerate(ids[:-1]):
-            request.infer({"inputs_embeds": engine.embed([token], None),
-                           "attention_mask": np.ones((1, t + 1), dtype=np.int64),
-                           "position_ids": np.array([[t]], dtype=np.int64), **engine.kv.beam_inputs})
-            rows.append(request.get_tensor("logits").data[0, -1].copy())
+        rows = [engine.kv.run(engine.embed([token], None), t).copy() for t, token in enumerate(ids[:-1])]
         result.append(np.stack(rows))
     engine.kv.reset()
     return result

@@ -100,7 +100,7 @@ class KVState:
             self.request.reset_state()
         elif kept < held:
             self._truncate(kept)
-        logits = self._run(embed(ids[cached:]), kept)
+        logits = self.run(embed(ids[cached:]), kept)
         self.owner, self.ids = owner, list(ids)
         self.picture = picture if IMAGE_TOKEN_INDEX in ids else None
         return logits
@@ -140,8 +140,10 @@ class KVState:
             kept = state.state.data[:, :, :positions, :]  # (B, KV, P, D)
             state.state = ov.Tensor(np.ascontiguousarray(kept))
 
-    def _run(self, inputs_embeds: np.ndarray, past: int) -> np.ndarray:
-        """The language model on new positions (1, T, C) after `past` cached ones; logits of the last one (V,)."""
+    def run(self, inputs_embeds: np.ndarray, past: int) -> np.ndarray:
+        """The language model on new positions (1, T, C) after `past` cached ones; logits of the last one (V,).
+        The one place its inputs are built (also for benchmarks/quality.py and ops/measured.py); it does not update
+        `ids`: `extend` does."""
         total = past + inputs_embeds.shape[1]
         self.request.infer({
             "inputs_embeds": inputs_embeds,
