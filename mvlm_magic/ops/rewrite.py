@@ -77,6 +77,9 @@ def use_kv_attention(model: ov.Model) -> int:
     if not {"inputs_embeds", "attention_mask"} <= inputs.keys():
         return 0
     replaced = 0
+    # Which cache row each batch row uses: one conversation per row, so several decode in one call (batching.py).
+    rows = opset13.parameter([-1], ov.Type.i64, name="cache_rows")
+    rows.output(0).set_names({"cache_rows"})
     for sdpa in [op for op in model.get_ordered_ops() if is_type(op, "ScaledDotProductAttention")]:
         if sdpa.get_input_size() != 5 or sdpa.get_attributes().get("causal"):
             continue
@@ -86,7 +89,7 @@ def use_kv_attention(model: ov.Model) -> int:
         if (new_keys is None or new_values is None or mask.get_element_type() != ov.Type.boolean
                 or not is_type(scale.get_node(), "Constant") or head.is_dynamic or head.get_length() % 8):
             continue
-        node = KVAttention([q, new_keys, new_values, mask, scale])
+        node = KVAttention([q, new_keys, new_values, mask, scale, rows.output(0)])
         node.set_friendly_name(sdpa.get_friendly_name())
         _redirect(sdpa.output(0), node.output(0))
         for concat in (keys.get_node(), values.get_node()):
@@ -96,6 +99,8 @@ def use_kv_attention(model: ov.Model) -> int:
                     model.remove_sink(assign)
                     model.remove_variable(model.get_variable_by_id(assign.get_variable_id()))
         replaced += 1
+    if replaced:
+        model.add_parameters([rows])
     # The prompt's past length was read off the cache's shape (for the mask): compute that shape from the inputs.
     for shape_of in [op for op in model.get_ordered_ops() if is_type(op, "ShapeOf")]:
         cache = shape_of.input_value(0).get_node()

@@ -85,9 +85,13 @@ class Answer:
 class ChatSession:
     """A conversation about one image. Each `ask` continues it."""
 
-    def __init__(self, engine: Engine, image=None, preparation: Preparation | None = None):
+    def __init__(self, engine: Engine, image=None, preparation: Preparation | None = None, own_cache: bool = False):
         self.engine = engine
         self.image = image
+        # the cache this chat feeds: the engine's shared one, or a row of its own whose one-token steps decode
+        # together with other chats' (batching.py; only where the engine has rows), claimed at its first prompt
+        self.own_cache = own_cache and engine.rows is not None
+        self.kv = None if self.own_cache else engine.kv
         self.history: list[tuple[str, str]] = []
         self.image_embeds: np.ndarray | None = None  # (1, 144, C), computed at the first question
         # the picture made ready in the background (Engine.prepare), or at the first question
@@ -111,8 +115,21 @@ class ChatSession:
 
     def reset(self) -> None:
         self.history.clear()
-        with self.engine.lock:
-            self.engine.kv.release(self)
+        if self.kv is not None:
+            with self.engine.lock:
+                self.kv.release(self)
+
+    def close(self) -> None:
+        """This chat will not be continued: its own cache row (if any) goes back to the engine's pool."""
+        if self.own_cache and self.kv is not None:
+            self.engine.rows.release(self)
+            self.kv = None
+
+    def cache(self, ids: list[int]):
+        """The KVState this chat feeds; a row of its own is claimed for its first prompt `ids`."""
+        if self.kv is None:
+            self.kv = self.engine.rows.claim(self, ids, self.picture)
+        return self.kv
 
     def embed(self, ids: list[int]) -> np.ndarray:
         return self.engine.embed(ids, self.image_embeds)
@@ -125,6 +142,7 @@ class AnswerStream:
         self.session, self.question, self.config = session, question, config
         self.stop_event = stop_event or threading.Event()
         self._answer: Answer | None = None
+        self._decoding = False  # counted among the batcher's decoding chats (own cache rows only)
         self._chunks = self._generate()
 
     def stop(self) -> None:
@@ -150,6 +168,8 @@ class AnswerStream:
             yield from self._steps()
         finally:
             engine.stream_ended()
+            if self._decoding:
+                engine.batcher.ended()
 
     def _steps(self) -> Iterator[str]:
         """prompt -> forward -> logits -> sample -> append, until a stop rule; yields text as it becomes final."""
@@ -218,10 +238,11 @@ class AnswerStream:
     def _prefill(self, ids: list[int], timings: Timings) -> np.ndarray:
         """Feed the prompt positions the cache lacks. The previous answer may re-tokenize differently from how
         it was generated: from there on, it is recomputed (kv_state.py)."""
-        kv, started = self.session.engine.kv, time.perf_counter()
-        session = self.session
+        session, started = self.session, time.perf_counter()
+        kv = session.cache(ids)
         with session.engine.lock:
-            session.engine.use_prefix(session, ids, session.picture)
+            if kv is session.engine.kv:
+                session.engine.use_prefix(session, ids, session.picture)
             timings.prefill_tokens = kv.positions(ids) - kv.positions(ids[: kv.reusable(session, ids, session.picture)])
             logits = kv.extend(session, ids, session.embed, session.picture)
             timings.prompt_tokens = kv.length
@@ -230,10 +251,15 @@ class AnswerStream:
 
     def _forward(self, ids: list[int]) -> np.ndarray:
         """Logits after `ids`: one new position, or more where another chat used the cache in between."""
-        session = self.session
-        with session.engine.lock:
-            session.engine.use_prefix(session, ids, session.picture)
-            return session.engine.kv.extend(session, ids, session.embed, session.picture)
+        session, engine = self.session, self.session.engine
+        if session.own_cache:  # a row of its own: the step joins the other rows' (batching.py)
+            if not self._decoding:
+                self._decoding = True
+                engine.batcher.started()
+            return engine.batcher.forward(session.kv, session, ids, session.embed, session.picture)
+        with engine.lock:
+            engine.use_prefix(session, ids, session.picture)
+            return engine.kv.extend(session, ids, session.embed, session.picture)
 
 
 def check_question(question) -> None:

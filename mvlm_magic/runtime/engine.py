@@ -22,6 +22,7 @@ import numpy as np
 
 from ..ops import select
 from ..store import verify_export
+from .batching import Batcher, CacheRows
 from .chat import Answer, ChatSession
 from .device import check_device, compile_model
 from .kv_state import KVState, common_prefix, text_before_image
@@ -72,6 +73,10 @@ class Engine:
         self.text_embeddings = compile_model(folder / "text_embeddings.xml", self.device, precision, threads, ov_config)
         language = compile_model(language_xml, self.device, precision, threads, ov_config)
         self.kv = KVState(language.create_infer_request(), self.num_image_tokens)
+        # more cache rows for chats that decode together (batching.py): only with our KVAttention
+        batched = "cache_rows" in self.kv.beam_inputs
+        self.rows = CacheRows(self.kv) if batched else None
+        self.batcher = Batcher(self) if batched else None
         self.lock = threading.RLock()  # one model call at a time: the models' requests and the cache are shared
         self.prefixes = PrefixSnapshots()  # system + picture in the cache, for the last prepared pictures
         self.prefix_ids = picture_prefix(self.tokenizer)
@@ -96,10 +101,12 @@ class Engine:
         label = self.manifest["compression"]["label"]
         return f"{self.manifest['model_id']} [{label}] on {self.device} with {runs}{why}"
 
-    def new_chat(self, image=None, prepare: bool = True) -> ChatSession:
-        """A conversation about `image`; the picture is made ready in the background meanwhile (`prepare`)."""
+    def new_chat(self, image=None, prepare: bool = True, own_cache: bool = False) -> ChatSession:
+        """A conversation about `image`; the picture is made ready in the background meanwhile (`prepare`).
+        `own_cache`: a cache row of its own, so that it decodes together with other such chats (batching.py;
+        the row goes back with `chat.close()`); where the engine has no rows, the shared cache."""
         preparation = self.prepare(image) if image is not None and prepare else None
-        return ChatSession(self, image, preparation)
+        return ChatSession(self, image, preparation, own_cache)
 
     def prepare(self, image) -> Preparation:
         """Encode `image` and feed `system + picture` into the cache in a background thread, so that its first

@@ -44,15 +44,26 @@ class Snapshot:
 class KVState:
     """The cache of one language-model request. Callers hold the engine's lock around every method."""
 
-    def __init__(self, request, num_image_tokens: int):
+    def __init__(self, request, num_image_tokens: int, row: int = 0):
         self.request = request  # an ov.InferRequest of the language model
         self.num_image_tokens = num_image_tokens
+        self.row = row  # the cache row of our KVAttention this state feeds (batching.py gives each chat its own)
         inputs = {name for port in request.model_inputs for name in port.names}
         self.beam_inputs = {"beam_idx": BEAM_IDX} if "beam_idx" in inputs else {}  # exports before format 2 lack it
+        if "cache_rows" in inputs:
+            self.beam_inputs["cache_rows"] = np.array([row], dtype=np.int64)
         self.owner = None  # the chat whose ids are cached (None: nobody's; the text before a picture is shared)
         self.ids: list[int] = []  # the cached ids; IMAGE_TOKEN_INDEX stands for a picture's positions
         self.picture: str | None = None  # the key of the picture whose features those positions hold
         self.copyable = bool(request.query_state())  # OpenVINO's variables; KVAttention's cache has none
+
+    def another_row(self, row: int) -> KVState:
+        """An empty state of the same request feeding cache row `row` (batching.py)."""
+        other = KVState.__new__(KVState)
+        other.__dict__.update(self.__dict__)
+        other.row, other.owner, other.ids, other.picture = row, None, [], None
+        other.beam_inputs = {**self.beam_inputs, "cache_rows": np.array([row], dtype=np.int64)}
+        return other
 
     @property
     def length(self) -> int:
@@ -105,6 +116,11 @@ class KVState:
         self.picture = picture if IMAGE_TOKEN_INDEX in ids else None
         return logits
 
+    def advanced(self, owner, ids: list[int], picture: str | None) -> None:
+        """A batched step (batching.py) fed the last of `ids` into this row: the cache holds `ids` for `owner`."""
+        self.owner, self.ids = owner, list(ids)
+        self.picture = picture if IMAGE_TOKEN_INDEX in ids else None
+
     def snapshot(self, ids: list[int] | None = None) -> Snapshot:
         """A copy of the cache, or of its first `ids` (a prefix of the cached ids). Only where `copyable`."""
         owner = self.owner if ids is None else None  # a prefix is nobody's
@@ -152,6 +168,29 @@ class KVState:
             **self.beam_inputs,
         })
         return self.request.get_tensor("logits").data[0, -1]  # (V,)
+
+    @staticmethod
+    def run_rows(states: list[KVState], pasts: list[int], inputs_embeds: np.ndarray) -> np.ndarray:
+        """One new position for each of several cache rows (our KVAttention's `cache_rows`), after `pasts[b]`
+        cached positions of row b, in one call: inputs_embeds (B, 1, C) -> logits (B, V). Rows of different
+        lengths share the attention mask's width; a shorter row's mask ends in zeros, which is how the operation
+        knows its length. The caller updates
+        each state's ids (`advanced`); until then they match nothing, so a failed call means a re-fed prompt."""
+        for state in states:
+            state.ids, state.picture = [], None
+        width = max(pasts) + 1
+        mask = (np.arange(width)[None] <= np.array(pasts)[:, None]).astype(np.int64)  # (B, width)
+        request = states[0].request
+        inputs = {
+            "inputs_embeds": inputs_embeds,
+            "attention_mask": mask,
+            "position_ids": np.array(pasts, dtype=np.int64)[:, None],
+            "cache_rows": np.array([state.row for state in states], dtype=np.int64),
+        }
+        if "beam_idx" in states[0].beam_inputs:
+            inputs["beam_idx"] = np.zeros(len(states), dtype=np.int32)
+        request.infer(inputs)
+        return request.get_tensor("logits").data[:, -1]  # (B, V)
 
 
 def common_prefix(a: list[int], b: list[int]) -> int:

@@ -40,10 +40,10 @@ constexpr size_t WIDE_VECTORS = 8;
 void KVCache::reserve(size_t positions) {
     if (positions <= capacity) return;
     const size_t grown = std::max({positions, 2 * capacity, size_t(256)});
-    Buffer<uint16_t> k(batch * heads * grown * dim), v(batch * heads * grown * dim);
-    for (size_t bh = 0; filled && bh < batch * heads; ++bh) {
-        std::copy_n(&keys[bh * capacity * dim], filled * dim, &k[bh * grown * dim]);
-        std::copy_n(&values[bh * capacity * dim], filled * dim, &v[bh * grown * dim]);
+    Buffer<uint16_t> k(heads * grown * dim), v(heads * grown * dim);
+    for (size_t h = 0; filled && h < heads; ++h) {
+        std::copy_n(&keys[h * capacity * dim], filled * dim, &k[h * grown * dim]);
+        std::copy_n(&values[h * capacity * dim], filled * dim, &v[h * grown * dim]);
     }
     keys.swap(k), values.swap(v), capacity = grown;
 }
@@ -145,52 +145,81 @@ std::shared_ptr<ov::Node> KVAttention::clone_with_new_inputs(const ov::OutputVec
     return std::make_shared<KVAttention>(args);  // a fresh, empty cache
 }
 
+// One past the last position `mask` (L bytes) lets its query see; 0 if none.
+static size_t seen(const uint8_t* mask, size_t L) {
+    for (size_t p = L; p > 0; --p)
+        if (mask[p - 1]) return p;
+    return 0;
+}
+
+// Batch row b's cache row (OpenVINO's CPU plugin hands i64 inputs over as i32).
+static size_t cache_row(const ov::Tensor& rows, size_t b) {
+    const int64_t row = rows.get_element_type() == ov::element::i64 ? rows.data<const int64_t>()[b]
+                                                                     : rows.data<const int32_t>()[b];
+    OPENVINO_ASSERT(row >= 0, "KVAttention: cache row ", row, " for batch row ", b);
+    return static_cast<size_t>(row);
+}
+
 bool KVAttention::evaluate(ov::TensorVector& outputs, const ov::TensorVector& inputs) const {
     const ov::Tensor &q = inputs[0], &k = inputs[1], &v = inputs[2], &mask = inputs[3];
     const ov::Shape qs = q.get_shape(), ms = mask.get_shape();
     const size_t B = qs[0], H = qs[1], T = qs[2], D = qs[3], KV = k.get_shape()[1], L = ms[3];
     OPENVINO_ASSERT(L >= T && H % KV == 0 && D % 8 == 0, "KVAttention: mask length ", L, " for ", T,
                     " new positions, ", H, " heads, ", KV, " kv heads, head size ", D);
-    const size_t P = L - T;
-    KVCache& cache = cache_;
-    if (cache.batch != B || cache.heads != KV || cache.dim != D) {  // a new shape starts a new cache
-        OPENVINO_ASSERT(P == 0, "KVAttention: a new cache shape needs a prompt from position 0, not ", P);
-        cache = KVCache{B, KV, D};
+    const uint8_t* masks = static_cast<const uint8_t*>(mask.data());
+    auto mask_row = [&](size_t b, size_t t) { return masks + ((ms[0] == 1 ? 0 : b) * ms[2] + (ms[2] == 1 ? 0 : t)) * L; };
+    std::vector<size_t> row(B), length(B);
+    for (size_t b = 0; b < B; ++b) {
+        row[b] = inputs.size() > 5 ? cache_row(inputs[5], b) : b;
+        length[b] = seen(mask_row(b, T - 1), L);
+        OPENVINO_ASSERT(length[b] >= T, "KVAttention: batch row ", b, " sees ", length[b], " positions, fewer than its ",
+                        T, " new ones");
+        for (size_t c = 0; c < b; ++c)
+            OPENVINO_ASSERT(row[c] != row[b], "KVAttention: batch rows ", c, " and ", b, " both write cache row ", row[b]);
     }
-    OPENVINO_ASSERT(P <= cache.filled, "KVAttention: the mask says ", P, " positions come before these, but ",
-                    cache.filled, " are cached");
-    cache.reserve(L);
+    for (size_t b = 0; b < B; ++b) {
+        if (row[b] >= rows_.size()) rows_.resize(row[b] + 1);
+        KVCache& cache = rows_[row[b]];
+        const size_t P = length[b] - T;
+        if (cache.heads != KV || cache.dim != D) {  // a new shape starts the row again
+            OPENVINO_ASSERT(P == 0, "KVAttention: a new cache shape needs a prompt from position 0, not ", P);
+            cache = KVCache{KV, D};
+        }
+        OPENVINO_ASSERT(P <= cache.filled, "KVAttention: the mask says ", P, " positions come before these, but ",
+                        cache.filled, " are cached in row ", row[b]);
+        cache.reserve(length[b]);
+        cache.filled = length[b];
+    }
     const float *qs_ = q.data<const float>(), *ks_ = k.data<const float>(), *vs_ = v.data<const float>();
     ov::parallel_for(B * KV, [&](size_t bh) {
-        const size_t b = bh / KV, h = bh % KV;
-        to_f16(ks_ + bh * T * D, &cache.keys[cache.offset(b, h, P)], T * D);
-        to_f16(vs_ + bh * T * D, &cache.values[cache.offset(b, h, P)], T * D);
+        const size_t b = bh / KV, h = bh % KV, P = length[b] - T;
+        KVCache& cache = rows_[row[b]];
+        to_f16(ks_ + bh * T * D, &cache.keys[cache.offset(h, P)], T * D);
+        to_f16(vs_ + bh * T * D, &cache.values[cache.offset(h, P)], T * D);
     });
-    cache.filled = L;
 
     outputs[0].set_shape(qs);
     float* out = outputs[0].data<float>();
     const float scale = *inputs[4].data<const float>();
-    const uint8_t* masks = static_cast<const uint8_t*>(mask.data());
     constexpr size_t ROWS = 4;
     const size_t blocks = (T + ROWS - 1) / ROWS;
     ov::parallel_for(B * H * blocks, [&](size_t item) {
         const size_t b = item / (H * blocks), h = item / blocks % H, t = item % blocks * ROWS;
-        const size_t rows = std::min(ROWS, T - t), kv = h / (H / KV);
+        const size_t rows = std::min(ROWS, T - t), kv = h / (H / KV), Lb = length[b];
+        const KVCache& cache = rows_[row[b]];
         thread_local Buffer<float> work;
-        work.resize(ROWS * padded(L));
+        work.resize(ROWS * padded(Lb));
         const uint8_t* row_mask[ROWS];
-        for (size_t r = 0; r < rows; ++r)
-            row_mask[r] = masks + ((ms[0] == 1 ? 0 : b) * ms[2] + (ms[2] == 1 ? 0 : t + r)) * L;
+        for (size_t r = 0; r < rows; ++r) row_mask[r] = mask_row(b, t + r);
         const float* here = qs_ + ((b * H + h) * T + t) * D;
-        const uint16_t* keys = &cache.keys[cache.offset(b, kv, 0)];
-        const uint16_t* values = &cache.values[cache.offset(b, kv, 0)];
+        const uint16_t* keys = &cache.keys[cache.offset(kv, 0)];
+        const uint16_t* values = &cache.values[cache.offset(kv, 0)];
         float* there = out + ((b * H + h) * T + t) * D;
         if (rows == ROWS)
-            attend<ROWS>(here, keys, values, row_mask, L, D, scale, there, work.data());
+            attend<ROWS>(here, keys, values, row_mask, Lb, D, scale, there, work.data());
         else
             for (size_t r = 0; r < rows; ++r)
-                attend<1>(here + r * D, keys, values, row_mask + r, L, D, scale, there + r * D, work.data());
+                attend<1>(here + r * D, keys, values, row_mask + r, Lb, D, scale, there + r * D, work.data());
     });
     return true;
 }

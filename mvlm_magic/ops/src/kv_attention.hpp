@@ -7,24 +7,29 @@
 //   2  v      f32 (B, KV, T, D)           their values
 //   3  mask   boolean (B|1, 1, T|1, P+T)  true where a query may attend to a key
 //   4  scale  f32 scalar                  applied to q . k
+//   5  rows   i64 or i32 (B,)             which cache row each batch row reads and writes (optional: 0..B-1)
 // Output: f32 (B, H, T, D).
-// P, the positions before these, is the mask's length minus T. This call writes positions P..P+T-1 of the
-// cache and attends over 0..P+T-1, so a conversation rewound to an earlier position (a shorter mask) needs
-// no call of its own; positions before P must have been written by earlier calls, else it is an error.
-// One cache per compiled operation: one infer request at a time (the engine has one).
+// A cache row is one conversation's keys and values. Batch row b's length L_b is one past the last key its last
+// query may see (the mask's length when the mask is all true; shorter rows of a batch end in false); the call
+// writes positions L_b-T..L_b-1 of its cache row and attends over 0..L_b-1, so a conversation rewound to an
+// earlier position needs no call of its own, and conversations of different lengths decode in one call (the
+// engine's batched decoding, runtime/batching.py). Positions before L_b-T must have been written by earlier
+// calls, else it is an error. One set of cache rows per compiled operation: one infer request at a time.
 #pragma once
 
 #include "common.hpp"
+#include <vector>
+
 #include "openvino/op/op.hpp"
 
 namespace mvlm {
 
-// Keys and values of every position so far, f16, (batch, kv heads, capacity, D) each.
+// One cache row's keys and values of every position so far, f16, (kv heads, capacity, D) each.
 struct KVCache {
-    size_t batch = 0, heads = 0, dim = 0, capacity = 0, filled = 0;
+    size_t heads = 0, dim = 0, capacity = 0, filled = 0;
     Buffer<uint16_t> keys, values;
 
-    size_t offset(size_t b, size_t h, size_t p) const { return ((b * heads + h) * capacity + p) * dim; }
+    size_t offset(size_t h, size_t p) const { return (h * capacity + p) * dim; }
 
     // Make room for `positions`, keeping the first `filled` (capacity doubles, so growth is amortized).
     void reserve(size_t positions);
@@ -44,7 +49,7 @@ public:
     bool evaluate(ov::TensorVector& outputs, const ov::TensorVector& inputs) const override;
 
 private:
-    mutable KVCache cache_;
+    mutable std::vector<KVCache> rows_;  // by cache row
 };
 
 }  // namespace mvlm
