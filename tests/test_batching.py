@@ -123,3 +123,19 @@ def test_without_our_attention_every_chat_shares_the_one_cache(exported):
     assert chat.cache([1, 2]) is eng.kv
     assert chat.ask("Hello?", max_new_tokens=3, ignore_eos=True).result().token_ids
     chat.close()
+
+
+def test_many_pictures_decode_together_and_come_back_in_order(nano_ours):
+    from mvlm_magic.demo import shapes
+    from mvlm_magic.runtime.batch import ask_many
+
+    pictures = [(f"scene {seed}", shapes.render(shapes.make_scene(seed))) for seed in shapes.HELDOUT_SEEDS[10:16]]
+    questions = ["How many shapes are there?", "Describe the picture in every detail."]
+    config = GenerationConfig(max_new_tokens=30)
+    alone = [nano_ours.ask(picture, question, config).text for _, picture in pictures for question in questions]
+    calls, rows = nano_ours.batcher.calls, nano_ours.batcher.rows
+    seen = []
+    results = ask_many(nano_ours, pictures, questions, config, on_result=lambda result: seen.append(result))
+    assert [result.answer.text for result in results] == alone
+    assert seen == results and [r.name for r in results[::2]] == [name for name, _ in pictures]
+    assert (nano_ours.batcher.rows - rows) / (nano_ours.batcher.calls - calls) > 1.5

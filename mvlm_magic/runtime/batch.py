@@ -1,12 +1,14 @@
-"""One question (or several) over many pictures, with the pictures encoded ahead of the answers.
+"""One question (or several) over many pictures: the answers decode together, the pictures encoded ahead.
 
     results = ask_many(engine, [(name, picture), ...], ["What colour is the cross?"])
 
-Each (picture, question) pair is a fresh chat. While the language model answers about one picture, a second thread
-encodes the next ones through the engine's picture cache (the vision model's own infer request), hoping to overlap
-the encoding (compute) with the decoding (memory); on two cores it does not gain (docs/benchmarks.md). A picture
-asked several questions is encoded once.
-`stop_event` ends the batch: the answer in progress stops where it is and the rest are not asked.
+Each (picture, question) pair is a fresh chat. Up to `batching.MAX_ROWS` of them run at once, each on a cache
+row of its own, so their one-token steps are one call of the language model (batching.py): decoding reads the
+weights once for all of them. A thread encodes the pictures in order through the engine's picture cache (the
+vision model's own infer request), a few ahead of the answers; a picture asked several questions is encoded
+once. Where the engine has no cache rows (OpenVINO's own operations) the pairs are answered one at a time.
+`stop_event` ends the batch: the answers in progress stop where they are and the rest are not asked;
+`on_result` sees the results in order.
 """
 
 from __future__ import annotations
@@ -19,11 +21,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import MvlmError
+from .batching import MAX_ROWS
 from .chat import Answer
 from .preprocess import load_image
 from .sampling import GenerationConfig
-
-AHEAD = 2  # pictures encoded ahead of the one being answered: enough to hide an encode behind an answer
 
 
 @dataclass
@@ -36,12 +37,12 @@ class BatchResult:
 
 
 class PictureEncoder:
-    """Encodes pictures in a background thread, in order, at most AHEAD ahead of what has been taken."""
+    """Encodes pictures in a background thread, in order, at most `ahead` ahead of what has been taken."""
 
-    def __init__(self, engine, pictures: Sequence, stop: threading.Event):
+    def __init__(self, engine, pictures: Sequence, stop: threading.Event, ahead: int):
         self.engine, self.pictures, self.stop = engine, pictures, stop
         self.futures = [Future() for _ in pictures]
-        self.taken = threading.Semaphore(AHEAD)
+        self.taken = threading.Semaphore(ahead)
         self.closed = False
         threading.Thread(target=self._run, name="mvlm-encode-ahead", daemon=True).start()
 
@@ -73,7 +74,7 @@ class PictureEncoder:
 def ask_many(engine, pictures: Sequence[tuple[str, object]], questions: Sequence[str],
              config: GenerationConfig | None = None, stop_event: threading.Event | None = None,
              on_result: Callable[[BatchResult], None] | None = None) -> list[BatchResult]:
-    """Every question about every picture (picture by picture); a result per pair, in that order."""
+    """Every question about every picture; a result per pair, picture by picture, in that order."""
     if not pictures:
         raise MvlmError("no pictures to ask about; pass a list of pictures, a folder or a glob such as *.png.")
     if not questions or not all(q.strip() for q in questions):
@@ -86,28 +87,74 @@ def ask_many(engine, pictures: Sequence[tuple[str, object]], questions: Sequence
         except MvlmError as error:
             loaded.append((name, None, str(error)))
     readable = [picture for _, picture, _ in loaded if picture is not None]
-    encoder = PictureEncoder(engine, readable, stop)
-    results, index = [], 0
-    try:
-        for name, picture, problem in loaded:
+    together = MAX_ROWS if engine.rows is not None else 1
+    encoder = PictureEncoder(engine, readable, stop, ahead=together + 1)
+    results = [BatchResult(name, picture, question.strip(), error=problem)
+               for name, picture, problem in loaded for question in questions]
+    jobs = iter(range(len(loaded)))  # pictures, taken in order by the workers
+    readable_index = {i: n for n, i in enumerate(i for i, (_, picture, _) in enumerate(loaded) if picture is not None)}
+    emitted = _InOrder(results, on_result)
+    guard = threading.Lock()
+    failures: list[BaseException] = []
+
+    def work() -> None:
+        while True:
+            with guard:
+                index = next(jobs, None)
+            if index is None:
+                return
+            rows = results[index * len(questions):(index + 1) * len(questions)]
+            picture = loaded[index][1]
             embeds = None
-            if picture is not None:
+            if picture is not None and not stop.is_set():
                 try:
-                    embeds = encoder.embeds(index) if not stop.is_set() else None
+                    embeds = encoder.embeds(readable_index[index])
                 except Exception as error:
-                    problem = str(error).splitlines()[0]
-                index += 1
-            for question in questions:
-                result = BatchResult(name, picture, question.strip(), error=problem)
+                    for result in rows:
+                        result.error = str(error).splitlines()[0]
+            for result in rows:
                 if embeds is not None and not stop.is_set():
-                    chat = engine.new_chat(picture, prepare=False)  # the encoder thread prepares the pictures here
+                    chat = engine.new_chat(picture, prepare=False, own_cache=True)  # the encoder prepared it
                     chat.image_embeds = embeds  # encoded ahead: the chat skips its own encode
-                    result.answer = chat.ask(question, config, stop_event=stop).result()
-                elif not problem:
+                    try:
+                        result.answer = chat.ask(result.question, config, stop_event=stop).result()
+                    except MvlmError as error:  # on its row (a full context, say); the batch goes on
+                        result.error = str(error)
+                    except BaseException as error:  # the batch stops and ask_many raises it
+                        failures.append(error)
+                        stop.set()
+                    finally:
+                        chat.close()
+                elif not result.error:
                     result.error = "not asked: the batch was stopped"
-                results.append(result)
-                if on_result is not None:
-                    on_result(result)
+                emitted.done(result)
+
+    workers = [threading.Thread(target=work, name="mvlm-ask-many", daemon=True) for _ in range(together)]
+    try:
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join()
     finally:
         encoder.close()  # stopped or failed: the encoder thread skips what is left instead of waiting forever
+    if failures:
+        raise failures[0]
     return results
+
+
+class _InOrder:
+    """Hands finished results to `on_result` in the batch's order, as soon as all before them are done."""
+
+    def __init__(self, results: list[BatchResult], on_result):
+        self.results, self.on_result = results, on_result
+        self.finished: set[int] = set()
+        self.next = 0
+        self.lock = threading.Lock()
+
+    def done(self, result: BatchResult) -> None:
+        with self.lock:
+            self.finished.add(id(result))
+            while self.next < len(self.results) and id(self.results[self.next]) in self.finished:
+                if self.on_result is not None:
+                    self.on_result(self.results[self.next])
+                self.next += 1

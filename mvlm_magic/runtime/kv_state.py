@@ -167,7 +167,8 @@ class KVState:
             "position_ids": np.arange(past, total, dtype=np.int64)[None],
             **self.beam_inputs,
         })
-        return self.request.get_tensor("logits").data[0, -1]  # (V,)
+        # a copy: the next call of the request (another chat's, batching.py) overwrites its output
+        return self.request.get_tensor("logits").data[0, -1].copy()  # (V,)
 
     @staticmethod
     def run_rows(states: list[KVState], pasts: list[int], inputs_embeds: np.ndarray) -> np.ndarray:
