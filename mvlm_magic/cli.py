@@ -28,8 +28,9 @@ DEFAULT_MODEL_HELP = "a checkpoint folder, a Hugging Face id, or a preset (mobil
 def add_compression_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--compression", default="int4",
                         help="weight format: int4 (default), int8, fp16, fp32, or an int4 label like int4-sym-g64-r0.9")
-    parser.add_argument("--group-size", type=int, default=None, help="int4 group size (default 128)")
-    parser.add_argument("--ratio", type=float, default=None, help="int4 share of layers, the rest int8 (default 1)")
+    parser.add_argument("--group-size", type=int, default=None, help="int4 group size (default: the preset's, 64)")
+    parser.add_argument("--ratio", type=float, default=None,
+                        help="int4 share of layers, the rest int8 (default: the preset's, 0.9)")
     parser.add_argument("--cache-dir", default=None, help=f"export cache (default {default_cache_dir()})")
 
 
@@ -89,6 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--pictures-folder", default=None, help="image_url may name files under this folder")
     serve.add_argument("--name", default=None, help="the model id clients send (default: MODEL's last part)")
     serve.add_argument("--max-tokens", type=int, default=1024, help="the most tokens a request may ask for")
+    serve.add_argument("--max-batch", type=int, default=16,
+                       help="requests answered at once, their tokens decoded together (default: 16)")
     return parser
 
 
@@ -191,7 +194,8 @@ def run_serve(args) -> None:
 
     name = args.name or (Path(str(args.model)).name if Path(str(args.model)).exists() else str(args.model))
     settings = Settings(model_name=name, host=args.host, port=args.port, api_key=args.api_key,
-                        pictures_folder=args.pictures_folder, max_tokens=args.max_tokens)  # checked before loading
+                        pictures_folder=args.pictures_folder, max_tokens=args.max_tokens,
+                        max_batch=args.max_batch)  # checked before loading
     engine = load_engine(args.model, args.compression, args.device, args.precision, group_size=args.group_size,
                          ratio=args.ratio, cache_dir=args.cache_dir, progress=stderr_progress)
     run(engine, settings)

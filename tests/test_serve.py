@@ -4,6 +4,7 @@ through the official `openai` client and plain HTTP. One server for the module."
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
 import json
 import os
@@ -44,22 +45,20 @@ def pictures(tmp_path_factory):
     return folder
 
 
-@pytest.fixture(scope="module")
-def server(exported, cache_dir, pictures, tmp_path_factory):
+@contextlib.contextmanager
+def running_server(arguments: list[str], log):
+    """`mvlm serve ARGUMENTS --port P` in its own process until the block ends; yields its URL once healthy."""
     port = free_port()
-    log = tmp_path_factory.mktemp("serve") / "server.log"
-    command = [sys.executable, "-m", "mvlm_magic.cli", "serve", str(exported("v2", "fp32")), "--precision", "f32",
-               "--port", str(port), "--api-key", KEY, "--pictures-folder", str(pictures), "--name", NAME,
-               "--max-tokens", "512", "--cache-dir", str(cache_dir)]
+    command = [sys.executable, "-m", "mvlm_magic.cli", "serve", *arguments, "--port", str(port)]
     with open(log, "w") as out:
         process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=os.environ.copy())
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 120
         while True:
             try:
                 with urllib.request.urlopen(f"{url}/health", timeout=1) as response:
-                    assert json.load(response) == {"status": "ok", "model": NAME}
+                    assert json.load(response)["status"] == "ok"
                     break
             except OSError:
                 if process.poll() is not None or time.monotonic() > deadline:
@@ -74,6 +73,17 @@ def server(exported, cache_dir, pictures, tmp_path_factory):
             process.kill()
     assert process.returncode in (0, -15), log.read_text()
     assert "Traceback" not in log.read_text(), log.read_text()
+
+
+@pytest.fixture(scope="module")
+def server(exported, cache_dir, pictures, tmp_path_factory):
+    log = tmp_path_factory.mktemp("serve") / "server.log"
+    with running_server([str(exported("v2", "fp32")), "--precision", "f32", "--api-key", KEY, "--pictures-folder",
+                         str(pictures), "--name", NAME, "--max-tokens", "512", "--cache-dir", str(cache_dir)],
+                        log) as url:
+        with urllib.request.urlopen(f"{url}/health", timeout=1) as response:
+            assert json.load(response) == {"status": "ok", "model": NAME}
+        yield url
 
 
 @pytest.fixture(scope="module")
@@ -274,3 +284,44 @@ def test_bad_start_options_end_with_one_line_before_loading(capsys, tmp_path):
                                               "name an existing folder."
     assert main(["serve", "--api-key", " "]) == 2
     assert "the API key is empty" in capsys.readouterr().err
+
+
+def test_eight_conversations_at_once_decode_together_and_answer_as_the_local_engine(cache_dir, tmp_path):
+    """The bundled model with our operations: each request on a cache row of its own, their tokens decoded in
+    shared calls; two turns each (the client sends the history again), greedy answers as the local engine's."""
+    from mvlm_magic.demo import bundled_model, shapes
+    from mvlm_magic.loader import load_engine
+
+    local = load_engine(bundled_model(), "int4", cache_dir=cache_dir)
+    if local.rows is None:
+        pytest.skip(f"our operations do not run here ({local.ops_why})")
+    pictures = [shapes.render(shapes.make_scene(seed)) for seed in shapes.HELDOUT_SEEDS[20:28]]
+    first, second = "How many shapes are there?", "Describe the picture in every detail."
+    expected = []
+    for picture in pictures:
+        chat = local.new_chat(picture, prepare=False)
+        expected.append([chat.ask(first, max_new_tokens=40).result().text,
+                         chat.ask(second, max_new_tokens=40).result().text])
+    with running_server(["nano", "--cache-dir", str(cache_dir)], tmp_path / "server.log") as url:
+        client = openai.OpenAI(base_url=f"{url}/v1", api_key="none", max_retries=0, timeout=120)
+        answers = [None] * len(pictures)
+        start = threading.Barrier(len(pictures))
+
+        def converse(i):
+            messages = [question(first, pictures[i])]
+            start.wait()
+            one = client.chat.completions.create(model="nano", messages=messages, max_tokens=40)
+            messages += [{"role": "assistant", "content": one.choices[0].message.content}, question(second)]
+            stream = client.chat.completions.create(model="nano", messages=messages, max_tokens=40, stream=True)
+            answers[i] = [one.choices[0].message.content, "".join(c.choices[0].delta.content or "" for c in stream)]
+
+        threads = [threading.Thread(target=converse, args=(i,)) for i in range(len(pictures))]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(120)
+        assert answers == expected
+        steps, rows = metric(url, "mvlm_decode_steps_total"), metric(url, "mvlm_decode_step_rows_total")
+        assert rows / steps > 2, (steps, rows)  # answers decoded together, not one after the other
+        prompt, fed = metric(url, "mvlm_prompt_tokens_total"), metric(url, "mvlm_prefill_tokens_total")
+        assert fed < prompt * 0.75  # the second turns continued their rows: only the new turn was fed

@@ -38,7 +38,7 @@ class ClientGone(Exception):
 
 def create_app(engine, settings: Settings) -> Starlette:
     metrics = Metrics()
-    worker, started = Worker(engine, metrics), int(time.time())
+    worker, started = Worker(engine, metrics, settings.max_batch), int(time.time())
 
     async def health(request: Request):
         return JSONResponse({"status": "ok", "model": settings.model_name})
@@ -49,7 +49,9 @@ def create_app(engine, settings: Settings) -> Starlette:
             {"id": settings.model_name, "object": "model", "created": started, "owned_by": "mvlm-magic"}]})
 
     async def prometheus(request: Request):
-        return PlainTextResponse(metrics.render(worker.queued, worker.running),
+        batcher = engine.batcher
+        steps = (batcher.calls, batcher.rows) if batcher is not None else (0, 0)
+        return PlainTextResponse(metrics.render(worker.queued, worker.running, *steps),
                                  media_type="text/plain; version=0.0.4; charset=utf-8")
 
     async def chat_completions(request: Request):

@@ -36,7 +36,7 @@ class Metrics:
                     self.first_token_counts[i] += 1
                     break
 
-    def render(self, queued: int, running: int) -> str:
+    def render(self, queued: int, running: int, steps: int = 0, step_rows: int = 0) -> str:
         with self._lock:
             lines = ["# HELP mvlm_requests_total Chat-completion requests by outcome.",
                      "# TYPE mvlm_requests_total counter"]
@@ -53,6 +53,10 @@ class Metrics:
                       f"mvlm_queue_length {queued}",
                       "# HELP mvlm_requests_running Requests being answered.", "# TYPE mvlm_requests_running gauge",
                       f"mvlm_requests_running {running}",
+                      "# HELP mvlm_decode_steps_total Batched decoding calls, each one token for each of its rows.",
+                      "# TYPE mvlm_decode_steps_total counter", f"mvlm_decode_steps_total {steps}",
+                      "# HELP mvlm_decode_step_rows_total Rows those calls held in all (mean batch = rows / steps).",
+                      "# TYPE mvlm_decode_step_rows_total counter", f"mvlm_decode_step_rows_total {step_rows}",
                       "# HELP mvlm_first_token_seconds From the request's arrival to its first token.",
                       "# TYPE mvlm_first_token_seconds histogram"]
             total = 0

@@ -21,6 +21,7 @@ class Settings:
     max_question_chars: int = 4000  # each message's text
     max_tokens: int = 1024  # the most a request may ask for
     default_max_tokens: int = 256  # when a request does not say
+    max_batch: int = 16  # requests answered at once, their tokens decoded together (runtime/batching.py)
 
     def __post_init__(self):
         if not 0 < self.port < 65536:
@@ -32,7 +33,8 @@ class Settings:
             if not folder.is_dir():
                 raise MvlmError(f"the pictures folder {folder} is not a folder; name an existing folder.")
             object.__setattr__(self, "pictures_folder", folder.resolve())
-        for name in ("max_body_bytes", "max_picture_pixels", "max_question_chars", "max_tokens", "default_max_tokens"):
+        for name in ("max_body_bytes", "max_picture_pixels", "max_question_chars", "max_tokens", "default_max_tokens",
+                     "max_batch"):
             if getattr(self, name) < 1:
                 raise MvlmError(f"{name} must be at least 1, not {getattr(self, name)}.")
         if self.default_max_tokens > self.max_tokens:
