@@ -44,7 +44,7 @@ def main(argv=None) -> dict:
     from mvlm_magic.runtime.engine import Engine
     from mvlm_magic.runtime.sampling import GenerationConfig
 
-    work = args.work / ("tiny" if args.tiny else "1.7b")
+    work = args.work / ("tiny" if args.tiny else "real")  # benchmarks/run.py's folder: one checkpoint for both
     checkpoint = work / f"checkpoint-{args.version}"
     if not (checkpoint / "config.json").is_file():
         spec = {**(run.TINY if args.tiny else run.REAL_1_7B), "projector_type": {"v1": "ldpnet", "v2": "ldpnetv2"}[

@@ -42,6 +42,18 @@ def test_many_pictures_smoke_run(tmp_path):
     assert all(row["single_s"] > 0 and row["many_s"] > 0 for row in report["rows"]) and "family" in report["cpu"]
 
 
+def test_serve_load_smoke_run(tmp_path):
+    script = RUN.parent / "serve_load.py"
+    run = subprocess.run([sys.executable, str(script), "--tiny", "--clients", "3", "--new-tokens", "6",
+                          "--work", str(tmp_path / "work"), "--out", str(tmp_path / "out")],
+                         capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-2000:]
+    report = json.loads((tmp_path / "out" / "serve_load.json").read_text())
+    assert report["alone"]["clients"] == 1 and report["together"]["clients"] == 3
+    assert report["together"]["failed"] == 0 and report["together"]["tokens"] > 0, report
+    assert report["ratios"]["tokens_per_s"] > 0 and "family" in report["cpu"]
+
+
 def test_quality_smoke_run(tmp_path):
     """benchmarks/quality.py's every step on the tiny checkpoint; its fp32 export, teacher-forced one token at a
     time through the runtime, chooses what the torch reference chooses at every position."""
