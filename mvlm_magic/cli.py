@@ -48,7 +48,10 @@ def build_parser() -> argparse.ArgumentParser:
     ask = commands.add_parser("ask", help="ask a question about an image; the answer streams to stdout")
     ask.add_argument("image", help="path to an image file")
     ask.add_argument("question", help="the question")
-    ask.add_argument("--model", default=None, help=DEFAULT_MODEL_HELP)
+    ask.add_argument("--model", default=None, help=DEFAULT_MODEL_HELP + "; with --server, the served model's name")
+    ask.add_argument("--server", default=None, metavar="URL",
+                     help="ask an OpenAI-compatible server (mvlm serve, ...) instead of loading a model here")
+    ask.add_argument("--api-key", default=None, help="with --server: its key (default: $OPENAI_API_KEY)")
     ask.add_argument("--device", default="CPU", help="OpenVINO device (CPU, GPU, AUTO, ...)")
     add_compression_options(ask)
     ask.add_argument("--max-new-tokens", type=int, default=256)
@@ -129,9 +132,16 @@ def run_ask(args) -> None:
 
     image = load_image(args.image)  # fail on bad input before any export or compile
     check_question(args.question)
-    engine = load_engine(args.model or default_model(), args.compression, args.device, args.precision,
-                         group_size=args.group_size, ratio=args.ratio, cache_dir=args.cache_dir,
-                         progress=stderr_progress if args.stats else lambda *a: None)
+    if args.server:
+        import os
+
+        from .serve.client import RemoteEngine
+
+        engine = RemoteEngine(args.server, args.model, args.api_key or os.environ.get("OPENAI_API_KEY"))
+    else:
+        engine = load_engine(args.model or default_model(), args.compression, args.device, args.precision,
+                             group_size=args.group_size, ratio=args.ratio, cache_dir=args.cache_dir,
+                             progress=stderr_progress if args.stats else lambda *a: None)
     stream = engine.new_chat(image, prepare=False).ask(args.question, config)  # one question: nothing to prepare
     for chunk in stream:
         print(chunk, end="", flush=True)

@@ -325,3 +325,85 @@ def test_eight_conversations_at_once_decode_together_and_answer_as_the_local_eng
         assert rows / steps > 2, (steps, rows)  # answers decoded together, not one after the other
         prompt, fed = metric(url, "mvlm_prompt_tokens_total"), metric(url, "mvlm_prefill_tokens_total")
         assert fed < prompt * 0.75  # the second turns continued their rows: only the new turn was fed
+
+
+def test_the_client_engine_answers_and_continues_as_the_local_chat(server, engine):
+    from mvlm_magic.serve.client import RemoteEngine
+
+    image = shapes_picture(seed=4)
+    local = engine("v2", "fp32", "f32").new_chat(image, prepare=False)
+    expected = [local.ask(q, max_new_tokens=8).result() for q in ("Describe it.", "And the colours?")]
+    remote = RemoteEngine(server, api_key=KEY)  # no model named: the one it serves
+    assert remote.name == f"{NAME} at {server}/v1"
+    chat = remote.new_chat(image)
+    first = chat.ask("Describe it.", max_new_tokens=8)
+    streamed = "".join(first)
+    answer = first.result()
+    second = chat.ask("And the colours?", max_new_tokens=8).result()
+    assert [streamed, second.text] == [e.text for e in expected] and answer.text == streamed
+    assert [a.finish_reason for a in (answer, second)] == [e.finish_reason for e in expected]
+    assert answer.timings.new_tokens == expected[0].timings.new_tokens and answer.timings.first_token_ms > 0
+    assert "picture already seen" in second.timings.summary()
+    assert chat.history == [("Describe it.", streamed), ("And the colours?", second.text)]
+
+
+def test_stop_closes_the_clients_stream_and_the_server_goes_on(server):
+    from mvlm_magic.serve.client import RemoteEngine
+
+    remote = RemoteEngine(server, NAME, api_key=KEY)
+    stream = remote.new_chat(shapes_picture()).ask("Tell me a long story.", max_new_tokens=400)
+    for _ in stream:
+        stream.stop()
+    answer = stream.result()
+    assert answer.finish_reason == "stopped" and answer.timings.new_tokens < 64
+    assert remote.ask(shapes_picture(seed=5), "What is it?", max_new_tokens=4).text  # the server answers on
+
+
+def test_the_clients_mistakes_are_one_line(server):
+    from mvlm_magic.errors import MvlmError
+    from mvlm_magic.serve.client import RemoteEngine
+
+    with pytest.raises(MvlmError, match="refused the API key"):
+        RemoteEngine(server, api_key="wrong")
+    with pytest.raises(MvlmError, match=f"does not serve 'other'; it serves {NAME}"):
+        RemoteEngine(server, "other", api_key=KEY)
+    with pytest.raises(MvlmError, match="no OpenAI-compatible server answered"):
+        RemoteEngine(f"http://127.0.0.1:{free_port()}", timeout=5)
+    remote = RemoteEngine(server, NAME, api_key=KEY)
+    with pytest.raises(MvlmError, match="the server refused the question: .*max_tokens"):
+        remote.new_chat(shapes_picture()).ask("What is it?", max_new_tokens=100000).result()
+
+
+def test_the_magics_and_the_cli_use_a_server(server, engine, tmp_path):
+    """In a real kernel, `%mvlm_load --server` then `%%mvlm_ask` and a follow-up; and `mvlm ask --server`."""
+    from jupyter_client.manager import start_new_kernel
+
+    image = shapes_picture(seed=6)
+    image.save(tmp_path / "picture.png")
+    local = engine("v2", "fp32", "f32").new_chat(image, prepare=False)
+    expected = [local.ask(q, max_new_tokens=8).result().text for q in ("What is it?", "And the colours?")]
+    manager, kernel = start_new_kernel(kernel_name="python3", cwd=str(tmp_path),
+                                       env={**os.environ, "IPYTHONDIR": str(tmp_path / "ipython")})
+    try:
+        def execute(code):
+            out = []
+            reply = kernel.execute_interactive(code, timeout=120, output_hook=out.append)
+            assert reply["content"]["status"] == "ok", reply["content"]
+            return "".join(m["content"].get("text", "") for m in out if m["msg_type"] == "stream")
+
+        said = execute(f"%load_ext mvlm_magic\n%config MvlmMagics.api_key = {KEY!r}\n"
+                       f"%mvlm_load --server {server} --model {NAME}")
+        assert f"ready: {NAME} at {server}/v1" in said
+        answers = []
+        for question_text in ("What is it?", "And the colours?"):
+            execute(f"%%mvlm_ask picture.png --blocking --max-new-tokens 8\n{question_text}")
+            answers.append(execute("print(repr(_mvlm_answer.text))").strip())
+        assert answers == [repr(text) for text in expected]
+    finally:
+        kernel.stop_channels()
+        manager.shutdown_kernel(now=True)
+    run = subprocess.run([sys.executable, "-m", "mvlm_magic.cli", "ask", str(tmp_path / "picture.png"), "What is it?",
+                          "--server", server, "--max-new-tokens", "8"], capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "OPENAI_API_KEY": KEY})
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == expected[0].strip()

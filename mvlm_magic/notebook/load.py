@@ -19,6 +19,8 @@ def run(magics, args) -> None:
         return list_cache(magics.cache_dir)
     if args.delete:
         return delete_cached(args.delete, magics.cache_dir)
+    if args.server:
+        return connect(magics, args.server, args.served_model)
     if args.model is None and output_mode.detect(magics.shell) == output_mode.WIDGET:
         return show_panel(magics, args)
     return load(magics, args)
@@ -63,6 +65,19 @@ def load(magics, args) -> None:
             started = time.monotonic()
             engine = load_engine(model, compression, device, progress=print_progress, **options)
             print(ready_line(engine, time.monotonic() - started))
+    magics.set_engine(engine)
+
+
+def connect(magics, url: str, model: str | None) -> None:
+    """`%mvlm_load --server URL`: the served model answers from now on; nothing is loaded here."""
+    import os
+
+    from ..serve.client import RemoteEngine
+
+    stop_answers(magics)
+    with user_errors():
+        engine = RemoteEngine(url, model, magics.api_key or os.environ.get("OPENAI_API_KEY"))
+    print(f"ready: {engine.name} (a server answers; nothing loaded here)")
     magics.set_engine(engine)
 
 

@@ -53,6 +53,7 @@ class MvlmMagics(Magics):
                     help="Generate in the cell's own thread: 'auto' does so where no widget front end listens "
                          "(nbclient, terminal), True always (the kernel's interrupt stops it), False never."
                     ).tag(config=True)
+    api_key = Unicode("", help="API key for %mvlm_load --server ('' = $OPENAI_API_KEY, or none).").tag(config=True)
     prepare_pictures = Bool(True, help="Encode each picture displayed (and feed the prompt up to the question) in "
                                        "the background, so a question about it answers sooner.").tag(config=True)
 
@@ -89,10 +90,15 @@ class MvlmMagics(Magics):
     @argument("-d", "--device", default=None, help="OpenVINO device (default: %%config MvlmMagics.device).")
     @argument("-c", "--compression", default=None,
               help=f"Weight format: {COMPRESSION_HELP} (default: %%config MvlmMagics.compression).")
-    @argument("--group-size", type=int, default=None, help="INT4 group size (default 128).")
-    @argument("--ratio", type=float, default=None, help="INT4 share of layers, the rest INT8 (default 1).")
+    @argument("--group-size", type=int, default=None, help="INT4 group size (default: the preset's, 64).")
+    @argument("--ratio", type=float, default=None,
+              help="INT4 share of layers, the rest INT8 (default: the preset's, 0.9).")
     @argument("--precision", default="auto", choices=("auto", "f32"),
               help="Inference precision: auto (fast, bf16 where the CPU has it) or f32 (exact).")
+    @argument("--server", metavar="URL", default=None,
+              help="Use the model an OpenAI-compatible server serves (mvlm serve, ...) instead of a local one.")
+    @argument("--model", dest="served_model", metavar="NAME", default=None,
+              help="With --server: which of its models (default: the first it lists).")
     @argument("--list", action="store_true", help="List the cached exports with their sizes.")
     @argument("--delete", metavar="KEY", default=None, help="Delete a cached export (its name from --list).")
     @line_magic

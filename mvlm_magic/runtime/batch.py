@@ -87,8 +87,9 @@ def ask_many(engine, pictures: Sequence[tuple[str, object]], questions: Sequence
         except MvlmError as error:
             loaded.append((name, None, str(error)))
     readable = [picture for _, picture, _ in loaded if picture is not None]
-    together = MAX_ROWS if engine.rows is not None else 1
-    encoder = PictureEncoder(engine, readable, stop, ahead=together + 1)
+    remote = getattr(engine, "remote", False)  # a server's model (serve/client.py): it encodes the pictures there
+    together = MAX_ROWS if remote or engine.rows is not None else 1
+    encoder = None if remote else PictureEncoder(engine, readable, stop, ahead=together + 1)
     results = [BatchResult(name, picture, question.strip(), error=problem)
                for name, picture, problem in loaded for question in questions]
     jobs = iter(range(len(loaded)))  # pictures, taken in order by the workers
@@ -108,14 +109,15 @@ def ask_many(engine, pictures: Sequence[tuple[str, object]], questions: Sequence
             embeds = None
             if picture is not None and not stop.is_set():
                 try:
-                    embeds = encoder.embeds(readable_index[index])
+                    embeds = encoder.embeds(readable_index[index]) if encoder is not None else picture
                 except Exception as error:
                     for result in rows:
                         result.error = str(error).splitlines()[0]
             for result in rows:
                 if embeds is not None and not stop.is_set():
                     chat = engine.new_chat(picture, prepare=False, own_cache=True)  # the encoder prepared it
-                    chat.image_embeds = embeds  # encoded ahead: the chat skips its own encode
+                    if encoder is not None:
+                        chat.image_embeds = embeds  # encoded ahead: the chat skips its own encode
                     try:
                         result.answer = chat.ask(result.question, config, stop_event=stop).result()
                     except MvlmError as error:  # on its row (a full context, say); the batch goes on
@@ -136,7 +138,8 @@ def ask_many(engine, pictures: Sequence[tuple[str, object]], questions: Sequence
         for worker in workers:
             worker.join()
     finally:
-        encoder.close()  # stopped or failed: the encoder thread skips what is left instead of waiting forever
+        if encoder is not None:
+            encoder.close()  # stopped or failed: the encoder thread skips what is left instead of waiting forever
     if failures:
         raise failures[0]
     return results
