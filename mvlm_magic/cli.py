@@ -135,7 +135,7 @@ def run_ask(args) -> None:
     if args.server:
         import os
 
-        from .serve.client import RemoteEngine
+        from .runtime.remote import RemoteEngine
 
         engine = RemoteEngine(args.server, args.model, args.api_key or os.environ.get("OPENAI_API_KEY"))
     else:

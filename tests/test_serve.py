@@ -328,7 +328,7 @@ def test_eight_conversations_at_once_decode_together_and_answer_as_the_local_eng
 
 
 def test_the_client_engine_answers_and_continues_as_the_local_chat(server, engine):
-    from mvlm_magic.serve.client import RemoteEngine
+    from mvlm_magic.runtime.remote import RemoteEngine
 
     image = shapes_picture(seed=4)
     local = engine("v2", "fp32", "f32").new_chat(image, prepare=False)
@@ -348,7 +348,7 @@ def test_the_client_engine_answers_and_continues_as_the_local_chat(server, engin
 
 
 def test_stop_closes_the_clients_stream_and_the_server_goes_on(server):
-    from mvlm_magic.serve.client import RemoteEngine
+    from mvlm_magic.runtime.remote import RemoteEngine
 
     remote = RemoteEngine(server, NAME, api_key=KEY)
     stream = remote.new_chat(shapes_picture()).ask("Tell me a long story.", max_new_tokens=400)
@@ -361,7 +361,7 @@ def test_stop_closes_the_clients_stream_and_the_server_goes_on(server):
 
 def test_the_clients_mistakes_are_one_line(server):
     from mvlm_magic.errors import MvlmError
-    from mvlm_magic.serve.client import RemoteEngine
+    from mvlm_magic.runtime.remote import RemoteEngine
 
     with pytest.raises(MvlmError, match="refused the API key"):
         RemoteEngine(server, api_key="wrong")

@@ -72,7 +72,7 @@ def connect(magics, url: str, model: str | None) -> None:
     """`%mvlm_load --server URL`: the served model answers from now on; nothing is loaded here."""
     import os
 
-    from ..serve.client import RemoteEngine
+    from ..runtime.remote import RemoteEngine
 
     stop_answers(magics)
     with user_errors():

@@ -87,7 +87,7 @@ def ask_many(engine, pictures: Sequence[tuple[str, object]], questions: Sequence
         except MvlmError as error:
             loaded.append((name, None, str(error)))
     readable = [picture for _, picture, _ in loaded if picture is not None]
-    remote = getattr(engine, "remote", False)  # a server's model (serve/client.py): it encodes the pictures there
+    remote = getattr(engine, "remote", False)  # a server's model (runtime/remote.py): it encodes the pictures there
     together = MAX_ROWS if remote or engine.rows is not None else 1
     encoder = None if remote else PictureEncoder(engine, readable, stop, ahead=together + 1)
     results = [BatchResult(name, picture, question.strip(), error=problem)

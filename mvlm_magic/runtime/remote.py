@@ -22,9 +22,9 @@ import time
 from collections.abc import Iterator
 
 from ..errors import MvlmError
-from ..runtime.chat import Answer, Timings, check_question
-from ..runtime.preprocess import load_image
-from ..runtime.sampling import GenerationConfig
+from .chat import Answer, Timings, check_question
+from .preprocess import load_image
+from .sampling import GenerationConfig
 
 FINISH = {"stop": "eos", "length": "max_new_tokens", "content_filter": "stopped"}  # the API's -> Answer's
 TIMEOUT_S = 600.0
