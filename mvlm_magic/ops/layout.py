@@ -1,5 +1,5 @@
-"""Where our operations' weights lie: rows repacked in panels (the order the C++ operations read), and the
-constants of a saved IR moved to 64-byte boundaries of its .bin."""
+"""Where our operations' weights lie: int4 weights in tiles of 32 rows and int8 ones in panels of 4 (the orders the
+C++ operations read), and the constants of a saved IR moved to 64-byte boundaries of its .bin."""
 
 from __future__ import annotations
 
@@ -8,6 +8,22 @@ from pathlib import Path
 from xml.etree import ElementTree
 
 import numpy as np
+
+TILE = 32  # int4 weight rows per tile: two vectors of 16 lanes, a row per lane (src/int4_matmul.hpp)
+
+
+def int4_tiles(values: np.ndarray, scales: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Int4MatMul's weights from (N, K) values + 8 (0..15) and (N, groups) f16 scales, N a multiple of TILE:
+    tile t (rows 32t..32t+31), step s (inputs 4s..4s+3), 64 bytes: byte 4l + b holds input 4s + b of row 32t + l in
+    its low nibble and of row 32t + 16 + l in its high one; the scales as (N/32, groups, 32). Shapes (N, K/2) and
+    (N, 2 groups) bytes. A tile is one stream that one load and two masks turn into two vectors of 16 rows x 4
+    inputs, the operands of vpdpbusd (or vpmaddubsw) against 4 inputs of x broadcast: no unpacking per call."""
+    n, k = values.shape
+    assert n % TILE == 0 and k % 4 == 0, (n, k)
+    v = values.reshape(n // TILE, 2, 16, k // 4, 4).transpose(0, 3, 2, 4, 1)  # (tile, step, lane, input, half)
+    packed = (v[..., 0] | (v[..., 1] << 4)).astype(np.uint8)
+    tiled_scales = scales.reshape(n // TILE, TILE, -1).transpose(0, 2, 1)  # (tile, group, row)
+    return packed.reshape(n, k // 2), np.ascontiguousarray(tiled_scales).view(np.uint8).reshape(n, -1)
 
 
 def panels(rows: np.ndarray, unit: int = 32) -> np.ndarray:

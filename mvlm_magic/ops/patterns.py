@@ -26,7 +26,7 @@ def decompressed_weight(matmul):
 
 
 def int4_weight(matmul) -> tuple[np.ndarray, np.ndarray] | None:
-    """(bytes (N, K/2) as value + 8 in the operation's order, f16 scales (N, K/G) as bytes) when the MatMul's weight is
+    """(values + 8 (N, K) as bytes, f16 scales (N, K/G)) when the MatMul's weight is
     NNCF's symmetric int4 decompression (Constant i4 -> Convert -> Multiply by a scale [-> Reshape] -> Convert)
     with groups of a multiple of 64; else None."""
     found = int4_constants(matmul)
@@ -64,12 +64,11 @@ def int4_constants(matmul) -> tuple | None:
 
 
 def int4_data(weight, scale, n: int, k: int, groups: int) -> tuple[np.ndarray, np.ndarray]:
-    """`int4_weight`'s arrays from what `int4_constants` found."""
-    scales = scale.get_data().reshape(n, groups).view(np.uint8)  # f16 bytes: the CPU plugin leaves u8 alone
+    """`int4_weight`'s arrays from what `int4_constants` found: the values + 8 (N, K) as bytes in input order, and
+    the f16 scales (N, groups). layout.int4_tiles puts them in the operation's order."""
     nncf = weight.get_data().view(np.uint8).reshape(n, k // 2) ^ np.uint8(0x88)  # signed nibbles -> value + 8
-    values = np.stack([nncf & 0x0F, nncf >> 4], axis=-1).reshape(n, k // 64, 2, 32)  # element 2i low, 2i+1 high
-    packed = values[:, :, 0] | (values[:, :, 1] << 4)  # per 64 inputs: byte i = input i | input 32 + i << 4
-    return packed.reshape(n, k // 2), scales
+    values = np.stack([nncf & 0x0F, nncf >> 4], axis=-1).reshape(n, k)  # element 2i low, 2i+1 high
+    return values, scale.get_data().reshape(n, groups)
 
 
 def int8_weight(matmul) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:

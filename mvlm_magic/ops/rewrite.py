@@ -7,7 +7,7 @@ import numpy as np
 import openvino as ov
 from openvino import opset13
 
-from .layout import panels
+from .layout import TILE, int4_tiles, panels
 from .nodes import Int4MatMul, Int8MatMul, KVAttention
 from .patterns import int4_constants, int4_data, int8_constants, int8_data, is_type
 
@@ -22,7 +22,8 @@ def rewrite_int4_matmuls(model: ov.Model, spill=None) -> int:
     found = [(op, int4_constants(op)) for op in model.get_ordered_ops()]
     int4 = [(op, constants) for op, constants in found if constants is not None]
     # grouped by (K/2, groups): the shapes of int4_data's two arrays past N
-    _replace_by_input(int4, int4_data, Int4MatMul, lambda constants: (constants[3] // 2, constants[4]), spill)
+    _replace_by_input(int4, int4_data, Int4MatMul, lambda constants: (constants[3] // 2, constants[4]), spill,
+                      order=tiled)
     if int4:
         rewrite_int8_matmuls(model, spill)
     return len(int4)
@@ -33,14 +34,26 @@ def rewrite_int8_matmuls(model: ov.Model, spill=None) -> int:
     Int8MatMul, in place, those reading one input (q, k, v) as one operation; returns how many it replaced."""
     found = [(op, int8_constants(op)) for op in model.get_ordered_ops()]
     int8 = [(op, constants) for op, constants in found if constants is not None]
-    _replace_by_input(int8, int8_data, Int8MatMul, lambda constants: constants[4], spill)  # by K
+    _replace_by_input(int8, int8_data, Int8MatMul, lambda constants: constants[4], spill,  # by K
+                      order=lambda parts: [panels(parts[0]), *parts[1:]])
     return len(int8)
 
 
-def _replace_by_input(found: list, data, operation, same, spill=None) -> None:
+def tiled(parts: list[np.ndarray]) -> list[np.ndarray]:
+    """Int4MatMul's constants in its order (layout.int4_tiles); rows up to a whole tile are zeros (their outputs
+    are split off again: `_replace`)."""
+    values, scales = parts
+    missing = -len(values) % TILE
+    if missing:
+        values = np.concatenate([values, np.full((missing, values.shape[1]), 8, np.uint8)])  # weight 0 (+ 8)
+        scales = np.concatenate([scales, np.zeros((missing, scales.shape[1]), scales.dtype)])
+    return list(int4_tiles(values, scales))
+
+
+def _replace_by_input(found: list, data, operation, same, spill=None, order=None) -> None:
     """One `operation` for each group of MatMuls that read the same output and whose weights agree on
-    `same(constants)`: their weights (`data(*constants)`) concatenated by rows, the first one (the weight bytes) in
-    panel order. The weights are read one group at a time, and put in `spill` where there is one."""
+    `same(constants)`: their weights (`data(*constants)`) concatenated by rows, in the operation's `order`. The
+    weights are read one group at a time, and put in `spill` where there is one."""
     groups: dict[tuple, list] = {}
     for op, constants in found:
         source = op.input_value(0)
@@ -50,7 +63,7 @@ def _replace_by_input(found: list, data, operation, same, spill=None) -> None:
         weights = [data(*constants) for _, constants in group]
         parts = [np.concatenate([w[i] for w in weights]) for i in range(len(weights[0]))]
         del weights  # only one group's arrays at a time
-        parts[0] = panels(parts[0])
+        parts = order(parts)
         if spill is not None:
             parts = [spill(part) for part in parts]
         _replace([op for op, _ in group], operation, parts, shared=spill is not None)
@@ -134,9 +147,10 @@ def _replace(matmuls: list, operation, weights, shared: bool = False) -> None:
     node = operation([matmuls[0].input_value(0)] + constants)
     node.set_friendly_name(" + ".join(op.get_friendly_name() for op in matmuls))
     outputs = node.outputs()
-    if len(matmuls) > 1:
-        lengths = [op.get_output_partial_shape(0)[-1].get_length() for op in matmuls]
-        outputs = opset13.variadic_split(outputs[0], -1, lengths).outputs()
+    lengths = [op.get_output_partial_shape(0)[-1].get_length() for op in matmuls]
+    padding = weights[0].shape[0] - sum(lengths)  # rows up to a whole tile (Int4MatMul): split off
+    if len(matmuls) > 1 or padding:
+        outputs = opset13.variadic_split(outputs[0], -1, lengths + [padding] * bool(padding)).outputs()
     for matmul, output in zip(matmuls, outputs):
         _redirect(matmul.output(0), output)
 

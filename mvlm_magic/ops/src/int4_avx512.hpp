@@ -5,9 +5,9 @@
 // an int32 lane, where AVX2 needs three. OpenVINO has its own int8 path on these CPUs, but runs prompts through
 // bf16 and decodes below memory speed (docs/benchmarks.md, "Figures behind the operations' design").
 //
-// One token streams a panel (4 rows) at a time: a 64-byte load holds one unit of two rows, so the 32 x values
-// it meets are the same for both halves of the vector and their scale is one number.
-// Prompts unpack each tile of 32 weight rows once (see `tile`).
+// Int4MatMul reads its weights in tiles of 32 rows (`int4_tile`, layout.int4_tiles): a token and a prompt alike,
+// with no unpacking per call. Int8MatMul's int8 head streams a panel (4 rows) at a time for a token; its prompts
+// unpack each tile of 32 weight rows once into the same tile order (see `tile`).
 
 #pragma once
 
@@ -36,49 +36,6 @@ static inline void sum_halves(__m512 v, float& low, float& high) {
 static inline __m512 halves(float a, float b) {
     return _mm512_castpd_ps(
         _mm512_insertf64x4(_mm512_castps_pd(_mm512_set1_ps(a)), _mm256_castps_pd(_mm256_set1_ps(b)), 1));
-}
-
-// y[0..3] for one full panel of int4 weights against one x row (natural order). Groups of G (a multiple of 64).
-[[maybe_unused]]  // (int8_matmul.cpp uses only the int8 one, int4_matmul.cpp only the int4 one)
-static void dot_panel(const uint8_t* panel, const uint16_t* scale, const int8_t* xv, const float* xscale,
-                      const float* xoffset, size_t K, size_t G, float* y) {
-    const __m512i low_nibbles = _mm512_set1_epi8(0x0F);
-    const size_t groups = K / G, chunks_per_group = G / 64;
-    __m512 acc[2] = {_mm512_setzero_ps(), _mm512_setzero_ps()};  // rows 0 | 1, rows 2 | 3
-    float offset[PANEL] = {};
-    for (size_t g = 0; g < groups; ++g) {
-        __m512 group_acc[2] = {_mm512_setzero_ps(), _mm512_setzero_ps()};
-        float group_offset = 0.f;
-        for (size_t c = g * chunks_per_group; c < (g + 1) * chunks_per_group; ++c) {  // 64 inputs: 2 x blocks
-            const __m512i x0 = _mm512_broadcast_i64x4(
-                _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xv + c * 64)));
-            const __m512i x1 = _mm512_broadcast_i64x4(
-                _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xv + c * 64 + BLOCK)));
-            const __m512 s0 = _mm512_set1_ps(xscale[2 * c]), s1 = _mm512_set1_ps(xscale[2 * c + 1]);
-            group_offset += xoffset[2 * c] + xoffset[2 * c + 1];
-            for (int pair = 0; pair < 2; ++pair) {
-                const uint8_t* here = panel + c * PANEL * UNIT + pair * 2 * UNIT;
-                _mm_prefetch(reinterpret_cast<const char*>(here + AHEAD), _MM_HINT_T0);
-                const __m512i packed = _mm512_loadu_si512(here);
-                const __m512i w0 = _mm512_and_si512(packed, low_nibbles);
-                const __m512i w1 = _mm512_and_si512(_mm512_srli_epi16(packed, 4), low_nibbles);
-                const __m512i p0 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), w0, x0);  // 16 x i32
-                const __m512i p1 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), w1, x1);
-                group_acc[pair] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p0), s0, group_acc[pair]);
-                group_acc[pair] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p1), s1, group_acc[pair]);
-            }
-        }
-        float ws[PANEL];
-        for (size_t r = 0; r < PANEL; ++r) {
-            ws[r] = _cvtsh_ss(scale[r * groups + g]);
-            offset[r] += ws[r] * group_offset;
-        }
-        acc[0] = _mm512_fmadd_ps(group_acc[0], halves(ws[0], ws[1]), acc[0]);
-        acc[1] = _mm512_fmadd_ps(group_acc[1], halves(ws[2], ws[3]), acc[1]);
-    }
-    sum_halves(acc[0], y[0], y[1]);
-    sum_halves(acc[1], y[2], y[3]);
-    for (size_t r = 0; r < PANEL; ++r) y[r] -= offset[r];
 }
 
 // sums[0..3] for one full panel of the int8 head, as dot_rows_int8: vpdpbusd takes unsigned bytes, so each
@@ -229,6 +186,82 @@ static void prompt(const Quantized& q, size_t M, size_t K, size_t N, size_t G, f
                 case 3: tile<3>(w, wsm, wzm, xm, xsm, xom, K, G, out, N, rows); break;
                 case 2: tile<2>(w, wsm, wzm, xm, xsm, xom, K, G, out, N, rows); break;
                 default: tile<1>(w, wsm, wzm, xm, xsm, xom, K, G, out, N, rows);
+            }
+            m += mr;
+        }
+    });
+}
+
+// Int4MatMul: MR x rows against one tile of 32 int4 weight rows in tile order (layout.int4_tiles): per step of 4
+// inputs one 64-byte load, whose low nibbles are rows 0-15 and high nibbles rows 16-31, each lane 4 inputs of one
+// row. A lane sums one x block (8 steps) in int32, then it is scaled. `scale`: the tile's f16 scales (groups, 32);
+// `xoffset`: per x row and group, 8 * scale * sum of the values (what the stored + 8 adds). `ahead`: how far
+// ahead to ask for the weights (a token streams them from memory; a prompt's tile is in the cache already).
+template <int MR>
+static void int4_tile(const uint8_t* w, const uint16_t* scale, const int8_t* x, const float* xscale,
+                      const float* xoffset, size_t K, size_t G, float* y, size_t y_stride, size_t ahead) {
+    const __m512i low_nibbles = _mm512_set1_epi8(0x0F);
+    const size_t blocks = K / BLOCK, groups = K / G, blocks_per_group = G / BLOCK;
+    __m512 acc[VECTORS][MR];
+    for (size_t v = 0; v < VECTORS; ++v)
+        for (int i = 0; i < MR; ++i) acc[v][i] = _mm512_setzero_ps();
+    for (size_t g = 0; g < groups; ++g) {
+        __m512 ws[VECTORS];
+        for (size_t v = 0; v < VECTORS; ++v)
+            ws[v] = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(scale + (g * VECTORS + v) * LANES)));
+        for (size_t b = g * blocks_per_group; b < (g + 1) * blocks_per_group; ++b) {
+            __m512i sums[VECTORS][MR];
+            for (size_t v = 0; v < VECTORS; ++v)
+                for (int i = 0; i < MR; ++i) sums[v][i] = _mm512_setzero_si512();
+            const uint8_t* wb = w + b * 8 * 64;
+            const int8_t* xb = x + b * BLOCK;
+            if (ahead) _mm_prefetch(reinterpret_cast<const char*>(wb + ahead), _MM_HINT_T0);
+#pragma GCC unroll 8
+            for (int step = 0; step < 8; ++step) {  // (a fixed count, unrolled: the sums stay in registers)
+                if (ahead && step % 2 == 1) _mm_prefetch(reinterpret_cast<const char*>(wb + step * 64 + ahead), _MM_HINT_T0);
+                const __m512i packed = _mm512_loadu_si512(wb + step * 64);
+                const __m512i wv[VECTORS] = {_mm512_and_si512(packed, low_nibbles),
+                                             _mm512_and_si512(_mm512_srli_epi16(packed, 4), low_nibbles)};
+                for (int i = 0; i < MR; ++i) {
+                    int four;
+                    std::memcpy(&four, xb + i * K + step * 4, 4);
+                    const __m512i broadcast = _mm512_set1_epi32(four);
+                    for (size_t v = 0; v < VECTORS; ++v) sums[v][i] = _mm512_dpbusd_epi32(sums[v][i], wv[v], broadcast);
+                }
+            }
+            for (int i = 0; i < MR; ++i) {
+                const __m512 xs = _mm512_set1_ps(xscale[i * blocks + b]);
+                for (size_t v = 0; v < VECTORS; ++v)
+                    acc[v][i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sums[v][i]), _mm512_mul_ps(ws[v], xs), acc[v][i]);
+            }
+        }
+        for (int i = 0; i < MR; ++i) {
+            const __m512 offset = _mm512_set1_ps(xoffset[i * groups + g]);
+            for (size_t v = 0; v < VECTORS; ++v) acc[v][i] = _mm512_fnmadd_ps(ws[v], offset, acc[v][i]);
+        }
+    }
+    for (int i = 0; i < MR; ++i)
+        for (size_t v = 0; v < VECTORS; ++v) _mm512_storeu_ps(y + i * y_stride + v * LANES, acc[v][i]);
+}
+
+// Int4MatMul's rows of x (M, K) against N weight rows in tiles: each tile once, MR x rows at a time against it.
+static void int4_tiles(const int8_t* x, const float* xscale, const float* xoffset, size_t M, size_t K, size_t N,
+                       size_t G, const uint8_t* w, const uint16_t* scale, float* y) {
+    const size_t groups = K / G, tile_bytes = TILE_ROWS * K / 2, blocks = K / BLOCK;
+    ov::parallel_for(N / TILE_ROWS, [&](size_t t) {
+        const uint8_t* wt = w + t * tile_bytes;
+        const uint16_t* st = scale + t * groups * TILE_ROWS;
+        const size_t ahead = M == 1 ? AHEAD : 0;
+        for (size_t m = 0; m < M;) {
+            const size_t mr = std::min<size_t>(4, M - m);
+            const int8_t* xm = x + m * K;
+            const float *xs = xscale + m * blocks, *xo = xoffset + m * groups;
+            float* out = y + m * N + t * TILE_ROWS;
+            switch (mr) {
+                case 4: int4_tile<4>(wt, st, xm, xs, xo, K, G, out, N, ahead); break;
+                case 3: int4_tile<3>(wt, st, xm, xs, xo, K, G, out, N, ahead); break;
+                case 2: int4_tile<2>(wt, st, xm, xs, xo, K, G, out, N, ahead); break;
+                default: int4_tile<1>(wt, st, xm, xs, xo, K, G, out, N, ahead);
             }
             m += mr;
         }

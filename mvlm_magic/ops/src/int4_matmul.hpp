@@ -2,12 +2,14 @@
 //
 // Inputs (the weight constants are NNCF's own bytes, never requantized):
 //   0  x       f32 (..., K)
-//   1  weight  u8  (N, K/2)    two int4 values per byte, each stored as value + 8 (0..15); per 64 inputs,
-//                               32 bytes (a "unit"): byte i holds input i in its low nibble and input 32 + i in
-//                               its high one, so that one load and two masks give 64 weights in order. Rows in
-//                               panels of 4, interleaved by units (see unit_at): a token reads one stream.
-//   2  scale   u8  (N, 2K/G)   one f16 scale per group of G consecutive inputs (G a multiple of 64), as its two
-//                               bytes: the CPU plugin hands f16 and u16 inputs over as f32 / i32, twice the bytes
+//   1  weight  u8  (N, K/2)    two int4 values per byte, each stored as value + 8 (0..15), N a multiple of 32,
+//                               in tiles of 32 rows (mvlm_magic/ops/layout.py's int4_tiles): per tile and step
+//                               of 4 inputs, 64 bytes; byte 4l + b holds input b of the step for row l in its
+//                               low nibble and for row 16 + l in its high one. One load and two masks give two
+//                               vectors of 16 rows x 4 inputs, for one token or many rows alike.
+//   2  scale   u8  (N, 2K/G)   one f16 scale per group of G consecutive inputs (G a multiple of 64), per tile as
+//                               (groups, 32 rows), as its two bytes: the CPU plugin hands f16 and u16 inputs over
+//                               as f32 / i32, twice the bytes
 // Output: f32 (..., N).
 #pragma once
 
