@@ -14,10 +14,11 @@ How it is used (the engine calls `select` only; `plan` says beforehand what it w
    users could change it), and registers the library with OpenVINO.
 2. `copies.copies(folder)` writes, once per export (beside it, or in a trusted cache's `copies/` where other
    users could change the export's folder): a copy of the language IR in which the symmetric int4
-   MatMuls are replaced by Int4MatMul (the same weights in its order, `layout.panels`; the same scales; those
-   reading one input, such as q/k/v, as one operation), the int8 head by Int8MatMul and each attention with its
-   cache by KVAttention (`rewrite`, on the weights `patterns` recognises); and, for the AVX-512 build, a copy of
-   the vision IR with Int8MatMul. A copy is the same for both builds.
+   MatMuls are replaced by Int4MatMul (the same weights and scales in its tiles of 32 rows, `layout.int4_tiles`;
+   those reading one input, such as q/k/v, as one operation), the int8 head by Int8MatMul and each attention with
+   its cache by KVAttention (a cache row per conversation: batched decoding) (`rewrite`, on the weights
+   `patterns` recognises); and, for the AVX-512 build, a copy of the vision IR with Int8MatMul. A copy is the
+   same for both builds.
 3. The engine compiles the copies instead of vision.xml and language.xml where `cpu.helps_here()`, or, on a kind
    of CPU never measured, where `measured.faster` timed them faster at first load (remembered). Without a
    compiler, on other CPUs, for f32 answers or fp16 / fp32 exports, everything stays as it was.

@@ -39,7 +39,9 @@ constexpr size_t WIDE_VECTORS = 8;
 
 void KVCache::reserve(size_t positions) {
     if (positions <= capacity) return;
-    const size_t grown = std::max({positions, 2 * capacity, size_t(256)});
+    // Room for 64-127 positions more, not twice as many: a server holds a row per conversation, and doubling
+    // kept up to twice their keys and values (copying a row every 64 tokens costs little next to a step).
+    const size_t grown = (positions + 127) / 64 * 64;
     Buffer<uint16_t> k(heads * grown * dim), v(heads * grown * dim);
     for (size_t h = 0; filled && h < heads; ++h) {
         std::copy_n(&keys[h * capacity * dim], filled * dim, &k[h * grown * dim]);

@@ -31,7 +31,7 @@ struct KVCache {
 
     size_t offset(size_t h, size_t p) const { return (h * capacity + p) * dim; }
 
-    // Make room for `positions`, keeping the first `filled` (capacity doubles, so growth is amortized).
+    // Make room for `positions`, keeping the first `filled`.
     void reserve(size_t positions);
 };
 
