@@ -326,7 +326,8 @@ def test_two_hundred_questions_keep_memory_flat_and_answers_exact(eng):
     what it prepares for each new input shape) memory must stay flat: the peak of round 5 against the peak of
     round 3 (peaks, because RSS saws by ~5 MB as buffers come and go; round 2 can still add a few MB of allocator
     arenas when the suite has run many threads before: peaks 2030, 2051, 2053, 2054, 2054 MB in one full run).
-    Every answer equals the first round's, and each round's last conversation, prefilled again from an empty cache, gives the same tokens.
+    Every answer equals the first round's, and each round's last conversation, prefilled again from an empty
+    cache, gives the same tokens.
     """
     import gc
 
