@@ -109,6 +109,7 @@ class Batcher:
     running: bool = False
     calls: int = 0  # batched calls made, and rows they held in all (mean batch = rows / calls)
     rows: int = 0
+    seconds: float = 0.0  # spent in those calls (rows / seconds: tokens a second while batched)
 
     def __post_init__(self):
         self.changed = threading.Condition()
@@ -161,6 +162,7 @@ class Batcher:
         engine = self.engine
         try:
             with engine.lock:
+                started = time.perf_counter()
                 tokens = np.array([[step.ids[-1]] for step in batch], dtype=np.int64)  # (B, 1)
                 embeds = engine.text_embeddings(tokens)[0]  # (B, 1, C)
                 pasts = [step.kv.positions(step.ids[:-1]) for step in batch]
@@ -169,6 +171,7 @@ class Batcher:
                     step.kv.advanced(step.owner, step.ids, step.picture)
                     step.logits, step.batch = row.copy(), len(batch)
                 self.calls, self.rows = self.calls + 1, self.rows + len(batch)
+                self.seconds += time.perf_counter() - started
         except BaseException as error:  # each chat of the call meets it
             for step in batch:
                 step.error = error

@@ -50,7 +50,7 @@ def create_app(engine, settings: Settings) -> Starlette:
 
     async def prometheus(request: Request):
         batcher = engine.batcher
-        steps = (batcher.calls, batcher.rows) if batcher is not None else (0, 0)
+        steps = (batcher.calls, batcher.rows, batcher.seconds) if batcher is not None else (0, 0, 0.0)
         return PlainTextResponse(metrics.render(worker.queued, worker.running, *steps),
                                  media_type="text/plain; version=0.0.4; charset=utf-8")
 

@@ -36,7 +36,8 @@ class Metrics:
                     self.first_token_counts[i] += 1
                     break
 
-    def render(self, queued: int, running: int, steps: int = 0, step_rows: int = 0) -> str:
+    def render(self, queued: int, running: int, steps: int = 0, step_rows: int = 0,
+               step_seconds: float = 0.0) -> str:
         with self._lock:
             lines = ["# HELP mvlm_requests_total Chat-completion requests by outcome.",
                      "# TYPE mvlm_requests_total counter"]
@@ -57,6 +58,9 @@ class Metrics:
                       "# TYPE mvlm_decode_steps_total counter", f"mvlm_decode_steps_total {steps}",
                       "# HELP mvlm_decode_step_rows_total Rows those calls held in all (mean batch = rows / steps).",
                       "# TYPE mvlm_decode_step_rows_total counter", f"mvlm_decode_step_rows_total {step_rows}",
+                      "# HELP mvlm_decode_step_seconds_total Time those calls took (rows / seconds: tokens a second).",
+                      "# TYPE mvlm_decode_step_seconds_total counter",
+                      f"mvlm_decode_step_seconds_total {step_seconds:.6f}",
                       "# HELP mvlm_first_token_seconds From the request's arrival to its first token.",
                       "# TYPE mvlm_first_token_seconds histogram"]
             total = 0
