@@ -327,4 +327,7 @@ def test_outside_pictures_are_seeded_and_held_out_photos_are_many():
     chats = conversations.heldout_set("outside", 600)
     assert len({key for key, _ in chats}) >= 30 and sum(len(turns) for _, turns in chats) >= 600
     assert all(answer == conversations.OUTSIDE_ANSWER for _, turns in chats for _, _, answer in turns)
+    # every held-out chat is as long as training's at most (13-turn chats of each photo once filled the context)
+    for name in conversations.HELDOUT_SETS:
+        assert max(len(turns) for _, turns in conversations.heldout_set(name, 600)) <= conversations.MAX_TURNS, name
     assert conversations.heldout_picture(chats[0][0]).mode == "RGB"
