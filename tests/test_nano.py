@@ -9,11 +9,12 @@ import pytest
 
 from mvlm_magic.demo import BUNDLED_DIR, bundled_model, conversations, shapes
 
-MIN_ACCURACY = 0.95  # issue 4's bar; the shipped (fifth) weights: 97.3 % through OpenVINO int8
+MIN_ACCURACY = 0.95  # issue 4's bar; the shipped (sixth) weights: 98.5 % through OpenVINO int8
 HELDOUT_QUESTIONS = 600  # the whole held-out benchmark of docs/nano.md (also tools/nano/evaluate.py)
-# sets whose issue-14 bar (tools/nano/evaluate.py BARS) the shipped (fifth) weights miss: a floor 3 points under
-# what they score through int8 on these 100 questions (docs/nano.md), so that a regression still fails
-FLOORS: dict[str, float] = {"followup": 0.90, "yesno": 0.90, "count_colour": 0.88, "detail": 0.66, "variants": 0.90}
+# sets whose issue-14 bar (tools/nano/evaluate.py BARS) the shipped weights miss on the 100 questions run here, with a
+# floor 3 points under what they score so that a regression still fails: the sixth weights meet every bar at 600
+# questions (count_colour 96.0 %) but count colours 94.0 % right on these 100 (docs/nano.md)
+FLOORS: dict[str, float] = {"count_colour": 0.91}
 
 
 def test_bundled_checkpoint_is_in_mtgv_format():
@@ -61,7 +62,7 @@ def test_int8_accuracy_on_the_heldout_benchmark(nano_engine):
 
 def test_int4_operations_accuracy_on_the_heldout_benchmark(cache_dir):
     """Our operations (int8 activations; with the AVX-512 build the vision model's too) answer as well as the bar:
-    97.5 % measured with the fifth weights, = OpenVINO's f32 int4."""
+    OpenVINO's f32 int4 answers 98.3 % with the sixth weights."""
     from mvlm_magic.loader import load_engine
     from mvlm_magic.ops import cpu
     from tools.nano.evaluate import score
@@ -327,4 +328,7 @@ def test_outside_pictures_are_seeded_and_held_out_photos_are_many():
     chats = conversations.heldout_set("outside", 600)
     assert len({key for key, _ in chats}) >= 30 and sum(len(turns) for _, turns in chats) >= 600
     assert all(answer == conversations.OUTSIDE_ANSWER for _, turns in chats for _, _, answer in turns)
+    # every held-out chat is as long as training's at most (13-turn chats of each photo once filled the context)
+    for name in conversations.HELDOUT_SETS:
+        assert max(len(turns) for _, turns in conversations.heldout_set(name, 600)) <= conversations.MAX_TURNS, name
     assert conversations.heldout_picture(chats[0][0]).mode == "RGB"

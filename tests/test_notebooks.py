@@ -26,6 +26,9 @@ def execute(path: Path, workdir: Path) -> nbformat.NotebookNode:
     from nbclient import NotebookClient
 
     notebook = nbformat.read(path, as_version=4)
+    for extra in EXAMPLES.iterdir():  # the pictures the notebooks name by file (cat.jpg), where they run
+        if extra.suffix != ".ipynb" and extra.is_file():
+            shutil.copy(extra, workdir)
     client = NotebookClient(notebook, timeout=300, kernel_name="python3",
                             resources={"metadata": {"path": str(workdir)}})
     client.execute()
@@ -54,10 +57,9 @@ def html_values(notebook) -> list[str]:
 
 
 @pytest.fixture
-def kernel_cache(tmp_path, checkpoint, monkeypatch):
-    """The kernel inherits MVLM_CACHE; the tiny checkpoint is put where the notebooks look for it."""
+def kernel_cache(tmp_path, monkeypatch):
+    """The kernel inherits MVLM_CACHE: the notebooks export the bundled model into an empty cache."""
     cache = tmp_path / "cache"
-    shutil.copytree(checkpoint("v2"), cache / "tiny-random-mobilevlm")
     monkeypatch.setenv("MVLM_CACHE", str(cache))
     monkeypatch.setenv("IPYTHONDIR", str(tmp_path / "ipython"))
     return cache
@@ -83,20 +85,56 @@ def test_notebook_runs_and_saves_the_answers_in_the_widget_state(path, tmp_path,
     # Only the answer cells, without the widget state: what they show is their static copy alone.
     page = as_html_text(nbformat.v4.new_notebook(cells=asks, metadata={}))
     assert page.count("first token") >= len(asks)  # every answer's stats line
+    answers = {c.id: c for c in notebook.cells if c.cell_type == "code"}
     if path.name == "classroom.ipynb":
-        check = next(c for c in notebook.cells if c.cell_type == "code" and "print(_mvlm_answer.text)" in c.source)
-        printed = stream_text(check).split("\n")[0]
-        assert printed, "the checked answer is empty"
-        answer = CONTROL_CHARACTERS.sub("", printed)  # the widget hides control characters
-        assert any(html.escape(answer) in value for value in values), "the answer is not in the saved widget state"
-        assert " ".join(answer.split()) in page, "the answer is not in the notebook converted to HTML"
-        asked = notebook.cells[-1]
-        panel_answer = CONTROL_CHARACTERS.sub("", stream_text(asked).rstrip("\n"))
-        assert panel_answer and any(html.escape(panel_answer) in value for value in values)
-        # Where no widget renders (nbconvert to text, GitHub), the display's text form holds the answer too.
-        follow_up = next(c for c in notebook.cells if c.source.startswith("%%mvlm_ask --blocking"))
-        texts = [o["data"]["text/plain"] for o in follow_up.outputs if "data" in o]
-        assert any(answer in CONTROL_CHARACTERS.sub("", text) and "first token" in text for text in texts)
+        check_classroom(answers, values, page)
+    elif path.name == "stop_an_answer.ipynb":
+        check_stop_an_answer(answers)
+
+
+def answer_of(cell) -> str:
+    """The answer a %%mvlm_ask cell shows, from its static copy (the text form: answer, then the stats line)."""
+    texts = [o.data["text/plain"] for o in cell.outputs if o.output_type == "display_data"]
+    assert len(texts) == 1 and "first token" in texts[0], cell.outputs
+    return CONTROL_CHARACTERS.sub("", texts[0]).rsplit("\n[", 1)[0]
+
+
+def check_classroom(cells, values, page):
+    """The bundled model answers every question of the walk-through right: what the picture generator knows."""
+    from mvlm_magic.demo import conversations, shapes
+
+    scene = shapes.make_scene(1000000002)  # the notebook's SEED
+    thing = {t.shape: t for t in scene.things if scene.count(t.shape) == 1}
+    assert answer_of(cells["ask"]) == thing["cross"].colour == "blue"
+    assert answer_of(cells["follow-up"]) == thing["square"].where == "bottom right"  # about another object
+    assert answer_of(cells["count"]) == str(len(scene.things)) == "4"
+    assert "circle" not in {t.shape for t in scene.things}
+    assert answer_of(cells["absent"]) == "There is no circle."
+    busy = shapes.make_scene(1000000190)
+    described = answer_of(cells["describe"])
+    assert described == conversations.describe_in_detail(busy.things) and described.count(". ") == 6  # 7 objects
+    assert answer_of(cells["photo"]) == conversations.OUTSIDE_ANSWER
+    compared = cells["compare"].outputs[-1]["data"]["text/plain"].splitlines()
+    rows = {line.split()[0].split("-")[0]: line.split()[1] for line in compared[1:]}
+    assert rows == {"int8": "4", "int4": "4"} and "same answer" in compared[2], compared
+    assert stream_text(cells["panel-ask"]).strip() == "yes"  # the AskPanel: "Is there a blue cross?"
+    # the exercise's check, and its answer saved in the widget state and in the notebook converted to HTML
+    printed = stream_text(cells["check"]).splitlines()
+    assert printed[0] == "the model says: bottom right" and printed[-1] == "right: True", printed
+    answer = "bottom right"
+    assert any(html.escape(answer) in value for value in values), "the answer is not in the saved widget state"
+    assert answer in page, "the answer is not in the notebook converted to HTML"
+    assert any("yes" in value for value in values)  # the panel's answer, saved with the notebook
+
+
+def check_stop_an_answer(cells):
+    """Unattended, no one presses Stop: the busy picture's description runs to its end, every object named."""
+    from mvlm_magic.demo import conversations, shapes
+
+    things = shapes.make_scene(1000000190).things  # the notebook's SEED
+    assert answer_of(cells["ask"]) == conversations.describe_in_detail(things)
+    stats = cells["ask"].outputs[-1].data["text/plain"].splitlines()[-1]
+    assert " 108 tokens " in stats, stats  # long enough to watch it stream
 
 
 @pytest.mark.slow

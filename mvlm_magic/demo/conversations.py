@@ -216,6 +216,7 @@ def all_questions(scene: Scene) -> list[tuple[str, str, str]]:
 # held-out sets of issue 14: each a list of (picture key, [(kind, question, answer), ...turns]); a picture key is a
 # held-out seed, or ("photo", name, crop) for the outside-world pictures (scikit-image's sample photos: training
 # never sees a photo, it draws its outside pictures from `outside_picture`)
+MAX_TURNS = 4  # the longest chat of training and of the held-out sets
 HELDOUT_SETS = ("followup", "absent", "yesno", "count_all", "count_colour", "detail", "variants", "outside")
 _SET_START = {name: HELDOUT_SEEDS.start + 1000 * (i + 1) for i, name in enumerate(HELDOUT_SETS)}
 PHOTOS = ("astronaut", "binary_blobs", "brick", "camera", "cell", "checkerboard", "chelsea", "clock", "coffee",
@@ -228,9 +229,14 @@ def heldout_set(name: str, n: int) -> list[tuple[object, list[tuple[str, str, st
     out: list[tuple[object, list[tuple[str, str, str]]]] = []
     counted = 0
     if name == "outside":
+        # 48 views only: a large set asks each view several chats of at most MAX_TURNS turns (training never goes
+        # past 4 turns, and 13 turns of the honest line would also fill the 512-token context)
         keys = [("photo", photo, crop) for crop in ("full", "centre") for photo in PHOTOS]
         per = -(-n // len(keys))
-        return [(key, outside_questions(HELDOUT_SEEDS.stop - 1 - i, per)) for i, key in enumerate(keys)]
+        for i, key in enumerate(keys):
+            questions = outside_questions(HELDOUT_SEEDS.stop - 1 - i, per)
+            out += [(key, questions[j:j + MAX_TURNS]) for j in range(0, per, MAX_TURNS)]
+        return out
     seed = _SET_START[name]
     while counted < n:
         if seed not in HELDOUT_SEEDS:
@@ -239,7 +245,7 @@ def heldout_set(name: str, n: int) -> list[tuple[object, list[tuple[str, str, st
         rng = np.random.default_rng([seed, 7])
         if name == "followup":
             pool = [q for q in all_questions(scene) if q[0] != "detail"]
-            turns = conversation(pool, rng, 4)
+            turns = conversation(pool, rng, MAX_TURNS)
             out.append((seed, turns))
             counted += len(turns) - 1
         elif name == "variants":

@@ -168,7 +168,14 @@ def openvino_chat_starter(folder: Path, compression: str, cache_dir=None, precis
 
     def start(picture):
         chat = engine.new_chat(picture)
-        return lambda question: chat.ask(question, max_new_tokens=CHAT_MAX_NEW_TOKENS).result().text
+
+        def ask(question: str) -> str:
+            try:
+                return chat.ask(question, max_new_tokens=CHAT_MAX_NEW_TOKENS).result().text
+            except MvlmError as error:  # e.g. the conversation is full: a wrong answer, not the end of the run
+                return f"[{error}]"
+
+        return ask
 
     return start
 

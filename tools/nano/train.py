@@ -81,10 +81,13 @@ class TrainConfig:
     eval_every: int = 1500
     eval_questions: int = 60
     # issue 14: classroom conversations
-    max_turns: int = 4  # a picture's questions are grouped into chats of 1..max_turns turns (loss on every answer)
+    max_turns: int = conversations.MAX_TURNS  # a picture's questions are grouped into chats of 1..max_turns turns
+    # (loss on every answer)
     outside_fraction: float = 0.08  # pictures from outside the shapes world (noise, drawings, gradients, textures)
     vary_fraction: float = 0.3  # questions re-spelled (color, case, no "?", "a" for "the")
     init: str = ""  # start from this checkpoint folder (its weights and tokenizer) instead of from scratch
+    first_picture: int = 0  # training pictures are TRAIN_SEEDS from this offset on: a continuation can start past
+    # the pictures the earlier runs drew (each run draws ~8 per step), so it sees new ones
 
 
 # --- tokenizer ---------------------------------------------------------------------------------
@@ -233,7 +236,7 @@ class Batches:
     def __init__(self, tokenizer: Tokenizer, config: TrainConfig):
         self.tokenizer, self.config = tokenizer, config
         self.rng = np.random.default_rng(config.seed)
-        self.next_seed = shapes.TRAIN_SEEDS.start
+        self.next_seed = shapes.TRAIN_SEEDS.start + config.first_picture
         self.cache: dict[tuple, tuple[list[int], tuple]] = {}
         self.weights = parse_weights(config.question_weights)
 
