@@ -99,7 +99,14 @@ class Engine:
         if self.ops_mode == "on" and self.ops_why:
             why = f" (language model: OpenVINO's, {self.ops_why})" if ours else f" ({self.ops_why})"
         label = self.manifest["compression"]["label"]
-        return f"{self.manifest['model_id']} [{label}] on {self.device} with {runs}{why}"
+        return f"{self.model_name} [{label}] on {self.device} with {runs}{why}"
+
+    @property
+    def model_name(self) -> str:
+        """The model as a class reads it: a checkpoint folder by its name (`nano`, `MobileVLM_V2-1.7B`), never
+        its path; a Hugging Face id or a preset as given."""
+        model_id = str(self.manifest["model_id"])
+        return Path(model_id).name if Path(model_id).expanduser().is_absolute() else model_id
 
     def new_chat(self, image=None, prepare: bool = True, own_cache: bool = False) -> ChatSession:
         """A conversation about `image`; the picture is made ready in the background meanwhile (`prepare`).
