@@ -40,6 +40,10 @@ class _Row:
     owner: weakref.ref | None = None  # the chat using it; None or dead: free
     used: float = 0.0  # when it was last given out (least recently used goes first)
 
+    @property
+    def free(self) -> bool:
+        return self.owner is None or self.owner() is None
+
 
 class CacheRows:
     """Cache rows 1..max_rows of the engine's language model, claimed by chats that decode together."""
@@ -56,7 +60,7 @@ class CacheRows:
         shared = text_before_image(ids)
         with self.freed:
             while True:
-                free = [row for row in self.rows if row.owner is None or row.owner() is None]
+                free = [row for row in self.rows if row.free]
                 if free or len(self.rows) < self.max_rows:
                     break
                 self.freed.wait(0.1)
@@ -84,7 +88,7 @@ class CacheRows:
 
     @property
     def in_use(self) -> int:
-        return sum(row.owner is not None and row.owner() is not None for row in self.rows)
+        return sum(not row.free for row in self.rows)
 
 
 @dataclass
@@ -96,7 +100,6 @@ class _Step:
     done: bool = False
     logits: np.ndarray | None = None
     error: BaseException | None = None
-    batch: int = 0  # how many rows the call that ran it held (for tests and the server's metrics)
 
 
 @dataclass
@@ -169,7 +172,7 @@ class Batcher:
                 logits = KVState.run_rows([step.kv for step in batch], pasts, embeds)  # (B, V)
                 for step, row in zip(batch, logits):
                     step.kv.advanced(step.owner, step.ids, step.picture)
-                    step.logits, step.batch = row.copy(), len(batch)
+                    step.logits = row.copy()
                 self.calls, self.rows = self.calls + 1, self.rows + len(batch)
                 self.seconds += time.perf_counter() - started
         except BaseException as error:  # each chat of the call meets it
