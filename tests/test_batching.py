@@ -139,3 +139,26 @@ def test_many_pictures_decode_together_and_come_back_in_order(nano_ours):
     assert [result.answer.text for result in results] == alone
     assert seen == results and [r.name for r in results[::2]] == [name for name, _ in pictures]
     assert (nano_ours.batcher.rows - rows) / (nano_ours.batcher.calls - calls) > 1.5
+
+
+def test_one_token_through_the_static_copy_equals_the_model_itself(nano_ours):
+    """kv_state.one_token_model: a copy with static shapes that shares the cache rows its prompts wrote."""
+    kv = nano_ours.kv
+    assert kv.step is not None and kv.width == nano_ours.context_length
+    width = nano_ours.text_embeddings.outputs[0].get_partial_shape()[-1].get_length()
+    rng = np.random.default_rng(0)
+    prompt = rng.standard_normal((1, 40, width)).astype(np.float32)
+    tokens = rng.standard_normal((6, 1, 1, width)).astype(np.float32)
+
+    def logits(static: bool) -> np.ndarray:
+        kept, kv.width = kv.width, kv.width if static else 0
+        try:
+            with nano_ours.lock:
+                kv.reset()
+                kv.run(prompt, 0)  # the prompt through the model itself, the tokens after it through either
+                return np.array([kv.run(token, 40 + i) for i, token in enumerate(tokens)])
+        finally:
+            kv.width = kept
+            kv.reset()
+
+    np.testing.assert_array_equal(logits(static=True), logits(static=False))

@@ -1,6 +1,7 @@
 """The key/value cache of the language model: whose tokens it holds, how many positions, and how it changes.
 
-One engine has one language-model request, so one cache, shared by all its chats. Two back ends keep the keys
+One engine has one language-model request, so one cache, shared by all its chats (with our operations, a second
+request of a one-token copy with static shapes reads and writes the same cache: `one_token_model`). Two back ends keep the keys
 and values: OpenVINO's variables (the stateful IR as exported) or our KVAttention operation (mvlm_magic/ops),
 which keeps them itself and reads how many positions are cached off the attention mask. This object is the
 only place that knows which ids are cached and for whom, and the only one that resets, truncates or feeds the
@@ -41,11 +42,31 @@ class Snapshot:
         return sum(array.nbytes for array in self.states.values())
 
 
+def one_token_model(model, width: int):
+    """A copy of the language model (an ov.Model with our KVAttention) for one new position of one cache row,
+    with static shapes: the attention mask `width` wide (the context), ending in zeros past the cached length.
+    Its KVAttention operations share the cache rows of `model`'s (a clone's share them), so it continues what
+    prompts through `model` wrote. Why: with dynamic shapes OpenVINO works out every node's shapes and memory
+    on every call, a few milliseconds of a ~25 ms decode step on two cores (docs/benchmarks.md)."""
+    copy = model.clone()
+    shapes = {"inputs_embeds": [1, 1, -1], "attention_mask": [1, width], "position_ids": [1, 1], "cache_rows": [1],
+              "beam_idx": [1]}
+    width_of = {port.get_any_name(): port.get_partial_shape() for port in copy.inputs}
+    shapes["inputs_embeds"][2] = width_of["inputs_embeds"][2].get_length()
+    copy.reshape({name: shape for name, shape in shapes.items() if name in width_of})
+    return copy
+
+
 class KVState:
     """The cache of one language-model request. Callers hold the engine's lock around every method."""
 
-    def __init__(self, request, num_image_tokens: int, row: int = 0):
+    def __init__(self, request, num_image_tokens: int, row: int = 0, step=None):
         self.request = request  # an ov.InferRequest of the language model
+        # an ov.InferRequest of its one-token copy (`one_token_model`, our KVAttention only; None: `request`)
+        self.step = step
+        self.width = 0  # the one-token copy's attention mask: the most positions it takes
+        if step is not None:
+            self.width = next(port for port in step.model_inputs if "attention_mask" in port.names).shape[1]
         self.num_image_tokens = num_image_tokens
         self.row = row  # the cache row of our KVAttention this state feeds (batching.py gives each chat its own)
         inputs = {name for port in request.model_inputs for name in port.names}
@@ -161,6 +182,8 @@ class KVState:
         The one place its inputs are built (also for benchmarks/quality.py and ops/measured.py); it does not update
         `ids`: `extend` does."""
         total = past + inputs_embeds.shape[1]
+        if inputs_embeds.shape[1] == 1 and total <= self.width:
+            return self._step(inputs_embeds, [past])[0].copy()
         self.request.infer({
             "inputs_embeds": inputs_embeds,
             "attention_mask": np.ones((1, total), dtype=np.int64),
@@ -179,6 +202,8 @@ class KVState:
         each state's ids (`advanced`); until then they match nothing, so a failed call means a re-fed prompt."""
         for state in states:
             state.ids, state.picture = [], None
+        if len(states) == 1 and pasts[0] < states[0].width:
+            return states[0]._step(inputs_embeds, pasts)
         width = max(pasts) + 1
         mask = (np.arange(width)[None] <= np.array(pasts)[:, None]).astype(np.int64)  # (B, width)
         request = states[0].request
@@ -192,6 +217,15 @@ class KVState:
             inputs["beam_idx"] = np.zeros(len(states), dtype=np.int32)
         request.infer(inputs)
         return request.get_tensor("logits").data[:, -1]  # (B, V)
+
+    def _step(self, inputs_embeds: np.ndarray, pasts: list[int]) -> np.ndarray:
+        """One new position (1, 1, C) after pasts[0] cached ones, through the one-token copy: logits (1, V)."""
+        mask = np.zeros((1, self.width), dtype=np.int64)
+        mask[0, : pasts[0] + 1] = 1
+        inputs = {"inputs_embeds": inputs_embeds, "attention_mask": mask,
+                  "position_ids": np.array([pasts], dtype=np.int64), **self.beam_inputs}
+        self.step.infer(inputs)
+        return self.step.get_tensor("logits").data[:, -1]  # (1, V)
 
 
 def common_prefix(a: list[int], b: list[int]) -> int:

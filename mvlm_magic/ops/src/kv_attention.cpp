@@ -144,7 +144,9 @@ void KVAttention::validate_and_infer_types() {
 }
 
 std::shared_ptr<ov::Node> KVAttention::clone_with_new_inputs(const ov::OutputVector& args) const {
-    return std::make_shared<KVAttention>(args);  // a fresh, empty cache
+    auto clone = std::make_shared<KVAttention>(args);
+    clone->rows_ = rows_;
+    return clone;
 }
 
 // One past the last position `mask` (L bytes) lets its query see; 0 if none.
@@ -170,6 +172,7 @@ bool KVAttention::evaluate(ov::TensorVector& outputs, const ov::TensorVector& in
                     " new positions, ", H, " heads, ", KV, " kv heads, head size ", D);
     const uint8_t* masks = static_cast<const uint8_t*>(mask.data());
     auto mask_row = [&](size_t b, size_t t) { return masks + ((ms[0] == 1 ? 0 : b) * ms[2] + (ms[2] == 1 ? 0 : t)) * L; };
+    std::vector<KVCache>& caches = *rows_;
     std::vector<size_t> row(B), length(B);
     for (size_t b = 0; b < B; ++b) {
         row[b] = inputs.size() > 5 ? cache_row(inputs[5], b) : b;
@@ -180,8 +183,8 @@ bool KVAttention::evaluate(ov::TensorVector& outputs, const ov::TensorVector& in
             OPENVINO_ASSERT(row[c] != row[b], "KVAttention: batch rows ", c, " and ", b, " both write cache row ", row[b]);
     }
     for (size_t b = 0; b < B; ++b) {
-        if (row[b] >= rows_.size()) rows_.resize(row[b] + 1);
-        KVCache& cache = rows_[row[b]];
+        if (row[b] >= caches.size()) caches.resize(row[b] + 1);
+        KVCache& cache = caches[row[b]];
         const size_t P = length[b] - T;
         if (cache.heads != KV || cache.dim != D) {  // a new shape starts the row again
             OPENVINO_ASSERT(P == 0, "KVAttention: a new cache shape needs a prompt from position 0, not ", P);
@@ -195,7 +198,7 @@ bool KVAttention::evaluate(ov::TensorVector& outputs, const ov::TensorVector& in
     const float *qs_ = q.data<const float>(), *ks_ = k.data<const float>(), *vs_ = v.data<const float>();
     ov::parallel_for(B * KV, [&](size_t bh) {
         const size_t b = bh / KV, h = bh % KV, P = length[b] - T;
-        KVCache& cache = rows_[row[b]];
+        KVCache& cache = caches[row[b]];
         to_f16(ks_ + bh * T * D, &cache.keys[cache.offset(h, P)], T * D);
         to_f16(vs_ + bh * T * D, &cache.values[cache.offset(h, P)], T * D);
     });
@@ -208,7 +211,7 @@ bool KVAttention::evaluate(ov::TensorVector& outputs, const ov::TensorVector& in
     ov::parallel_for(B * H * blocks, [&](size_t item) {
         const size_t b = item / (H * blocks), h = item / blocks % H, t = item % blocks * ROWS;
         const size_t rows = std::min(ROWS, T - t), kv = h / (H / KV), Lb = length[b];
-        const KVCache& cache = rows_[row[b]];
+        const KVCache& cache = caches[row[b]];
         thread_local Buffer<float> work;
         work.resize(ROWS * padded(Lb));
         const uint8_t* row_mask[ROWS];

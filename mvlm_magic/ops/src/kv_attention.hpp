@@ -14,10 +14,13 @@
 // writes positions L_b-T..L_b-1 of its cache row and attends over 0..L_b-1, so a conversation rewound to an
 // earlier position needs no call of its own, and conversations of different lengths decode in one call (the
 // engine's batched decoding, runtime/batching.py). Positions before L_b-T must have been written by earlier
-// calls, else it is an error. One set of cache rows per compiled operation: one infer request at a time.
+// calls, else it is an error. A clone shares the cache rows of the operation it was cloned from: the engine
+// decodes one token through a copy of the language model with static shapes (runtime/kv_state.py), reading the
+// rows its prompts wrote. One infer request at a time over all who share them.
 #pragma once
 
 #include "common.hpp"
+#include <memory>
 #include <vector>
 
 #include "openvino/op/op.hpp"
@@ -43,13 +46,14 @@ public:
     explicit KVAttention(const ov::OutputVector& args) : Op(args) { constructor_validate_and_infer_types(); }
 
     void validate_and_infer_types() override;
-    std::shared_ptr<ov::Node> clone_with_new_inputs(const ov::OutputVector& args) const override;  // an empty cache
+    std::shared_ptr<ov::Node> clone_with_new_inputs(const ov::OutputVector& args) const override;  // the same cache
     bool visit_attributes(ov::AttributeVisitor&) override { return true; }
     bool has_evaluate() const override { return true; }
     bool evaluate(ov::TensorVector& outputs, const ov::TensorVector& inputs) const override;
 
 private:
-    mutable std::vector<KVCache> rows_;  // by cache row
+    // by cache row; shared with clones (a pointer: evaluate is const, and clones must see the same rows)
+    std::shared_ptr<std::vector<KVCache>> rows_ = std::make_shared<std::vector<KVCache>>();
 };
 
 }  // namespace mvlm
