@@ -66,3 +66,14 @@ def test_quality_smoke_run(tmp_path):
     assert rows["fp32 (OpenVINO)"]["top1_agreement"] == 1.0 and rows["fp32 (OpenVINO)"]["mean_kl"] < 1e-4
     assert rows["int8 (OpenVINO)"]["positions"] == 4 * 47 and 0 < rows["int8 (OpenVINO)"]["perplexity"]
     assert rows["int8 (OpenVINO)"]["bits_per_weight"] > 8  # the weights and their scales
+
+
+def test_profile_step_smoke_run(exported):
+    """benchmarks/profile_step.py on the tiny int4 export: its batched steps run and, where `perf` can sample,
+    the samples are summed by what ran."""
+    script = RUN.parent / "profile_step.py"
+    run = subprocess.run([sys.executable, str(script), "--export", str(exported("v2", "int4")), "--rows", "2",
+                          "--context", "8", "--seconds", "1"], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "2 row(s), context 8-" in run.stdout and "family" in run.stdout
+    assert "step times only" in run.stdout or "ms of thread time a step" in run.stdout, run.stdout

@@ -1,11 +1,11 @@
 """The key/value cache of the language model: whose tokens it holds, how many positions, and how it changes.
 
 One engine has one language-model request, so one cache, shared by all its chats (with our operations, a second
-request of a one-token copy with static shapes reads and writes the same cache: `one_token_model`). Two back ends keep the keys
-and values: OpenVINO's variables (the stateful IR as exported) or our KVAttention operation (mvlm_magic/ops),
-which keeps them itself and reads how many positions are cached off the attention mask. This object is the
-only place that knows which ids are cached and for whom, and the only one that resets, truncates or feeds the
-cache, for both back ends.
+request of a one-token copy with static shapes reads and writes the same cache: `one_token_model`). Two back ends
+keep the keys and values: OpenVINO's variables (the stateful IR as exported) or our KVAttention operation
+(mvlm_magic/ops), which keeps them itself and reads how many positions are cached off the attention mask. This
+object is the only place that knows which ids are cached and for whom, and the only one that resets, truncates or
+feeds the cache, for both back ends.
 
 Reuse rules (`reusable`): a chat continues from every position of its own that matches its new prompt; another
 chat's cache is shared up to its picture (the text before it, BOS + system prompt + "USER:", is the same for
