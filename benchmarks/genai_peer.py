@@ -37,7 +37,7 @@ def build(checkpoint: Path, out: Path, compression: str = "int4") -> Path:
     ov_model.remove_parameter(old)
     ov_model.add_parameters([input_ids])  # beam_idx and the state initializers come from our exporter
     ov_model.validate_nodes_and_infer_types()
-    ov_model, _ = compress(ov_model, "language", Compression.parse(compression))
+    ov_model = compress(ov_model, "language", Compression.parse(compression))
     out.mkdir(parents=True, exist_ok=True)
     ov.save_model(ov_model, out / "openvino_model.xml")
     config = json.loads((checkpoint / "config.json").read_text())

@@ -127,6 +127,25 @@ def decode_steps(base: str) -> tuple[float, float, float]:
             values.get("mvlm_decode_step_seconds_total", 0.0))
 
 
+def peers(checkpoint: Path, work: Path, args) -> dict:
+    """genai's ContinuousBatchingPipeline on the same language model (text prompts of our prompt's 253 positions),
+    one client and N, each in a fresh process (benchmarks/batch_peer.py)."""
+    folder = run.build_genai(checkpoint, work, args.compression)
+    if folder is None:
+        return {}
+    rows = {}
+    for name, clients in (("alone", 1), ("together", args.clients)):
+        done = subprocess.run([sys.executable, str(Path(__file__).parent / "batch_peer.py"), str(folder),
+                               "--clients", str(clients), "--new-tokens", str(args.new_tokens),
+                               "--prompt-tokens", "253"], capture_output=True, text=True)
+        if done.returncode:
+            print(f"genai's ContinuousBatchingPipeline failed: {done.stderr.strip()[-300:]}")
+            return {}
+        rows[name] = json.loads(done.stdout.strip().splitlines()[-1])
+    rows["ratio_tokens_per_s"] = round(rows["together"]["tokens_per_s"] / rows["alone"]["tokens_per_s"], 2)
+    return {"genai ContinuousBatchingPipeline": rows}
+
+
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tiny", action="store_true")
@@ -136,6 +155,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--max-batch", type=int, default=16)
     parser.add_argument("--work", type=Path, default=Path("/tmp/mvlm-bench"))
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--skip-peers", action="store_true", help="not genai's ContinuousBatchingPipeline")
     args = parser.parse_args(argv)
     import openai
 
@@ -180,6 +200,8 @@ def main(argv=None) -> dict:
     finally:
         server.terminate()
         server.wait(30)
+    if not args.skip_peers:
+        report["peers"] = peers(checkpoint, work, args)
     alone, many = report["alone"], report["together"]
     report["ratios"] = {
         "batched_tokens_per_s": round(many["batched_tokens_per_s"] / alone["batched_tokens_per_s"], 2)
@@ -197,6 +219,11 @@ def main(argv=None) -> dict:
               f"{row['batched_tokens_per_s']} | {row['mean_batch']} | {row['first_token_p50_s']} / "
               f"{row['first_token_p95_s']} | {row['failed']} | {row['peak_rss_mb']} |")
     print("ratios (N together / one alone):", report["ratios"])
+    for name, rows in report.get("peers", {}).items():
+        one, all_ = rows["alone"], rows["together"]
+        print(f"{name}, text only: {all_['clients']} together {all_['tokens_per_s']} tokens/s (all), "
+              f"{all_.get('decode_tokens_per_s')} decoding; one alone {one['tokens_per_s']} / "
+              f"{one.get('decode_tokens_per_s')}; ratio {rows['ratio_tokens_per_s']} (all)")
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / "serve_load.json").write_text(json.dumps(report, indent=2))
