@@ -128,22 +128,33 @@ def decode_steps(base: str) -> tuple[float, float, float]:
 
 
 def peers(checkpoint: Path, work: Path, args) -> dict:
-    """genai's ContinuousBatchingPipeline on the same language model (text prompts of our prompt's 253 positions),
-    one client and N, each in a fresh process (benchmarks/batch_peer.py)."""
+    """The same language model (text prompts of our prompt's 253 positions) through genai's
+    ContinuousBatchingPipeline and llama.cpp's parallel sequences (Q4_0), one client and N, each in a fresh process
+    (benchmarks/batch_peer.py); a peer whose package is not installed is left out."""
+    candidates = []
     folder = run.build_genai(checkpoint, work, args.compression)
-    if folder is None:
-        return {}
-    rows = {}
-    for name, clients in (("alone", 1), ("together", args.clients)):
-        done = subprocess.run([sys.executable, str(Path(__file__).parent / "batch_peer.py"), str(folder),
-                               "--clients", str(clients), "--new-tokens", str(args.new_tokens),
-                               "--prompt-tokens", "253"], capture_output=True, text=True)
-        if done.returncode:
-            print(f"genai's ContinuousBatchingPipeline failed: {done.stderr.strip()[-300:]}")
-            return {}
-        rows[name] = json.loads(done.stdout.strip().splitlines()[-1])
-    rows["ratio_tokens_per_s"] = round(rows["together"]["tokens_per_s"] / rows["alone"]["tokens_per_s"], 2)
-    return {"genai ContinuousBatchingPipeline": rows}
+    if folder is not None:
+        candidates.append(("genai ContinuousBatchingPipeline", "genai", folder))
+    q4_0 = run.build_gguf(checkpoint, work).get("llamacpp Q4_0")
+    if q4_0 is not None:
+        candidates.append(("llama.cpp Q4_0, parallel sequences", "llamacpp", q4_0))
+    report = {}
+    for name, kind, path in candidates:
+        rows = {}
+        for label, clients in (("alone", 1), ("together", args.clients)):
+            done = subprocess.run([sys.executable, str(Path(__file__).parent / "batch_peer.py"), kind, str(path),
+                                   "--clients", str(clients), "--new-tokens", str(args.new_tokens),
+                                   "--prompt-tokens", "253"], capture_output=True, text=True)
+            if done.returncode:
+                print(f"{name} failed: {done.stderr.strip()[-300:]}")
+                break
+            rows[label] = json.loads(done.stdout.strip().splitlines()[-1])
+        else:
+            rows["ratio_tokens_per_s"] = round(rows["together"]["tokens_per_s"] / rows["alone"]["tokens_per_s"], 2)
+            one, all_ = rows["alone"].get("decode_tokens_per_s"), rows["together"].get("decode_tokens_per_s")
+            rows["ratio_decode"] = round(all_ / one, 2) if one and all_ else None
+            report[name] = rows
+    return report
 
 
 def main(argv=None) -> dict:
@@ -155,7 +166,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--max-batch", type=int, default=16)
     parser.add_argument("--work", type=Path, default=Path("/tmp/mvlm-bench"))
     parser.add_argument("--out", type=Path, default=None)
-    parser.add_argument("--skip-peers", action="store_true", help="not genai's ContinuousBatchingPipeline")
+    parser.add_argument("--skip-peers", action="store_true", help="not genai's and llama.cpp's batched decoding")
     args = parser.parse_args(argv)
     import openai
 
@@ -223,7 +234,8 @@ def main(argv=None) -> dict:
         one, all_ = rows["alone"], rows["together"]
         print(f"{name}, text only: {all_['clients']} together {all_['tokens_per_s']} tokens/s (all), "
               f"{all_.get('decode_tokens_per_s')} decoding; one alone {one['tokens_per_s']} / "
-              f"{one.get('decode_tokens_per_s')}; ratio {rows['ratio_tokens_per_s']} (all)")
+              f"{one.get('decode_tokens_per_s')}; ratios {rows['ratio_tokens_per_s']} (all), {rows['ratio_decode']} "
+              "(decoding)")
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / "serve_load.json").write_text(json.dumps(report, indent=2))
