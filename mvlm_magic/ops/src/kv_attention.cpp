@@ -196,20 +196,17 @@ bool KVAttention::evaluate(ov::TensorVector& outputs, const ov::TensorVector& in
         cache.filled = length[b];
     }
     const float *qs_ = q.data<const float>(), *ks_ = k.data<const float>(), *vs_ = v.data<const float>();
-    ov::parallel_for(B * KV, [&](size_t bh) {
+    auto write = [&](size_t bh) {  // batch row b's new keys and values of kv head h into its cache row
         const size_t b = bh / KV, h = bh % KV, P = length[b] - T;
         KVCache& cache = caches[row[b]];
         to_f16(ks_ + bh * T * D, &cache.keys[cache.offset(h, P)], T * D);
         to_f16(vs_ + bh * T * D, &cache.values[cache.offset(h, P)], T * D);
-    });
-
+    };
     outputs[0].set_shape(qs);
     float* out = outputs[0].data<float>();
     const float scale = *inputs[4].data<const float>();
     constexpr size_t ROWS = 4;
-    const size_t blocks = (T + ROWS - 1) / ROWS;
-    ov::parallel_for(B * H * blocks, [&](size_t item) {
-        const size_t b = item / (H * blocks), h = item / blocks % H, t = item % blocks * ROWS;
+    auto attend_rows = [&](size_t b, size_t h, size_t t) {  // query rows t.. (up to ROWS) of head h, batch row b
         const size_t rows = std::min(ROWS, T - t), kv = h / (H / KV), Lb = length[b];
         const KVCache& cache = caches[row[b]];
         thread_local Buffer<float> work;
@@ -225,7 +222,20 @@ bool KVAttention::evaluate(ov::TensorVector& outputs, const ov::TensorVector& in
         else
             for (size_t r = 0; r < rows; ++r)
                 attend<1>(here + r * D, keys, values, row_mask + r, Lb, D, scale, there + r * D, work.data());
-    });
+    };
+    if (T == 1) {  // a decode step: a kv head's write and its heads' attention in one item, one parallel region
+        ov::parallel_for(B * KV, [&](size_t bh) {
+            write(bh);
+            const size_t group = H / KV, first = bh % KV * group;
+            for (size_t h = first; h < first + group; ++h) attend_rows(bh / KV, h, 0);
+        });
+    } else {  // a prompt: every write first, then blocks of query rows (a causal prompt's later rows see more)
+        const size_t blocks = (T + ROWS - 1) / ROWS;
+        ov::parallel_for(B * KV, write);
+        ov::parallel_for(B * H * blocks, [&](size_t item) {
+            attend_rows(item / (H * blocks), item / blocks % H, item % blocks * ROWS);
+        });
+    }
     return true;
 }
 
