@@ -55,8 +55,9 @@ class CacheRows:
 
     def claim(self, owner, ids: list[int], picture: str | None = None) -> KVState:
         """A free row for `owner`, whose prompt is `ids` about `picture` (waits while all `max_rows` are in use):
-        one whose whole conversation `ids` continue, else a new row (rows holding other conversations are kept
-        for their own follow-ups), else the one holding most of `ids`, else the least recently used."""
+        one whose conversation `ids` continue (its whole ids, or its whole last prompt: the answer after it, sent
+        back as text, may tokenize otherwise), else a new row (rows holding other conversations are kept for their
+        own follow-ups), else the one holding most of `ids`, else the least recently used."""
         shared = text_before_image(ids)
         with self.freed:
             while True:
@@ -66,7 +67,9 @@ class CacheRows:
                 self.freed.wait(0.1)
             held = {id(row): row.kv.reusable(None, ids + [0], picture) for row in free}
             best = max(free, key=lambda row: held[id(row)], default=None)
-            if best is not None and held[id(best)] > shared and held[id(best)] == len(best.kv.ids):
+            continued = best is not None and held[id(best)] > shared and (
+                held[id(best)] == len(best.kv.ids) or held[id(best)] >= best.kv.prompt_end > 0)
+            if continued:
                 row = best
             elif len(self.rows) < self.max_rows:
                 row = _Row(self.kv.another_row(len(self.rows) + 1))

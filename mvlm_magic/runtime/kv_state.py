@@ -76,13 +76,16 @@ class KVState:
         self.owner = None  # the chat whose ids are cached (None: nobody's; the text before a picture is shared)
         self.ids: list[int] = []  # the cached ids; IMAGE_TOKEN_INDEX stands for a picture's positions
         self.picture: str | None = None  # the key of the picture whose features those positions hold
+        # how many of `ids` were the last prompt (the rest: the answer generated after it); a client that sends the
+        # answer back as text may tokenize it otherwise, but still continues this prompt (batching.py)
+        self.prompt_end = 0
         self.copyable = bool(request.query_state())  # OpenVINO's variables; KVAttention's cache has none
 
     def another_row(self, row: int) -> KVState:
         """An empty state of the same request feeding cache row `row` (batching.py)."""
         other = KVState.__new__(KVState)
         other.__dict__.update(self.__dict__)
-        other.row, other.owner, other.ids, other.picture = row, None, [], None
+        other.row, other.owner, other.ids, other.picture, other.prompt_end = row, None, [], None, 0
         other.beam_inputs = {**self.beam_inputs, "cache_rows": np.array([row], dtype=np.int64)}
         return other
 
@@ -97,7 +100,7 @@ class KVState:
 
     def reset(self) -> None:
         self.request.reset_state()
-        self.owner, self.ids, self.picture = None, [], None
+        self.owner, self.ids, self.picture, self.prompt_end = None, [], None, 0
 
     def release(self, owner) -> None:
         """`owner` will not continue: its cache may still be shared up to its picture."""
@@ -133,7 +136,7 @@ class KVState:
         elif kept < held:
             self._truncate(kept)
         logits = self.run(embed(ids[cached:]), kept)
-        self.owner, self.ids = owner, list(ids)
+        self.owner, self.ids, self.prompt_end = owner, list(ids), len(ids)
         self.picture = picture if IMAGE_TOKEN_INDEX in ids else None
         return logits
 
