@@ -105,6 +105,9 @@ def build_parser() -> argparse.ArgumentParser:
     ray.add_argument("--max-replicas", type=int, default=None,
                      help="autoscaling: at most (default: as many as the cluster's CPUs hold)")
     ray.add_argument("--replica-cpus", type=int, default=None, help="cores each replica reserves and uses (2)")
+    ray.add_argument("--sticky-sessions", action="store_const", const=True, default=None,
+                     help="requests with the same x-session-id header (%%mvlm_load --server sends one per "
+                          "conversation) go to the same replica, which keeps the conversation's KV cache")
     return parser
 
 
@@ -224,7 +227,7 @@ def run_serve(args) -> None:
     run(engine, settings)
 
 
-RAY_OPTIONS = ("replicas", "min_replicas", "max_replicas", "replica_cpus")
+RAY_OPTIONS = ("replicas", "min_replicas", "max_replicas", "replica_cpus", "sticky_sessions")
 RAY_ADDRESS_SCHEMES = ("ray://", "http://", "https://")
 
 

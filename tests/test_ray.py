@@ -23,7 +23,7 @@ httpx = pytest.importorskip("httpx")
 
 from test_serve import free_port  # noqa: E402  (after the skips: without ray there is nothing to import for)
 
-QUESTION = "Describe the picture in every detail."
+QUESTION, FOLLOW_UP = "How many shapes are there?", "Describe the picture in every detail."
 TOKENS = 40
 HEADER = "x-mvlm-replica"
 
@@ -38,17 +38,22 @@ def data_url(image) -> str:
 def pictures():
     from mvlm_magic.demo import shapes
 
-    return [shapes.render(shapes.make_scene(seed)) for seed in shapes.HELDOUT_SEEDS[30:38]]
+    return [shapes.render(shapes.make_scene(seed)) for seed in shapes.HELDOUT_SEEDS[30:39]]  # 8, and one more
 
 
 @pytest.fixture(scope="module")
 def expected(pictures, cache_dir):
-    """The local engine's greedy answers (this also makes the export the server then finds in the cache)."""
+    """The local engine's greedy answers, two turns a picture (this also makes the export the server then finds
+    in the cache)."""
     from mvlm_magic.demo import bundled_model
     from mvlm_magic.loader import load_engine
 
     local = load_engine(bundled_model(), "int4", cache_dir=cache_dir)
-    return [local.ask(picture, QUESTION, max_new_tokens=TOKENS).text for picture in pictures]
+    answers = []
+    for picture in pictures:
+        chat = local.new_chat(picture, prepare=False)
+        answers.append([chat.ask(q, max_new_tokens=TOKENS).result().text for q in (QUESTION, FOLLOW_UP)])
+    return answers
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +71,7 @@ def proxy(cluster, expected, cache_dir, tmp_path_factory):
     log = tmp_path_factory.mktemp("ray") / "server.log"
     port = free_port()
     command = [sys.executable, "-m", "mvlm_magic.cli", "serve", "nano", "--ray", cluster, "--replicas", "2",
-               "--replica-cpus", "1", "--port", str(port), "--cache-dir", str(cache_dir)]
+               "--replica-cpus", "1", "--sticky-sessions", "--port", str(port), "--cache-dir", str(cache_dir)]
     with open(log, "w") as out:
         process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
@@ -95,40 +100,74 @@ def client_for(url, statuses=None, retries=0):
                          http_client=httpx.Client(timeout=120, event_hooks=hooks))
 
 
-def ask(client, picture, stream=False) -> tuple[str, str]:
-    """(the answer, the replica that gave it)."""
+def ask(client, picture, stream=False, first_answer=None, session=None) -> tuple[str, str]:
+    """(the answer, the replica that gave it): QUESTION about the picture, or with `first_answer`, the FOLLOW_UP."""
     messages = [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": data_url(picture)}},
                                              {"type": "text", "text": QUESTION}]}]
-    raw = client.chat.completions.with_raw_response.create(model="nano", messages=messages, max_tokens=TOKENS,
-                                                            stream=stream)
+    if first_answer is not None:
+        messages += [{"role": "assistant", "content": first_answer}, {"role": "user", "content": FOLLOW_UP}]
+    raw = client.chat.completions.with_raw_response.create(
+        model="nano", messages=messages, max_tokens=TOKENS, stream=stream,
+        extra_headers={"x-session-id": session} if session else None)
     reply = raw.parse()
     text = "".join(c.choices[0].delta.content or "" for c in reply) if stream else reply.choices[0].message.content
     return text, raw.headers[HEADER]
 
 
-def test_two_replicas_answer_as_the_local_engine_and_share_the_requests(proxy, pictures, expected):
+def test_two_replicas_answer_as_the_local_engine_and_keep_each_conversation(proxy, pictures, expected):
+    """16 two-turn conversations at once (two about each picture), each with a session id of its own: both
+    replicas answer, every answer is the local engine's, and each follow-up goes to its conversation's replica."""
     client = client_for(proxy)
-    results = [None] * len(pictures)
-    start = threading.Barrier(len(pictures))
+    results = [None] * 16
+    start = threading.Barrier(16)
 
-    def one(i):
+    def converse(k):
+        picture, session = pictures[k % 8], f"student-{k}"
         start.wait()
-        results[i] = ask(client, pictures[i], stream=i % 2 == 0)
+        first, one = ask(client, picture, stream=k % 2 == 0, session=session)
+        second, two = ask(client, picture, first_answer=first, session=session)
+        results[k] = ([first, second], one, two)
 
-    threads = [threading.Thread(target=one, args=(i,)) for i in range(len(pictures))]
+    threads = [threading.Thread(target=converse, args=(k,)) for k in range(16)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join(120)
-    assert [text for text, _ in results] == expected
-    assert len({replica for _, replica in results}) == 2, results  # both replicas answered
+    assert [answers for answers, _, _ in results] == [expected[k % 8] for k in range(16)]
+    assert all(one == two for _, one, two in results), results  # a follow-up finds its conversation's replica
+    assert len({one for _, one, _ in results}) == 2, results  # both replicas answered
     assert [m.id for m in client.models.list()] == ["nano"]
     health = httpx.get(f"{proxy}/health")
     assert health.json() == {"status": "ok", "model": "nano"} and health.headers[HEADER].startswith("SERVE_REPLICA")
-    metrics = httpx.get(f"{proxy}/metrics")  # one replica's own counters, named in the header
-    assert 'mvlm_requests_total{outcome="ok"}' in metrics.text and metrics.headers[HEADER]
+    # a replica's own counters (the session's replica): its follow-ups fed only their new turn
+    metrics = httpx.get(f"{proxy}/metrics", headers={"x-session-id": "student-0"})
+    assert metrics.headers[HEADER] == results[0][1]
+    fed, prompt = (metric(metrics.text, name) for name in ("mvlm_prefill_tokens_total", "mvlm_prompt_tokens_total"))
+    assert fed < prompt * 0.75
     refused = httpx.post(f"{proxy}/v1/chat/completions", json={"model": "gpt-4o", "messages": []})
     assert refused.status_code == 404 and refused.json()["error"]["code"] == "model_not_found"
+
+
+def test_the_notebook_client_keeps_its_conversation_on_one_replica(proxy, pictures, expected):
+    """RemoteEngine (`%mvlm_load --server`) sends a session id per conversation: its follow-up is answered by the
+    replica that holds the conversation, feeding only the new turn."""
+    from mvlm_magic.runtime.remote import RemoteEngine
+
+    chat = RemoteEngine(proxy, "nano").new_chat(pictures[8])  # a picture no replica has seen
+    assert chat.ask(QUESTION, max_new_tokens=TOKENS).result().text == expected[8][0]
+
+    def replica_fed():  # the counters of the session's replica
+        return metric(httpx.get(f"{proxy}/metrics", headers={"x-session-id": chat.session}).text,
+                      "mvlm_prefill_tokens_total")
+
+    before = replica_fed()
+    follow_up = chat.ask(FOLLOW_UP, max_new_tokens=TOKENS).result()
+    assert follow_up.text == expected[8][1]
+    assert replica_fed() - before < follow_up.timings.prompt_tokens - 144  # the picture's 144 were not fed again
+
+
+def metric(text: str, name: str) -> float:
+    return float(next(line.split()[-1] for line in text.splitlines() if line.startswith(name + " ")))
 
 
 def test_a_killed_replica_is_replaced_and_no_request_is_lost(proxy, pictures, expected):
@@ -137,7 +176,12 @@ def test_a_killed_replica_is_replaced_and_no_request_is_lost(proxy, pictures, ex
     statuses: list[tuple[int, bytes]] = []
     client = client_for(proxy, statuses, retries=3)
     answered: list[tuple[int, str, str]] = []
-    seen = {ask(client, pictures[i])[1] for i in range(4)}  # the replicas before the kill
+    seen = set()  # the replicas before the kill
+    for i in range(40):
+        seen.add(ask(client, pictures[i % 8])[1])
+        if len(seen) == 2:
+            break
+    assert len(seen) == 2, seen
     done, replaced = threading.Event(), threading.Event()
     failures = []
 
@@ -145,11 +189,11 @@ def test_a_killed_replica_is_replaced_and_no_request_is_lost(proxy, pictures, ex
         i = k
         while not done.is_set():
             try:
-                text, replica = ask(client, pictures[i % len(pictures)])
+                text, replica = ask(client, pictures[i % 8])  # no session: any replica
             except openai.APIError as error:  # lost: after its retries, still no answer
                 failures.append(repr(error))
                 continue
-            answered.append((i % len(pictures), text, replica))
+            answered.append((i % 8, text, replica))  # (the picture, its answer, who answered)
             if replica not in seen:
                 replaced.set()
             i += 4
@@ -167,7 +211,7 @@ def test_a_killed_replica_is_replaced_and_no_request_is_lost(proxy, pictures, ex
         thread.join(60)
     assert replaced.is_set(), f"no new replica answered in 90 s; answers by {sorted({a[2] for a in answered})}"
     assert not failures, failures
-    assert [text for i, text, _ in answered] == [expected[i] for i, _, _ in answered]
+    assert [text for _, text, _ in answered] == [expected[i][0] for i, _, _ in answered]
     assert len(answered) > before + 4  # answered on through the kill, not only before it
     retried = [body for status, body in statuses if status >= 500]
     print(f"{len(answered)} answers, {len(retried)} retried after a 5xx: {set(retried)}")
@@ -203,5 +247,8 @@ def test_ray_serve_options_follow_the_batch_and_the_cluster():
     scaled = Scaling(replica_cpus=4).options(max_batch=16, cluster_cpus=64)["autoscaling_config"]
     assert scaled == {"min_replicas": 1, "max_replicas": 16, "target_ongoing_requests": 8}  # 64 CPUs / 4
     assert Scaling(min_replicas=2, max_replicas=5).options(8, None)["autoscaling_config"]["max_replicas"] == 5
+    assert "request_router_config" not in fixed  # Ray's own: the shorter of two replicas' queues
+    assert Scaling(sticky_sessions=True).options(8, 4)["request_router_config"]["request_router_class"] \
+        .endswith("ConsistentHashRouter")
     with pytest.raises(MvlmError, match="unknown args replica"):
         build({"replica": 2})

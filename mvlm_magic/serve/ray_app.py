@@ -27,17 +27,22 @@ from .settings import Settings, served_name
 
 APP = "mvlm"  # the application's and the deployment's name on the cluster
 REPLICA_HEADER = b"x-mvlm-replica"
+STICKY_ROUTER = "ray.serve.experimental.consistent_hash_router.ConsistentHashRouter"  # on x-session-id (Ray 2.60)
 HEALTH_CHECK_SECONDS = 2.0  # how often Ray checks a replica: a dead one is replaced within seconds, not Ray's 10
 
 
 @dataclass(frozen=True)
 class Scaling:
-    """How many replicas, and the cores each reserves (and OpenVINO uses: replicas on one node do not fight)."""
+    """How many replicas, the cores each reserves (and OpenVINO uses: replicas on one node do not fight), and how a
+    request finds one."""
 
     replicas: int | None = None  # a fixed number, or autoscaling between the two below
     min_replicas: int | None = None  # None: 1 (never 0: a class would wait for a cold replica to load)
     max_replicas: int | None = None  # None: as many as the cluster's CPUs hold
     replica_cpus: int = 2
+    # requests with the same x-session-id header go to the same replica (Ray's consistent-hash router), so a
+    # follow-up finds its conversation's KV cache; without it, Ray picks the shorter of two replicas' queues
+    sticky_sessions: bool = False
 
     def __post_init__(self):
         if self.replicas is not None and (self.min_replicas, self.max_replicas) != (None, None):
@@ -63,6 +68,8 @@ class Scaling:
         options = {"max_ongoing_requests": max_batch,  # a replica answers its batch; the rest queue in the proxy
                    "ray_actor_options": {"num_cpus": self.replica_cpus},
                    "health_check_period_s": HEALTH_CHECK_SECONDS}
+        if self.sticky_sessions:
+            options["request_router_config"] = {"request_router_class": STICKY_ROUTER}
         if self.replicas is not None:
             return {**options, "num_replicas": self.replicas}
         least = self.min_replicas or 1
