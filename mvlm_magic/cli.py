@@ -100,11 +100,13 @@ def build_parser() -> argparse.ArgumentParser:
     ray.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
                      help="serve on Ray: no ADDRESS starts a local Ray instance; `auto`, HOST:6379 or "
                           "ray://HOST:10001 joins a cluster (name MODEL before --ray)")
-    ray.add_argument("--replicas", type=int, default=None, help="a fixed number of replicas")
-    ray.add_argument("--min-replicas", type=int, default=None, help="autoscaling on queue length: at least (1)")
-    ray.add_argument("--max-replicas", type=int, default=None,
+    ray.add_argument("--replicas", type=int, default=None, metavar="N", help="a fixed number of replicas")
+    ray.add_argument("--min-replicas", type=int, default=None, metavar="N",
+                     help="autoscaling on queue length: at least (1)")
+    ray.add_argument("--max-replicas", type=int, default=None, metavar="N",
                      help="autoscaling: at most (default: as many as the cluster's CPUs hold)")
-    ray.add_argument("--replica-cpus", type=int, default=None, help="cores each replica reserves and uses (2)")
+    ray.add_argument("--replica-cpus", type=int, default=None, metavar="N",
+                     help="cores each replica reserves and uses (2)")
     ray.add_argument("--sticky-sessions", action="store_const", const=True, default=None,
                      help="requests with the same x-session-id header (%%mvlm_load --server sends one per "
                           "conversation) go to the same replica, which keeps the conversation's KV cache")
