@@ -6,6 +6,7 @@
     mvlm list | mvlm delete KEY
     mvlm demo                      # a generated picture, a question, a streamed answer
     mvlm serve [MODEL] [--host 127.0.0.1] [--port 8000] [--api-key KEY] [--pictures-folder DIR]  # OpenAI API
+    mvlm serve [MODEL] --ray [ADDRESS] [--replicas N | --min-replicas A --max-replicas B]        # on Ray Serve
 
 Bad input ends with one line on stderr and exit code 2; no traceback.
 """
@@ -95,6 +96,20 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-tokens", type=int, default=1024, help="the most tokens a request may ask for")
     serve.add_argument("--max-batch", type=int, default=16,
                        help="requests answered at once, their tokens decoded together (default: 16)")
+    ray = serve.add_argument_group("Ray Serve (the ray extra): replicas across a Ray cluster behind Ray's proxy")
+    ray.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
+                     help="serve on Ray: no ADDRESS starts a local Ray instance; `auto`, HOST:6379 or "
+                          "ray://HOST:10001 joins a cluster (name MODEL before --ray)")
+    ray.add_argument("--replicas", type=int, default=None, metavar="N", help="a fixed number of replicas")
+    ray.add_argument("--min-replicas", type=int, default=None, metavar="N",
+                     help="autoscaling on queue length: at least (1)")
+    ray.add_argument("--max-replicas", type=int, default=None, metavar="N",
+                     help="autoscaling: at most (default: as many as the cluster's CPUs hold)")
+    ray.add_argument("--replica-cpus", type=int, default=None, metavar="N",
+                     help="cores each replica reserves and uses (2)")
+    ray.add_argument("--sticky-sessions", action="store_const", const=True, default=None,
+                     help="requests with the same x-session-id header (%%mvlm_load --server sends one per "
+                          "conversation) go to the same replica, which keeps the conversation's KV cache")
     return parser
 
 
@@ -201,14 +216,55 @@ def run_serve(args) -> None:
             from None
     from .loader import load_engine
     from .serve import Settings
+    from .serve.settings import served_name
 
-    name = args.name or (Path(str(args.model)).name if Path(str(args.model)).exists() else str(args.model))
-    settings = Settings(model_name=name, host=args.host, port=args.port, api_key=args.api_key,
-                        pictures_folder=args.pictures_folder, max_tokens=args.max_tokens,
+    scaling = ray_scaling(args)  # bad Ray options fail first, before any import of ray
+    settings = Settings(model_name=args.name or served_name(args.model), host=args.host, port=args.port,
+                        api_key=args.api_key, pictures_folder=args.pictures_folder, max_tokens=args.max_tokens,
                         max_batch=args.max_batch)  # checked before loading
+    if scaling is not None:
+        return run_serve_on_ray(args, settings, scaling)
     engine = load_engine(args.model, args.compression, args.device, args.precision, group_size=args.group_size,
                          ratio=args.ratio, cache_dir=args.cache_dir, progress=stderr_progress)
     run(engine, settings)
+
+
+RAY_OPTIONS = ("replicas", "min_replicas", "max_replicas", "replica_cpus", "sticky_sessions")
+RAY_ADDRESS_SCHEMES = ("ray://", "http://", "https://")
+
+
+def ray_scaling(args):
+    """The replicas asked for with --ray (a `Scaling`), None without --ray; one line for a wrong combination."""
+    given = {name: getattr(args, name) for name in RAY_OPTIONS if getattr(args, name) is not None}
+    if args.ray is None:
+        if given:
+            raise MvlmError(f"--{next(iter(given)).replace('_', '-')} is for serving on Ray; add --ray [ADDRESS].")
+        return None
+    address = args.ray
+    if address and address != "auto" and not address.startswith(RAY_ADDRESS_SCHEMES) \
+            and not address.rpartition(":")[2].isdigit():
+        raise MvlmError(f"--ray takes a Ray address (auto, HOST:6379 or ray://HOST:10001), not {address!r}; "
+                        "name the model before --ray (mvlm serve MODEL --ray).")
+    try:
+        from .serve.ray_app import Scaling
+    except ImportError as err:
+        raise MvlmError(f"serving on Ray needs the ray extra ({err.name} is missing): "
+                        "pip install 'mvlm-magic[serve,ray]'") from None
+    return Scaling(**given)
+
+
+def run_serve_on_ray(args, settings, scaling) -> None:
+    import os
+
+    from .loader import prepare_export
+    from .serve import ray_app
+
+    if not args.ray:  # a local instance has this machine's cores and no more
+        scaling.check_fits(os.cpu_count() or 1)
+    folder = prepare_export(args.model, args.compression, args.device, args.precision, group_size=args.group_size,
+                            ratio=args.ratio, cache_dir=args.cache_dir, progress=stderr_progress)  # once, here
+    ray_app.run(args.ray or None, settings, lambda: ray_app.application(
+        folder, settings, scaling, args.device, args.precision, args.cache_dir))
 
 
 HANDLERS = {"export": run_export, "ask": run_ask, "list": run_list, "delete": run_delete, "demo": run_demo,

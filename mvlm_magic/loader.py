@@ -72,6 +72,24 @@ def load_engine(model=None, compression: str | Compression = "int4", device: str
     return engine
 
 
+def prepare_export(model, compression: str | Compression = "int4", device: str = "CPU", precision: str = "auto", *,
+                   group_size: int | None = None, ratio: float | None = None, cache_dir: Path | str | None = None,
+                   revision: str | None = None, progress: Progress = no_progress) -> Path:
+    """The export folder, made now if missing, with what compiling it needs made too (our operations' library and
+    the export's copies with them, `ops.select`): the replicas of a server started after it only compile, and none
+    exports or copies at the same time as another."""
+    from .ops import select
+
+    if str(model) == BUNDLED_NAME:
+        model = bundled_model()
+    if isinstance(compression, str):
+        compression = Compression.parse(compression, group_size, ratio)
+    cache_dir = Path(cache_dir or default_cache_dir())
+    folder, _ = find_or_export(model, compression, cache_dir, revision, progress)
+    select(folder, "auto", check_device(device), precision, cache_dir)
+    return folder
+
+
 def preset_names() -> list[str]:
     """The short model names `load_engine` understands (nano, mobilevlm-v2-1.7b, ...), for pickers."""
     return [BUNDLED_NAME, *PRESETS]

@@ -19,6 +19,7 @@ import base64
 import io
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 
 from ..errors import MvlmError
@@ -28,6 +29,7 @@ from .sampling import GenerationConfig
 
 FINISH = {"stop": "eos", "length": "max_new_tokens", "content_filter": "stopped"}  # the API's -> Answer's
 TIMEOUT_S = 600.0
+SESSION_HEADER = "x-session-id"  # one per conversation: Ray Serve's session affinity (serve/ray_app.py)
 
 
 def picture_url(image) -> str:
@@ -88,6 +90,9 @@ class RemoteChat:
         self.engine, self.image = engine, image
         self.history: list[tuple[str, str]] = []
         self._url: str | None = None  # the picture as a data: URL, made at the first question
+        # sent with each question: behind Ray Serve with --sticky-sessions, a follow-up reaches the replica that keeps
+        # this conversation's KV cache (other servers ignore the header)
+        self.session = uuid.uuid4().hex
 
     def ask(self, question: str, config: GenerationConfig | None = None, stop_event: threading.Event | None = None,
             **options) -> RemoteStream:
@@ -153,7 +158,7 @@ class RemoteStream:
         try:
             self._response = chat.engine.client.chat.completions.create(
                 model=chat.engine.model, messages=chat.messages(self.question), stream=True,
-                stream_options={"include_usage": True}, **options)
+                stream_options={"include_usage": True}, extra_headers={SESSION_HEADER: chat.session}, **options)
             for chunk in self._response:
                 if self.stop_event.is_set():
                     break

@@ -39,3 +39,8 @@ class Settings:
                 raise MvlmError(f"{name} must be at least 1, not {getattr(self, name)}.")
         if self.default_max_tokens > self.max_tokens:
             object.__setattr__(self, "default_max_tokens", self.max_tokens)
+
+
+def served_name(model) -> str:
+    """The `model` id clients send when none is given: a folder's name (never its path), else the name as given."""
+    return Path(str(model)).name if Path(str(model)).exists() else str(model)
