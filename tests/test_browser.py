@@ -317,8 +317,6 @@ def test_the_answer_streams_into_the_widget_and_stop_stops_it(lab, page):
     assert before in " ".join(final["markdown"].split()), "text shown before Stop was lost"
     tokens = int(re.search(r"(\d+) tokens? ·", stats + " ·").group(1))
     assert 0 < tokens < 108, stats  # stopped mid-answer
-    # The stats line says how fast the model was, not the pace the class read at (8 tokens a second).
-    assert float(re.search(r"([\d.]+) tokens/s", stats).group(1)) > 2 * 8, stats
     assert final["stop"] is None and stop.count() == 0  # Stop is gone, not a pale button
     assert final["thumbnail"] == "the picture asked about", final
     reason = page.evaluate(KERNEL_PRINT, "print(_mvlm_answer.finish_reason, len(_mvlm_answer.token_ids), "
