@@ -1,18 +1,22 @@
 """A real browser: JupyterLab (headless, on 127.0.0.1) runs examples/stop_an_answer.ipynb in Chromium.
 
 What a student sees is checked from the page itself: the widgets render (not "Loading widget..." or their
-text form), the answer grows in its box while Stop is enabled and neither Stop nor the status line moves, a
-click on Stop ends it before its token limit (the widget gives way to a static copy whose stats line starts
-with "stopped", Stop is gone, the kernel's `_mvlm_answer` agrees), and a screenshot is saved to
-tests/artifacts/ (or $MVLM_ARTIFACTS). A second notebook is saved, its kernel shut down and the page
-reloaded: the answer is still there; its stats and error lines keep a 4.5:1 contrast in the light and the
-dark theme. In an AskPanel, in JupyterLab and in Notebook 7: Enter asks, Shift+Enter is a new line, the question
-box stays put while the answer streams and when the picture changes, and a new picture starts a new conversation.
+text form), the answer of the bundled model, paced by the notebook's `stream_pace`, grows in its box while
+Stop is enabled and neither Stop nor the status line moves, a click on Stop ends it mid-answer (the widget
+gives way to a static copy whose stats line starts with "stopped", Stop is gone, the kernel's `_mvlm_answer`
+agrees), and a screenshot is saved to tests/artifacts/ (or $MVLM_ARTIFACTS). The same with
+`%mvlm_load --server` against a real `mvlm serve` of the bundled model: right answers, a follow-up, Stop.
+A second notebook is saved, its kernel shut down and the page reloaded: the answers are still there, the
+magic's and one of an AnswerView displayed from Python; its stats and error lines keep a 4.5:1 contrast in
+the light and the dark theme. In an AskPanel, in JupyterLab and in Notebook 7: Enter asks, Shift+Enter is a new
+line, the question box stays put while the answer streams and when the picture changes, and a new picture starts a
+new conversation.
 
 The browser is Debian's chromium (/usr/bin/chromium, or $MVLM_CHROMIUM) driven by Playwright; Playwright's
 own browser downloads are never used. Everything Jupyter writes (config, data, runtime, IPython, the
-model cache) goes to temporary folders, and nothing is fetched from a network: the notebook loads the
-tiny model exported by the conftest fixtures, named by $MVLM_EXAMPLE_MODEL.
+model cache) goes to temporary folders, and nothing is fetched from a network: the example notebooks load the
+bundled model (exported into the tests' cache), the notebooks the tests write the tiny model exported by the
+conftest fixtures, named by $MVLM_TEST_MODEL.
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ CHROMIUM = os.environ.get("MVLM_CHROMIUM", "/usr/bin/chromium")
 ARTIFACTS = Path(os.environ.get("MVLM_ARTIFACTS") or ROOT / "tests" / "artifacts")
 TOKEN = "mvlm-browser-test"
 MAX_NEW_TOKENS = 1500  # the ask cell's --max-new-tokens
+SEED = 1000000190  # stop_an_answer.ipynb's busy picture: the bundled model describes it in 108 tokens
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic"]
 
@@ -77,7 +82,7 @@ def api(base: str, path: str, method: str = "GET", timeout: float = 5) -> bytes:
 
 
 @pytest.fixture(scope="module")
-def lab(tmp_path_factory, exported):
+def lab(tmp_path_factory, exported, cache_dir):
     """A JupyterLab server whose root holds the notebook; yields its base URL. Shut down (kernels too) after."""
     home = tmp_path_factory.mktemp("lab")
     root = home / "root"
@@ -88,9 +93,10 @@ def lab(tmp_path_factory, exported):
     (config / "labconfig" / "page_config.json").write_text(json.dumps(PAGE_CONFIG))
     env = {**os.environ, "JUPYTER_CONFIG_DIR": str(config), "JUPYTER_DATA_DIR": str(home / "data"),
            "JUPYTER_RUNTIME_DIR": str(home / "runtime"), "IPYTHONDIR": str(home / "ipython"),
-           "MVLM_CACHE": str(home / "cache"), "HF_HUB_OFFLINE": "1",
-           "MVLM_EXAMPLE_MODEL": str(exported("v2", "fp32"))}
+           "MVLM_CACHE": str(cache_dir), "HF_HUB_OFFLINE": "1",  # the bundled model's export is shared
+           "MVLM_TEST_MODEL": str(exported("v2", "fp32"))}
     env.pop("JUPYTER_PATH", None)
+    env.pop("MVLM_EXAMPLE_MODEL", None)  # the example notebooks run on the bundled model, as a class runs them
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     log_path = home / "jupyterlab.log"
@@ -227,6 +233,27 @@ def notebook_text(page) -> str:
     return page.evaluate("() => document.querySelector('.jp-Notebook').innerText")
 
 
+def upload(lab: str, name: str, notebook) -> None:
+    """Put a notebook into the lab's root: its JSON, or code cells (a list of sources) in a new Python notebook."""
+    import nbformat
+
+    if isinstance(notebook, list):
+        notebook = json.loads(nbformat.writes(nbformat.v4.new_notebook(
+            cells=[nbformat.v4.new_code_cell(c) for c in notebook],
+            metadata={"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}})))
+    body = json.dumps({"type": "notebook", "format": "json", "content": notebook})
+    request = urllib.request.Request(f"{lab}/api/contents/{name}", method="PUT", data=body.encode(),
+                                      headers={"Authorization": f"token {TOKEN}", "Content-Type": "application/json"})
+    urllib.request.urlopen(request, timeout=10).read()
+
+
+def described(seed: int) -> str:
+    """What the bundled model says to "Describe the image in detail." about picture `seed` (what it was taught)."""
+    from mvlm_magic.demo import conversations, shapes
+
+    return conversations.describe_in_detail(shapes.make_scene(seed).things)
+
+
 def save_screenshot(page, name: str) -> Path:
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     path = ARTIFACTS / name
@@ -289,11 +316,15 @@ def test_the_answer_streams_into_the_widget_and_stop_stops_it(lab, page):
     assert stats.startswith("stopped · "), final["markdown"]
     assert before in " ".join(final["markdown"].split()), "text shown before Stop was lost"
     tokens = int(re.search(r"(\d+) tokens? ·", stats + " ·").group(1))
-    assert 0 < tokens < MAX_NEW_TOKENS, stats
+    assert 0 < tokens < 108, stats  # stopped mid-answer
     assert final["stop"] is None and stop.count() == 0  # Stop is gone, not a pale button
     assert final["thumbnail"] == "the picture asked about", final
-    reason = page.evaluate(KERNEL_PRINT, "print(_mvlm_answer.finish_reason, len(_mvlm_answer.token_ids))")
-    assert reason.split() == ["stopped", str(tokens)], reason
+    reason = page.evaluate(KERNEL_PRINT, "print(_mvlm_answer.finish_reason, len(_mvlm_answer.token_ids), "
+                                         "repr(_mvlm_answer.text))")
+    finish, count, text = reason.split(maxsplit=2)
+    assert [finish, count] == ["stopped", str(tokens)], reason
+    full = described(SEED)  # the right answer, cut short: a strict beginning of the whole description
+    assert full.startswith(eval(text)) and len(eval(text)) < len(full), (text, full)
 
     # Every widget in the notebook rendered (the load panel too), none fell back to its text form.
     text = notebook_text(page)
@@ -311,20 +342,24 @@ def test_the_answer_streams_into_the_widget_and_stop_stops_it(lab, page):
 
 SAVED = "saved_answer.ipynb"
 SAVED_CELLS = [
-    "import os\nMODEL = os.environ['MVLM_EXAMPLE_MODEL']\n%load_ext mvlm_magic\n%mvlm_load {MODEL} --precision f32",
+    "import os\nMODEL = os.environ['MVLM_TEST_MODEL']\n%load_ext mvlm_magic\n%mvlm_load {MODEL} --precision f32",
     "from PIL import Image, ImageDraw\npicture = Image.new('RGB', (320, 220), (225, 235, 250))\n"
     "ImageDraw.Draw(picture).ellipse((30, 40, 130, 140), fill=(220, 40, 40))\npicture",
     "%%mvlm_ask --max-new-tokens 24 --show-tokens\nWhat is in the picture?",
-    # Two answer views as the widgets show them (no display id: they stay widgets): a finished answer with its
-    # stats, after the one above (it waits its turn), and one whose stream fails, with its error line.
-    "from mvlm_magic.widgets import AnswerView\n"
+    # Two answer views as the widgets show them (inside a box they are no outputs of their own: they stay widgets):
+    # a finished answer with its stats, after the one above (it waits its turn), and one whose stream fails, with
+    # its error line.
+    "import ipywidgets\nfrom mvlm_magic.widgets import AnswerView\n"
     "magics = get_ipython().magics_manager.registry['MvlmMagics']\n"
     "class Failing:\n"
     "    def __iter__(self):\n        yield 'a few words '\n        raise RuntimeError('the device went away')\n"
     "    def stop(self):\n        pass\n"
-    "finished, failed = AnswerView(image=picture), AnswerView()\ndisplay(finished, failed)\n"
+    "finished, failed = AnswerView(image=picture), AnswerView()\ndisplay(ipywidgets.VBox([finished, failed]))\n"
     "finished.stream(magics.engine.new_chat(picture).ask('What is this?', max_new_tokens=4), lock=magics.turn)\n"
     "failed.stream(Failing());",
+    # Issue 14: an answer view displayed from Python, not through the magic: its output ends as a static copy too.
+    "view = AnswerView(image=picture, question='What is it?')\ndisplay(view)\n"
+    "view.stream(magics.engine.new_chat(picture).ask('What is it?', max_new_tokens=5), lock=magics.turn);",
 ]
 
 # The contrast of each element's text against what is behind it (WCAG 2: relative luminance of sRGB colours,
@@ -373,15 +408,7 @@ def set_theme(page, theme: str) -> None:
 
 
 def test_a_saved_answer_survives_a_reload_and_reads_well_in_both_themes(lab, page):
-    import nbformat
-
-    notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in SAVED_CELLS],
-                                        metadata={"kernelspec": {"name": "python3", "display_name": "Python 3",
-                                                                 "language": "python"}})
-    body = json.dumps({"type": "notebook", "format": "json", "content": json.loads(nbformat.writes(notebook))})
-    request = urllib.request.Request(f"{lab}/api/contents/{SAVED}", method="PUT", data=body.encode(),
-                                      headers={"Authorization": f"token {TOKEN}", "Content-Type": "application/json"})
-    urllib.request.urlopen(request, timeout=10).read()
+    upload(lab, SAVED, SAVED_CELLS)
 
     page.goto(f"{lab}/lab/tree/{SAVED}?token={TOKEN}&reset")  # reset: no tabs left over from another test
     page.wait_for_function(NOTEBOOK_READY, timeout=120_000, polling=250)
@@ -389,8 +416,9 @@ def test_a_saved_answer_survives_a_reload_and_reads_well_in_both_themes(lab, pag
     page.evaluate("() => window.jupyterapp.shell.collapseLeft()")
     page.evaluate("() => window.jupyterapp.commands.execute('notebook:run-all-cells')")
     ended = f"""() => {{ const cells = {CELL};
-        return cells.length === 4 && !!cells[2].querySelector('.jp-RenderedMarkdown em')
-            && cells[3].textContent.includes('tokens/s') && cells[3].textContent.includes('device went away'); }}"""
+        return cells.length === 5 && !!cells[2].querySelector('.jp-RenderedMarkdown em')
+            && cells[3].textContent.includes('tokens/s') && cells[3].textContent.includes('device went away')
+            && !!cells[4].querySelector('.jp-RenderedMarkdown em'); }}"""
     try:
         page.wait_for_function(ended, timeout=180_000, polling=250)
     except BaseException:
@@ -412,6 +440,10 @@ def test_a_saved_answer_survives_a_reload_and_reads_well_in_both_themes(lab, pag
 
     answer = page.evaluate(KERNEL_PRINT, "print(_mvlm_answer.text, end='')")
     assert answer.strip()
+    displayed = page.evaluate(KERNEL_PRINT, "print(view.text, end='')")  # the view displayed from Python
+    assert displayed.strip()
+    before_reload = page.evaluate(f"() => {CELL}[4].querySelector('.jp-Cell-outputArea').innerText")
+    assert " ".join(displayed.split()) in " ".join(before_reload.split()), before_reload
     page.evaluate("() => window.jupyterapp.commands.execute('docmanager:save')")
     page.wait_for_function("() => !window.jupyterapp.shell.currentWidget.context.model.dirty", timeout=30_000)
     page.evaluate("() => window.jupyterapp.shell.currentWidget.sessionContext.shutdown()")
@@ -421,10 +453,15 @@ def test_a_saved_answer_survives_a_reload_and_reads_well_in_both_themes(lab, pag
     # Reopened without the kernel that made it (a fresh one has no widgets): the answer is still there.
     saved = json.loads(api(lab, f"/api/contents/{SAVED}"))["content"]
     assert "text/markdown" in saved["cells"][2]["outputs"][0]["data"]
+    # The view displayed from Python: one output, with the answer in a non-widget form only.
+    [kept] = saved["cells"][4]["outputs"]
+    assert set(kept["data"]) == {"text/markdown", "text/plain", "image/png"}, kept
+    assert displayed in kept["data"]["text/plain"] and "Q: What is it?" in kept["data"]["text/plain"], kept
     page.reload()
     reopened = (f"() => !!(window.jupyterapp && window.jupyterapp.shell.currentWidget"
-                f" && window.jupyterapp.shell.currentWidget.content && {CELL}.length === 4"
-                f" && {CELL}[2].querySelector('.jp-RenderedMarkdown'))")
+                f" && window.jupyterapp.shell.currentWidget.content && {CELL}.length === 5"
+                f" && {CELL}[2].querySelector('.jp-RenderedMarkdown')"
+                f" && {CELL}[4].querySelector('.jp-RenderedMarkdown'))")
     page.wait_for_function(reopened, timeout=120_000, polling=250)
     page.evaluate(f"() => {CELL}[2].scrollIntoView()")
     shown = page.evaluate(f"() => {CELL}[2].querySelector('.jp-Cell-outputArea').innerText")
@@ -437,7 +474,107 @@ def test_a_saved_answer_survives_a_reload_and_reads_well_in_both_themes(lab, pag
     assert "first token" in shown and "Error displaying widget" not in shown, shown
     alt = page.evaluate(f"() => [...{CELL}[2].querySelectorAll('.jp-Cell-outputArea img')].map(i => i.alt)")
     save_screenshot(page, "browser-reloaded.png")
+    # The view displayed from Python (issue 14 saw "Loading widget..." here): its answer and stats, no widget.
+    page.evaluate(f"() => {CELL}[4].scrollIntoView()")
+    shown = page.evaluate(f"() => {CELL}[4].querySelector('.jp-Cell-outputArea').innerText")
+    assert " ".join(displayed.split()) in " ".join(shown.split()) and "What is it?" in shown, shown
+    assert "first token" in shown and "Loading widget" not in shown and "Error displaying widget" not in shown, shown
+    save_screenshot(page, "browser-reloaded-python-view.png")
     print(f"after the reload the answer shows, with thumbnails {alt}")
+
+
+# --- a model on a server (issue 17) ----------------------------------------------------------------
+
+SERVED = "served.ipynb"
+
+# An answer cell of this notebook as the page shows it: the live widget (Stop, streaming text) or its static copy.
+ANSWER_CELL = f"""(index) => {{
+    const cell = {CELL}[index];
+    const out = cell && cell.querySelector('.jp-Cell-outputArea');
+    if (!out) return {{}};
+    const stop = [...out.querySelectorAll('button')].find(b => b.textContent.trim() === 'Stop');
+    const answer = out.querySelector('.widget-html-content div[aria-live]');
+    const markdown = out.querySelector('.jp-RenderedMarkdown');
+    return {{stop: stop ? !stop.disabled : null, answer: answer ? answer.textContent : null,
+            markdown: markdown ? markdown.innerText : null, output: out.innerText}};
+}}"""
+
+
+@pytest.fixture(scope="module")
+def nano_server(cache_dir, tmp_path_factory):
+    """`mvlm serve` of the bundled model in its own process on 127.0.0.1 (exported into the tests' cache)."""
+    from test_serve import running_server
+
+    log = tmp_path_factory.mktemp("serve") / "server.log"
+    with running_server(["nano", "--cache-dir", str(cache_dir)], log) as url:
+        yield url
+
+
+def answer_lines(markdown: str) -> list[str]:
+    """A static copy's lines as the page shows them: the answer, then its stats line."""
+    return [line.strip() for line in markdown.splitlines() if line.strip()]
+
+
+def test_the_magics_ask_a_real_server_in_the_browser(lab, page, nano_server):
+    """`%mvlm_load --server URL` then `%%mvlm_ask` about a picture, in JupyterLab: the answers stream into the widget
+    from a real `mvlm serve` of the bundled model and are the right ones, a follow-up continues the conversation,
+    and Stop ends a long (paced) answer mid-way."""
+    from mvlm_magic.demo import shapes
+
+    scene = shapes.make_scene(SEED)
+    cross = next(t for t in scene.things if t.shape == "cross")
+    upload(lab, SERVED, [f"%load_ext mvlm_magic\n%mvlm_load --server {nano_server}",
+                         f"from mvlm_magic.demo import shapes\npicture, _ = shapes.picture({SEED})\npicture",
+                         "%%mvlm_ask\nWhat colour is the cross?",
+                         "%%mvlm_ask\nHow many squares are there?",  # a follow-up: the server gets the history
+                         "%config MvlmMagics.stream_pace = 8",
+                         "%%mvlm_ask --new --max-new-tokens 512\nDescribe the image in detail."])  # server's most: 1024
+    page.goto(f"{lab}/lab/tree/{SERVED}?token={TOKEN}&reset")
+    page.wait_for_function(NOTEBOOK_READY, timeout=120_000, polling=250)
+    page.evaluate("() => window.jupyterapp.shell.collapseLeft()")
+    page.evaluate("() => window.jupyterapp.commands.execute('notebook:run-all-cells')")
+    probe = lambda index: page.evaluate(ANSWER_CELL, index)  # noqa: E731
+
+    samples = []  # characters of the long answer shown while its Stop was enabled
+
+    def streamed_enough():
+        described_cell = probe(5)
+        if "⚠" in (described_cell.get("output") or ""):
+            pytest.fail(f"the long answer failed: {described_cell['output']}")
+        if "first token" in (described_cell.get("markdown") or ""):
+            pytest.fail(f"the answer finished before it could be stopped: {described_cell}")
+        if described_cell.get("stop") and described_cell.get("answer") and (
+                not samples or len(described_cell["answer"]) > samples[-1]):
+            samples.append(len(described_cell["answer"]))
+        return len(samples) >= 3
+
+    try:
+        wait_until(streamed_enough, 180, "the long answer to stream from the server", page)
+    except BaseException:
+        save_screenshot(page, "browser-server-failed.png")
+        print(notebook_text(page)[-3000:])
+        raise
+    loaded = probe(0)["output"]
+    assert "ready: nano" in loaded and "server" in loaded, loaded
+    colour, count = answer_lines(probe(2)["markdown"]), answer_lines(probe(3)["markdown"])
+    assert colour[0] == cross.colour and "first token" in colour[-1], colour
+    assert count[0] == str(scene.count("square")) and "picture already seen" in count[-1], count
+    page.evaluate(f"() => {CELL}[5].scrollIntoView({{block: 'center'}})")
+    save_screenshot(page, "browser-server-streaming.png")
+
+    page.locator(".jp-CodeCell").nth(5).locator("button", has_text="Stop").click()
+    final = wait_until(lambda: "first token" in ((p := probe(5))["markdown"] or "") and p, 60,
+                       "the long answer to end after Stop", page)
+    lines = answer_lines(final["markdown"])
+    assert lines[-1].startswith("stopped · ") and final["stop"] is None, lines
+    shown = page.evaluate(KERNEL_PRINT, "print(_mvlm_answer.finish_reason, repr(_mvlm_answer.text))")
+    finish, text = shown.split(maxsplit=1)
+    full = described(SEED)
+    assert finish == "stopped" and full.startswith(eval(text)) and 0 < len(eval(text)) < len(full), (shown, full)
+    assert "Loading widget" not in notebook_text(page) and "Error displaying widget" not in notebook_text(page)
+    save_screenshot(page, "browser-server.png")
+    print(f"from {nano_server}: {colour[0]!r}, {count[0]!r}, then {samples} characters streamed before Stop: "
+          f"{eval(text)!r} ({lines[-1]})")
 
 
 SEE_INSIDE = ROOT / "examples" / "see_inside.ipynb"
@@ -450,10 +587,7 @@ SEE_INSIDE_DONE = f"""() => {{ const cells = {CELL};
 def test_see_inside_shows_its_four_views_in_the_browser(lab, page):
     """examples/see_inside.ipynb in JupyterLab: the model's view with its attention switches when a token of the
     answer is clicked; tinted tokens; the many-pictures table; the formats table."""
-    body = json.dumps({"type": "notebook", "format": "json", "content": json.loads(SEE_INSIDE.read_text())})
-    request = urllib.request.Request(f"{lab}/api/contents/{SEE_INSIDE.name}", method="PUT", data=body.encode(),
-                                      headers={"Authorization": f"token {TOKEN}", "Content-Type": "application/json"})
-    urllib.request.urlopen(request, timeout=10).read()
+    upload(lab, SEE_INSIDE.name, json.loads(SEE_INSIDE.read_text()))
     page.goto(f"{lab}/lab/tree/{SEE_INSIDE.name}?token={TOKEN}&reset")
     page.wait_for_function(NOTEBOOK_READY, timeout=120_000, polling=250)
     page.evaluate("() => window.jupyterapp.shell.collapseLeft()")
@@ -488,7 +622,7 @@ def test_see_inside_shows_its_four_views_in_the_browser(lab, page):
 
 PANEL = "ask_panel.ipynb"
 PANEL_CELLS = [
-    "import os\nMODEL = os.environ['MVLM_EXAMPLE_MODEL']\n%load_ext mvlm_magic\n%mvlm_load {MODEL} --precision f32",
+    "import os\nMODEL = os.environ['MVLM_TEST_MODEL']\n%load_ext mvlm_magic\n%mvlm_load {MODEL} --precision f32",
     "from PIL import Image, ImageDraw\npicture = Image.new('RGB', (320, 220), (225, 235, 250))\n"
     "ImageDraw.Draw(picture).ellipse((30, 40, 130, 140), fill=(220, 40, 40))\n"
     "other = Image.new('RGB', (220, 320), (40, 40, 40))",
@@ -530,18 +664,10 @@ FRONT_ENDS = {"jupyterlab": "lab/tree/{}?reset&", "notebook7": "notebooks/{}?"}
 
 @pytest.mark.parametrize("front_end", FRONT_ENDS)
 def test_the_ask_panel_asks_on_enter_and_keeps_its_question_box_in_place(lab, page, front_end, tmp_path):
-    import nbformat
-
     if front_end == "notebook7":
         pytest.importorskip("notebook", minversion="7", reason="Notebook 7 is not installed (pip install notebook)")
     name = f"{front_end}_{PANEL}"
-    notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in PANEL_CELLS],
-                                        metadata={"kernelspec": {"name": "python3", "display_name": "Python 3",
-                                                                 "language": "python"}})
-    body = json.dumps({"type": "notebook", "format": "json", "content": json.loads(nbformat.writes(notebook))})
-    request = urllib.request.Request(f"{lab}/api/contents/{name}", method="PUT", data=body.encode(),
-                                      headers={"Authorization": f"token {TOKEN}", "Content-Type": "application/json"})
-    urllib.request.urlopen(request, timeout=10).read()
+    upload(lab, name, PANEL_CELLS)
     page.goto(f"{lab}/{FRONT_ENDS[front_end].format(name)}token={TOKEN}")
     page.wait_for_function(NOTEBOOK_READY, timeout=120_000, polling=250)
     if front_end == "jupyterlab":

@@ -138,3 +138,31 @@ def test_a_run_notebook_keeps_the_answer_as_markdown_text_and_picture(tmp_path, 
     assert 'alt="the picture asked about"' in markdown
     assert text in data["text/plain"] and "tokens/s" in data["text/plain"]
     assert base64.b64decode(data["image/png"]).startswith(b"\x89PNG")
+
+
+def test_an_answer_view_displayed_from_python_is_saved_as_its_static_copy(tmp_path, exported):
+    """Issue 14: `view = AnswerView(...); display(view)` (or the view as a cell's last line) and an answer streamed
+    into it, not through the magics: the saved notebook holds the answer in a non-widget output."""
+    from nbclient import NotebookClient
+
+    shapes_picture().save(tmp_path / "picture.png")
+    cells = [f"from mvlm_magic.loader import load_engine\nengine = load_engine({str(exported('v2', 'fp32'))!r})\n"
+             "from PIL import Image\nfrom mvlm_magic.widgets import AnswerView\npicture = Image.open('picture.png')",
+             "view = AnswerView(image=picture, question='What is this?')\ndisplay(view)\n"
+             "view.stream(engine.new_chat(picture).ask('What is this?', max_new_tokens=6));",
+             "last = AnswerView()\nlast.stream(engine.new_chat(picture).ask('And this?', max_new_tokens=5))\nlast",
+             "view.wait(60), last.wait(60)\nprint(repr(view.text))\nprint(repr(last.text))"]
+    notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in cells])
+    NotebookClient(notebook, timeout=120, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
+                   ).execute(env={**os.environ, "IPYTHONDIR": str(tmp_path / "ipython")})
+    printed = "".join(o.get("text", "") for o in notebook.cells[3].outputs).splitlines()
+    texts = [eval(line) for line in printed]
+    assert all(texts), printed
+    for cell, text in zip(notebook.cells[1:3], texts):
+        outputs = [o for o in cell.outputs if o.output_type in ("display_data", "execute_result")]
+        assert len(outputs) == 1, cell.outputs  # one output, the widget's, replaced by the copy
+        data = outputs[0].data
+        assert set(data) <= {"text/markdown", "text/plain", "image/png"}, data  # no widget view left
+        assert text_markdown(text) in data["text/markdown"] and text in data["text/plain"]
+        assert "tokens/s" in data["text/plain"] or "1 token" in data["text/plain"]
+    assert "image/png" in notebook.cells[1].outputs[0].data

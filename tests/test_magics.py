@@ -392,6 +392,30 @@ def test_in_a_widget_front_end_the_answer_streams_in_the_background_and_stop_wor
     assert ip.user_ns[ANSWER_VARIABLE] is answer
 
 
+def test_stream_pace_paces_the_widget_where_someone_watches_and_reaches_every_view(ip, magics, capsys, monkeypatch):
+    from mvlm_magic.widgets import AnswerView, AskPanel
+
+    ip.run_line_magic("config", "MvlmMagics.stream_pace = 8")  # a teacher's setting: a class reads along
+    try:
+        assert AnswerView.default_pace == 8 and AskPanel(magics.engine).pace is None  # the panel's views follow it
+        monkeypatch.setattr(output_mode, "detect", lambda shell: output_mode.WIDGET)
+        run(ip, capsys, f"%%mvlm_ask img --new --max-new-tokens {LONG}\nDescribe the picture.")
+        view = magics.view
+        time.sleep(1.0)
+        assert view.pace == 8 and view.streaming and len(view.text) > 0
+        started = time.monotonic()
+        view.stop_button.click()
+        answer = view.wait(timeout=5)
+        assert time.monotonic() - started < 0.5 and answer.finish_reason == "stopped"
+        assert len(answer.token_ids) <= 8 * 1.0 + 3, len(answer.token_ids)
+        monkeypatch.setattr(output_mode, "detect", lambda shell: output_mode.DISPLAY)  # no one watches (nbclient)
+        run(ip, capsys, "%%mvlm_ask img --max-new-tokens 24\nDescribe the picture.")
+        assert magics.view.pace == 0 and magics.view.done.is_set()
+    finally:
+        ip.run_line_magic("config", "MvlmMagics.stream_pace = 0")
+    assert AnswerView.default_pace == 0 and AnswerView().pace == 0
+
+
 def test_blocking_flag_and_setting_finish_the_answer_before_the_cell_returns(ip, magics, capsys, monkeypatch):
     monkeypatch.setattr(output_mode, "detect", lambda shell: output_mode.WIDGET)
     run(ip, capsys, "%%mvlm_ask img --max-new-tokens 5 --blocking\nWhat is this?")

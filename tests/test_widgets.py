@@ -219,8 +219,112 @@ def test_text_updates_send_each_refresh_for_clients_without_widgets():
     handle = Handle()
     view = AnswerView(rate=0)  # every chunk is a refresh
     view.stream(FastStream(chunks=5), blocking=True, display_handle=handle, text_updates=True)
-    assert [obj is view for obj, _ in handle.updates] == [True] * 6 + [False]  # 5 chunks, the final text, the copy
-    assert "01234" in handle.updates[-1][0]["text/markdown"]
+    widget = "application/vnd.jupyter.widget-view+json"
+    # 5 chunks, the final text (the widget with its text form), then the copy
+    assert [widget in bundle for bundle, _ in handle.updates] == [True] * 6 + [False]
+    assert all(options == {"raw": True} for _, options in handle.updates)
+    assert handle.updates[2][0]["text/plain"] == "012" and "01234" in handle.updates[-1][0]["text/markdown"]
+
+
+class Published:
+    """IPython's display publisher, recorded: each display and update with its display id."""
+
+    def __init__(self, shell):
+        self.shell, self.messages = shell, []
+
+    def __enter__(self):
+        self.publish, self.shell.display_pub.publish = self.shell.display_pub.publish, self.record
+        return self.messages
+
+    def __exit__(self, *exc):
+        self.shell.display_pub.publish = self.publish
+
+    def record(self, data, metadata=None, transient=None, update=False, **kwargs):
+        self.messages.append(("update" if update else "display", (transient or {}).get("display_id"), data))
+
+
+def test_a_view_displayed_from_python_ends_as_its_static_copy_whoever_displayed_it(tiny, picture):
+    """display(view), or the view as a cell's last line, not only the magics: the view shows itself under a display
+    id of its own, so its output becomes the static copy when the answer ends (issue 14: "Loading widget...")."""
+    from IPython.core.interactiveshell import InteractiveShell
+    from IPython.display import display
+
+    shell = InteractiveShell.instance()
+    widget = "application/vnd.jupyter.widget-view+json"
+    with Published(shell) as messages:
+        view = AnswerView(image=picture)
+        display(view)
+        shell.displayhook(view)  # the same view as a cell's last line: a second output with the same id
+        view.stream(tiny.new_chat(picture).ask("What is this?", max_new_tokens=6))
+        assert view.wait(timeout=60) is not None
+        shell.displayhook(view)  # displayed again after its end: the static copy at once
+    (kind1, id1, shown1), (kind2, id2, shown2), (kind3, id3, copy), (kind4, _, late) = messages
+    assert (kind1, kind2, kind3, kind4) == ("display", "display", "update", "display"), messages
+    assert id1 and id1 == id2 == id3 and widget in shown1 and widget in shown2
+    assert set(copy) == {"text/markdown", "text/plain", "image/png"} and late == copy
+    assert text_markdown(view.text) in copy["text/markdown"] and view.text in copy["text/plain"]
+    assert AnswerView()._repr_mimebundle_()[widget]  # inside a box it is a widget as before
+
+
+# --- pacing: a class can read along and press Stop ----------------------------------------------------
+
+
+def test_a_paced_view_shows_at_most_pace_tokens_a_second_and_stop_ends_the_wait_at_once():
+    stream = FastStream(chunks=LONG, pause=0)  # a model far faster than anyone reads
+    view = AnswerView(pace=20, rate=0)
+    started = time.monotonic()
+    view.stream(stream)
+    time.sleep(0.5)
+    shown = len(view.text)
+    assert 5 <= shown <= 12, shown  # ~10 in 0.5 s at 20 a second (the first at once)
+    slow = AnswerView(pace=0.5)  # one token every 2 s: Stop lands in the middle of a wait
+    slow.stream(FastStream(chunks=LONG, pause=0))
+    wait_until(lambda: slow.text)
+    time.sleep(0.2)
+    stopped = time.monotonic()
+    slow.stop()
+    view.stop()
+    assert slow.wait(timeout=5) is not None and view.wait(timeout=5) is not None
+    assert time.monotonic() - stopped < 0.3  # not the rest of the 2 s wait
+    assert slow.answer.finish_reason == view.answer.finish_reason == "stopped" and len(slow.text) <= 2
+    assert len(view.text) <= 20 * (time.monotonic() - started) + 2 and not slow.streaming
+
+
+class TimedStream(FastStream):
+    """Times its answer as the engine does: decode time is the wall time from the first chunk to the end."""
+
+    def __iter__(self):
+        started = time.monotonic()
+        yield from super().__iter__()
+        self.decode_ms = (time.monotonic() - started) * 1000
+
+    def result(self):
+        answer = super().result()
+        answer.timings.new_tokens, answer.timings.decode_ms = len(self.sent), self.decode_ms
+        return answer
+
+
+def test_the_time_a_pace_holds_back_is_not_counted_as_the_models():
+    stream = TimedStream(chunks=6, pause=0.001)
+    view = AnswerView(pace=20)  # 6 chunks: 5 waits of 50 ms
+    view.stream(stream, blocking=True)
+    assert view.text == "012345" and view.answer.timings.new_tokens == 6
+    assert stream.decode_ms >= 250 and view.answer.timings.decode_ms < 150, (stream.decode_ms, view.answer.timings)
+
+
+def test_the_default_pace_reaches_views_made_without_one_as_the_ask_panels(tiny, picture, monkeypatch):
+    monkeypatch.setattr(AnswerView, "default_pace", 8.0)
+    assert AnswerView().pace == 8.0 and AnswerView(pace=0).pace == 0.0
+    panel = AskPanel(tiny, image=picture, max_new_tokens=LONG)
+    view = panel.ask("What is this?")
+    assert view.pace == 8.0
+    wait_until(lambda: len(view.text) > 0)
+    time.sleep(0.5)
+    assert view.streaming and len(view.answer_box.value) > 0  # 8 tokens a second: still going after 0.5 s
+    panel.stop_button.click()
+    assert view.wait(timeout=5) is not None and view.answer.finish_reason == "stopped"
+    assert view.answer.timings.new_tokens <= 8 * 1.5, view.answer.timings.new_tokens
+    assert AskPanel(tiny, pace=3).pace == 3
 
 
 @pytest.mark.parametrize("text", [

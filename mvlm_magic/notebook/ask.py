@@ -83,16 +83,19 @@ def show_answer(magics, stream, image, blocking: bool, show_tokens: bool = False
     from ..widgets import AnswerView
 
     blocking = blocking or magics.blocking is True or (magics.blocking == "auto" and mode == output_mode.DISPLAY)
-    view = AnswerView(image=image, rate=magics.update_rate, font_scale=magics.font_scale, show_tokens=show_tokens)
+    # Paced only where someone watches the widget; a notebook run unattended (nbclient) runs at the model's speed.
+    pace = magics.stream_pace if mode == output_mode.WIDGET else 0.0
+    view = AnswerView(image=image, rate=magics.update_rate, font_scale=magics.font_scale, show_tokens=show_tokens,
+                      pace=pace)
     magics.add_answer(view)
     view.on_done.append(lambda view: keep_answer(magics.shell, view))
     if on_done is not None:
         view.on_done.append(on_done)
-    # The display's id lets the view replace itself by a static copy when the answer ends, so a saved notebook
-    # shows the answer without a kernel. Where no widget renders (nbclient), the text form is updated as it grows.
-    handle = display(view, display_id=True)
-    view.stream(stream, blocking=blocking, lock=magics.turn, display_handle=handle,
-                text_updates=mode == output_mode.DISPLAY)
+    # The view displays itself under its own display id and replaces its output by a static copy when the answer
+    # ends, so a saved notebook shows the answer without a kernel. Where no widget renders (nbclient), the text
+    # form is updated as it grows.
+    display(view)
+    view.stream(stream, blocking=blocking, lock=magics.turn, text_updates=mode == output_mode.DISPLAY)
 
 
 def show_input(magics, image):

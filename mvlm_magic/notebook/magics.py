@@ -24,7 +24,7 @@ import time
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_cell_magic, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
-from traitlets import Bool, Enum, Float, Int, TraitError, Unicode, validate
+from traitlets import Bool, Enum, Float, Int, TraitError, Unicode, observe, validate
 
 from ..errors import MvlmError
 from . import ask, compare, load
@@ -47,6 +47,9 @@ class MvlmMagics(Magics):
     temperature = Float(0.0, help="Sampling temperature; 0 = greedy (--temperature overrides).").tag(config=True)
     top_p = Float(1.0, help="Nucleus sampling share; 1 = off (--top-p overrides).").tag(config=True)
     update_rate = Float(25.0, help="Most answer-widget updates per second while streaming.").tag(config=True)
+    stream_pace = Float(0.0, min=0.0, help="Most tokens shown per second while an answer streams, so a class can "
+                                           "read along and press Stop (8 reads well); 0 = as fast as the model. "
+                                           "Also the AskPanel's pace.").tag(config=True)
     font_scale = Float(1.0, min=0.5, max=4.0,
                        help="Answer text size in notebook text sizes: 1.5 for a projector.").tag(config=True)
     blocking = Enum(("auto", True, False), default_value="auto",
@@ -56,6 +59,13 @@ class MvlmMagics(Magics):
     api_key = Unicode("", help="API key for %mvlm_load --server ('' = $OPENAI_API_KEY, or none).").tag(config=True)
     prepare_pictures = Bool(True, help="Encode each picture displayed (and feed the prompt up to the question) in "
                                        "the background, so a question about it answers sooner.").tag(config=True)
+
+    @observe("stream_pace")
+    def _pace_every_view(self, change):
+        """Views made without a pace (the AskPanel's) follow the setting too."""
+        from ..widgets import AnswerView
+
+        AnswerView.default_pace = change["new"]
 
     @validate("compression")
     def _check_compression(self, proposal):
@@ -198,6 +208,8 @@ class MvlmMagics(Magics):
     def close(self) -> None:
         """Undo what __init__ did to the shell (for %unload_ext / %reload_ext)."""
         self.stop()
+        if self.stream_pace:  # the pace set for every view goes with the extension
+            self.stream_pace = 0.0
         self.last_image.uninstall()
         if self.shell is not None:
             if self in self.shell.configurables:

@@ -58,10 +58,12 @@ class AskPanel(w.VBox):
     """Picture, question box, Ask / Stop / Clear, and the conversation so far."""
 
     def __init__(self, engine: Engine | None = None, namespace: Mapping[str, Any] | None = None, *, image=None,
-                 blocking: bool = False, rate: float = 25.0, **options: Any):
+                 blocking: bool = False, rate: float = 25.0, pace: float | None = None, **options: Any):
         self._engine = engine
         self.namespace = namespace
-        self.blocking, self.rate = blocking, rate
+        # pace: tokens shown a second at most (None: AnswerView.default_pace, which %config MvlmMagics.stream_pace
+        # sets; 0 = as fast as the model)
+        self.blocking, self.rate, self.pace = blocking, rate, pace
         self.options = options  # passed to every ask: max_new_tokens, temperature, ...
         self.session: ChatSession | None = None
         self.image = None
@@ -257,7 +259,7 @@ class AskPanel(w.VBox):
             return self._show_error(one_line(error))
         self._show_error("")
         view = AnswerView(self.image, question=question, rate=self.rate, show_stop=False,
-                          thumbnail_size=HISTORY_THUMBNAIL)
+                          thumbnail_size=HISTORY_THUMBNAIL, pace=self.pace)
         view.on_done.append(self._answer_done)
         self.view = view
         self.question.value = ""
