@@ -52,8 +52,8 @@ def test_a_first_load_on_an_unmeasured_cpu_times_both_paths_once(exported, cache
     choice = ops.select(folder, "auto", cache_dir=cache_dir)
     assert timed == ["language.xml", f"language.int4-v{ops.copies.FORMAT}.xml"]  # both paths, real IRs
     found = measured.remembered()
-    for path in ("openvino", "ours"):
-        assert 0 < found["timings"][path]["step_s"] < found["timings"][path]["prompt_s"]
+    for path in ("openvino", "ours"):  # (which of the two is longer on the tiny model is the machine's load's say)
+        assert found["timings"][path]["step_s"] > 0 and found["timings"][path]["prompt_s"] > 0
     assert ("int4" in choice.ours) == found["ours"] == measured.decide(found["timings"])
     assert ops.plan(read_manifest(folder)) == ("ours" if found["ours"] else "OpenVINO's (timed faster on this CPU)")
     again = ops.select(folder, "auto", cache_dir=cache_dir)
