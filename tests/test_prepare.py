@@ -118,3 +118,27 @@ def test_an_unreadable_picture_fails_at_its_question_not_in_the_background(eng, 
     assert preparation.wait(WAIT) and isinstance(preparation.error, MvlmError)
     with pytest.raises(MvlmError, match="missing.png"):
         ask(eng.new_chat(str(missing)), tokens=2)
+
+
+def test_two_chats_about_one_new_picture_asked_at_once_both_answer(eng):
+    """A question cancels the other chat's preparation before it encoded the picture; that chat's own question
+    then encodes it (the cancelled preparation keeps its pixels for it)."""
+    import threading
+
+    picture = shapes_picture(seed=97)
+    for _ in range(5):
+        eng.forget_pictures()
+        answers, errors = {}, []
+
+        def ask(name: str, question: str, answers=answers, errors=errors) -> None:
+            try:
+                answers[name] = eng.new_chat(picture).ask(question, max_new_tokens=4).result().token_ids
+            except Exception as error:  # any failure is the test's finding
+                errors.append(error)
+
+        threads = [threading.Thread(target=ask, args=(n, q)) for n, q in (("a", "What is this?"), ("b", "And this?"))]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert not errors and len(answers["a"]) and len(answers["b"])

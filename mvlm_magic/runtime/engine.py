@@ -203,7 +203,8 @@ class Engine:
         except Exception as error:  # a model call that failed: the question will meet it again and say so
             preparation.failure = error
         finally:
-            preparation.pixels = None
+            if preparation.features is not None:  # (a cancelled one keeps them: its question encodes them)
+                preparation.pixels = None
             preparation.done.set()
 
     def _prepare_prefix(self, preparation: Preparation) -> None:
