@@ -20,7 +20,7 @@ import numpy as np
 import openvino as ov
 
 from ..runtime.device import compile_model, core
-from ..runtime.kv_state import KVState, one_token_model
+from ..runtime.kv_state import compiled_state
 from ..store import private_cache_dir
 from .copies import FORMAT
 from .cpu import cpu_flags, instruction_set
@@ -103,13 +103,8 @@ def time_language_model(xml: Path) -> dict:
     """Seconds for one PROMPT_TOKENS chunk from an empty cache and one decode step after it (best of ROUNDS), each
     as the engine runs it: our copy decodes through its one-token copy with static shapes (kv_state.py)."""
     language = core().read_model(str(xml))
-    model = compile_model(language, "CPU")
-    ours = any("cache_rows" in port.names for port in language.inputs)
-    step_model = compile_model(one_token_model(language, PROMPT_TOKENS + 8), "CPU") if ours else None
-    # KVState.run builds the inputs as answers do
-    kv = KVState(model.create_infer_request(), num_image_tokens=0,
-                 step=step_model.create_infer_request() if step_model else None)
-    width = model.input("inputs_embeds").get_partial_shape()[2].get_length()
+    kv = compiled_state(language, lambda model: compile_model(model, "CPU"), 0, PROMPT_TOKENS + 8)  # run as answers do
+    width = language.input("inputs_embeds").get_partial_shape()[2].get_length()
     rng = np.random.default_rng(0)
     prompt = rng.standard_normal((1, PROMPT_TOKENS, width), dtype=np.float32)
     step = rng.standard_normal((1, 1, width), dtype=np.float32)

@@ -25,7 +25,7 @@ from ..store import verify_export
 from .batching import Batcher, CacheRows
 from .chat import Answer, ChatSession
 from .device import check_device, compile_model, core
-from .kv_state import KVState, common_prefix, one_token_model, text_before_image
+from .kv_state import common_prefix, compiled_state, text_before_image
 from .memory import shedding
 from .picture_cache import PictureCache, PrefixSnapshots, Preparation, picture_key
 from .preprocess import CLIP_MEAN, CLIP_STD, load_image, preprocess_image
@@ -71,13 +71,10 @@ class Engine:
             self.vision = compile_model(vision_xml, self.device, precision, threads, ov_config)
         self.pictures = PictureCache(self.vision)  # image features of the last pictures, with their own request
         self.text_embeddings = compile_model(folder / "text_embeddings.xml", self.device, precision, threads, ov_config)
-        language_model = core().read_model(str(language_xml))
-        language = compile_model(language_model, self.device, precision, threads, ov_config)
-        # our KVAttention: one token of one chat through a copy with static shapes, sharing the cache (kv_state.py)
-        step = compile_model(one_token_model(language_model, self.context_length), self.device, precision, threads,
-                             ov_config) if self.ops else None
-        self.kv = KVState(language.create_infer_request(), self.num_image_tokens,
-                          step=step.create_infer_request() if step else None)
+        # with our KVAttention, one token of one chat runs through a copy with static shapes sharing the cache
+        self.kv = compiled_state(core().read_model(str(language_xml)),
+                                 lambda model: compile_model(model, self.device, precision, threads, ov_config),
+                                 self.num_image_tokens, self.context_length)
         # more cache rows for chats that decode together (batching.py): only with our KVAttention
         batched = "cache_rows" in self.kv.beam_inputs
         self.rows = CacheRows(self.kv) if batched else None

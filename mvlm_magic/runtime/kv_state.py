@@ -57,6 +57,14 @@ def one_token_model(model, width: int):
     return copy
 
 
+def compiled_state(model, compile, num_image_tokens: int, width: int) -> KVState:
+    """The cache of a freshly compiled language model (an ov.Model; `compile` turns one into a CompiledModel); with
+    our KVAttention (a `cache_rows` input), its one-token copy `width` positions wide is compiled too."""
+    ours = any("cache_rows" in port.names for port in model.inputs)
+    step = compile(one_token_model(model, width)).create_infer_request() if ours else None
+    return KVState(compile(model).create_infer_request(), num_image_tokens, step=step)
+
+
 class KVState:
     """The cache of one language-model request. Callers hold the engine's lock around every method."""
 
