@@ -188,12 +188,22 @@ def attention_model(heads: int, kv_heads: int, head: int, tmp_path) -> ov.Compil
     return core().compile_model(tmp_path / "attention.xml", "CPU", {"INFERENCE_NUM_THREADS": 2})
 
 
+def cached(x):
+    """x (..., D) as KVAttention keeps it: int8 with a scale per group of 32 values (16 or 8 where D needs)."""
+    group = next(g for g in (32, 16, 8) if x.shape[-1] % g == 0)
+    groups = x.reshape(*x.shape[:-1], -1, group).astype(np.float32)
+    amax = np.abs(groups).max(-1, keepdims=True)
+    inverse = np.where(amax > 0, np.float32(127) / np.where(amax > 0, amax, 1), 0).astype(np.float32)
+    q = np.rint(groups * inverse)  # nearest even, as the vectors round
+    return (q * (amax / np.float32(127))).reshape(x.shape)
+
+
 @pytest.mark.parametrize("heads, kv_heads, head", [(4, 4, 16), (4, 2, 24), (2, 1, 128)])
 def test_kv_attention_equals_its_definition(heads, kv_heads, head, tmp_path):
     assert build.extension().library is not None, build.extension().why_not
     attention = attention_model(heads, kv_heads, head, tmp_path).create_infer_request()
     rng = np.random.default_rng(head)
-    keys = np.zeros((kv_heads, 0, head))  # what the cache should hold: every position's key, f16-rounded
+    keys = np.zeros((kv_heads, 0, head))  # what the cache should hold: every position's key, as int8 and its scale
     values = np.zeros((kv_heads, 0, head))
     # a prompt, tokens, a prompt continuing them, a rewind to position 5 (an earlier turn), a key masked out
     for past, new, hidden in ((0, 7, None), (7, 1, None), (8, 1, None), (9, 6, None), (5, 2, None), (7, 5, 3)):
@@ -203,8 +213,8 @@ def test_kv_attention_equals_its_definition(heads, kv_heads, head, tmp_path):
         if hidden is not None:
             mask[:, hidden] = False
         out = attention.infer([q, k, v, mask[None, None]])[0]
-        keys = np.concatenate([keys[:, :past], k[0].astype(np.float16)], axis=1)
-        values = np.concatenate([values[:, :past], v[0].astype(np.float16)], axis=1)
+        keys = np.concatenate([keys[:, :past], cached(k[0])], axis=1)
+        values = np.concatenate([values[:, :past], cached(v[0])], axis=1)
         group = heads // kv_heads
         scores = np.einsum("htd,hpd->htp", q[0], np.repeat(keys, group, axis=0)) / np.sqrt(head)
         scores = np.where(mask, scores, -np.inf)

@@ -41,33 +41,125 @@ void KVCache::reserve(size_t positions) {
     if (positions <= capacity) return;
     // Room for 64-127 positions more, not twice as many: a server holds a row per conversation, and doubling
     // kept up to twice their keys and values (copying a row every 64 tokens costs little next to a step).
-    const size_t grown = (positions + 127) / 64 * 64;
-    Buffer<uint16_t> k(heads * grown * dim), v(heads * grown * dim);
+    const size_t grown = (positions + 127) / 64 * 64, G = group();
+    Buffer<int8_t> k(heads * grown * dim), v(heads * grown * dim);
+    Buffer<float> ks(heads * grown * dim / G), vs(heads * grown * dim / G);
     for (size_t h = 0; filled && h < heads; ++h) {
         std::copy_n(&keys[h * capacity * dim], filled * dim, &k[h * grown * dim]);
         std::copy_n(&values[h * capacity * dim], filled * dim, &v[h * grown * dim]);
+        std::copy_n(&key_scales[h * capacity * dim / G], filled * dim / G, &ks[h * grown * dim / G]);
+        std::copy_n(&value_scales[h * capacity * dim / G], filled * dim / G, &vs[h * grown * dim / G]);
     }
-    keys.swap(k), values.swap(v), capacity = grown;
+    keys.swap(k), values.swap(v), key_scales.swap(ks), value_scales.swap(vs), capacity = grown;
 }
 
-static void to_f16(const float* x, uint16_t* y, size_t n) {
-    for (size_t i = 0; i < n; i += 8)
-        _mm_storeu_si128(reinterpret_cast<__m128i*>(y + i),
-                         _mm256_cvtps_ph(_mm256_loadu_ps(x + i), _MM_FROUND_TO_NEAREST_INT));
+// n values (a multiple of G) to int8, a scale per G: scale = max |x| / 127, values = x / scale rounded to
+// nearest even. Keys and values in 8 bits read half the bytes of f16: a decode step reads every cached position.
+static void quantize(const float* x, int8_t* y, float* scales, size_t n, size_t G) {
+    const __m256 no_sign = _mm256_castsi256_ps(_mm256_set1_epi32(0x7FFFFFFF));
+    for (size_t g = 0; g < n / G; ++g) {
+        const float* xg = x + g * G;
+        __m256 top = _mm256_setzero_ps();
+        for (size_t i = 0; i < G; i += 8) top = _mm256_max_ps(top, _mm256_and_ps(_mm256_loadu_ps(xg + i), no_sign));
+        const float amax = hmax(top);
+        const __m256 inverse = _mm256_set1_ps(amax > 0.f ? 127.f / amax : 0.f);
+        for (size_t i = 0; i < G; i += 8) {
+            const __m256i q = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(xg + i), inverse));
+            const __m128i words = _mm_packs_epi32(_mm256_castsi256_si128(q), _mm256_extracti128_si256(q, 1));
+            _mm_storel_epi64(reinterpret_cast<__m128i*>(y + g * G + i), _mm_packs_epi16(words, words));
+        }
+        scales[g] = amax / 127.f;
+    }
 }
 
 // n rounded up to whole vectors of 8 floats.
 static inline size_t padded(size_t n) { return (n + 7) / 8 * 8; }
 
-static inline __m256 load_f16(const uint16_t* x) {
-    return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(x)));
+// 8 int8 as 8 floats.
+static inline __m256 load_i8(const int8_t* x) {
+    return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(x))));
 }
 
-// R consecutive query rows of one head against keys/values 0..L-1 of its kv head: each key and value is
-// loaded once for the R rows. `mask[r]` is row r's mask (L bytes); `work` holds R * (L rounded up to 8) floats.
-template <int R>
-static void attend(const float* q, const uint16_t* keys, const uint16_t* values, const uint8_t* const* mask,
-                   size_t L, size_t D, float scale, float* out, float* work) {
+// One kv head's cache: int8 keys and values (L, D) and their scales (L, D / G).
+struct HeadCache {
+    const int8_t *keys, *values;
+    const float *key_scales, *value_scales;
+};
+
+// out[:, d : d + 8V] of R query rows = their weights (`work`, rows `stride` apart) . values 0..end-1. V is known
+// when compiling, so the R * V sums stay in registers (with a count known only at run time they lived in memory:
+// a load and a store per multiply-add).
+template <int R, size_t G, size_t V>
+static void weigh_values(const float* work, size_t stride, const HeadCache& cache, size_t end, size_t D, size_t d,
+                         float* out) {
+    const size_t groups = D / G;
+    __m256 acc[R][V];
+    for (int r = 0; r < R; ++r)
+        for (size_t c = 0; c < V; ++c) acc[r][c] = _mm256_setzero_ps();
+    for (size_t p = 0; p < end; ++p) {
+        __m256 weight[R], scaled[R];  // a row's weight of position p, times the scale of the group at hand
+        for (int r = 0; r < R; ++r) weight[r] = _mm256_broadcast_ss(work + r * stride + p);
+#pragma GCC unroll 16
+        for (size_t c = 0; c < V; ++c) {
+            const size_t column = d + 8 * c;
+            if (c == 0 || column % G == 0) {
+                const __m256 value_scale = _mm256_set1_ps(cache.value_scales[p * groups + column / G]);
+                for (int r = 0; r < R; ++r) scaled[r] = _mm256_mul_ps(weight[r], value_scale);
+            }
+            const __m256 v = load_i8(cache.values + p * D + column);
+            for (int r = 0; r < R; ++r) acc[r][c] = _mm256_fmadd_ps(scaled[r], v, acc[r][c]);
+        }
+    }
+    for (int r = 0; r < R; ++r)
+        for (size_t c = 0; c < V; ++c) _mm256_storeu_ps(out + r * D + d + 8 * c, acc[r][c]);
+}
+
+// Positions a one-row scores pass takes at once: each needs two vectors of sums (16 of the 16 AVX2 registers).
+constexpr size_t POSITIONS = WIDE_VECTORS == 16 ? 8 : 4;
+
+// The sums of each of POSITIONS vectors, in one vector (element j: the sum of a[j]).
+static inline __m256 sums_of(const __m256* a) {
+    // hadd pairs neighbours within each 128-bit half; after two rounds, half h of element j's vector sits in
+    // element j of half h (for 4 vectors; the other 4 in a second vector), and the halves are added at the end
+    const __m256 s0123 = _mm256_hadd_ps(_mm256_hadd_ps(a[0], a[1]), _mm256_hadd_ps(a[2], a[3]));
+    if constexpr (POSITIONS == 4)
+        return _mm256_castps128_ps256(_mm_add_ps(_mm256_castps256_ps128(s0123), _mm256_extractf128_ps(s0123, 1)));
+    const __m256 s4567 = _mm256_hadd_ps(_mm256_hadd_ps(a[4 % POSITIONS], a[5 % POSITIONS]),
+                                        _mm256_hadd_ps(a[6 % POSITIONS], a[7 % POSITIONS]));
+    return _mm256_add_ps(_mm256_permute2f128_ps(s0123, s4567, 0x20), _mm256_permute2f128_ps(s0123, s4567, 0x31));
+}
+
+// work[p0 .. p0 + POSITIONS) = scale * q . key p (-inf where `mask` says no), for one query row.
+template <size_t G>
+static void few_scores(const float* q, const HeadCache& cache, const uint8_t* mask, size_t p0, size_t D, float scale,
+                       float* work) {
+    const size_t groups = D / G;
+    __m256 acc[POSITIONS];
+    for (size_t j = 0; j < POSITIONS; ++j) acc[j] = _mm256_setzero_ps();
+    for (size_t g = 0; g < groups; ++g) {
+        __m256 part[POSITIONS];
+        for (size_t j = 0; j < POSITIONS; ++j) part[j] = _mm256_setzero_ps();
+#pragma GCC unroll 4
+        for (size_t i = g * G; i < g * G + G; i += 8) {
+            const __m256 qi = _mm256_loadu_ps(q + i);
+            for (size_t j = 0; j < POSITIONS; ++j)
+                part[j] = _mm256_fmadd_ps(qi, load_i8(cache.keys + (p0 + j) * D + i), part[j]);
+        }
+        for (size_t j = 0; j < POSITIONS; ++j)
+            acc[j] = _mm256_fmadd_ps(part[j], _mm256_set1_ps(cache.key_scales[(p0 + j) * groups + g]), acc[j]);
+    }
+    const __m256 scores = _mm256_mul_ps(sums_of(acc), _mm256_set1_ps(scale));
+    for (size_t j = 0; j < POSITIONS; ++j) work[p0 + j] = mask[p0 + j] ? scores[j] : -INFINITY;
+}
+
+// R consecutive query rows of one head against keys/values 0..L-1 of its kv head (groups of G values per scale):
+// each key and value is loaded once for the R rows. `mask[r]` is row r's mask (L bytes); `work` holds
+// R * (L rounded up to 8) floats.
+template <int R, size_t G>
+static void attend(const float* q, const HeadCache& cache, const uint8_t* const* mask, size_t L, size_t D,
+                   float scale, float* out, float* work) {
+    const int8_t *keys = cache.keys, *values = cache.values;
+    const size_t groups = D / G;
     size_t end = 0;  // keys past the last one any of the rows may see are skipped (half of a causal prompt)
     for (int r = 0; r < R; ++r)
         for (size_t p = L; p > end; --p)
@@ -76,29 +168,31 @@ static void attend(const float* q, const uint16_t* keys, const uint16_t* values,
                 break;
             }
     const size_t stride = padded(L);  // work's row length
-    for (size_t p = 0; p < end; ++p) {  // scores = scale * q . k, -inf where masked
+    size_t p = 0;
+    if constexpr (R == 1)  // a token's query: 8 (or 4) positions a pass, their sums added up together
+        for (; p + POSITIONS <= end; p += POSITIONS) few_scores<G>(q, cache, mask[0], p, D, scale, work);
+    for (; p < end; ++p) {  // scores = scale * q . k, -inf where masked
         // Ask for the keys a few rows ahead and for the values now: the values pass below then reads them from
         // the cache, not in column strips from memory.
-        for (size_t line = 0; line < D * 2; line += 64) {
+        for (size_t line = 0; line < D; line += 64) {
             _mm_prefetch(reinterpret_cast<const char*>(keys + (p + 8) * D) + line, _MM_HINT_T0);
             _mm_prefetch(reinterpret_cast<const char*>(values + p * D) + line, _MM_HINT_T1);
         }
-        __m256 acc[R][2];
-        for (int r = 0; r < R; ++r) acc[r][0] = acc[r][1] = _mm256_setzero_ps();
-        size_t d = 0;
-        for (; d + 16 <= D; d += 16) {  // two chains per row: the FMA latency is not waited on
-            const __m256 k0 = load_f16(keys + p * D + d), k1 = load_f16(keys + p * D + d + 8);
-            for (int r = 0; r < R; ++r) {
-                acc[r][0] = _mm256_fmadd_ps(_mm256_loadu_ps(q + r * D + d), k0, acc[r][0]);
-                acc[r][1] = _mm256_fmadd_ps(_mm256_loadu_ps(q + r * D + d + 8), k1, acc[r][1]);
+        __m256 acc[R];  // (indexed by compile-time numbers only: an index known at run time puts it in memory)
+        for (int r = 0; r < R; ++r) acc[r] = _mm256_setzero_ps();
+        for (size_t g = 0; g < groups; ++g) {  // q . k = sum over groups of scale * (q . int8 values)
+            __m256 part[R];
+            for (int r = 0; r < R; ++r) part[r] = _mm256_setzero_ps();
+#pragma GCC unroll 4
+            for (size_t i = g * G; i < g * G + G; i += 8) {
+                const __m256 k = load_i8(keys + p * D + i);
+                for (int r = 0; r < R; ++r) part[r] = _mm256_fmadd_ps(_mm256_loadu_ps(q + r * D + i), k, part[r]);
             }
-        }
-        if (d < D) {
-            const __m256 k0 = load_f16(keys + p * D + d);
-            for (int r = 0; r < R; ++r) acc[r][0] = _mm256_fmadd_ps(_mm256_loadu_ps(q + r * D + d), k0, acc[r][0]);
+            const __m256 key_scale = _mm256_set1_ps(cache.key_scales[p * groups + g]);
+            for (int r = 0; r < R; ++r) acc[r] = _mm256_fmadd_ps(part[r], key_scale, acc[r]);
         }
         for (int r = 0; r < R; ++r)
-            work[r * stride + p] = mask[r][p] ? scale * hsum(_mm256_add_ps(acc[r][0], acc[r][1])) : -INFINITY;
+            work[r * stride + p] = mask[r][p] ? scale * hsum(acc[r]) : -INFINITY;
     }
     const size_t vectors_end = padded(end);  // exp8 runs on whole vectors: pad with -inf (weight 0)
     for (int r = 0; r < R; ++r) {
@@ -116,25 +210,18 @@ static void attend(const float* q, const uint16_t* keys, const uint16_t* values,
         const float sum = hsum(total), inverse = sum > 0.f ? 1.f / sum : 0.f;
         for (size_t p = 0; p < end; ++p) w[p] *= inverse;
     }
-    // out = weights . values, COLS columns at a time: each pass reads every value row once (a token's query
-    // takes the widest passes the registers hold: 8 passes of 16 columns made decode L2-bound).
-    constexpr size_t VECTORS = R > 1 ? 2 : WIDE_VECTORS, COLS = 8 * VECTORS;
-    for (size_t d = 0; d < D; d += COLS) {
-        const size_t vectors = std::min(COLS, D - d) / 8;
-        __m256 acc[R][VECTORS];
-        for (int r = 0; r < R; ++r)
-            for (size_t c = 0; c < VECTORS; ++c) acc[r][c] = _mm256_setzero_ps();
-        for (size_t p = 0; p < end; ++p) {
-            __m256 weight[R];
-            for (int r = 0; r < R; ++r) weight[r] = _mm256_broadcast_ss(work + r * stride + p);
-            for (size_t c = 0; c < vectors; ++c) {
-                const __m256 v = load_f16(values + p * D + d + 8 * c);
-                for (int r = 0; r < R; ++r) acc[r][c] = _mm256_fmadd_ps(weight[r], v, acc[r][c]);
-            }
-        }
-        for (int r = 0; r < R; ++r)
-            for (size_t c = 0; c < vectors; ++c) _mm256_storeu_ps(out + r * D + d + 8 * c, acc[r][c]);
-    }
+    // out = weights . values, 8 * VECTORS columns at a time: each pass reads every value row once (a token's
+    // query takes the widest passes the registers hold: 8 passes of 16 columns made decode L2-bound).
+    constexpr size_t VECTORS = R > 1 ? 2 : WIDE_VECTORS;
+    size_t d = 0;
+    for (; d + 8 * VECTORS <= D; d += 8 * VECTORS) weigh_values<R, G, VECTORS>(work, stride, cache, end, D, d, out);
+    for (; d < D; d += 8) weigh_values<R, G, 1>(work, stride, cache, end, D, d, out);
+}
+
+// attend<R, G> for a cache's group size G (32, 16 or 8).
+template <int R>
+static auto attend_for(size_t G) {
+    return G == 32 ? attend<R, 32> : G == 16 ? attend<R, 16> : attend<R, 8>;
 }
 
 void KVAttention::validate_and_infer_types() {
@@ -199,8 +286,10 @@ bool KVAttention::evaluate(ov::TensorVector& outputs, const ov::TensorVector& in
     auto write = [&](size_t bh) {  // batch row b's new keys and values of kv head h into its cache row
         const size_t b = bh / KV, h = bh % KV, P = length[b] - T;
         KVCache& cache = caches[row[b]];
-        to_f16(ks_ + bh * T * D, &cache.keys[cache.offset(h, P)], T * D);
-        to_f16(vs_ + bh * T * D, &cache.values[cache.offset(h, P)], T * D);
+        const size_t G = cache.group();
+        quantize(ks_ + bh * T * D, &cache.keys[cache.offset(h, P)], &cache.key_scales[cache.scale_offset(h, P)], T * D, G);
+        quantize(vs_ + bh * T * D, &cache.values[cache.offset(h, P)], &cache.value_scales[cache.scale_offset(h, P)],
+                 T * D, G);
     };
     outputs[0].set_shape(qs);
     float* out = outputs[0].data<float>();
@@ -214,14 +303,14 @@ bool KVAttention::evaluate(ov::TensorVector& outputs, const ov::TensorVector& in
         const uint8_t* row_mask[ROWS];
         for (size_t r = 0; r < rows; ++r) row_mask[r] = mask_row(b, t + r);
         const float* here = qs_ + ((b * H + h) * T + t) * D;
-        const uint16_t* keys = &cache.keys[cache.offset(kv, 0)];
-        const uint16_t* values = &cache.values[cache.offset(kv, 0)];
+        const HeadCache head{&cache.keys[cache.offset(kv, 0)], &cache.values[cache.offset(kv, 0)],
+                             &cache.key_scales[cache.scale_offset(kv, 0)], &cache.value_scales[cache.scale_offset(kv, 0)]};
         float* there = out + ((b * H + h) * T + t) * D;
         if (rows == ROWS)
-            attend<ROWS>(here, keys, values, row_mask, Lb, D, scale, there, work.data());
+            attend_for<ROWS>(cache.group())(here, head, row_mask, Lb, D, scale, there, work.data());
         else
             for (size_t r = 0; r < rows; ++r)
-                attend<1>(here + r * D, keys, values, row_mask + r, Lb, D, scale, there + r * D, work.data());
+                attend_for<1>(cache.group())(here + r * D, head, row_mask + r, Lb, D, scale, there + r * D, work.data());
     };
     if (T == 1) {  // a decode step: a kv head's write and its heads' attention in one item, one parallel region
         ov::parallel_for(B * KV, [&](size_t bh) {

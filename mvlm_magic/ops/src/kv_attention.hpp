@@ -1,4 +1,5 @@
-// KVAttention: scaled dot-product attention that keeps the key/value cache itself, in f16.
+// KVAttention: scaled dot-product attention that keeps the key/value cache itself, in int8 (a scale per group
+// of up to 32 values of a position's head, as llama.cpp's q8_0 cache type; OpenVINO's own CPU cache is u8).
 //
 // It replaces ScaledDotProductAttention(q, concat(past_k, k), concat(past_v, v), mask, scale) together with
 // the ReadValue / Concat / Assign of the cache around it. Inputs:
@@ -27,12 +28,16 @@
 
 namespace mvlm {
 
-// One cache row's keys and values of every position so far, f16, (kv heads, capacity, D) each.
+// One cache row's keys and values of every position so far, (kv heads, capacity, D) each: int8, and a scale per
+// group of `group` values (D / group per position).
 struct KVCache {
     size_t heads = 0, dim = 0, capacity = 0, filled = 0;
-    Buffer<uint16_t> keys, values;
+    Buffer<int8_t> keys, values;
+    Buffer<float> key_scales, value_scales;
 
+    size_t group() const { return dim % 32 == 0 ? 32 : dim % 16 == 0 ? 16 : 8; }
     size_t offset(size_t h, size_t p) const { return (h * capacity + p) * dim; }
+    size_t scale_offset(size_t h, size_t p) const { return offset(h, p) / group(); }
 
     // Make room for `positions`, keeping the first `filled`.
     void reserve(size_t positions);
