@@ -5,9 +5,9 @@ shapes.py's own questions stay the same:
     How many shapes are there?          -> "4"               (count_all)
     How many red objects are there?     -> "2"               (count_colour)
     Describe the image in detail.       -> "A large red circle is at the top left. A small ..." (detail)
-and conversations of 1-4 turns over all of them (`conversation`), questions in other spellings (`vary`:
-color, case, no "?", "a" for "the"), and pictures from outside this world (`outside_picture`: noise, drawings,
-gradients, textures), answered "I only know pictures of simple shapes.".
+and conversations of 1-4 turns over all of them (`conversation`), questions in other spellings (`vary`: "picture"
+or "photo" for "image", color, case, no "?", "a" for "the"), and pictures from outside this world
+(`outside_picture`: noise, drawings, gradients, textures), answered "I only know pictures of simple shapes.".
 
 The held-out sets of each kind (`heldout_set`, HELDOUT_SETS) and every word the tokenizer must know (`corpus_texts`)
 are here too. Only numpy and Pillow are used.
@@ -84,19 +84,12 @@ def new_questions(scene: Scene) -> list[tuple[str, str, str]]:
     for colour in rng.permutation(list(COLOURS))[:2]:
         if colour not in colours:
             add("absent", "absent_colour", f"There is no {colour} object.", colour=colour)
-    for _ in range(2):  # one "yes" and one "no" (when both exist), so yes/no stay balanced
+    for _ in range(2):  # one "yes" and one "no" per round, each asked about a thing chosen for that answer
         for want in ("yes", "no"):
-            shape, colour = str(rng.choice(SHAPES)), str(rng.choice(list(COLOURS)))
             template = int(rng.integers(4))
-            if template == 3:
-                answer = "yes" if colour in colours else "no"
-            elif template == 1:
-                answer = "yes" if any(t.shape == shape and t.colour == colour for t in scene.things) else "no"
-            else:
-                answer = "yes" if shape in present else "no"
-            if answer == want:
-                qa.append(("yesno", NEW_TEMPLATES["yesno"][template].format(
-                    shape=shape, colour=colour, plural=PLURALS[shape]), answer))
+            fields = yes_no_fields(scene, template, want, rng)
+            if fields is not None:
+                qa.append(("yesno", NEW_TEMPLATES["yesno"][template].format(**fields), want))
     add("count_all", "count_all", str(len(scene.things)))
     for colour in rng.permutation(list(COLOURS))[:3]:
         add("count_colour", "count_colour", str(sum(t.colour == colour for t in scene.things)), colour=colour)
@@ -105,9 +98,37 @@ def new_questions(scene: Scene) -> list[tuple[str, str, str]]:
     return [qa[i] for i in order]
 
 
+def yes_no_fields(scene: Scene, template: int, want: str, rng) -> dict | None:
+    """Shape and colour for yes/no template `template` whose answer about `scene` is `want` (None: none exists).
+    Drawn for the answer, not drawn at random and kept when they fit: "Is there a blue cross?" is almost always
+    "no" at random, and weights trained that way answered "no" about a blue cross in the picture."""
+    present = {(t.shape, t.colour) for t in scene.things}
+    shapes_in, colours_in = {t.shape for t in scene.things}, {t.colour for t in scene.things}
+    if template == 1:  # "Is there a {colour} {shape}?"
+        if want == "yes":
+            pairs = sorted(present)
+        else:  # near misses first: a shape of the picture in another colour, or a colour of it on another shape
+            near = sorted({(s, c) for s in shapes_in for c in COLOURS} | {(s, c) for s in SHAPES for c in colours_in})
+            pairs = [pair for pair in near if pair not in present]
+            if rng.random() < 0.3:
+                pairs = [(s, c) for s in SHAPES for c in COLOURS if (s, c) not in present]
+    elif template == 3:  # "Is there a {colour} object?"
+        pairs = [(SHAPES[0], c) for c in COLOURS if (c in colours_in) == (want == "yes")]
+    else:  # "Is there a {shape}?", "Are there any {plural}?"
+        pairs = [(s, next(iter(COLOURS))) for s in SHAPES if (s in shapes_in) == (want == "yes")]
+    if not pairs:
+        return None
+    shape, colour = pairs[int(rng.integers(len(pairs)))]
+    return {"shape": shape, "colour": colour, "plural": PLURALS[shape]}
+
+
 def vary(question: str, rng) -> str:
-    """The same question as a pupil might type it: colour/color, lower or upper case, no trailing "?" or ".",
-    "a" for "the"."""
+    """The same question as a pupil might type it: "picture" or "photo" for "image", "in every detail",
+    colour/color, lower or upper case, no trailing "?" or ".", "a" for "the"."""
+    if "image" in question and rng.random() < 0.6:  # a class says "picture"; the tokenizer splits it into new pieces
+        question = question.replace("image", "photo" if rng.random() < 0.3 else "picture")
+    if "in detail" in question and rng.random() < 0.3:
+        question = question.replace("in detail", "in every detail")
     if rng.random() < 0.3:
         question = question.replace("colour", "color") if "colour" in question else question.replace("color", "colour")
     if rng.random() < 0.25:
