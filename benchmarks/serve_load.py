@@ -3,6 +3,7 @@ the official `openai` client; against one client alone on the same server (issue
 
     python benchmarks/serve_load.py                       # 1.7B V2 shape, random weights, int4, 16 clients, 128 tokens
     python benchmarks/serve_load.py --tiny --clients 4    # a smoke run (the tests do this)
+    python benchmarks/serve_load.py --same-picture        # the picture on the board: one picture, a question each
 
 Uses the checkpoint and export of benchmarks/run.py (same --work folder). Reports, for one client alone and for N
 together: tokens/s over the whole run (prompt and picture included) and while decoding, first-token latency (p50,
@@ -54,7 +55,7 @@ def rss_mb(pid: int) -> float:
     return 0.0
 
 
-def ask(client, url: str, new_tokens: int, seed: int) -> dict:
+def ask(client, url: str, new_tokens: int, seed: int, question: str = "Describe the picture.") -> dict:
     """One streamed request; when its first token and its end came, and how many tokens."""
     started = time.perf_counter()
     first, tokens = None, 0
@@ -62,7 +63,7 @@ def ask(client, url: str, new_tokens: int, seed: int) -> dict:
         stream = client.chat.completions.create(
             model="bench", max_tokens=new_tokens, stream=True, seed=seed, temperature=0.0,
             messages=[{"role": "user", "content": [{"type": "image_url", "image_url": {"url": url}},
-                                                   {"type": "text", "text": "Describe the picture."}]}],
+                                                   {"type": "text", "text": question}]}],
             stream_options={"include_usage": True})
         for chunk in stream:
             if chunk.choices and chunk.choices[0].delta.content:
@@ -75,8 +76,12 @@ def ask(client, url: str, new_tokens: int, seed: int) -> dict:
                 "error": str(error)}
 
 
-def together(client, clients: int, new_tokens: int, server_pid: int) -> dict:
-    urls = [picture_url(100 + i) for i in range(clients)]
+def together(client, clients: int, new_tokens: int, server_pid: int, same_picture: bool = False) -> dict:
+    """`clients` requests at once: a picture each, or (same_picture) one picture that nobody asked about before
+    and a question each."""
+    urls = [picture_url(200 + clients) if same_picture else picture_url(100 + i) for i in range(clients)]
+    questions = [f"Question {i + 1}: describe the picture." if same_picture else "Describe the picture."
+                 for i in range(clients)]
     results: list[dict] = [{}] * clients
     peak = [rss_mb(server_pid)]
     done = threading.Event()
@@ -86,7 +91,7 @@ def together(client, clients: int, new_tokens: int, server_pid: int) -> dict:
             peak[0] = max(peak[0], rss_mb(server_pid))
 
     def one(i):
-        results[i] = ask(client, urls[i], new_tokens, seed=i)
+        results[i] = ask(client, urls[i], new_tokens, seed=i, question=questions[i])
 
     watcher = threading.Thread(target=watch, daemon=True)
     watcher.start()
@@ -167,6 +172,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--work", type=Path, default=Path("/tmp/mvlm-bench"))
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--skip-peers", action="store_true", help="not genai's and llama.cpp's batched decoding")
+    parser.add_argument("--same-picture", action="store_true",
+                        help="every client asks about one picture (a question each), as a class about the board's")
     args = parser.parse_args(argv)
     import openai
 
@@ -199,10 +206,10 @@ def main(argv=None) -> dict:
         client = openai.OpenAI(base_url=f"{base}/v1", api_key="none", max_retries=0, timeout=3600)
         ask(client, picture_url(99), 8, seed=0)  # warm up: first inferences copy weights
         report = {"cpu": run.cpu_name(), "compression": args.compression, "new_tokens": args.new_tokens,
-                  "max_batch": args.max_batch}
+                  "max_batch": args.max_batch, "same_picture": args.same_picture}
         for name, clients in (("alone", 1), ("together", args.clients)):
             before = decode_steps(base)
-            report[name] = together(client, clients, args.new_tokens, server.pid)
+            report[name] = together(client, clients, args.new_tokens, server.pid, args.same_picture)
             after = decode_steps(base)
             steps, rows, seconds = (after[i] - before[i] for i in range(3))
             # the server's own count: tokens a second while its batched decoding calls ran (prompts excluded)

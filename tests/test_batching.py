@@ -121,6 +121,26 @@ def test_rows_are_reused_for_a_conversation_sent_again(nano_ours):
     retold.close(), other.close()
 
 
+def test_a_new_conversation_about_a_picture_another_row_holds_copies_its_start(nano_ours):
+    """A class asking about the picture on the board: the second conversation feeds only its own question (the system
+    text and the picture's positions are copied from the first one's row) and answers as it does alone."""
+    from mvlm_magic.demo import shapes
+
+    picture = shapes.render(shapes.make_scene(shapes.HELDOUT_SEEDS[9]))
+    config = GenerationConfig(max_new_tokens=24)
+    expected = nano_ours.ask(picture, "Where is the star?", config)  # the engine's own row 0
+    assert expected.timings.prefill_tokens > 144  # nothing to copy from yet: the picture was computed
+    with nano_ours.lock:
+        nano_ours.kv.reset()  # row 0 forgets it
+    first = nano_ours.new_chat(picture, prepare=False, own_cache=True)
+    first.ask("How many shapes are there?", config).result()
+    second = nano_ours.new_chat(picture, prepare=False, own_cache=True)  # first holds its row: a new one
+    got = second.ask("Where is the star?", config).result()
+    assert second.kv.row != first.kv.row
+    assert got.timings.prefill_tokens < 20 and got.text == expected.text, got.timings
+    first.close(), second.close()
+
+
 def test_without_our_attention_every_chat_shares_the_one_cache(exported):
     from mvlm_magic.runtime.engine import Engine
 

@@ -225,6 +225,36 @@ def test_kv_attention_equals_its_definition(heads, kv_heads, head, tmp_path):
         attention.infer([q[:, :, :1], k[:, :, :1], v[:, :, :1], np.ones((1, 1, 1, 20), bool)])
 
 
+def test_kv_attention_starts_a_row_from_the_start_of_another(tmp_path):
+    """A conversation about a picture another row holds copies that row's first positions (input 6) instead of
+    computing them: what it answers equals a row that computed them itself."""
+    assert build.extension().library is not None, build.extension().why_not
+    heads, head = 2, 32
+    q = opset13.parameter([1, heads, -1, head], ov.Type.f32)
+    k, v = (opset13.parameter([1, heads, -1, head], ov.Type.f32) for _ in range(2))
+    mask = opset13.parameter([1, 1, -1, -1], ov.Type.boolean)
+    rows, sources = (opset13.parameter([1], ov.Type.i64) for _ in range(2))
+    node = nodes.KVAttention([x.output(0) for x in (q, k, v, mask, opset13.constant(np.float32(head ** -0.5)), rows,
+                                                     sources)])
+    ov.save_model(ov.Model([node], [q, k, v, mask, rows, sources]), tmp_path / "attention.xml")
+    compiled = core().compile_model(tmp_path / "attention.xml", "CPU", {"INFERENCE_NUM_THREADS": 2})
+    attention = compiled.create_infer_request()
+    rng = np.random.default_rng(3)
+    qkv = [rng.standard_normal((1, heads, 9, head)).astype(np.float32) for _ in range(3)]
+
+    def call(row, source, start, end):  # positions start..end-1 of qkv into `row`
+        causal = np.tril(np.ones((end - start, end), bool), start)[None, None]
+        return attention.infer([*(x[:, :, start:end] for x in qkv), causal, [row], [source]])[0].copy()
+
+    call(0, -1, 0, 6)  # row 0: a picture's prompt, 6 positions
+    copied = call(1, 0, 4, 9)  # row 1 starts from row 0's first 4, then its own 5
+    call(2, -1, 0, 4)
+    computed = call(2, -1, 4, 9)  # row 2 computes all 9 itself
+    np.testing.assert_array_equal(copied, computed)
+    with pytest.raises(RuntimeError, match="which holds 6"):  # more positions than the source row has
+        call(3, 0, 7, 9)
+
+
 def test_the_language_model_of_an_int4_export_is_rewritten_once(exported):
     # reading the copy needs the operations registered
     assert build.extension().library is not None, build.extension().why_not

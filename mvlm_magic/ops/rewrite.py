@@ -93,6 +93,10 @@ def use_kv_attention(model: ov.Model) -> int:
     # Which cache row each batch row uses: one conversation per row, so several decode in one call (batching.py).
     rows = opset13.parameter([-1], ov.Type.i64, name="cache_rows")
     rows.output(0).set_names({"cache_rows"})
+    # Which row each batch row's first positions are copied from (-1: none): a new conversation about a picture
+    # another row holds starts from that row's system text and picture (batching.py).
+    sources = opset13.parameter([-1], ov.Type.i64, name="cache_sources")
+    sources.output(0).set_names({"cache_sources"})
     for sdpa in [op for op in model.get_ordered_ops() if is_type(op, "ScaledDotProductAttention")]:
         if sdpa.get_input_size() != 5 or sdpa.get_attributes().get("causal"):
             continue
@@ -102,7 +106,7 @@ def use_kv_attention(model: ov.Model) -> int:
         if (new_keys is None or new_values is None or mask.get_element_type() != ov.Type.boolean
                 or not is_type(scale.get_node(), "Constant") or head.is_dynamic or head.get_length() % 8):
             continue
-        node = KVAttention([q, new_keys, new_values, mask, scale, rows.output(0)])
+        node = KVAttention([q, new_keys, new_values, mask, scale, rows.output(0), sources.output(0)])
         node.set_friendly_name(sdpa.get_friendly_name())
         _redirect(sdpa.output(0), node.output(0))
         for concat in (keys.get_node(), values.get_node()):
@@ -113,7 +117,7 @@ def use_kv_attention(model: ov.Model) -> int:
                     model.remove_variable(model.get_variable_by_id(assign.get_variable_id()))
         replaced += 1
     if replaced:
-        model.add_parameters([rows])
+        model.add_parameters([rows, sources])
     # The prompt's past length was read off the cache's shape (for the mask): compute that shape from the inputs.
     for shape_of in [op for op in model.get_ordered_ops() if is_type(op, "ShapeOf")]:
         cache = shape_of.input_value(0).get_node()

@@ -240,11 +240,15 @@ class AnswerStream:
         it was generated: from there on, it is recomputed (kv_state.py)."""
         session, started = self.session, time.perf_counter()
         kv = session.cache(ids)
-        with session.engine.lock:
-            if kv is session.engine.kv:
-                session.engine.use_prefix(session, ids, session.picture)
-            timings.prefill_tokens = kv.positions(ids) - kv.positions(ids[: kv.reusable(session, ids, session.picture)])
-            logits = kv.extend(session, ids, session.embed, session.picture)
+        engine = session.engine
+        with engine.lock:
+            if kv is engine.kv:
+                engine.use_prefix(session, ids, session.picture)
+            own_row = kv is not engine.kv and engine.rows is not None
+            source = engine.rows.source_for(kv, session, ids, session.picture) if own_row else None
+            reused = kv.reused(session, ids, session.picture, source)
+            timings.prefill_tokens = kv.positions(ids) - kv.positions(ids[:reused])
+            logits = kv.extend(session, ids, session.embed, session.picture, source)
             timings.prompt_tokens = kv.length
         timings.prefill_ms = (time.perf_counter() - started) * 1000
         return logits

@@ -50,7 +50,7 @@ def one_token_model(model, width: int):
     on every call, a few milliseconds of a ~25 ms decode step on two cores (docs/benchmarks.md)."""
     copy = model.clone()
     shapes = {"inputs_embeds": [1, 1, -1], "attention_mask": [1, width], "position_ids": [1, 1], "cache_rows": [1],
-              "beam_idx": [1]}
+              "cache_sources": [1], "beam_idx": [1]}
     width_of = {port.get_any_name(): port.get_partial_shape() for port in copy.inputs}
     shapes["inputs_embeds"][2] = width_of["inputs_embeds"][2].get_length()
     copy.reshape({name: shape for name, shape in shapes.items() if name in width_of})
@@ -81,6 +81,8 @@ class KVState:
         self.beam_inputs = {"beam_idx": BEAM_IDX} if "beam_idx" in inputs else {}  # exports before format 2 lack it
         if "cache_rows" in inputs:
             self.beam_inputs["cache_rows"] = np.array([row], dtype=np.int64)
+        if "cache_sources" in inputs:  # no row to copy from (`extend` with a source says which)
+            self.beam_inputs["cache_sources"] = np.array([-1], dtype=np.int64)
         self.owner = None  # the chat whose ids are cached (None: nobody's; the text before a picture is shared)
         self.ids: list[int] = []  # the cached ids; IMAGE_TOKEN_INDEX stands for a picture's positions
         self.picture: str | None = None  # the key of the picture whose features those positions hold
@@ -128,22 +130,33 @@ class KVState:
             cached = common_prefix(shareable, ids)
         return min(cached, len(ids) - 1)
 
+    def reused(self, owner, ids: list[int], picture: str | None = None, source: KVState | None = None) -> int:
+        """How many leading `ids` need not be fed: cached for `owner` here, or in the row of `source` (another
+        conversation about the same picture, whose positions our KVAttention copies; batching.py)."""
+        copied = source.reusable(None, ids, picture) if source is not None else 0
+        return max(self.reusable(owner, ids, picture), copied)
+
     def holds(self, ids: list[int], picture: str | None) -> bool:
         """Are all of `ids` (about `picture`) cached, for whoever asks?"""
         return self.reusable(None, ids + [0], picture) == len(ids)
 
     def extend(self, owner, ids: list[int], embed: Callable[[list[int]], np.ndarray],
-               picture: str | None = None) -> np.ndarray:
+               picture: str | None = None, source: KVState | None = None) -> np.ndarray:
         """Make the cache hold `ids` for `owner` about `picture`, feeding only the positions it lacks (`embed`
-        turns ids into inputs_embeds (1, T, C)); returns the logits of the last position (V,)."""
-        cached = self.reusable(owner, ids, picture)
+        turns ids into inputs_embeds (1, T, C)); returns the logits of the last position (V,). `source`: another
+        row of our KVAttention whose cached start this row may copy instead of computing it (batching.py)."""
+        own = self.reusable(owner, ids, picture)
+        cached = self.reused(owner, ids, picture, source)
         held, kept = self.length, self.positions(ids[:cached])
         self.ids, self.picture = [], None  # while the cache changes it matches no ids: an interrupt -> a reset
-        if cached == 0:
-            self.request.reset_state()
-        elif kept < held:
-            self._truncate(kept)
-        logits = self.run(embed(ids[cached:]), kept)
+        if cached > own:  # the operation copies source's first `kept` positions into this row, then runs
+            logits = self.run(embed(ids[cached:]), kept, source=source.row)
+        else:
+            if cached == 0:
+                self.request.reset_state()
+            elif kept < held:
+                self._truncate(kept)
+            logits = self.run(embed(ids[cached:]), kept)
         self.owner, self.ids, self.prompt_end = owner, list(ids), len(ids)
         self.picture = picture if IMAGE_TOKEN_INDEX in ids else None
         return logits
@@ -188,18 +201,20 @@ class KVState:
             kept = state.state.data[:, :, :positions, :]  # (B, KV, P, D)
             state.state = ov.Tensor(np.ascontiguousarray(kept))
 
-    def run(self, inputs_embeds: np.ndarray, past: int) -> np.ndarray:
+    def run(self, inputs_embeds: np.ndarray, past: int, source: int = -1) -> np.ndarray:
         """The language model on new positions (1, T, C) after `past` cached ones; logits of the last one (V,).
         The one place its inputs are built (also for benchmarks/quality.py and ops/measured.py); it does not update
-        `ids`: `extend` does."""
+        `ids`: `extend` does. `source` >= 0: the `past` positions are those of that cache row, copied first."""
         total = past + inputs_embeds.shape[1]
-        if inputs_embeds.shape[1] == 1 and total <= self.width:
+        if inputs_embeds.shape[1] == 1 and total <= self.width and source < 0:
             return self._step(inputs_embeds, [past])[0].copy()
+        sources = {"cache_sources": np.array([source], dtype=np.int64)} if source >= 0 else {}
         self.request.infer({
             "inputs_embeds": inputs_embeds,
             "attention_mask": np.ones((1, total), dtype=np.int64),
             "position_ids": np.arange(past, total, dtype=np.int64)[None],
             **self.beam_inputs,
+            **sources,
         })
         # a copy: the next call of the request (another chat's, batching.py) overwrites its output
         return self.request.get_tensor("logits").data[0, -1].copy()  # (V,)
@@ -224,6 +239,8 @@ class KVState:
             "position_ids": np.array(pasts, dtype=np.int64)[:, None],
             "cache_rows": np.array([state.row for state in states], dtype=np.int64),
         }
+        if "cache_sources" in states[0].beam_inputs:
+            inputs["cache_sources"] = np.full(len(states), -1, dtype=np.int64)
         if "beam_idx" in states[0].beam_inputs:
             inputs["beam_idx"] = np.zeros(len(states), dtype=np.int32)
         request.infer(inputs)

@@ -53,6 +53,20 @@ void KVCache::reserve(size_t positions) {
     keys.swap(k), values.swap(v), key_scales.swap(ks), value_scales.swap(vs), capacity = grown;
 }
 
+// `to` holds the first `positions` of `from` (of the same shape), and nothing after them.
+static void copy_start(const KVCache& from, KVCache& to, size_t positions) {
+    to = KVCache{from.heads, from.dim};
+    to.reserve(positions);
+    const size_t values = positions * from.dim, scales = values / from.group();
+    for (size_t h = 0; h < from.heads; ++h) {
+        std::copy_n(&from.keys[from.offset(h, 0)], values, &to.keys[to.offset(h, 0)]);
+        std::copy_n(&from.values[from.offset(h, 0)], values, &to.values[to.offset(h, 0)]);
+        std::copy_n(&from.key_scales[from.scale_offset(h, 0)], scales, &to.key_scales[to.scale_offset(h, 0)]);
+        std::copy_n(&from.value_scales[from.scale_offset(h, 0)], scales, &to.value_scales[to.scale_offset(h, 0)]);
+    }
+    to.filled = positions;
+}
+
 // n values (a multiple of G) to int8, a scale per G: scale = max |x| / 127, values = x / scale rounded to
 // nearest even. Keys and values in 8 bits read half the bytes of f16: a decode step reads every cached position.
 static void quantize(const float* x, int8_t* y, float* scales, size_t n, size_t G) {
@@ -271,8 +285,19 @@ bool KVAttention::evaluate(ov::TensorVector& outputs, const ov::TensorVector& in
     }
     for (size_t b = 0; b < B; ++b) {
         if (row[b] >= caches.size()) caches.resize(row[b] + 1);
-        KVCache& cache = caches[row[b]];
         const size_t P = length[b] - T;
+        if (inputs.size() > 6 && P > 0) {  // positions 0..P-1 copied from another row first
+            const int64_t from = inputs[6].get_element_type() == ov::element::i64 ? inputs[6].data<const int64_t>()[b]
+                                                                                  : inputs[6].data<const int32_t>()[b];
+            if (from >= 0 && static_cast<size_t>(from) != row[b]) {
+                OPENVINO_ASSERT(static_cast<size_t>(from) < caches.size() && caches[from].filled >= P &&
+                                    caches[from].heads == KV && caches[from].dim == D,
+                                "KVAttention: row ", row[b], " starts from ", P, " positions of row ", from,
+                                ", which holds ", static_cast<size_t>(from) < caches.size() ? caches[from].filled : 0);
+                copy_start(caches[from], caches[row[b]], P);
+            }
+        }
+        KVCache& cache = caches[row[b]];
         if (cache.heads != KV || cache.dim != D) {  // a new shape starts the row again
             OPENVINO_ASSERT(P == 0, "KVAttention: a new cache shape needs a prompt from position 0, not ", P);
             cache = KVCache{KV, D};

@@ -9,6 +9,9 @@
 //   3  mask   boolean (B|1, 1, T|1, P+T)  true where a query may attend to a key
 //   4  scale  f32 scalar                  applied to q . k
 //   5  rows   i64 or i32 (B,)             which cache row each batch row reads and writes (optional: 0..B-1)
+//   6  from   i64 or i32 (B,)             a cache row whose first positions batch row b starts from, or -1
+//                                         (optional): a new conversation about a picture another row holds
+//                                         copies that row's system text and picture instead of computing them
 // Output: f32 (B, H, T, D).
 // A cache row is one conversation's keys and values. Batch row b's length L_b is one past the last key its last
 // query may see (the mask's length when the mask is all true; shorter rows of a batch end in false); the call
