@@ -11,6 +11,8 @@ its own length, so conversations join and leave the batch between steps (continu
 - `CacheRows`: the pool of cache rows 1..max_rows (row 0 is the engine's own `engine.kv`). A chat claims a free
   row, preferring one that already holds the start of its prompt (a follow-up sent again by a client of the
   server feeds only its new turn), else the least recently used one; it gives the row back with `release`.
+  A new conversation about a picture another row holds (a class asking about the picture on the board) starts
+  from a copy of that row's positions (`source_for`; the operation copies them): only its question is fed.
 - `Batcher.forward`: a chat's next-token step. Steps that arrive together run as one call (group commit): the
   first to arrive waits up to GATHER for the other decoding rows, runs the call for everyone waiting, and hands
   each its logits. Prompts (many new positions) run alone, one row at a time, under the engine's lock.
