@@ -42,8 +42,8 @@ void KVCache::reserve(size_t positions) {
     // Room for 64-127 positions more, not twice as many: a server holds a row per conversation, and doubling
     // kept up to twice their keys and values (copying a row every 64 tokens costs little next to a step).
     const size_t grown = (positions + 127) / 64 * 64, G = group();
-    Buffer<int8_t> k(heads * grown * dim), v(heads * grown * dim);
-    Buffer<float> ks(heads * grown * dim / G), vs(heads * grown * dim / G);
+    PageBuffer<int8_t> k(heads * grown * dim), v(heads * grown * dim);
+    PageBuffer<float> ks(heads * grown * dim / G), vs(heads * grown * dim / G);
     for (size_t h = 0; filled && h < heads; ++h) {
         std::copy_n(&keys[h * capacity * dim], filled * dim, &k[h * grown * dim]);
         std::copy_n(&values[h * capacity * dim], filled * dim, &v[h * grown * dim]);

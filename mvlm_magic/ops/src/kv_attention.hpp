@@ -24,19 +24,46 @@
 #pragma once
 
 #include "common.hpp"
+#include <sys/mman.h>
+
 #include <memory>
+#include <new>
 #include <vector>
 
 #include "openvino/op/op.hpp"
 
 namespace mvlm {
 
+// Memory of its own pages for each cache buffer (mmap), given back to the system when freed. Why: rows grow as
+// conversations do, and malloc kept the freed smaller buffers inside its heap, where bigger ones never fit: a
+// server decoding 16 conversations held ~0.4 GB more than its caches (docs/serving.md).
+template <class T>
+struct Pages {
+    using value_type = T;
+    Pages() = default;
+    template <class U>
+    Pages(const Pages<U>&) {}
+    T* allocate(size_t n) {
+        void* p = mmap(nullptr, n * sizeof(T), PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        if (p == MAP_FAILED) throw std::bad_alloc();
+        return static_cast<T*>(p);
+    }
+    void deallocate(T* p, size_t n) { munmap(p, n * sizeof(T)); }
+    template <class U>
+    bool operator==(const Pages<U>&) const { return true; }
+    template <class U>
+    bool operator!=(const Pages<U>&) const { return false; }
+};
+
+template <class T>
+using PageBuffer = std::vector<T, Pages<T>>;
+
 // One cache row's keys and values of every position so far, (kv heads, capacity, D) each: int8, and a scale per
 // group of `group` values (D / group per position).
 struct KVCache {
     size_t heads = 0, dim = 0, capacity = 0, filled = 0;
-    Buffer<int8_t> keys, values;
-    Buffer<float> key_scales, value_scales;
+    PageBuffer<int8_t> keys, values;
+    PageBuffer<float> key_scales, value_scales;
 
     size_t group() const { return dim % 32 == 0 ? 32 : dim % 16 == 0 ? 16 : 8; }
     size_t offset(size_t h, size_t p) const { return (h * capacity + p) * dim; }
