@@ -39,9 +39,9 @@ constexpr size_t WIDE_VECTORS = 8;
 
 void KVCache::reserve(size_t positions) {
     if (positions <= capacity) return;
-    // Room for 64-127 positions more, not twice as many: a server holds a row per conversation, and doubling
+    // Up to a multiple of 64 positions, not twice as many: a server holds a row per conversation, and doubling
     // kept up to twice their keys and values (copying a row every 64 tokens costs little next to a step).
-    const size_t grown = (positions + 127) / 64 * 64, G = group();
+    const size_t grown = (positions + 63) / 64 * 64, G = group();
     PageBuffer<int8_t> k(heads * grown * dim), v(heads * grown * dim);
     PageBuffer<float> ks(heads * grown * dim / G), vs(heads * grown * dim / G);
     for (size_t h = 0; filled && h < heads; ++h) {
