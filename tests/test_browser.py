@@ -248,7 +248,7 @@ def upload(lab: str, name: str, notebook) -> None:
 
 
 def described(seed: int) -> str:
-    """What the bundled model says to "Describe the image in detail." about picture `seed` (what it was taught)."""
+    """What the bundled model says to "Describe the picture in detail." about picture `seed` (what it was taught)."""
     from mvlm_magic.demo import conversations, shapes
 
     return conversations.describe_in_detail(shapes.make_scene(seed).things)
