@@ -7,6 +7,7 @@
 #include "kv_attention.hpp"
 
 #include <cmath>
+#include <utility>
 #include <vector>
 
 namespace mvlm {
@@ -37,33 +38,34 @@ constexpr size_t WIDE_VECTORS = 16;
 constexpr size_t WIDE_VECTORS = 8;
 #endif
 
+// Positions 0..positions-1 of every head of `from` into `to` (the same shape; capacities may differ).
+static void copy_positions(const KVCache& from, KVCache& to, size_t positions) {
+    const size_t values = positions * from.dim, scales = values / from.group();
+    for (size_t h = 0; positions && h < from.heads; ++h) {
+        std::copy_n(&from.keys[from.offset(h, 0)], values, &to.keys[to.offset(h, 0)]);
+        std::copy_n(&from.values[from.offset(h, 0)], values, &to.values[to.offset(h, 0)]);
+        std::copy_n(&from.key_scales[from.scale_offset(h, 0)], scales, &to.key_scales[to.scale_offset(h, 0)]);
+        std::copy_n(&from.value_scales[from.scale_offset(h, 0)], scales, &to.value_scales[to.scale_offset(h, 0)]);
+    }
+}
+
 void KVCache::reserve(size_t positions) {
     if (positions <= capacity) return;
     // Up to a multiple of 64 positions, not twice as many: a server holds a row per conversation, and doubling
     // kept up to twice their keys and values (copying a row every 64 tokens costs little next to a step).
-    const size_t grown = (positions + 63) / 64 * 64, G = group();
-    PageBuffer<int8_t> k(heads * grown * dim), v(heads * grown * dim);
-    PageBuffer<float> ks(heads * grown * dim / G), vs(heads * grown * dim / G);
-    for (size_t h = 0; filled && h < heads; ++h) {
-        std::copy_n(&keys[h * capacity * dim], filled * dim, &k[h * grown * dim]);
-        std::copy_n(&values[h * capacity * dim], filled * dim, &v[h * grown * dim]);
-        std::copy_n(&key_scales[h * capacity * dim / G], filled * dim / G, &ks[h * grown * dim / G]);
-        std::copy_n(&value_scales[h * capacity * dim / G], filled * dim / G, &vs[h * grown * dim / G]);
-    }
-    keys.swap(k), values.swap(v), key_scales.swap(ks), value_scales.swap(vs), capacity = grown;
+    KVCache grown{heads, dim, (positions + 63) / 64 * 64, filled};
+    const size_t values = heads * grown.capacity * dim, scales = values / group();
+    grown.keys.resize(values), grown.values.resize(values);
+    grown.key_scales.resize(scales), grown.value_scales.resize(scales);
+    copy_positions(*this, grown, filled);
+    *this = std::move(grown);
 }
 
 // `to` holds the first `positions` of `from` (of the same shape), and nothing after them.
 static void copy_start(const KVCache& from, KVCache& to, size_t positions) {
     to = KVCache{from.heads, from.dim};
     to.reserve(positions);
-    const size_t values = positions * from.dim, scales = values / from.group();
-    for (size_t h = 0; h < from.heads; ++h) {
-        std::copy_n(&from.keys[from.offset(h, 0)], values, &to.keys[to.offset(h, 0)]);
-        std::copy_n(&from.values[from.offset(h, 0)], values, &to.values[to.offset(h, 0)]);
-        std::copy_n(&from.key_scales[from.scale_offset(h, 0)], scales, &to.key_scales[to.scale_offset(h, 0)]);
-        std::copy_n(&from.value_scales[from.scale_offset(h, 0)], scales, &to.value_scales[to.scale_offset(h, 0)]);
-    }
+    copy_positions(from, to, positions);
     to.filled = positions;
 }
 
@@ -257,10 +259,14 @@ static size_t seen(const uint8_t* mask, size_t L) {
     return 0;
 }
 
-// Batch row b's cache row (OpenVINO's CPU plugin hands i64 inputs over as i32).
+// Element b of a row input, `rows` or `from` (OpenVINO's CPU plugin hands i64 inputs over as i32).
+static int64_t row_input(const ov::Tensor& rows, size_t b) {
+    return rows.get_element_type() == ov::element::i64 ? rows.data<const int64_t>()[b] : rows.data<const int32_t>()[b];
+}
+
+// Batch row b's cache row.
 static size_t cache_row(const ov::Tensor& rows, size_t b) {
-    const int64_t row = rows.get_element_type() == ov::element::i64 ? rows.data<const int64_t>()[b]
-                                                                     : rows.data<const int32_t>()[b];
+    const int64_t row = row_input(rows, b);
     OPENVINO_ASSERT(row >= 0, "KVAttention: cache row ", row, " for batch row ", b);
     return static_cast<size_t>(row);
 }
@@ -287,8 +293,7 @@ bool KVAttention::evaluate(ov::TensorVector& outputs, const ov::TensorVector& in
         if (row[b] >= caches.size()) caches.resize(row[b] + 1);
         const size_t P = length[b] - T;
         if (inputs.size() > 6 && P > 0) {  // positions 0..P-1 copied from another row first
-            const int64_t from = inputs[6].get_element_type() == ov::element::i64 ? inputs[6].data<const int64_t>()[b]
-                                                                                  : inputs[6].data<const int32_t>()[b];
+            const int64_t from = row_input(inputs[6], b);
             if (from >= 0 && static_cast<size_t>(from) != row[b]) {
                 OPENVINO_ASSERT(static_cast<size_t>(from) < caches.size() && caches[from].filled >= P &&
                                     caches[from].heads == KV && caches[from].dim == D,
