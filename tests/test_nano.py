@@ -135,7 +135,7 @@ def _small_model_and_batch(tmp_path, double: bool = True):
     config = _small_config(train)
     tokenizer = train.train_tokenizer(tmp_path, config.vocab_size, 0)
     model, _ = train.build_model(config, tokenizer.vocab_size)
-    pixel_values, samples, labels = train.Batches(tokenizer, config).next_batch(10**6)
+    pixel_values, samples, labels = train.Batches(tokenizer, config).next_batch(10**5)
     pixel_values, labels = torch.from_numpy(pixel_values), torch.from_numpy(labels)
     if double:
         model, pixel_values = model.double(), pixel_values.double()
@@ -205,7 +205,7 @@ def test_prefetched_batches_are_the_seeded_batches(tmp_path):
     torch = pytest.importorskip("torch")
     from tools.nano import train
 
-    config = _small_config(train, vision_steps=2, steps=2)
+    config = _small_config(train, vision_steps=2, steps=3, workers=2)  # a step's batch is the step's, whoever drew it
     tokenizer = train.train_tokenizer(tmp_path, config.vocab_size, 0)
     direct = train.Batches(tokenizer, config)
     for step, (images, samples, labels) in enumerate(train.prefetched_batches(tmp_path, config)):
@@ -213,6 +213,18 @@ def test_prefetched_batches_are_the_seeded_batches(tmp_path):
         assert torch.equal(images, torch.from_numpy(want_images)) and samples == want_samples
         assert torch.equal(labels, torch.from_numpy(want_labels))
     assert step == train.total_steps(config) - 1
+
+
+def test_tokenized_chats_cache_starts_afresh_when_full(tmp_path):
+    from tools.nano import train
+
+    config = _small_config(train)
+    tokenizer = train.train_tokenizer(tmp_path, config.vocab_size, 0)
+    batches = train.Batches(tokenizer, config)
+    batches.CACHE_SIZE = 2  # a long run fills it with chats of several turns (a KeyError once ended a run)
+    chats = [(("What colour is the star?", answer),) for answer in ("red", "blue", "green", "red")]
+    assert [batches.encode(chat) for chat in chats] == [train.chat_ids(tokenizer, list(chat)) for chat in chats]
+    assert len(batches.cache) <= 2
 
 
 def test_token_labels_mark_objects_and_cells():

@@ -8,11 +8,12 @@ on the question/answer corpus, prompt template v1. It is saved in the mtgv check
 (config.json with model_type "mobilevlm", pytorch_model.bin in bf16 under the real key names), so the
 same loader, exporter and runtime serve it as they serve mtgv/MobileVLM_V2-1.7B.
 
-Training is LLaVA-style SFT on single-turn chats: the prompt is exactly the one the runtime builds
-(`conversation_ids`), the pixels exactly `preprocess_image`'s, and only the
-answer tokens and the closing `</s>` carry loss. Every picture is drawn on the fly from its seed
-(training seeds and held-out seeds never overlap, see mvlm_magic/demo/shapes.py). Everything is seeded;
-with the same versions of torch and the same thread count the run reproduces the shipped weights.
+Training is LLaVA-style SFT on chats of 1-4 turns about each picture (the classroom questions of
+mvlm_magic/demo/conversations.py): the prompt is exactly the one the runtime builds (`conversation_ids`), the
+pixels exactly `preprocess_image`'s, and only the answer tokens and their closing `</s>` carry loss. Every
+picture is drawn on the fly from its seed (training seeds and held-out seeds never overlap, see
+mvlm_magic/demo/shapes.py). Everything is seeded; with the same version of torch the run reproduces the shipped
+weights (docs/nano.md: the recipe, its time and its accuracy).
 """
 
 from __future__ import annotations
@@ -53,9 +54,9 @@ class TrainConfig:
     vision_layers: int = 3  # layer -2 feeds the projector, so the last layer is unused (as in the real models)
     vision_heads: int = 2
     vision_intermediate_size: int = 256
-    vocab_size: int = 512
+    vocab_size: int = 768  # 259 pieces go to bytes and specials: at 512 most words took 2-4 pieces, at 768 one
     # optimisation
-    steps: int = 3300  # joint phase
+    steps: int = 4600  # joint phase
     images_per_step: int = 8
     questions_per_image: int = 16  # (at most: as many as the picture has); more questions per ViT pass
     lr: float = 2e-3
@@ -64,9 +65,11 @@ class TrainConfig:
     weight_decay: float = 0.01
     grad_clip: float = 1.0
     seed: int = 0
-    threads: int = 1
+    threads: int = 2  # the joint phase's; the vision phase runs on one (its steps are short: the picture worker needs
+    # the other core)
+    workers: int = 1  # processes drawing pictures (each step's batch depends on its step alone, not on who drew it)
     local_attention: str = "0.3,1.0"  # per-head sharpness of the local-attention init of the ViT ("": HF's init)
-    vision_steps: int = 2600  # first: the vision tower + projector alone, on the per-token labels
+    vision_steps: int = 2000  # first: the vision tower + projector alone, on the per-token labels
     aux_hidden: int = 0  # width of a hidden layer in the training-only head (0: a linear head, which keeps the
     # classes linearly readable by the language model's attention)
     aux_weight: float = 1.0  # training-only per-token colour/shape/size/cell loss on the projector output
@@ -75,19 +78,20 @@ class TrainConfig:
     freeze_vision: bool = False  # joint phase: the ViT stays as the vision phase left it (as in LLaVA / MobileVLM
     # fine-tuning) and the vision phase anneals its learning rate; skipping the ViT's backward buys more steps,
     # but shape and size then stop improving (docs/nano.md, "Session 3 experiments")
-    question_weights: str = "where=2,describe=2"  # pick a picture's questions of those kinds more often
+    # pick a picture's questions of these kinds more often (the long answers and the counts by colour learn slowest)
+    question_weights: str = "where=2,describe=3,detail=6,count_colour=3,yesno=3,count_all=2"
     lookup_weight: float = 0.3  # training-only: teach one head of the last layer to look at the object a question
     # names (see `lookup_loss`); without it "where is the X?" answered with another object's place
-    eval_every: int = 1500
+    eval_every: int = 4300  # one check half-way through the joint phase (each costs about a minute)
     eval_questions: int = 60
     # issue 14: classroom conversations
     max_turns: int = conversations.MAX_TURNS  # a picture's questions are grouped into chats of 1..max_turns turns
     # (loss on every answer)
     outside_fraction: float = 0.08  # pictures from outside the shapes world (noise, drawings, gradients, textures)
-    vary_fraction: float = 0.3  # questions re-spelled (color, case, no "?", "a" for "the")
+    vary_fraction: float = 0.5  # questions re-spelled (color, case, no "?", "a" for "the")
     init: str = ""  # start from this checkpoint folder (its weights and tokenizer) instead of from scratch
     first_picture: int = 0  # training pictures are TRAIN_SEEDS from this offset on: a continuation can start past
-    # the pictures the earlier runs drew (each run draws ~8 per step), so it sees new ones
+    # the pictures the earlier runs drew (step s draws from its own Batches.PICTURES_PER_STEP seeds): new ones
 
 
 # --- tokenizer ---------------------------------------------------------------------------------
@@ -96,6 +100,8 @@ class TrainConfig:
 def tokenizer_corpus(seed: int) -> list[str]:
     rng = random.Random(seed)
     texts = [SYSTEM, "USER:", "ASSISTANT:"] + conversations.corpus_texts()
+    texts += [conversations.follow_up(conversations.vary(text, rng), rng)  # "picture", "how many", "color", ...
+              for text in texts[3:] if text.endswith("?") for _ in range(2)]
     for s in range(400):
         for _, question, answer in shapes.make_scene(10_000_000 + s).questions:
             if rng.random() < 0.3:
@@ -233,6 +239,9 @@ def question_subject(kind: str, question: str) -> tuple[int, int] | None:
 class Batches:
     """Seeded training batches: B fresh pictures, up to Q questions each, drawn from TRAIN_SEEDS."""
 
+    CACHE_SIZE = 200_000  # tokenized chats kept
+    PICTURES_PER_STEP = 128  # step s draws from the training seeds first_picture + 128 s ...: its own pictures
+
     def __init__(self, tokenizer: Tokenizer, config: TrainConfig):
         self.tokenizer, self.config = tokenizer, config
         self.rng = np.random.default_rng(config.seed)
@@ -242,9 +251,9 @@ class Batches:
 
     def encode(self, turns: tuple[tuple[str, str], ...]) -> tuple[list[int], tuple]:
         if turns not in self.cache:
+            if len(self.cache) >= self.CACHE_SIZE:  # chats of several turns rarely repeat: start afresh
+                self.cache.clear()
             self.cache[turns] = chat_ids(self.tokenizer, list(turns))
-        if len(self.cache) > 200_000:
-            self.cache.clear()
         return self.cache[turns]
 
     def max_objects(self, step: int) -> int | None:
@@ -275,6 +284,8 @@ class Batches:
         labels (B, 144, 4) int64); a chat's ids hold the picture as IMAGE_TOKEN_INDEX, each answer span is
         (start, end) in them, one subject per turn as `question_subject` gives it."""
         config = self.config
+        self.rng = np.random.default_rng([config.seed, step])  # a step's batch depends on the step alone
+        self.next_seed = shapes.TRAIN_SEEDS.start + config.first_picture + step * self.PICTURES_PER_STEP
         images, samples = [], []
         limit = self.max_objects(step)
         labels = []
@@ -303,9 +314,10 @@ class Batches:
         return np.stack(images), samples, np.stack(labels)
 
 
-def _produce(folder: str, config: TrainConfig, queue) -> None:
+def _produce(folder: str, config: TrainConfig, queue, first: int) -> None:
+    torch.set_num_threads(1)
     batches = Batches(Tokenizer.from_folder(folder), config)
-    for step in range(total_steps(config)):
+    for step in range(first, total_steps(config), config.workers):
         queue.put(batches.next_batch(step))
 
 
@@ -322,25 +334,30 @@ def _get(queue, worker):
 
 
 def prefetched_batches(folder: Path, config: TrainConfig):
-    """The same batches as `Batches(...).next_batch(step)` for step 0, 1, ..., drawn in a second process.
+    """The same batches as `Batches(...).next_batch(step)` for step 0, 1, ..., drawn in `config.workers` other
+    processes (worker w draws steps w, w + workers, ...).
 
     Drawing the pictures is a large share of a training step (docs/nano.md); a worker on the other core
-    overlaps it with the model's work. The worker runs the same seeded code in the same order, so the batches (and
-    the trained weights) do not depend on timing.
+    overlaps it with the model's work. A step's batch depends on the step alone, so the batches (and the trained
+    weights) do not depend on timing or on the number of workers.
     """
     import multiprocessing
 
     context = multiprocessing.get_context("fork")
-    queue = context.Queue(maxsize=4)
-    worker = context.Process(target=_produce, args=(str(folder), config, queue), daemon=True)
-    worker.start()
+    queues = [context.Queue(maxsize=4) for _ in range(config.workers)]
+    workers = [context.Process(target=_produce, args=(str(folder), config, queue, w), daemon=True)
+               for w, queue in enumerate(queues)]
+    for worker in workers:
+        worker.start()
     try:
-        for _ in range(total_steps(config)):
-            images, samples, labels = _get(queue, worker)
+        for step in range(total_steps(config)):
+            w = step % config.workers
+            images, samples, labels = _get(queues[w], workers[w])
             yield torch.from_numpy(images), samples, torch.from_numpy(labels)
     finally:
-        worker.terminate()
-        worker.join()
+        for worker in workers:
+            worker.terminate()
+            worker.join()
 
 
 def train_image_features(model: MobileVLM, pixel_values: torch.Tensor, train_vision: bool = True) -> torch.Tensor:
@@ -455,10 +472,7 @@ def lookup_loss(attention: torch.nn.Module, hidden: torch.Tensor, position_embed
     object it looked at (all of its "where" errors on held-out pictures with several objects). Supervising
     one head to find the named object gives every kind of question the same lookup.
     """
-    rows = torch.tensor([b for b, _, _ in lookups])
-    at = torch.tensor([t for _, t, _ in lookups])
-    column = torch.tensor([c for _, _, (c, _) in lookups])
-    wanted = torch.tensor([k for _, _, (_, k) in lookups])
+    rows, at, column, wanted = torch.tensor([(b, t, c, k) for b, t, (c, k) in lookups]).T
     on_subject = labels[rows, :, column] == wanted[:, None]  # (N, 144)
     has_subject = on_subject.any(1)  # "how many stars?" with no star has nothing to find
     dim = attention.head_dim
@@ -689,6 +703,8 @@ def train(out: Path, config: TrainConfig, max_minutes: float | None = None, log=
             group["lr"] = lr_at(step, config)
         pixel_values, samples, labels = next(batches)
         vision_phase = step < config.vision_steps
+        if step in (0, config.vision_steps):
+            torch.set_num_threads(1 if vision_phase else config.threads)
         # a continuation (`init`) spends its vision phase fitting the new per-token head to the trained features
         # alone: a random head's gradients would otherwise scramble the features in the first steps
         probe_only = vision_phase and bool(config.init)
@@ -713,7 +729,7 @@ def train(out: Path, config: TrainConfig, max_minutes: float | None = None, log=
             looked = f"lookup {lookup.item():.3f}  " if not vision_phase and lookup is not None else ""
             log(f"step {step:5d}  loss {lm_loss.item():.4f}  (avg {smoothed or 0:.4f})  aux {extra.item():.3f}  "
                 f"{looked}lr {lr_at(step, config):.2e}  "
-                f"{elapsed / 60:.1f} min")
+                f"{elapsed / 60:.2f} min")
         if config.eval_every and (step + 1) % config.eval_every == 0 and step + 1 < n_steps:
             probe = aux_accuracy(model, aux_head)
             log(f"  held-out per-token accuracy of the vision features (colour, shape, size, cell): {probe}")
@@ -727,7 +743,7 @@ def train(out: Path, config: TrainConfig, max_minutes: float | None = None, log=
         if max_minutes and elapsed > max_minutes * 60:
             log(f"stopping early at step {step + 1}: the {max_minutes} minute budget is spent")
             break
-    batches.close()  # stops the worker
+    batches.close()  # stops the workers
     save_checkpoint(model, model_config, out)
     model = MobileVLM.from_folder(out)  # the shipped (bf16) weights, as the loader reads them
     accuracy, per_kind = quick_accuracy(model, tokenizer, config.eval_questions)
