@@ -245,7 +245,6 @@ class Batches:
     def __init__(self, tokenizer: Tokenizer, config: TrainConfig):
         self.tokenizer, self.config = tokenizer, config
         self.rng = np.random.default_rng(config.seed)
-        self.next_seed = shapes.TRAIN_SEEDS.start + config.first_picture
         self.cache: dict[tuple, tuple[list[int], tuple]] = {}
         self.weights = parse_weights(config.question_weights)
 
@@ -262,14 +261,16 @@ class Batches:
             return None
         return 1 + 3 * step // self.config.curriculum_steps  # 1, 2, 3
 
-    def next_scene(self, max_objects: int | None):
+    def scenes(self, step: int):
+        """The step's pictures: from its own PICTURES_PER_STEP training seeds on, those the curriculum allows."""
+        seed = shapes.TRAIN_SEEDS.start + self.config.first_picture + step * self.PICTURES_PER_STEP
+        max_objects = self.max_objects(step)
         while True:
-            seed = self.next_seed
-            self.next_seed += 1
             assert seed in shapes.TRAIN_SEEDS
             scene = shapes.make_scene(seed)
             if max_objects is None or len(scene.things) <= max_objects:
-                return scene
+                yield scene
+            seed += 1
 
     def pick_questions(self, kinds: list[str]) -> np.ndarray:
         """Up to `questions_per_image` distinct question indices, kinds weighted by `question_weights`."""
@@ -285,12 +286,8 @@ class Batches:
         (start, end) in them, one subject per turn as `question_subject` gives it."""
         config = self.config
         self.rng = np.random.default_rng([config.seed, step])  # a step's batch depends on the step alone
-        self.next_seed = shapes.TRAIN_SEEDS.start + config.first_picture + step * self.PICTURES_PER_STEP
-        images, samples = [], []
-        limit = self.max_objects(step)
-        labels = []
-        for b in range(config.images_per_step):
-            scene = self.next_scene(limit)
+        images, samples, labels = [], [], []
+        for b, scene in zip(range(config.images_per_step), self.scenes(step)):
             if config.outside_fraction and self.rng.random() < config.outside_fraction:
                 image = conversations.outside_picture(scene.seed)
                 qa = conversations.outside_questions(scene.seed, config.questions_per_image)
