@@ -12,8 +12,8 @@ Training is LLaVA-style SFT on chats of 1-4 turns about each picture (the classr
 mvlm_magic/demo/conversations.py): the prompt is exactly the one the runtime builds (`conversation_ids`), the
 pixels exactly `preprocess_image`'s, and only the answer tokens and their closing `</s>` carry loss. Every
 picture is drawn on the fly from its seed (training seeds and held-out seeds never overlap, see
-mvlm_magic/demo/shapes.py). Everything is seeded; with the same version of torch the run reproduces the shipped
-weights (docs/nano.md: the recipe, its time and its accuracy).
+mvlm_magic/demo/shapes.py). Everything is seeded; with the same version of torch a run reproduces its weights
+(docs/nano.md: the recipe, its time and its accuracy; the shipped weights come from continuations of earlier runs).
 """
 
 from __future__ import annotations
