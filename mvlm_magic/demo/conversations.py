@@ -4,6 +4,7 @@ shapes.py's own questions stay the same:
     Is there a red circle?              -> "yes" / "no"
     How many shapes are there?          -> "4"               (count_all)
     How many red objects are there?     -> "2"               (count_colour)
+    How many stars are there?           -> "2"               (count_shape: shapes.py's "count" questions)
     Describe the image in detail.       -> "A large red circle is at the top left. A small ..." (detail)
 and conversations of 1-4 turns over all of them (`conversation`), questions in other spellings (`vary`: "picture"
 or "photo" for "image", color, case, no "?", "a" for "the"), and pictures from outside this world
@@ -238,7 +239,10 @@ def all_questions(scene: Scene) -> list[tuple[str, str, str]]:
 # held-out seed, or ("photo", name, crop) for the outside-world pictures (scikit-image's sample photos: training
 # never sees a photo, it draws its outside pictures from `outside_picture`)
 MAX_TURNS = 4  # the longest chat of training and of the held-out sets
-HELDOUT_SETS = ("followup", "absent", "yesno", "count_all", "count_colour", "detail", "variants", "outside")
+# (a new set goes last: each set's pictures start at its index, so the others keep theirs)
+HELDOUT_SETS = ("followup", "absent", "yesno", "count_all", "count_colour", "detail", "variants", "outside",
+                "count_shape")
+_SET_KIND = {"count_shape": "count"}  # the sets asked as shapes.py asks them ("How many stars are there?")
 _SET_START = {name: HELDOUT_SEEDS.start + 1000 * (i + 1) for i, name in enumerate(HELDOUT_SETS)}
 PHOTOS = ("astronaut", "binary_blobs", "brick", "camera", "cell", "checkerboard", "chelsea", "clock", "coffee",
           "coins", "colorwheel", "grass", "gravel", "horse", "hubble_deep_field", "immunohistochemistry", "logo",
@@ -274,7 +278,9 @@ def heldout_set(name: str, n: int) -> list[tuple[object, list[tuple[str, str, st
             out += [(seed, [(kind, vary(q, rng), a)]) for kind, q, a in picked]
             counted += len(picked)
         else:
-            hits = [q for q in new_questions(scene) if q[0] == name][:2]
+            kind = _SET_KIND.get(name, name)
+            pool = scene.questions if name in _SET_KIND else new_questions(scene)
+            hits = [q for q in pool if q[0] == kind][:2]
             out += [(seed, [q]) for q in hits]
             counted += len(hits)
         seed += 1

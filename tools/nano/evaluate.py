@@ -28,7 +28,7 @@ MAX_NEW_TOKENS = 24
 CHAT_MAX_NEW_TOKENS = 192  # a detailed description of nine objects is ~140 tokens
 # issue 14's bars per held-out set (followup: every turn 2-4; detail: exact text)
 BARS = {"followup": 0.95, "absent": 0.95, "yesno": 0.95, "count_all": 0.95, "count_colour": 0.95, "detail": 0.90,
-        "variants": 0.95, "outside": 0.90}
+        "variants": 0.95, "outside": 0.90, "count_shape": 0.95}
 
 
 def default_model() -> Path:

@@ -13,7 +13,7 @@ mvlm_magic/demo/conversations.py): the prompt is exactly the one the runtime bui
 pixels exactly `preprocess_image`'s, and only the answer tokens and their closing `</s>` carry loss. Every
 picture is drawn on the fly from its seed (training seeds and held-out seeds never overlap, see
 mvlm_magic/demo/shapes.py). Everything is seeded; with the same version of torch a run reproduces its weights
-(docs/nano.md: the recipe, its time and its accuracy; the shipped weights come from continuations of earlier runs).
+(docs/nano.md: the recipe, its time and its accuracy; the shipped weights are this command's, 51 min on 2 cores).
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ class TrainConfig:
     vision_intermediate_size: int = 256
     vocab_size: int = 768  # 259 pieces go to bytes and specials: at 512 most words took 2-4 pieces, at 768 one
     # optimisation
-    steps: int = 4600  # joint phase
+    steps: int = 5500  # joint phase
     images_per_step: int = 8
     questions_per_image: int = 16  # (at most: as many as the picture has); more questions per ViT pass
     lr: float = 2e-3
@@ -78,11 +78,12 @@ class TrainConfig:
     freeze_vision: bool = False  # joint phase: the ViT stays as the vision phase left it (as in LLaVA / MobileVLM
     # fine-tuning) and the vision phase anneals its learning rate; skipping the ViT's backward buys more steps,
     # but shape and size then stop improving (docs/nano.md, "Session 3 experiments")
-    # pick a picture's questions of these kinds more often (the long answers and the counts by colour learn slowest)
-    question_weights: str = "where=2,describe=3,detail=6,count_colour=3,yesno=3,count_all=2"
-    lookup_weight: float = 0.3  # training-only: teach one head of the last layer to look at the object a question
-    # names (see `lookup_loss`); without it "where is the X?" answered with another object's place
-    eval_every: int = 4300  # one check half-way through the joint phase (each costs about a minute)
+    # pick a picture's questions of these kinds more often (the long answers and the counts learn slowest)
+    question_weights: str = "where=2,describe=3,detail=6,count=3,count_colour=3,yesno=3,count_all=2"
+    lookup_weight: float = 1.0  # training-only: teach one head of the last layer to look at the object a question
+    # names (see `lookup_loss`); without it "where is the X?" answered with another object's place. At 0.3 whether
+    # it converged depended on the run (docs/nano.md, "Tenth and eleventh weights")
+    eval_every: int = 4300  # one check part-way through the joint phase (each costs about a minute)
     eval_questions: int = 60
     # issue 14: classroom conversations
     max_turns: int = conversations.MAX_TURNS  # a picture's questions are grouped into chats of 1..max_turns turns
