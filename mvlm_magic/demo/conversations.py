@@ -279,8 +279,7 @@ def heldout_set(name: str, n: int) -> list[tuple[object, list[tuple[str, str, st
             counted += len(picked)
         else:
             kind = _SET_KIND.get(name, name)
-            pool = scene.questions if name in _SET_KIND else new_questions(scene)
-            hits = [q for q in pool if q[0] == kind][:2]
+            hits = [q for q in all_questions(scene) if q[0] == kind][:2]
             out += [(seed, [q]) for q in hits]
             counted += len(hits)
         seed += 1

@@ -13,7 +13,7 @@ mvlm_magic/demo/conversations.py): the prompt is exactly the one the runtime bui
 pixels exactly `preprocess_image`'s, and only the answer tokens and their closing `</s>` carry loss. Every
 picture is drawn on the fly from its seed (training seeds and held-out seeds never overlap, see
 mvlm_magic/demo/shapes.py). Everything is seeded; with the same version of torch a run reproduces its weights
-(docs/nano.md: the recipe, its time and its accuracy; the shipped weights are this command's, 51 min on 2 cores).
+(docs/nano.md: the recipe, its time and its accuracy; the shipped weights are this command's).
 """
 
 from __future__ import annotations
