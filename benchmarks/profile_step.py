@@ -27,8 +27,9 @@ from pathlib import Path
 KINDS = [
     ("our int4 MatMul", ("int4_tile", "int4_tiles", "Int4MatMul")),
     ("our int8 MatMul (int8 layers, head)", ("Int8MatMul", "dot_panel_int8", "int8_tile")),
-    ("our attention (KVAttention)", ("attend", "KVAttention", "to_f16")),
-    ("activations quantized", ("quantize",)),
+    ("activations quantized", ("quantize_input", "quantize_row")),
+    # (mvlm::quantize: the cache write of new keys and values)
+    ("our attention (KVAttention)", ("attend", "KVAttention", "few_scores", "weigh_values", "mvlm::quantize")),
     ("threads waiting (TBB, scheduler)", ("libtbb", "sched", "schedule", "futex", "yield", "switch")),
     ("OpenVINO's nodes", ("libopenvino", "[JIT]")),
     ("Python, numpy, memory", ("python", "numpy", "multiarray", "libc", "malloc", "memmove", "memset")),

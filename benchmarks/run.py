@@ -190,22 +190,29 @@ def build_genai(checkpoint: Path, work: Path, compression: str) -> Path | None:
     return folder
 
 
-def memory_bandwidth_gbs(threads: int = 2) -> float:
-    """Read bandwidth of `threads` threads (the candidates' count): each ORs together its half of a 1 GB array
-    (numpy releases the GIL there; a float sum would be bound by its adds, not by memory); best of 5."""
+def memory_bandwidth_gbs(threads: int = 2, data: np.ndarray | None = None) -> float:
+    """Read bandwidth of `threads` threads (the candidates' count): each ORs together its part of `data` (a 1 GB
+    array of random bits unless given; numpy releases the GIL there; a float sum would be bound by its adds, not by
+    memory); best of 3. Random bits: an array of ones read at 53-62 GB/s in some runs on a machine whose random
+    data, and a C++ stream, read at ~34 (docs/benchmarks.md), so the limits came out too high."""
     import threading
 
-    parts = np.array_split(np.ones(1 << 27, dtype=np.uint64), threads)
+    data = random_bits() if data is None else data
+    parts = np.array_split(data, threads)
     best = 0.0
-    for _ in range(5):
+    for _ in range(3):
         workers = [threading.Thread(target=np.bitwise_or.reduce, args=(part,)) for part in parts]
         started = time.perf_counter()
         for worker in workers:
             worker.start()
         for worker in workers:
             worker.join()
-        best = max(best, sum(part.nbytes for part in parts) / (time.perf_counter() - started) / 1e9)
+        best = max(best, data.nbytes / (time.perf_counter() - started) / 1e9)
     return best
+
+
+def random_bits(nbytes: int = 1 << 30) -> np.ndarray:
+    return np.random.default_rng(0).integers(0, 1 << 63, size=nbytes // 8, dtype=np.uint64)
 
 
 def prepare(args, work: Path) -> tuple[dict, dict, dict]:
@@ -279,19 +286,34 @@ result = {"positions": len(ids) - 1 + 144}
 
 
 def run_rounds(candidates: dict, rounds: int, new_tokens: int, prompt_tokens: int) -> dict[str, list[dict]]:
+    """Each candidate `rounds` times, interleaved, in fresh processes; the memory bandwidth is measured just before
+    each run (`bandwidth_gbs` of its result): on a shared machine it moves by a fifth within minutes."""
     results: dict[str, list[dict]] = {name: [] for name in candidates}
+    data = random_bits()
     for round_index in range(rounds):
         for name, command in candidates.items():
+            bandwidth = memory_bandwidth_gbs(data=data)
             run = subprocess.run([sys.executable, str(HERE / "candidates.py"), *map(str, command),
                                   "--new-tokens", str(new_tokens), "--prompt-tokens", str(prompt_tokens)],
                                  capture_output=True, text=True)
-            results[name].append(parse(run))
+            results[name].append({**parse(run), "bandwidth_gbs": bandwidth})
             r = results[name][-1]
             warm = (f"warm {r['warm_ttft_ms']:.0f} ms, follow-up {r['follow_up_ttft_ms']:.0f} ms, "
                     if "warm_ttft_ms" in r else "")
             print(f"round {round_index + 1} {name}: ttft {r['ttft_ms']:.0f} ms, {warm}{r['decode_tps']:.2f} tok/s, "
-                  f"{r['peak_rss_mb']:.0f} MB", flush=True)
+                  f"{r['peak_rss_mb']:.0f} MB, bandwidth before {bandwidth:.1f} GB/s", flush=True)
     return results
+
+
+PEER = "llamacpp Q4_0"  # the peer the decode ratios are paired with, round by round
+
+
+def paired(results: dict[str, list[dict]], peer: str) -> dict[str, list[float]]:
+    """Each candidate's decode over the peer's, round by round (a round runs every candidate within minutes)."""
+    if peer not in results:
+        return {}
+    return {name: [r["decode_tps"] / p["decode_tps"] for r, p in zip(runs, results[peer])]
+            for name, runs in results.items() if name != peer}
 
 
 def medians(runs: list[dict]) -> dict:
@@ -303,7 +325,8 @@ def write_report(out: Path, report: dict) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "benchmarks.json").write_text(json.dumps(report, indent=2))
     rows = report["medians"]
-    lines = [f"Machine: {report['machine']}; memory read bandwidth {report['bandwidth_gbs']:.1f} GB/s (2 threads).",
+    lines = [f"Machine: {report['machine']}; memory read bandwidth {report['bandwidth_gbs']:.1f} GB/s (2 threads, "
+             "median of the measurements before each run).",
              f"Checkpoint: {report['checkpoint']}; {report['rounds']} rounds, interleaved, fresh process each, "
              f"medians; prompt {report['prompt_positions']} positions (144 of them image), "
              f"{report['new_tokens']} new tokens.",
@@ -313,17 +336,22 @@ def write_report(out: Path, report: dict) -> None:
              "that chat.",
              "",
              "| candidate | image encode ms | first token ms (cold) | warm first token ms | follow-up first token ms "
-             "| decode tok/s | bandwidth limit tok/s | load s | peak RSS MB |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "| decode tok/s | bandwidth limit tok/s | of the limit | load s | peak RSS MB |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
 
     def ms(m, key):
         return f"{m[key]:.0f}" if key in m else "n/a"
 
     for name, m in rows.items():
-        limit = report["limits"].get(name)
+        limit, share = report["limits"].get(name), report["of_limit"].get(name)
         lines.append(f"| {name} | {ms(m, 'image_ms')} | {m['ttft_ms']:.0f} | {ms(m, 'warm_ttft_ms')} | "
                      f"{ms(m, 'follow_up_ttft_ms')} | {m['decode_tps']:.2f} | "
-                     f"{f'{limit:.1f}' if limit else 'n/a'} | {m['load_s']:.1f} | {m['peak_rss_mb']:.0f} |")
+                     f"{f'{limit:.1f}' if limit else 'n/a'} | {f'{share:.2f}x' if share else 'n/a'} | "
+                     f"{m['load_s']:.1f} | {m['peak_rss_mb']:.0f} |")
+    if report["paired"]:
+        lines += ["", f"Decode over {PEER}'s, round by round:", ""]
+        lines += [f"- {name}: " + ", ".join(f"{ratio:.2f}" for ratio in ratios)
+                  for name, ratios in report["paired"].items()]
     lines += ["", "| export | seconds | peak RSS GB |", "|---|---|---|"]
     lines += [f"| {c} | {v['seconds']} | {v['peak_rss_gb']} |" for c, v in report["exports"].items()]
     (out / "benchmarks.md").write_text("\n".join(lines) + "\n")
@@ -399,14 +427,19 @@ def main(argv=None) -> dict:
     # the text-only peers (llama.cpp, genai) get a prompt as long as ours, image positions included
     positions = python(POSITIONS, work / f"checkpoint-{args.version}", HERE)["positions"]
     results = run_rounds(candidates, args.rounds, args.new_tokens, positions)
-    bandwidth = memory_bandwidth_gbs()
+    bandwidth = statistics.median(r["bandwidth_gbs"] for runs in results.values() for r in runs)
     report = {
         "machine": f"{cpu_name()}, {os.cpu_count()} cores, "
                    f"{os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GiB, {platform.platform()}",
         "checkpoint": f"random MobileVLM {args.version} {'tiny' if args.tiny else args.size.upper() + ' shape'}",
         "rounds": args.rounds, "new_tokens": args.new_tokens, "prompt_positions": positions, "bandwidth_gbs": bandwidth,
         "exports": export_costs, "runs": results, "medians": {n: medians(r) for n, r in results.items()},
-        "limits": {n: bandwidth * 1e9 / b for n, b in sizes.items() if b},
+        # per candidate: the median of its rounds' bandwidth over the bytes a step reads; of_limit: the median of
+        # each round's decode over the limit of the bandwidth measured just before it
+        "limits": {n: medians(results[n])["bandwidth_gbs"] * 1e9 / b for n, b in sizes.items() if b},
+        "of_limit": {n: statistics.median(r["decode_tps"] * b / (r["bandwidth_gbs"] * 1e9) for r in results[n])
+                     for n, b in sizes.items() if b},
+        "paired": paired(results, PEER),
         "lm_bytes": sizes,
     }
     write_report(args.out, report)

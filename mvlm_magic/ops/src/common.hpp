@@ -5,6 +5,7 @@
 #include <immintrin.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstddef>
 #include <cstdint>
 #include <new>
@@ -54,6 +55,43 @@ struct Aligned64 {
 
 template <class T>
 using Buffer = std::vector<T, Aligned64<T>>;
+
+// work(i) for i in 0..count-1 on every thread: each takes its own contiguous share front to back (one stream
+// of weights, which reads faster than chunks handed out in turn), and a thread done with its share takes the
+// remaining items of the others from their back ends, so all finish together (a thread that starts late or reads
+// slower no longer leaves the others waiting at the end of every MatMul).
+template <class Work>
+static void parallel_shares(size_t count, const Work& work) {
+    const int threads = static_cast<int>(std::min<size_t>(count, static_cast<size_t>(parallel_get_max_threads())));
+    if (threads <= 1) {
+        for (size_t i = 0; i < count; ++i) work(i);
+        return;
+    }
+    struct alignas(64) Share {  // the share's next item from the front (low 32 bits) and its end (high 32 bits)
+        std::atomic<uint64_t> span;
+    };
+    std::vector<Share> shares(threads);
+    for (int t = 0; t < threads; ++t)
+        shares[t].span = (uint64_t(count * (t + 1) / threads) << 32) | uint64_t(count * t / threads);
+    auto take = [](Share& share, bool front, size_t& item) {  // one item, or false when the share is empty
+        uint64_t span = share.span.load(std::memory_order_relaxed);
+        for (;;) {
+            const uint64_t first = span & 0xFFFFFFFFu, end = span >> 32;
+            if (first >= end) return false;
+            const uint64_t next = front ? span + 1 : ((end - 1) << 32) | first;
+            if (share.span.compare_exchange_weak(span, next, std::memory_order_relaxed)) {
+                item = front ? first : end - 1;
+                return true;
+            }
+        }
+    };
+    ov::parallel_nt_static(threads, [&](int me, int) {
+        size_t item;
+        while (take(shares[me], true, item)) work(item);
+        for (int other = 1; other < threads; ++other)
+            while (take(shares[(me + other) % threads], false, item)) work(item);
+    });
+}
 
 // Rows of x, quantized: the values, each block of 32's scale, and 8 * scale * sum (what the +8 of the
 // stored nibbles adds).

@@ -248,7 +248,7 @@ static void int4_tile(const uint8_t* w, const uint16_t* scale, const int8_t* x, 
 static void int4_tiles(const int8_t* x, const float* xscale, const float* xoffset, size_t M, size_t K, size_t N,
                        size_t G, const uint8_t* w, const uint16_t* scale, float* y) {
     const size_t groups = K / G, tile_bytes = TILE_ROWS * K / 2, blocks = K / BLOCK;
-    ov::parallel_for(N / TILE_ROWS, [&](size_t t) {
+    parallel_shares(N / TILE_ROWS, [&](size_t t) {
         const uint8_t* wt = w + t * tile_bytes;
         const uint16_t* st = scale + t * groups * TILE_ROWS;
         const size_t ahead = M == 1 ? AHEAD : 0;

@@ -88,7 +88,7 @@ bool Int4MatMul::evaluate(ov::TensorVector& outputs, const ov::TensorVector& inp
 #if MVLM_AVX512
     avx512::int4_tiles(q.values.data(), q.scale.data(), offsets, M, K, N, G, w, s, y);
 #else
-    ov::parallel_for(N / TILE, [&](size_t t) {
+    parallel_shares(N / TILE, [&](size_t t) {
         const uint8_t* wt = w + t * TILE * K / 2;
         const uint16_t* st = s + t * groups * TILE;
         for (size_t m = 0; m < M; m += 2) {  // two rows per pass; the tile stays in the cache for the next rows

@@ -40,7 +40,7 @@ template <class Work>
 static void for_each_panel(size_t N, const Work& work) {
     constexpr size_t PANELS = 4;
     const size_t panels = (N + PANEL - 1) / PANEL;
-    ov::parallel_for((panels + PANELS - 1) / PANELS, [&](size_t chunk) {
+    parallel_shares((panels + PANELS - 1) / PANELS, [&](size_t chunk) {
         for (size_t p = chunk * PANELS; p < std::min(panels, (chunk + 1) * PANELS); ++p)
             work(p * PANEL, std::min(PANEL, N - p * PANEL));
     });
