@@ -59,7 +59,7 @@ using Buffer = std::vector<T, Aligned64<T>>;
 // work(i) for i in 0..count-1 on every thread: each takes its own contiguous share front to back (one stream
 // of weights, which reads faster than chunks handed out in turn), and a thread done with its share takes the
 // remaining items of the others from their back ends, so all finish together (a thread that starts late or reads
-// slower no longer leaves the others waiting at the end of every MatMul).
+// slower no longer leaves the others waiting at the end of every MatMul; measured: docs/benchmarks.md).
 template <class Work>
 static void parallel_shares(size_t count, const Work& work) {
     const int threads = static_cast<int>(std::min<size_t>(count, static_cast<size_t>(parallel_get_max_threads())));
