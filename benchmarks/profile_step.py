@@ -100,6 +100,11 @@ def main(argv=None) -> dict:
     if args.child:
         child(args)
         return {}
+    sys.path.insert(0, str(Path(__file__).parent))
+    from run import cpu_name, memory_bandwidth_gbs, random_bits
+
+    # this machine's bandwidth moves between two values every few minutes (docs/benchmarks.md): say which it was
+    bandwidth_before = memory_bandwidth_gbs(data=random_bits(1 << 29))
     command = [sys.executable, __file__, "--child", "--export", str(args.export), "--rows", str(args.rows),
                "--context", str(args.context), "--seconds", str(args.seconds + 2)]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
@@ -117,12 +122,10 @@ def main(argv=None) -> dict:
                 shares = summarize(perf_data)
         result = json.loads(process.stdout.read().strip().splitlines()[-1])
     process.wait()
-    sys.path.insert(0, str(Path(__file__).parent))
-    from run import cpu_name
-
     result.update({"cpu": cpu_name(), "rows": args.rows, "shares_percent": shares,
-                   "load_average": os.getloadavg()[0]})
-    print(f"{result['engine']}\n{result['cpu']}; load average {result['load_average']:.2f}")
+                   "load_average": os.getloadavg()[0], "bandwidth_gbs_before": bandwidth_before})
+    print(f"{result['engine']}\n{result['cpu']}; load average {result['load_average']:.2f}; memory read "
+          f"{bandwidth_before:.1f} GB/s (2 threads) just before")
     print(f"{args.rows} row(s), context {args.context}-{result['context_end']}: {result['steps']} steps, "
           f"median {result['step_ms']:.1f} ms a step ({args.rows * 1e3 / result['step_ms']:.1f} tokens/s)")
     if not shares:

@@ -193,8 +193,7 @@ def build_genai(checkpoint: Path, work: Path, compression: str) -> Path | None:
 def memory_bandwidth_gbs(threads: int = 2, data: np.ndarray | None = None) -> float:
     """Read bandwidth of `threads` threads (the candidates' count): each ORs together its part of `data` (a 1 GB
     array of random bits unless given; numpy releases the GIL there; a float sum would be bound by its adds, not by
-    memory); best of 3. Random bits: an array of ones read at 53-62 GB/s in some runs on a machine whose random
-    data, and a C++ stream, read at ~34 (docs/benchmarks.md), so the limits came out too high."""
+    memory); best of 3. Random bits, so that nothing in the memory system can read less than it is asked to."""
     import threading
 
     data = random_bits() if data is None else data
@@ -287,7 +286,8 @@ result = {"positions": len(ids) - 1 + 144}
 
 def run_rounds(candidates: dict, rounds: int, new_tokens: int, prompt_tokens: int) -> dict[str, list[dict]]:
     """Each candidate `rounds` times, interleaved, in fresh processes; the memory bandwidth is measured just before
-    each run (`bandwidth_gbs` of its result): on a shared machine it moves by a fifth within minutes."""
+    each run (`bandwidth_gbs` of its result): on the machines we rent it moves between two values, ~34 and ~55 GB/s
+    for 2 threads, every few minutes (docs/benchmarks.md "Results (2026-12-05)")."""
     results: dict[str, list[dict]] = {name: [] for name in candidates}
     data = random_bits()
     for round_index in range(rounds):

@@ -93,7 +93,7 @@ def test_the_avx2_build_passes_the_same_checks():
     """On an AVX-512 CPU the tests above run the AVX-512 build; the AVX2 one (CPUs without VNNI) in a process of
     its own, since one OpenVINO core cannot hold both."""
     run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__,
-                          "-k", "equals_its_definition or one_input"], env={**os.environ, "MVLM_OPS_ISA": "avx2"},
+                          "-k", "equals_its_definition or one_input or split_among_threads"], env={**os.environ, "MVLM_OPS_ISA": "avx2"},
                          capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stdout[-3000:]
     assert " passed" in run.stdout and " skipped" not in run.stdout
@@ -175,6 +175,26 @@ def test_int8_head_equals_its_definition(k, tmp_path):
         y = ours(x)[1]
         np.testing.assert_allclose(y, rounded_x(x) @ weights.T, atol=2e-5 * np.abs(y).max())
         assert np.abs(y - plain(x)[1]).max() < 0.02 * np.abs(y).max()
+
+
+def test_the_split_among_threads_changes_no_output(tmp_path):
+    """Each weight tile (int4) or group of panels (int8) is one thread's work, from the front of its own share or the
+    back of another's (src/common.hpp `parallel_shares`): shares of every size give bit-identical outputs."""
+    assert build.extension().library is not None, build.extension().why_not
+    rng = np.random.default_rng(7)
+    model, *_ = nncf_int4_model(224, 512, 64, rng)  # 7 tiles of 32 rows
+    head, *_ = nncf_int8_head(model.get_parameters()[0].output(0), 150, 512, rng)  # 38 panels, 10 groups
+    model.add_results([opset13.result(head)])
+    assert rewrite.rewrite_int4_matmuls(model) == 1
+    ov.save_model(model, tmp_path / "m.xml", compress_to_fp16=False)
+    xs = [rng.standard_normal((m, 512)).astype(np.float32) for m in (1, 3)]
+    outputs = {}
+    for threads in (1, 2, 3, 5):
+        compiled = core().compile_model(tmp_path / "m.xml", "CPU", {"INFERENCE_NUM_THREADS": threads})
+        outputs[threads] = [y for x in xs for y in compiled(x).values()]
+    for threads in (2, 3, 5):
+        for alone, split in zip(outputs[1], outputs[threads]):
+            np.testing.assert_array_equal(alone, split, err_msg=f"{threads} threads")
 
 
 def attention_model(heads: int, kv_heads: int, head: int, tmp_path) -> ov.CompiledModel:

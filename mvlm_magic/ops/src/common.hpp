@@ -70,7 +70,9 @@ static void parallel_shares(size_t count, const Work& work) {
     struct alignas(64) Share {  // the share's next item from the front (low 32 bits) and its end (high 32 bits)
         std::atomic<uint64_t> span;
     };
-    std::vector<Share> shares(threads);
+    Share few[4];  // (on the stack up to 4 threads: a token allocates nothing)
+    std::vector<Share> more(threads > 4 ? threads : 0);
+    Share* shares = threads > 4 ? more.data() : few;
     for (int t = 0; t < threads; ++t)
         shares[t].span = (uint64_t(count * (t + 1) / threads) << 32) | uint64_t(count * t / threads);
     auto take = [](Share& share, bool front, size_t& item) {  // one item, or false when the share is empty
