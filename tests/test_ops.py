@@ -93,7 +93,8 @@ def test_the_avx2_build_passes_the_same_checks():
     """On an AVX-512 CPU the tests above run the AVX-512 build; the AVX2 one (CPUs without VNNI) in a process of
     its own, since one OpenVINO core cannot hold both."""
     run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__,
-                          "-k", "equals_its_definition or one_input or split_among_threads"], env={**os.environ, "MVLM_OPS_ISA": "avx2"},
+                          "-k", "equals_its_definition or one_input or split_among_threads"],
+                         env={**os.environ, "MVLM_OPS_ISA": "avx2"},
                          capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stdout[-3000:]
     assert " passed" in run.stdout and " skipped" not in run.stdout
