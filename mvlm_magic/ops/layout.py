@@ -1,5 +1,5 @@
-"""Where our operations' weights lie: int4 weights in tiles of 32 rows and int8 ones in panels of 4 (the orders the
-C++ operations read), and the constants of a saved IR moved to 64-byte boundaries of its .bin."""
+"""Where our operations' weights lie: int4 and int8 weights in tiles of 32 rows (the orders the C++ operations read),
+and the constants of a saved IR moved to 64-byte boundaries of its .bin."""
 
 from __future__ import annotations
 
@@ -26,15 +26,16 @@ def int4_tiles(values: np.ndarray, scales: np.ndarray) -> tuple[np.ndarray, np.n
     return packed.reshape(n, k // 2), np.ascontiguousarray(tiled_scales).view(np.uint8).reshape(n, -1)
 
 
-def panels(rows: np.ndarray, unit: int = 32) -> np.ndarray:
-    """Weight rows (N, B bytes) in the operations' order: panels of 4 rows interleaved by `unit` bytes (unit 0 of
-    each of the 4 rows, then unit 1, ...), a last panel of fewer rows the same way; the shape stays (N, B).
-    A token then reads one stream instead of 4 (src/common.hpp's `unit_at` reads this order)."""
-    n, width = rows.shape
-    full = n // 4 * 4
-    body = rows[:full].reshape(n // 4, 4, width // unit, unit).transpose(0, 2, 1, 3)
-    rest = rows[full:].reshape(n - full, width // unit, unit).transpose(1, 0, 2)
-    return np.concatenate([body.reshape(-1), rest.reshape(-1)]).reshape(n, width)
+def int8_tiles(values: np.ndarray) -> np.ndarray:
+    """Int8MatMul's weights from (N, K) int8 values, N a multiple of TILE: tile t (rows 32t..32t+31), step s (inputs
+    4s..4s+3), 128 bytes: two vectors of 64, whose 4 bytes at lane l are inputs 4s..4s+3 of row 32t + 16v + l (v: the
+    vector). Shape (N, K). One load is the operand of vpdpbusd (AVX2: two of vpmaddubsw) against 4 inputs of x
+    broadcast, the order of the int4 tiles with a byte where they have a nibble: one token and many rows read the
+    same stream, and nothing is re-laid out per call."""
+    n, k = values.shape
+    assert n % TILE == 0 and k % 4 == 0, (n, k)
+    v = values.reshape(n // TILE, 2, 16, k // 4, 4).transpose(0, 3, 1, 2, 4)  # (tile, step, vector, lane, input)
+    return np.ascontiguousarray(v).reshape(n, k)
 
 
 def align_constants(xml: Path, alignment: int = 64) -> None:

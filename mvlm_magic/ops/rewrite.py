@@ -7,7 +7,7 @@ import numpy as np
 import openvino as ov
 from openvino import opset13
 
-from .layout import TILE, int4_tiles, panels
+from .layout import TILE, int4_tiles, int8_tiles
 from .nodes import Int4MatMul, Int8MatMul, KVAttention
 from .patterns import int4_constants, int4_data, int8_constants, int8_data, is_type
 
@@ -35,7 +35,7 @@ def rewrite_int8_matmuls(model: ov.Model, spill=None) -> int:
     found = [(op, int8_constants(op)) for op in model.get_ordered_ops()]
     int8 = [(op, constants) for op, constants in found if constants is not None]
     _replace_by_input(int8, int8_data, Int8MatMul, lambda constants: constants[4], spill,  # by K
-                      order=lambda parts: [panels(parts[0]), *parts[1:]])
+                      order=int8_tiled)
     return len(int8)
 
 
@@ -48,6 +48,17 @@ def tiled(parts: list[np.ndarray]) -> list[np.ndarray]:
         values = np.concatenate([values, np.full((missing, values.shape[1]), 8, np.uint8)])  # weight 0 (+ 8)
         scales = np.concatenate([scales, np.zeros((missing, scales.shape[1]), scales.dtype)])
     return list(int4_tiles(values, scales))
+
+
+def int8_tiled(parts: list[np.ndarray]) -> list[np.ndarray]:
+    """Int8MatMul's constants in its order (layout.int8_tiles); rows up to a whole tile are zeros (their outputs are
+    split off again: `_replace`)."""
+    values, zeros, scales = parts
+    missing = -len(values) % TILE
+    if missing:
+        values = np.concatenate([values, np.zeros((missing, values.shape[1]), values.dtype)])
+        zeros, scales = (np.concatenate([a, np.zeros(missing, a.dtype)]) for a in (zeros, scales))
+    return [int8_tiles(values), zeros, scales]
 
 
 def _replace_by_input(found: list, data, operation, same, spill=None, order=None) -> None:

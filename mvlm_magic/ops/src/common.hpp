@@ -26,16 +26,8 @@
 namespace mvlm {
 
 constexpr size_t BLOCK = 32;  // activation values per int8 scale
-constexpr size_t PANEL = 4;   // weight rows interleaved by 32-byte units
-constexpr size_t UNIT = 32;
-
-// Where unit c (32 bytes) of weight row n is, for rows of `row_bytes` in panels of 4: panel p holds rows
-// 4p..4p+3 as unit 0 of each row, then unit 1 of each, ...; a last panel of fewer rows the same way.
-// (mvlm_magic/ops/layout.py's `panels` writes this order.)
-static inline const uint8_t* unit_at(const uint8_t* w, size_t n, size_t c, size_t row_bytes, size_t N) {
-    const size_t panel = n / PANEL, rows = std::min(PANEL, N - panel * PANEL);
-    return w + panel * PANEL * row_bytes + (c * rows + n % PANEL) * UNIT;
-}
+constexpr size_t TILE = 32;   // weight rows per tile (mvlm_magic/ops/layout.py: int4_tiles, int8_tiles)
+constexpr size_t TILE_AHEAD = 2048;  // bytes ahead a token asks for (the stream of tiles), AVX2 paths
 
 // Storage from a 64-byte boundary: a 64-byte load that straddles two cache lines costs two (std::vector's
 // memory starts 16 bytes into one).

@@ -17,9 +17,6 @@
 
 namespace mvlm {
 
-constexpr size_t TILE = 32;         // weight rows per tile
-constexpr size_t TILE_AHEAD = 2048;  // bytes ahead a token asks for (the stream of tiles)
-
 // MR x rows against one tile with AVX2: per step of 4 inputs, 64 bytes = two loads of 32, whose low nibbles are
 // rows 0-7 | 8-15 and high nibbles rows 16-23 | 24-31, 4 inputs per lane, unpacked once for the MR rows;
 // vpmaddubsw against the 4 x bytes broadcast gives each 16-bit half-lane 2 products summed (at most 2 * 15 * 127),

@@ -1,9 +1,9 @@
-// Int8MatMul (int8_matmul.hpp): per-row int8 weights' dot products, in x's order (a unit: 32 inputs). On the
-// AVX-512 build a prompt runs the int4 operation's tiles (int4_avx512.hpp), one token its panel path.
+// Int8MatMul (int8_matmul.hpp): per-row int8 weights' dot products, for one token and for many rows, from tiles of
+// 32 rows as Int4MatMul's (AVX-512 VNNI: int4_avx512.hpp).
 
 #include "int8_matmul.hpp"
 
-#include <vector>
+#include <cstring>
 
 #if MVLM_AVX512
 #include "int4_avx512.hpp"
@@ -11,75 +11,91 @@
 
 namespace mvlm {
 
-// int8 weights (the output head), in x's order, rows in panels as the int4 ones (a unit: 32 inputs):
-// sums[r] = sum over blocks of x scale * (weight . x values). Signed * signed through vpmaddubsw's
-// unsigned * signed: |w| * (x with w's sign).
-template <int ROWS>
-static void dot_rows_int8(const int8_t* weight, size_t rows, const int8_t* xv, const float* xscale, size_t K,
-                          size_t ahead, float* sums) {
+// MR x rows against one tile of 32 int8 weight rows with AVX2 (layout.int8_tiles): per step of 4 inputs, 128 bytes
+// = four loads of 32 (rows 0-7, 8-15, 16-23, 24-31), 4 inputs per lane. Signed * signed through vpmaddubsw's
+// unsigned * signed: |w| * (x with w's sign), 2 products a 16-bit half-lane (at most 2 * 128 * 127 < 32768), then
+// vpmaddwd makes them one int32 per lane, summed over a block of 8 steps and scaled. Per row of the tile: `wscale`
+// and `wzero` (scale * zero / 8); per x row: `xscale` per block, `xoffset` (8 * scale * sum, over all blocks).
+template <int MR>
+static void int8_tile_avx2(const int8_t* w, const float* wscale, const float* wzero, const int8_t* x,
+                           const float* xscale, const float* xoffset, size_t K, float* y, size_t y_stride,
+                           size_t ahead) {
     const __m256i ones = _mm256_set1_epi16(1);
-    __m256 acc[ROWS];
-    for (int r = 0; r < ROWS; ++r) acc[r] = _mm256_setzero_ps();
-    for (size_t b = 0; b < K / BLOCK; ++b) {
-        const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xv + b * BLOCK));
-        const __m256 sv = _mm256_set1_ps(xscale[b]);
-        for (int r = 0; r < ROWS; ++r) {
-            const int8_t* here = weight + (b * rows + r) * UNIT;
-            if (r % 2 == 0) _mm_prefetch(reinterpret_cast<const char*>(here + ahead), _MM_HINT_T0);
-            const __m256i w = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(here));
-            const __m256i products = _mm256_madd_epi16(
-                _mm256_maddubs_epi16(_mm256_sign_epi8(w, w), _mm256_sign_epi8(v, w)), ones);
-            acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(products), sv, acc[r]);
+    const size_t blocks = K / BLOCK;
+    __m256 acc[MR][4];  // per x row: weight rows 0-7, 8-15, 16-23, 24-31
+    for (auto& row : acc)
+        for (auto& a : row) a = _mm256_setzero_ps();
+    for (size_t b = 0; b < blocks; ++b) {
+        __m256i sums[MR][4];  // 32-bit
+        for (auto& row : sums)
+            for (auto& s : row) s = _mm256_setzero_si256();
+        const int8_t* wb = w + b * 8 * 128;
+        for (int step = 0; step < 8; ++step) {
+            __m256i wv[4], magnitude[4];
+            for (int j = 0; j < 4; ++j) {
+                const int8_t* here = wb + step * 128 + 32 * j;
+                if (ahead && j % 2 == 0) _mm_prefetch(reinterpret_cast<const char*>(here + ahead), _MM_HINT_T0);
+                wv[j] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(here));
+                magnitude[j] = _mm256_sign_epi8(wv[j], wv[j]);  // |w| (-128 stays 0x80: 128 unsigned)
+            }
+            for (int i = 0; i < MR; ++i) {
+                int four;
+                std::memcpy(&four, x + i * K + b * BLOCK + step * 4, 4);
+                const __m256i broadcast = _mm256_set1_epi32(four);
+                for (int j = 0; j < 4; ++j) {
+                    const __m256i pairs = _mm256_maddubs_epi16(magnitude[j], _mm256_sign_epi8(broadcast, wv[j]));
+                    sums[i][j] = _mm256_add_epi32(sums[i][j], _mm256_madd_epi16(pairs, ones));
+                }
+            }
+        }
+        for (int i = 0; i < MR; ++i) {
+            const __m256 xs = _mm256_set1_ps(xscale[i * blocks + b]);
+            for (int j = 0; j < 4; ++j) acc[i][j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sums[i][j]), xs, acc[i][j]);
         }
     }
-    for (int r = 0; r < ROWS; ++r) sums[r] = hsum(acc[r]);
+    for (int i = 0; i < MR; ++i) {
+        const __m256 offset = _mm256_set1_ps(xoffset[i]);
+        for (int j = 0; j < 4; ++j) {
+            const __m256 scaled = _mm256_mul_ps(acc[i][j], _mm256_loadu_ps(wscale + 8 * j));
+            _mm256_storeu_ps(y + i * y_stride + 8 * j, _mm256_fnmadd_ps(_mm256_loadu_ps(wzero + 8 * j), offset, scaled));
+        }
+    }
 }
 
 bool Int8MatMul::evaluate(ov::TensorVector& outputs, const ov::TensorVector& inputs) const {
     const size_t K = inputs[0].get_shape().back(), M = inputs[0].get_size() / K, N = inputs[1].get_shape()[0];
     const size_t blocks = K / BLOCK;
+    OPENVINO_ASSERT(N % TILE == 0, "Int8MatMul: ", N, " weight rows (whole tiles of 32)");
     const Quantized& q = quantize_input(inputs[0], N, outputs[0]);
     const int8_t* w = static_cast<const int8_t*>(inputs[1].data());
     const float* zero = inputs[2].data<const float>();
     const float* scale = inputs[3].data<const float>();
     float* y = outputs[0].data<float>();
+    thread_local Buffer<float> kept;  // per x row: its blocks' offsets summed
+    kept.assign(M, 0.f);
+    float* offsets = kept.data();
+    for (size_t i = 0; i < M * blocks; ++i) offsets[i / blocks] += q.offset[i];
 #if MVLM_AVX512
-    if (M > 1 && K % 64 == 0) {  // a prompt (the vision model's MatMuls): the stored byte xor 0x80 is unsigned
-        avx512::prompt(q, M, K, N, K, y, [&](size_t n, uint8_t* bytes, float* row_scale, float& zero_point) {
-            const __m256i flip = _mm256_set1_epi8(static_cast<char>(0x80));
-            for (size_t c = 0; c < K / BLOCK; ++c) {
-                const __m256i stored = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(unit_at(
-                    reinterpret_cast<const uint8_t*>(w), n, c, K, N)));
-                _mm256_storeu_si256(reinterpret_cast<__m256i*>(bytes + c * BLOCK), _mm256_xor_si256(stored, flip));
-            }
-            *row_scale = scale[n];
-            zero_point = (zero[n] + 128.f) / 8.f;  // per 8: x's offsets are 8 * scale * sum
-        });
-        return true;
-    }
-#endif
-    std::vector<float> x_sum(M, 0.f);  // each row's sum of quantized x (offset = 8 * scale * sum)
-    for (size_t m = 0; m < M; ++m)
-        for (size_t b = 0; b < blocks; ++b) x_sum[m] += q.offset[m * blocks + b] / 8.f;
-    for_each_panel(N, [&](size_t n, size_t rows) {
-        const int8_t* panel = w + n * K;
-        float sums[PANEL];
-        for (size_t m = 0; m < M; ++m) {
-            const int8_t* xv = &q.values[m * K];
-            const float* xs = &q.scale[m * blocks];
-            if (rows == PANEL) {
-#if MVLM_AVX512
-                avx512::dot_panel_int8(panel, xv, xs, K, sums);
+    avx512::int8_tiles(q.values.data(), q.scale.data(), offsets, M, K, N, w, zero, scale, y);
 #else
-                dot_rows_int8<4>(panel, rows, xv, xs, K, PANEL * K, sums);
-#endif
-            } else {
-                for (size_t r = 0; r < rows; ++r) dot_rows_int8<1>(panel + r * UNIT, rows, xv, xs, K, 0, sums + r);
-            }
-            for (size_t r = 0; r < rows; ++r)
-                y[m * N + n + r] = scale[n + r] * (sums[r] - zero[n + r] * x_sum[m]);
+    parallel_shares(N / TILE, [&](size_t t) {
+        float wscale[TILE], wzero[TILE];
+        for (size_t r = 0; r < TILE; ++r) {
+            wscale[r] = scale[t * TILE + r];
+            wzero[r] = wscale[r] * zero[t * TILE + r] / 8.f;  // (x offsets are 8 * scale * sum)
+        }
+        const int8_t* wt = w + t * TILE * K;
+        for (size_t m = 0; m < M; m += 2) {  // two rows per pass; the tile stays in the cache for the next rows
+            const int8_t* xm = q.values.data() + m * K;
+            const float *xs = q.scale.data() + m * blocks, *xo = offsets + m;
+            float* out = y + m * N + t * TILE;
+            if (m + 1 < M)
+                int8_tile_avx2<2>(wt, wscale, wzero, xm, xs, xo, K, out, N, 0);
+            else
+                int8_tile_avx2<1>(wt, wscale, wzero, xm, xs, xo, K, out, N, M == 1 ? TILE_AHEAD : 0);
         }
     });
+#endif
     return true;
 }
 

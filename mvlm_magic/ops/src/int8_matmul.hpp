@@ -1,8 +1,9 @@
 // Int8MatMul: y = x @ dequantize(W).T for NNCF's asymmetric int8 weights with one zero point and scale per row
 // (the head of an int4 export; every MatMul of an export's vision model), as one OpenVINO operation.
 //
-// Inputs: x f32 (..., K); weight i8 (N, K) = stored u8 - 128, rows in panels of 4 interleaved by 32 bytes;
-// zero f32 (N) = zero point - 128; scale f32 (N). Output f32 (..., N) = scale * (weight - zero) . x
+// Inputs: x f32 (..., K); weight i8 (N, K) = stored u8 - 128, N a multiple of 32, in tiles of 32 rows
+// (mvlm_magic/ops/layout.py's int8_tiles: per tile and step of 4 inputs, 128 bytes, 4 bytes a row); zero f32 (N) =
+// zero point - 128; scale f32 (N). Output f32 (..., N) = scale * (weight - zero) . x
 #pragma once
 
 #include "weight_matmul.hpp"

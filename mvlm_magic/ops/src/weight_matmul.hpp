@@ -1,5 +1,5 @@
 // What Int4MatMul and Int8MatMul share: the OpenVINO operation around a weight of N rows (x f32 (..., K) ->
-// f32 (..., N)), the activations quantized to int8, and the split of a weight's panels among threads.
+// f32 (..., N)) and the activations quantized to int8.
 #pragma once
 
 #include "common.hpp"
@@ -34,16 +34,5 @@ public:
     bool visit_attributes(ov::AttributeVisitor&) override { return true; }
     bool has_evaluate() const override { return true; }
 };
-
-// Each thread takes whole panels, 4 at a time: `work(first row, rows)` for each panel.
-template <class Work>
-static void for_each_panel(size_t N, const Work& work) {
-    constexpr size_t PANELS = 4;
-    const size_t panels = (N + PANEL - 1) / PANEL;
-    parallel_shares((panels + PANELS - 1) / PANELS, [&](size_t chunk) {
-        for (size_t p = chunk * PANELS; p < std::min(panels, (chunk + 1) * PANELS); ++p)
-            work(p * PANEL, std::min(PANEL, N - p * PANEL));
-    });
-}
 
 }  // namespace mvlm
