@@ -9,6 +9,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <new>
+#include <type_traits>
 #include <vector>
 
 // ov::parallel_for on TBB, in every build (OpenVINO's CMake target asks for TBB_ADAPTIVE: build.py's choice wins).
@@ -85,6 +86,20 @@ static void parallel_shares(size_t count, const Work& work) {
         for (int other = 1; other < threads; ++other)
             while (take(shares[(me + other) % threads], false, item)) work(item);
     });
+}
+
+// call(rows, m) for the rows of x m, m + 1, ... of M, at most MOST at a time against one weight tile in the cache;
+// `rows` is a std::integral_constant, so each count runs its own unrolled kernel (kernel<decltype(rows)::value>).
+template <int R, class Call>
+static void rows_of(size_t left, size_t m, const Call& call) {
+    if constexpr (R > 1)
+        if (left < R) return rows_of<R - 1>(left, m, call);
+    call(std::integral_constant<int, R>{}, m);
+}
+
+template <int MOST, class Call>
+static void by_rows(size_t M, const Call& call) {
+    for (size_t m = 0; m < M; m += MOST) rows_of<MOST>(std::min<size_t>(MOST, M - m), m, call);
 }
 
 // Rows of x, quantized: the values, each block of 32's scale, and 8 * scale * sum (what the +8 of the

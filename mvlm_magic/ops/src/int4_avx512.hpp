@@ -139,20 +139,10 @@ static void int4_tiles(const int8_t* x, const float* xscale, const float* xoffse
     parallel_shares(N / TILE_ROWS, [&](size_t t) {
         const uint8_t* wt = w + t * tile_bytes;
         const uint16_t* st = scale + t * groups * TILE_ROWS;
-        const size_t ahead = M == 1 ? AHEAD : 0;
-        for (size_t m = 0; m < M;) {
-            const size_t mr = std::min<size_t>(4, M - m);
-            const int8_t* xm = x + m * K;
-            const float *xs = xscale + m * blocks, *xo = xoffset + m * groups;
-            float* out = y + m * N + t * TILE_ROWS;
-            switch (mr) {
-                case 4: int4_tile<4>(wt, st, xm, xs, xo, K, G, out, N, ahead); break;
-                case 3: int4_tile<3>(wt, st, xm, xs, xo, K, G, out, N, ahead); break;
-                case 2: int4_tile<2>(wt, st, xm, xs, xo, K, G, out, N, ahead); break;
-                default: int4_tile<1>(wt, st, xm, xs, xo, K, G, out, N, ahead);
-            }
-            m += mr;
-        }
+        by_rows<4>(M, [&](auto rows, size_t m) {
+            int4_tile<decltype(rows)::value>(wt, st, x + m * K, xscale + m * blocks, xoffset + m * groups, K, G,
+                                             y + m * N + t * TILE_ROWS, N, M == 1 ? AHEAD : 0);
+        });
     });
 }
 
@@ -168,21 +158,10 @@ static void int8_tiles(const int8_t* x, const float* xscale, const float* xoffse
             wscale[r] = scale[t * TILE_ROWS + r];
             wzero[r] = wscale[r] * (zero[t * TILE_ROWS + r] + 128.f) / 8.f;  // (x offsets are 8 * scale * sum)
         }
-        const int8_t* wt = w + t * TILE_ROWS * K;
-        const size_t ahead = M == 1 ? AHEAD : 0;
-        for (size_t m = 0; m < M;) {
-            const size_t mr = std::min<size_t>(4, M - m);
-            const int8_t* xm = x + m * K;
-            const float *xs = xscale + m * blocks, *xo = xoffset + m;
-            float* out = y + m * N + t * TILE_ROWS;
-            switch (mr) {
-                case 4: int8_tile<4>(wt, wscale, wzero, xm, xs, xo, K, out, N, ahead); break;
-                case 3: int8_tile<3>(wt, wscale, wzero, xm, xs, xo, K, out, N, ahead); break;
-                case 2: int8_tile<2>(wt, wscale, wzero, xm, xs, xo, K, out, N, ahead); break;
-                default: int8_tile<1>(wt, wscale, wzero, xm, xs, xo, K, out, N, ahead);
-            }
-            m += mr;
-        }
+        by_rows<4>(M, [&](auto rows, size_t m) {
+            int8_tile<decltype(rows)::value>(w + t * TILE_ROWS * K, wscale, wzero, x + m * K, xscale + m * blocks,
+                                             xoffset + m, K, y + m * N + t * TILE_ROWS, N, M == 1 ? AHEAD : 0);
+        });
     });
 }
 

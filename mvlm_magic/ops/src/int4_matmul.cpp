@@ -88,15 +88,11 @@ bool Int4MatMul::evaluate(ov::TensorVector& outputs, const ov::TensorVector& inp
     parallel_shares(N / TILE, [&](size_t t) {
         const uint8_t* wt = w + t * TILE * K / 2;
         const uint16_t* st = s + t * groups * TILE;
-        for (size_t m = 0; m < M; m += 2) {  // two rows per pass; the tile stays in the cache for the next rows
-            const int8_t* xm = q.values.data() + m * K;
-            const float *xs = q.scale.data() + m * blocks, *xo = offsets + m * groups;
-            float* out = y + m * N + t * TILE;
-            if (m + 1 < M)
-                int4_tile_avx2<2>(wt, st, xm, xs, xo, K, G, out, N, 0);
-            else
-                int4_tile_avx2<1>(wt, st, xm, xs, xo, K, G, out, N, M == 1 ? TILE_AHEAD : 0);
-        }
+        by_rows<2>(M, [&](auto rows, size_t m) {  // two rows per pass; the tile stays in the cache for the next
+            int4_tile_avx2<decltype(rows)::value>(wt, st, q.values.data() + m * K, q.scale.data() + m * blocks,
+                                                  offsets + m * groups, K, G, y + m * N + t * TILE, N,
+                                                  M == 1 ? TILE_AHEAD : 0);
+        });
     });
 #endif
     return true;

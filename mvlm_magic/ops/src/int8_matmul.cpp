@@ -84,16 +84,11 @@ bool Int8MatMul::evaluate(ov::TensorVector& outputs, const ov::TensorVector& inp
             wscale[r] = scale[t * TILE + r];
             wzero[r] = wscale[r] * zero[t * TILE + r] / 8.f;  // (x offsets are 8 * scale * sum)
         }
-        const int8_t* wt = w + t * TILE * K;
-        for (size_t m = 0; m < M; m += 2) {  // two rows per pass; the tile stays in the cache for the next rows
-            const int8_t* xm = q.values.data() + m * K;
-            const float *xs = q.scale.data() + m * blocks, *xo = offsets + m;
-            float* out = y + m * N + t * TILE;
-            if (m + 1 < M)
-                int8_tile_avx2<2>(wt, wscale, wzero, xm, xs, xo, K, out, N, 0);
-            else
-                int8_tile_avx2<1>(wt, wscale, wzero, xm, xs, xo, K, out, N, M == 1 ? TILE_AHEAD : 0);
-        }
+        by_rows<2>(M, [&](auto rows, size_t m) {  // two rows per pass; the tile stays in the cache for the next
+            int8_tile_avx2<decltype(rows)::value>(w + t * TILE * K, wscale, wzero, q.values.data() + m * K,
+                                                  q.scale.data() + m * blocks, offsets + m, K, y + m * N + t * TILE,
+                                                  N, M == 1 ? TILE_AHEAD : 0);
+        });
     });
 #endif
     return true;
