@@ -40,25 +40,21 @@ def rewrite_int8_matmuls(model: ov.Model, spill=None) -> int:
 
 
 def tiled(parts: list[np.ndarray]) -> list[np.ndarray]:
-    """Int4MatMul's constants in its order (layout.int4_tiles); rows up to a whole tile are zeros (their outputs
-    are split off again: `_replace`)."""
+    """Int4MatMul's constants in its order (layout.int4_tiles), rows up to a whole tile added."""
     values, scales = parts
-    missing = -len(values) % TILE
-    if missing:
-        values = np.concatenate([values, np.full((missing, values.shape[1]), 8, np.uint8)])  # weight 0 (+ 8)
-        scales = np.concatenate([scales, np.zeros((missing, scales.shape[1]), scales.dtype)])
-    return list(int4_tiles(values, scales))
+    return list(int4_tiles(whole_tiles(values, fill=8), whole_tiles(scales)))  # 8: weight 0 (+ 8)
 
 
 def int8_tiled(parts: list[np.ndarray]) -> list[np.ndarray]:
-    """Int8MatMul's constants in its order (layout.int8_tiles); rows up to a whole tile are zeros (their outputs are
-    split off again: `_replace`)."""
-    values, zeros, scales = parts
-    missing = -len(values) % TILE
-    if missing:
-        values = np.concatenate([values, np.zeros((missing, values.shape[1]), values.dtype)])
-        zeros, scales = (np.concatenate([a, np.zeros(missing, a.dtype)]) for a in (zeros, scales))
+    """Int8MatMul's constants in its order (layout.int8_tiles), rows up to a whole tile added."""
+    values, zeros, scales = (whole_tiles(part) for part in parts)
     return [int8_tiles(values), zeros, scales]
+
+
+def whole_tiles(rows: np.ndarray, fill=0) -> np.ndarray:
+    """`rows` with rows of `fill` up to a multiple of TILE: their outputs are split off again (`_replace`)."""
+    missing = -len(rows) % TILE
+    return np.concatenate([rows, np.full((missing, *rows.shape[1:]), fill, rows.dtype)]) if missing else rows
 
 
 def _replace_by_input(found: list, data, operation, same, spill=None, order=None) -> None:

@@ -31,11 +31,11 @@ constexpr size_t LANES = 16, VECTORS = 2, TILE_ROWS = LANES * VECTORS;
 
 // Int8MatMul: MR x rows against one tile of 32 int8 weight rows in tile order (layout.int8_tiles): per step of 4
 // inputs two 64-byte loads, made unsigned (xor 0x80: weight + 128) for vpdpbusd; a lane sums one x block (8
-// steps) in int32, then it is scaled. Per row of the tile: `wscale` (its scale) and `wzero` (scale * (zero + 128)
-// / 8, the +128 included); per x row: `xscale` per block and `xoffset` (8 * scale * sum of the values, over all
-// blocks). `ahead`: how far ahead to ask for the weights (a token streams them; a prompt's tile is in the cache).
+// steps) in int32, then it is scaled. Per row of the tile: `scale` and `zero`; per x row: `xscale` per block and
+// `xoffset` (8 * scale * sum of the values, over all blocks). `ahead`: how far ahead to ask for the weights (a
+// token streams them; a prompt's tile is in the cache).
 template <int MR>
-static void int8_tile(const int8_t* w, const float* wscale, const float* wzero, const int8_t* x, const float* xscale,
+static void int8_tile(const int8_t* w, const float* scale, const float* zero, const int8_t* x, const float* xscale,
                       const float* xoffset, size_t K, float* y, size_t y_stride, size_t ahead) {
     const __m512i flip = _mm512_set1_epi8(static_cast<char>(0x80));
     const size_t blocks = K / BLOCK;
@@ -69,12 +69,13 @@ static void int8_tile(const int8_t* w, const float* wscale, const float* wzero, 
                 acc[v][i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sums[v][i]), xs, acc[v][i]);
         }
     }
+    const __m512 flipped = _mm512_set1_ps(128.f);  // what the xor added to every weight
     for (int i = 0; i < MR; ++i) {
-        const __m512 offset = _mm512_set1_ps(xoffset[i]);
-        for (size_t v = 0; v < VECTORS; ++v) {
-            const __m512 scaled = _mm512_mul_ps(acc[v][i], _mm512_load_ps(wscale + v * LANES));
-            _mm512_storeu_ps(y + i * y_stride + v * LANES,
-                             _mm512_fnmadd_ps(_mm512_load_ps(wzero + v * LANES), offset, scaled));
+        const __m512 offset = _mm512_set1_ps(xoffset[i] / 8.f);  // (x offsets are 8 * scale * sum)
+        for (size_t v = 0; v < VECTORS; ++v) {  // scale * (w . x - (zero + 128) * sum of x)
+            const __m512 shift = _mm512_add_ps(_mm512_loadu_ps(zero + v * LANES), flipped);
+            const __m512 centred = _mm512_fnmadd_ps(shift, offset, acc[v][i]);
+            _mm512_storeu_ps(y + i * y_stride + v * LANES, _mm512_mul_ps(_mm512_loadu_ps(scale + v * LANES), centred));
         }
     }
 }
@@ -153,14 +154,10 @@ static void int8_tiles(const int8_t* x, const float* xscale, const float* xoffse
                        const int8_t* w, const float* zero, const float* scale, float* y) {
     const size_t blocks = K / BLOCK;
     parallel_shares(N / TILE_ROWS, [&](size_t t) {
-        alignas(64) float wscale[TILE_ROWS], wzero[TILE_ROWS];
-        for (size_t r = 0; r < TILE_ROWS; ++r) {
-            wscale[r] = scale[t * TILE_ROWS + r];
-            wzero[r] = wscale[r] * (zero[t * TILE_ROWS + r] + 128.f) / 8.f;  // (x offsets are 8 * scale * sum)
-        }
         by_rows<4>(M, [&](auto rows, size_t m) {
-            int8_tile<decltype(rows)::value>(w + t * TILE_ROWS * K, wscale, wzero, x + m * K, xscale + m * blocks,
-                                             xoffset + m, K, y + m * N + t * TILE_ROWS, N, M == 1 ? AHEAD : 0);
+            int8_tile<decltype(rows)::value>(w + t * TILE_ROWS * K, scale + t * TILE_ROWS, zero + t * TILE_ROWS,
+                                             x + m * K, xscale + m * blocks, xoffset + m, K,
+                                             y + m * N + t * TILE_ROWS, N, M == 1 ? AHEAD : 0);
         });
     });
 }

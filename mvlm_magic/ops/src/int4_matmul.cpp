@@ -78,10 +78,7 @@ bool Int4MatMul::evaluate(ov::TensorVector& outputs, const ov::TensorVector& inp
     const uint8_t* w = static_cast<const uint8_t*>(weight.data());
     const uint16_t* s = static_cast<const uint16_t*>(scale.data());
     float* y = outputs[0].data<float>();
-    thread_local Buffer<float> kept;  // per x row and weight group: the blocks' offsets summed
-    kept.assign(M * groups, 0.f);
-    float* offsets = kept.data();
-    for (size_t i = 0; i < M * blocks; ++i) offsets[i / blocks * groups + i % blocks / (G / BLOCK)] += q.offset[i];
+    const float* offsets = group_offsets(q, M, K, G);
 #if MVLM_AVX512
     avx512::int4_tiles(q.values.data(), q.scale.data(), offsets, M, K, N, G, w, s, y);
 #else

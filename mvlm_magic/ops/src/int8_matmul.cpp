@@ -14,10 +14,10 @@ namespace mvlm {
 // MR x rows against one tile of 32 int8 weight rows with AVX2 (layout.int8_tiles): per step of 4 inputs, 128 bytes
 // = four loads of 32 (rows 0-7, 8-15, 16-23, 24-31), 4 inputs per lane. Signed * signed through vpmaddubsw's
 // unsigned * signed: |w| * (x with w's sign), 2 products a 16-bit half-lane (at most 2 * 128 * 127 < 32768), then
-// vpmaddwd makes them one int32 per lane, summed over a block of 8 steps and scaled. Per row of the tile: `wscale`
-// and `wzero` (scale * zero / 8); per x row: `xscale` per block, `xoffset` (8 * scale * sum, over all blocks).
+// vpmaddwd makes them one int32 per lane, summed over a block of 8 steps and scaled. Per row of the tile: `scale`
+// and `zero`; per x row: `xscale` per block, `xoffset` (8 * scale * sum, over all blocks).
 template <int MR>
-static void int8_tile_avx2(const int8_t* w, const float* wscale, const float* wzero, const int8_t* x,
+static void int8_tile_avx2(const int8_t* w, const float* scale, const float* zero, const int8_t* x,
                            const float* xscale, const float* xoffset, size_t K, float* y, size_t y_stride,
                            size_t ahead) {
     const __m256i ones = _mm256_set1_epi16(1);
@@ -54,40 +54,32 @@ static void int8_tile_avx2(const int8_t* w, const float* wscale, const float* wz
         }
     }
     for (int i = 0; i < MR; ++i) {
-        const __m256 offset = _mm256_set1_ps(xoffset[i]);
-        for (int j = 0; j < 4; ++j) {
-            const __m256 scaled = _mm256_mul_ps(acc[i][j], _mm256_loadu_ps(wscale + 8 * j));
-            _mm256_storeu_ps(y + i * y_stride + 8 * j, _mm256_fnmadd_ps(_mm256_loadu_ps(wzero + 8 * j), offset, scaled));
+        const __m256 offset = _mm256_set1_ps(xoffset[i] / 8.f);  // (x offsets are 8 * scale * sum)
+        for (int j = 0; j < 4; ++j) {  // scale * (w . x - zero * sum of x)
+            const __m256 centred = _mm256_fnmadd_ps(_mm256_loadu_ps(zero + 8 * j), offset, acc[i][j]);
+            _mm256_storeu_ps(y + i * y_stride + 8 * j, _mm256_mul_ps(_mm256_loadu_ps(scale + 8 * j), centred));
         }
     }
 }
 
 bool Int8MatMul::evaluate(ov::TensorVector& outputs, const ov::TensorVector& inputs) const {
     const size_t K = inputs[0].get_shape().back(), M = inputs[0].get_size() / K, N = inputs[1].get_shape()[0];
-    const size_t blocks = K / BLOCK;
     OPENVINO_ASSERT(N % TILE == 0, "Int8MatMul: ", N, " weight rows (whole tiles of 32)");
     const Quantized& q = quantize_input(inputs[0], N, outputs[0]);
     const int8_t* w = static_cast<const int8_t*>(inputs[1].data());
     const float* zero = inputs[2].data<const float>();
     const float* scale = inputs[3].data<const float>();
     float* y = outputs[0].data<float>();
-    thread_local Buffer<float> kept;  // per x row: its blocks' offsets summed
-    kept.assign(M, 0.f);
-    float* offsets = kept.data();
-    for (size_t i = 0; i < M * blocks; ++i) offsets[i / blocks] += q.offset[i];
+    const float* offsets = group_offsets(q, M, K, K);
 #if MVLM_AVX512
     avx512::int8_tiles(q.values.data(), q.scale.data(), offsets, M, K, N, w, zero, scale, y);
 #else
+    const size_t blocks = K / BLOCK;
     parallel_shares(N / TILE, [&](size_t t) {
-        float wscale[TILE], wzero[TILE];
-        for (size_t r = 0; r < TILE; ++r) {
-            wscale[r] = scale[t * TILE + r];
-            wzero[r] = wscale[r] * zero[t * TILE + r] / 8.f;  // (x offsets are 8 * scale * sum)
-        }
         by_rows<2>(M, [&](auto rows, size_t m) {  // two rows per pass; the tile stays in the cache for the next
-            int8_tile_avx2<decltype(rows)::value>(w + t * TILE * K, wscale, wzero, q.values.data() + m * K,
-                                                  q.scale.data() + m * blocks, offsets + m, K, y + m * N + t * TILE,
-                                                  N, M == 1 ? TILE_AHEAD : 0);
+            int8_tile_avx2<decltype(rows)::value>(w + t * TILE * K, scale + t * TILE, zero + t * TILE,
+                                                  q.values.data() + m * K, q.scale.data() + m * blocks, offsets + m,
+                                                  K, y + m * N + t * TILE, N, M == 1 ? TILE_AHEAD : 0);
         });
     });
 #endif

@@ -43,4 +43,12 @@ const Quantized& quantize_input(const ov::Tensor& x, size_t N, ov::Tensor& out) 
     return q;
 }
 
+const float* group_offsets(const Quantized& q, size_t M, size_t K, size_t G) {
+    const size_t blocks = K / BLOCK, groups = K / G;
+    thread_local Buffer<float> kept;  // (a lambda running on another thread must see this thread's buffer)
+    kept.assign(M * groups, 0.f);
+    for (size_t i = 0; i < M * blocks; ++i) kept[i / blocks * groups + i % blocks / (G / BLOCK)] += q.offset[i];
+    return kept.data();
+}
+
 }  // namespace mvlm

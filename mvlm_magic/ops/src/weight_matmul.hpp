@@ -11,6 +11,10 @@ namespace mvlm {
 // allocates nothing, and give `out` x's shape with the last dimension N.
 const Quantized& quantize_input(const ov::Tensor& x, size_t N, ov::Tensor& out);
 
+// Each x row's offsets (q.offset, one per block of 32) summed over each group of G inputs: (M, K/G), in this
+// thread's buffer (G = K: one sum per row, for weights with one scale per row).
+const float* group_offsets(const Quantized& q, size_t M, size_t K, size_t G);
+
 // x f32 (..., K) and a weight of N rows -> f32 (..., N), run by Self's `evaluate`.
 template <class Self>
 class WeightMatMul : public ov::op::Op {
