@@ -228,8 +228,11 @@ def test_kv_attention_equals_its_definition(heads, kv_heads, head, tmp_path):
     rng = np.random.default_rng(head)
     keys = np.zeros((kv_heads, 0, head))  # what the cache should hold: every position's key, as int8 and its scale
     values = np.zeros((kv_heads, 0, head))
-    # a prompt, tokens, a prompt continuing them, a rewind to position 5 (an earlier turn), a key masked out
-    for past, new, hidden in ((0, 7, None), (7, 1, None), (8, 1, None), (9, 6, None), (5, 2, None), (7, 5, 3)):
+    # a prompt, tokens, a prompt continuing them, a rewind to position 5 (an earlier turn), a key masked out, a
+    # prompt past the room a row makes at first (kv_attention.hpp ROOM: the row grows) and a token after it
+    steps = ((0, 7, None), (7, 1, None), (8, 1, None), (9, 6, None), (5, 2, None), (7, 5, 3), (12, 2040, None),
+             (2052, 1, None))
+    for past, new, hidden in steps:
         q = rng.standard_normal((1, heads, new, head)).astype(np.float32)
         k, v = (rng.standard_normal((1, kv_heads, new, head)).astype(np.float32) for _ in range(2))
         mask = np.tril(np.ones((new, past + new), bool), past)  # causal
@@ -244,8 +247,8 @@ def test_kv_attention_equals_its_definition(heads, kv_heads, head, tmp_path):
         weights = np.exp(scores - scores.max(-1, keepdims=True))
         expected = np.einsum("htp,hpd->htd", weights / weights.sum(-1, keepdims=True), np.repeat(values, group, 0))
         np.testing.assert_allclose(out[0], expected, atol=2e-6 * np.abs(expected).max() + 1e-6)
-    with pytest.raises(RuntimeError, match="12 are cached"):  # positions that were never computed
-        attention.infer([q[:, :, :1], k[:, :, :1], v[:, :, :1], np.ones((1, 1, 1, 20), bool)])
+    with pytest.raises(RuntimeError, match="2053 are cached"):  # positions that were never computed
+        attention.infer([q[:, :, :1], k[:, :, :1], v[:, :, :1], np.ones((1, 1, 1, 2060), bool)])
 
 
 def test_kv_attention_starts_a_row_from_the_start_of_another(tmp_path):
