@@ -94,9 +94,13 @@ static void int4_tile(const uint8_t* w, const uint16_t* scale, const int8_t* x, 
     for (size_t v = 0; v < VECTORS; ++v)
         for (int i = 0; i < MR; ++i) acc[v][i] = _mm512_setzero_ps();
     for (size_t g = 0; g < groups; ++g) {
-        __m512 ws[VECTORS];
-        for (size_t v = 0; v < VECTORS; ++v)
-            ws[v] = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(scale + (g * VECTORS + v) * LANES)));
+        // the group's sum before its weight scale: - offset + each block's int32 sums times its x scale, so that
+        // the scale costs one multiply-add a group, not one a block (fewer float operations beside the vpdpbusd)
+        __m512 group[VECTORS][MR];
+        for (int i = 0; i < MR; ++i) {
+            const __m512 offset = _mm512_set1_ps(-xoffset[i * groups + g]);
+            for (size_t v = 0; v < VECTORS; ++v) group[v][i] = offset;
+        }
         for (size_t b = g * blocks_per_group; b < (g + 1) * blocks_per_group; ++b) {
             __m512i sums[VECTORS][MR];
             for (size_t v = 0; v < VECTORS; ++v)
@@ -120,12 +124,13 @@ static void int4_tile(const uint8_t* w, const uint16_t* scale, const int8_t* x, 
             for (int i = 0; i < MR; ++i) {
                 const __m512 xs = _mm512_set1_ps(xscale[i * blocks + b]);
                 for (size_t v = 0; v < VECTORS; ++v)
-                    acc[v][i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sums[v][i]), _mm512_mul_ps(ws[v], xs), acc[v][i]);
+                    group[v][i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sums[v][i]), xs, group[v][i]);
             }
         }
-        for (int i = 0; i < MR; ++i) {
-            const __m512 offset = _mm512_set1_ps(xoffset[i * groups + g]);
-            for (size_t v = 0; v < VECTORS; ++v) acc[v][i] = _mm512_fnmadd_ps(ws[v], offset, acc[v][i]);
+        for (size_t v = 0; v < VECTORS; ++v) {
+            const __m512 ws = _mm512_cvtph_ps(
+                _mm256_loadu_si256(reinterpret_cast<const __m256i*>(scale + (g * VECTORS + v) * LANES)));
+            for (int i = 0; i < MR; ++i) acc[v][i] = _mm512_fmadd_ps(group[v][i], ws, acc[v][i]);
         }
     }
     for (int i = 0; i < MR; ++i)
