@@ -229,7 +229,7 @@ def test_kv_attention_equals_its_definition(heads, kv_heads, head, tmp_path):
     keys = np.zeros((kv_heads, 0, head))  # what the cache should hold: every position's key, as int8 and its scale
     values = np.zeros((kv_heads, 0, head))
     # a prompt, tokens, a prompt continuing them, a rewind to position 5 (an earlier turn), a key masked out, a
-    # prompt past the room a row makes at first (kv_attention.hpp ROOM: the row grows) and a token after it
+    # long prompt (the row grows many times over) and a token after it
     steps = ((0, 7, None), (7, 1, None), (8, 1, None), (9, 6, None), (5, 2, None), (7, 5, 3), (12, 2040, None),
              (2052, 1, None))
     for past, new, hidden in steps:

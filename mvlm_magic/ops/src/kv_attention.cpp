@@ -51,12 +51,12 @@ static void copy_positions(const KVCache& from, KVCache& to, size_t positions) {
 
 void KVCache::reserve(size_t positions) {
     if (positions <= capacity) return;
-    // Room for ROOM positions (pages untouched cost nothing), past them a multiple of 64: a server holds a row
-    // per conversation, where doubling kept up to twice their keys and values.
-    KVCache grown{heads, dim, std::max(ROOM, (positions + 63) / 64 * 64), filled};
+    // Up to a multiple of 64 positions, not twice as many: a server holds a row per conversation, and doubling
+    // kept up to twice their keys and values (copying a row every 64 tokens costs little next to a step).
+    KVCache grown{heads, dim, (positions + 63) / 64 * 64, filled};
     const size_t values = heads * grown.capacity * dim, scales = values / group();
-    grown.keys = Pages<int8_t>(values), grown.values = Pages<int8_t>(values);
-    grown.key_scales = Pages<float>(scales), grown.value_scales = Pages<float>(scales);
+    grown.keys.resize(values), grown.values.resize(values);
+    grown.key_scales.resize(scales), grown.value_scales.resize(scales);
     copy_positions(*this, grown, filled);
     *this = std::move(grown);
 }

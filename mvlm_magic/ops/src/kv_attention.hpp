@@ -28,58 +28,42 @@
 
 #include <memory>
 #include <new>
-#include <utility>
 #include <vector>
 
 #include "openvino/op/op.hpp"
 
 namespace mvlm {
 
-// `count` values in pages of their own (mmap), given back to the system when freed. Why: a page costs memory only
-// once written, so a row reserves room for a long conversation up front and never copies itself to grow while a
-// chat decodes (a copy of every head and page faults on every 64 tokens: ~0.4 ms a step, docs/benchmarks.md);
-// and malloc kept freed buffers inside its heap, where bigger ones never fit: a server decoding 16 conversations
-// held ~0.4 GB more than its caches (docs/serving.md).
+// Memory of its own pages for each cache buffer (mmap), given back to the system when freed. Why: rows grow as
+// conversations do, and malloc kept the freed smaller buffers inside its heap, where bigger ones never fit: a
+// server decoding 16 conversations held ~0.4 GB more than its caches (docs/serving.md).
 template <class T>
-class Pages {
-public:
+struct Pages {
+    using value_type = T;
     Pages() = default;
-    explicit Pages(size_t count) : count_(count) {
-        if (!count) return;
-        void* p = mmap(nullptr, count * sizeof(T), PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE,
-                       -1, 0);
+    template <class U>
+    Pages(const Pages<U>&) {}
+    T* allocate(size_t n) {
+        void* p = mmap(nullptr, n * sizeof(T), PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
         if (p == MAP_FAILED) throw std::bad_alloc();
-        data_ = static_cast<T*>(p);
+        return static_cast<T*>(p);
     }
-    Pages(Pages&& other) noexcept { swap(other); }
-    Pages& operator=(Pages&& other) noexcept {  // (`other` frees what this held)
-        swap(other);
-        return *this;
-    }
-    ~Pages() {
-        if (data_) munmap(data_, count_ * sizeof(T));
-    }
-    T& operator[](size_t i) { return data_[i]; }
-    const T& operator[](size_t i) const { return data_[i]; }
-
-private:
-    void swap(Pages& other) noexcept {
-        std::swap(data_, other.data_);
-        std::swap(count_, other.count_);
-    }
-    T* data_ = nullptr;
-    size_t count_ = 0;
+    void deallocate(T* p, size_t n) { munmap(p, n * sizeof(T)); }
+    template <class U>
+    bool operator==(const Pages<U>&) const { return true; }
+    template <class U>
+    bool operator!=(const Pages<U>&) const { return false; }
 };
 
-// Positions a cache row makes room for at once: MobileLLaMA's context (max_position_embeddings).
-constexpr size_t ROOM = 2048;
+template <class T>
+using PageBuffer = std::vector<T, Pages<T>>;
 
 // One cache row's keys and values of every position so far, (kv heads, capacity, D) each: int8, and a scale per
 // group of `group` values (D / group per position).
 struct KVCache {
     size_t heads = 0, dim = 0, capacity = 0, filled = 0;
-    Pages<int8_t> keys, values;
-    Pages<float> key_scales, value_scales;
+    PageBuffer<int8_t> keys, values;
+    PageBuffer<float> key_scales, value_scales;
 
     size_t group() const { return dim % 32 == 0 ? 32 : dim % 16 == 0 ? 16 : 8; }
     size_t offset(size_t h, size_t p) const { return (h * capacity + p) * dim; }
