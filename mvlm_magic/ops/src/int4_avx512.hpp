@@ -69,12 +69,13 @@ static void int8_tile(const int8_t* w, const float* scale, const float* zero, co
                 acc[v][i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sums[v][i]), xs, acc[v][i]);
         }
     }
-    const __m512 flipped = _mm512_set1_ps(128.f);  // what the xor added to every weight
+    __m512 shift[VECTORS];  // each row's zero point + the 128 the xor added to every weight
+    for (size_t v = 0; v < VECTORS; ++v)
+        shift[v] = _mm512_add_ps(_mm512_loadu_ps(zero + v * LANES), _mm512_set1_ps(128.f));
     for (int i = 0; i < MR; ++i) {
         const __m512 offset = _mm512_set1_ps(xoffset[i] / 8.f);  // (x offsets are 8 * scale * sum)
         for (size_t v = 0; v < VECTORS; ++v) {  // scale * (w . x - (zero + 128) * sum of x)
-            const __m512 shift = _mm512_add_ps(_mm512_loadu_ps(zero + v * LANES), flipped);
-            const __m512 centred = _mm512_fnmadd_ps(shift, offset, acc[v][i]);
+            const __m512 centred = _mm512_fnmadd_ps(shift[v], offset, acc[v][i]);
             _mm512_storeu_ps(y + i * y_stride + v * LANES, _mm512_mul_ps(_mm512_loadu_ps(scale + v * LANES), centred));
         }
     }
