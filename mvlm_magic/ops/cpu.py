@@ -35,10 +35,11 @@ def instruction_set() -> str | None:
 
 def helps_here() -> bool | None:
     """True where our operations were measured faster than OpenVINO's own: CPUs with AVX2 and no VNNI (where
-    OpenVINO multiplies int4 weights in f32) and CPUs with AVX-512 VNNI (where it runs prompts in bf16 and decodes
-    well below memory speed: docs/benchmarks.md). False where ours cannot run (no AVX2, FMA or F16C). None on the
-    CPUs never measured, those with AVX-VNNI but no AVX-512 or with AMX (whose matrix units OpenVINO uses for
-    prompts): there `measured.faster` times both paths at first load and remembers the faster."""
+    OpenVINO multiplies int4 weights in f32) and CPUs with AVX-512 VNNI (where its prompts are slower and it decodes
+    well below memory speed: AMD Zen 4 and 5, Intel Ice Lake; docs/benchmarks.md). False where ours cannot
+    run (no AVX2, FMA or F16C). None on the CPUs never measured, those with AVX-VNNI but no AVX-512 or with AMX
+    (whose matrix units OpenVINO uses for prompts): there `measured.faster` times both paths at first load and
+    remembers the faster."""
     flags = cpu_flags()
     if not NEEDED_FLAGS <= flags:
         return False
