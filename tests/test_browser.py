@@ -705,7 +705,8 @@ def test_the_ask_panel_asks_on_enter_and_keeps_its_question_box_in_place(lab, pa
     assert len({tuple(sample[1:]) for sample in samples}) == 1 and samples[0][3] is None, samples
     assert probe()["value"] == "", probe()  # asked: the box is empty for the next question
     page.locator(".jp-CodeCell").nth(2).locator("button:visible", has_text="Stop").click()
-    ended = wait_until(lambda: (p := probe())["ask"] and p, 60, "the answer to end after Stop", page)
+    ended = wait_until(lambda: (p := probe())["ask"] and p["stop"] is None and p, 60, "the answer to end after Stop",
+                       page)
     assert ended["stop"] is None and ended["askY"] == samples[0][2], (ended, samples)  # Stop gone, Ask in its place
     asked = page.evaluate(KERNEL_PRINT, "print(repr(panel.view.question), panel.answer.finish_reason)")
     assert asked.split() == ["'What", "is", "this?\\nBe", "brief.'", "stopped"], asked

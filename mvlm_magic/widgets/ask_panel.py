@@ -312,8 +312,9 @@ class AskPanel(w.VBox):
 
     def _streaming_buttons(self, streaming: bool) -> None:
         self.ask_button.disabled, self.stop_button.disabled = streaming, not streaming
-        self.ask_button.layout.display = "none" if streaming else None
-        self.stop_button.layout.display = None if streaming else "none"
+        shown, hidden = (self.stop_button, self.ask_button) if streaming else (self.ask_button, self.stop_button)
+        hidden.layout.display = "none"  # first: the front end never shows Ask and Stop side by side
+        shown.layout.display = None
 
     def _show_error(self, message: str) -> None:
         self.error_message = message
