@@ -34,6 +34,8 @@ def test_each_answer_equals_asking_alone_and_each_picture_is_encoded_once(eng, m
     for result in results:
         alone = eng.ask(dict(PICTURES)[result.name], result.question, max_new_tokens=6)
         assert result.answer.token_ids == alone.token_ids and not result.error
+        # encoded ahead of its question, once: "picture prepared" (not "already seen": nobody asked about it before)
+        assert result.answer.timings.summary().startswith("picture prepared · ")
 
 
 def test_an_unreadable_picture_is_one_row_and_the_rest_are_answered(eng, tmp_path):

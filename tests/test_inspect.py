@@ -11,6 +11,7 @@ from PIL import Image
 
 from conftest import DisplayRecorder, shapes_picture
 from mvlm_magic.inspect import grid_png, model_view
+from mvlm_magic.inspect.model_view import heatmap_png
 from mvlm_magic.runtime.preprocess import CLIP_MEAN, CLIP_STD, model_pixels, preprocess_image
 
 
@@ -126,6 +127,10 @@ def test_model_view_of_an_answer_lights_where_it_looked_and_its_controls_switch(
     assert np.allclose(view.heat(), view.attention.maps[1, 0, 1].reshape(12, 12))
     copy = view.static_copy()
     assert "where the whole answer looked" in copy["text/plain"] and copy["text/markdown"].count("<img") == 2
+    # the saved copy keeps the image-token grid over the lit map (the caption counts those 144 tokens)
+    lit = decode(base64.b64decode(copy["image/png"]))
+    without_grid = decode(heatmap_png(view.pixels, view.attention.heatmap()))
+    assert set(range(28, 336, 28)) <= set(np.flatnonzero((lit != without_grid).any(axis=(1, 2))))
 
 
 def test_show_input_in_the_magic_shows_the_model_view_first(magic_shell, monkeypatch):

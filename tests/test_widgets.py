@@ -21,8 +21,10 @@ import pytest
 from conftest import shapes_picture
 from mvlm_magic.printing import answer_stats
 from mvlm_magic.runtime.chat import Timings
+from mvlm_magic.runtime.confidence import TokenChoice
 from mvlm_magic.widgets import AnswerView, AskPanel, LoadPanel
 from mvlm_magic.widgets.ask_panel import HISTORY_THUMBNAIL, SUBMIT
+from mvlm_magic.widgets.confidence import tokens_html, tokens_markdown
 from mvlm_magic.widgets.messages import text_markdown
 from mvlm_magic.widgets.thumbnail import thumbnail_png
 
@@ -191,12 +193,13 @@ class Handle:
         self.updates.append((obj, kwargs))
 
 
-def rendered_text(markdown: str) -> str:
-    """What a reader sees: the Markdown rendered by nbconvert's renderer (mistune), as text."""
+def rendered_text(markdown: str, between: str = "\n") -> str:
+    """What a reader sees: the Markdown rendered by nbconvert's renderer (mistune), as text (`between`: what
+    joins the text of two elements)."""
     from bs4 import BeautifulSoup
     from nbconvert.filters.markdown_mistune import markdown2html_mistune
 
-    return BeautifulSoup(markdown2html_mistune(markdown), "html.parser").get_text("\n").strip()
+    return BeautifulSoup(markdown2html_mistune(markdown), "html.parser").get_text(between).strip()
 
 
 def test_the_answer_ends_as_a_static_copy_of_markdown_text_and_thumbnail(tiny, picture):
@@ -334,6 +337,17 @@ def test_the_default_pace_reaches_views_made_without_one_as_the_ask_panels(tiny,
 def test_answer_text_renders_verbatim_as_markdown(text):
     seen = rendered_text(text_markdown(text))
     assert seen.split("\n") == [line.replace(" " * 4, "\u00a0" * 4) for line in text.split("\n") if line]
+
+
+def test_tinted_tokens_read_as_the_answer_and_wrap_between_words():
+    # `--show-tokens`: each token a span; its leading space a plain one (where the line may wrap), not a no-break
+    # space (the saved answer was once one line running past the cell's edge); an indent after a line break kept
+    tokens = [TokenChoice(i, text, 0.9) for i, text in enumerate([" A", " small", " *star*.", "\n", "  x", " y"])]
+    markdown, live = tokens_markdown(tokens), tokens_html(tokens)
+    # verbatim, with no leading space (the answer's text is stripped); the line break a <br>, which has no text
+    assert rendered_text(markdown, between="") == "A small *star*.\u00a0\u00a0x y"
+    assert "\u00a0" not in markdown.split("<br>")[0] and markdown.count("<span title=") == 6
+    assert ">A</span>" in live and "> small</span>" in live  # the live box keeps spaces (pre-wrap) and wraps
 
 
 def test_a_second_view_waits_its_turn_visibly():
@@ -478,6 +492,7 @@ def test_ask_panel_stop_button_stops(tiny, picture):
 
 
 def test_ask_panel_upload_and_errors(tiny, picture):
+    tiny.forget_pictures()
     panel = AskPanel(tiny, max_new_tokens=4, blocking=True)
     assert panel.variable.layout.display == "none"  # no namespace: only uploads
     upload = {"name": "notes.txt", "type": "text/plain", "size": 5, "content": memoryview(b"hello"),
@@ -490,9 +505,13 @@ def test_ask_panel_upload_and_errors(tiny, picture):
                            "content": memoryview(data)},)
     assert panel.image is not None and panel.image.size == picture.size and not panel.error_message
     assert "shapes.png" in panel.picture_note.value
+    preparation = tiny.preparing  # an uploaded picture is made ready while the student types (issue 18 §1)
+    assert preparation.image is panel.image and preparation.wait(60) and preparation.prefix
     panel.question.value = "What is this?"
     view = panel.ask()
     assert view.done.is_set() and len(view.answer.token_ids) == 4  # blocking: finished on return
+    timings = view.answer.timings
+    assert timings.picture_ready and timings.image_encode_ms == 0 and timings.prefill_tokens < 144
 
     nothing_loaded = AskPanel(None, image=picture)
     nothing_loaded.question.value = "What is this?"

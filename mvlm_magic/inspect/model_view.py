@@ -143,10 +143,11 @@ class ModelView(w.VBox):
         pictures = [self._img(self.original_png, ORIGINAL_ALT)] if self.original_png else []
         caption, png = self.caption, self.pngs["tokens"]
         if self.attention is not None:
-            png = heatmap_png(self.pixels, self.attention.heatmap())
+            # the token grid stays: the lit cells are the image tokens the caption counts
+            png = heatmap_png(self.pixels, self.attention.heatmap(), self.cells["tokens"])
             caption += (" Lit red: where the whole answer looked (its attention on the image tokens, averaged over "
                         "all layers and heads).")
-            pictures.append(self._img(png, f"{MODEL_ALT}, lit where the answer looked"))
+            pictures.append(self._img(png, f"{MODEL_ALT}, {GRIDS['tokens']}, lit where the answer looked"))
         else:
             pictures.append(self._img(png, f"{MODEL_ALT}, {GRIDS['tokens']}"))
         return {"text/markdown": " ".join(pictures) + f"\n\n*{escape(caption)}*", "text/plain": caption,

@@ -226,8 +226,10 @@ class AnswerStream:
             timings.picture_ready = ready or preparation.was_cached
             if not timings.picture_ready:
                 timings.image_encode_ms = (time.perf_counter() - started) * 1000
-        else:
+        elif session.history:
             timings.picture_seen = session.image is not None
+        else:  # a first question whose picture was encoded ahead of it (batch.py's encoder)
+            timings.picture_ready = session.image is not None
         ids = session.prompt_ids(self.question)
         needed = engine.kv.positions(ids)
         if needed >= engine.context_length:

@@ -38,15 +38,38 @@ def _style(token) -> str:
     return f"background-color:{tint(token.probability)};border-radius:3px;{underline}"
 
 
+def answer_texts(tokens):
+    """(token, its text as the answer reads it): the answer's leading white space dropped, as its text is stripped
+    (the first token of an answer usually begins with the tokenizer's space)."""
+    started = False
+    for token in tokens:
+        text = CONTROL_CHARACTERS.sub("", token.text)
+        if not started:
+            text = text.lstrip()
+            started = bool(text)
+        yield token, text
+
+
 def tokens_html(tokens) -> str:
-    """The tokens as HTML spans (for the live widget)."""
-    spans = [f'<span title="{html.escape(hover_text(t))}" style="{_style(t)}">'
-             f"{html.escape(CONTROL_CHARACTERS.sub('', t.text))}</span>" for t in tokens]
+    """The tokens as HTML spans (for the live widget, whose box keeps white space and wraps)."""
+    spans = [f'<span title="{html.escape(hover_text(t))}" style="{_style(t)}">{html.escape(text)}</span>'
+             for t, text in answer_texts(tokens)]
     return "".join(spans)
 
 
 def tokens_markdown(tokens) -> str:
-    """The tokens as HTML spans inside Markdown, each token's text escaped for Markdown (for the static copy)."""
-    spans = [f'<span title="{html.escape(hover_text(t))}" style="{_style(t)}">{text_markdown(t.text)}</span>'
-             for t in tokens]
+    """The tokens as HTML spans inside Markdown, each token's text escaped for Markdown (for the static copy).
+
+    A token's leading space stays a plain space, where the line may wrap; only at the start of a line do spaces
+    become no-break ones (text_markdown), which keep an indent. (Every token made no-break spaces before: the
+    saved answer was one line that ran past the cell's right edge.)"""
+    spans, line_start = [], True
+    for t, text in answer_texts(tokens):
+        if not line_start and text.startswith(" "):
+            markdown = " " + text_markdown(text[1:])
+        else:
+            markdown = text_markdown(text)
+        if text:
+            line_start = text.endswith("\n")
+        spans.append(f'<span title="{html.escape(hover_text(t))}" style="{_style(t)}">{markdown}</span>')
     return "".join(spans)
