@@ -62,6 +62,21 @@ def test_a_prepared_picture_answers_as_a_cold_one_feeding_only_the_question(eng)
     assert follow_up.token_ids == cold_follow_up.token_ids and follow_up.timings.prefill_tokens < 144
 
 
+def test_forgetting_pictures_makes_the_next_question_cold_even_after_a_preparation(eng):
+    picture = shapes_picture(seed=32)
+    prepared(eng, picture)  # its prefix fed (ours: left in the cache)
+    eng.forget_pictures()
+    cold = ask(eng.new_chat(picture, prepare=False), tokens=3)
+    assert cold.timings.image_encode_ms > 0 and cold.timings.prefill_tokens > 144  # picture and prompt, all fed
+
+    chat = eng.new_chat(picture)  # a preparation under way when the pictures are forgotten is cancelled
+    eng.forget_pictures()
+    assert eng.preparing.cancelled and chat.preparation is eng.preparing
+    eng.preparing.done.wait(WAIT)
+    again = ask(eng.new_chat(picture, prepare=False), tokens=3)
+    assert again.timings.image_encode_ms > 0 and again.timings.prefill_tokens > 144
+
+
 def test_new_chat_prepares_its_picture_and_its_question_waits_rather_than_encoding_twice(eng):
     picture = shapes_picture(seed=32)
     chat = eng.new_chat(picture)

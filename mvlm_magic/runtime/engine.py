@@ -129,10 +129,16 @@ class Engine:
         return preparation
 
     def forget_pictures(self) -> None:
-        """Drop every prepared picture (features and prefixes): the next question about one starts cold."""
+        """Drop every prepared picture (features, prefixes, a preparation under way): the next question about one
+        starts cold. Positions a chat fed about its picture stay its own (its follow-ups continue them) but serve
+        no other chat about that picture."""
         self.pictures.clear()
         with self.lock:
+            if self.preparing is not None:
+                self.preparing.cancelled = True  # (else it could feed its prefix after this: a "cold" start warm)
             self.prefixes.clear()
+            for state in [self.kv] + ([row.kv for row in self.rows.rows] if self.rows is not None else []):
+                state.picture = None
 
     def ask(self, image, question: str, config: GenerationConfig | None = None, **options) -> Answer:
         """One question, one blocking answer (a new chat each time, its picture encoded now: nothing to prepare
