@@ -114,7 +114,9 @@ class ModelView(w.VBox):
         self._show()
         self.original.layout.margin = "0 16px 0 0"
         pictures = w.HBox([self.original, self.model_input], layout=w.Layout(align_items="flex-start"))
-        super().__init__([pictures, *controls, w.HTML(status_html(self.caption))])
+        # (a block of its own line height: the widget's 28 px line height spread the caption's three lines apart)
+        caption = w.HTML(f'<div style="line-height:1.4">{status_html(self.caption)}</div>')
+        super().__init__([pictures, *controls, caption])
 
     @staticmethod
     def _img(png: bytes, alt: str) -> str:
