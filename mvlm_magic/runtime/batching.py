@@ -83,13 +83,17 @@ class CacheRows:
             row.owner, row.used = weakref.ref(owner), time.monotonic()
             return row.kv
 
+    def states(self) -> list[KVState]:
+        """Every cache row's state: the engine's own row 0, then the rows claimed so far."""
+        return [self.kv] + [row.kv for row in list(self.rows)]
+
     def source_for(self, kv: KVState, owner, ids: list[int], picture: str | None) -> KVState | None:
         """The row whose cached start `kv` should copy before its prompt (`KVState.extend`): the one holding more of
         `ids` than `kv` does for `owner` (another conversation about the same picture, or the engine's own row 0
         where a picture was prepared: system text and 144 picture positions not computed again); None if none.
         Callers hold the engine's lock (rows' ids change only under it)."""
-        others = [self.kv] + [row.kv for row in list(self.rows)]
-        best = max((other for other in others if other is not kv), key=lambda other: other.reusable(None, ids, picture))
+        best = max((other for other in self.states() if other is not kv),
+                   key=lambda other: other.reusable(None, ids, picture))
         return best if best.reusable(None, ids, picture) > kv.reusable(owner, ids, picture) else None
 
     def release(self, owner) -> None:

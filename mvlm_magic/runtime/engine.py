@@ -137,7 +137,7 @@ class Engine:
             if self.preparing is not None:
                 self.preparing.cancelled = True  # (else it could feed its prefix after this: a "cold" start warm)
             self.prefixes.clear()
-            for state in [self.kv] + ([row.kv for row in self.rows.rows] if self.rows is not None else []):
+            for state in self.rows.states() if self.rows is not None else [self.kv]:
                 state.picture = None
 
     def ask(self, image, question: str, config: GenerationConfig | None = None, **options) -> Answer:
