@@ -17,10 +17,11 @@ import numpy as np
 import pytest
 from traitlets import TraitError
 
-from conftest import shapes_picture
-from mvlm_magic.notebook import output_mode
+from conftest import DisplayRecorder, shapes_picture
+from mvlm_magic.notebook import load, output_mode
 from mvlm_magic.notebook.ask import ANSWER_VARIABLE
 from mvlm_magic.notebook.magics import MvlmMagics
+from mvlm_magic.widgets.messages import text_markdown
 
 LONG = 1500
 
@@ -204,9 +205,14 @@ def test_load_alone_in_a_widget_front_end_shows_the_panel(ip, magics, capsys, mo
 
 def test_load_with_a_model_in_a_widget_front_end_shows_progress_without_controls(ip, magics, capsys, monkeypatch):
     monkeypatch.setattr(output_mode, "detect", lambda shell: output_mode.WIDGET)
+    shown = DisplayRecorder()
+    monkeypatch.setattr(load, "display", shown)
     out, _ = run(ip, capsys, "%mvlm_load {export_folder} --precision f32")
     panel = magics.panel
     assert magics.engine is panel.engine and panel.children[0].layout.display == "none"
+    # the panel gives way to its "ready" line, which a saved notebook keeps without the kernel (no widget)
+    assert shown.shown == [panel] and shown.updates == [{"text/plain": f"✓ {panel.ready}",
+                                                         "text/markdown": text_markdown(f"✓ {panel.ready}")}]
     assert panel.bars["compile"].bar.value == 1.0 and panel.bars["compile"].elapsed.value.endswith(" s")
     assert "is ready in" in panel.message.value and "cached export, compiled only" in panel.message.value
     assert "is ready" not in out  # the panel's line is the one "ready" line

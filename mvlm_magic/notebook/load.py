@@ -53,12 +53,16 @@ def load(magics, args) -> None:
         if output_mode.detect(magics.shell) == output_mode.WIDGET:
             from ..widgets import LoadPanel
 
-            # The panel shows the progress and then the one "ready" line.
+            # The panel shows the progress, then gives way to its one "ready" line (or its error), which a saved
+            # notebook keeps without the kernel.
             magics.panel = panel = LoadPanel(load_engine, models=[], default_model=str(model), devices=[device],
                                              device=device, compression=compression, loader_options=options,
                                              show_controls=False)
-            display(panel)
-            engine = panel.load(blocking=True).engine
+            handle = display(panel, display_id=True)
+            try:
+                engine = panel.load(blocking=True).engine
+            finally:
+                handle.update(panel.static_copy(), raw=True)
         else:
             from ..printing import print_progress, ready_line
 

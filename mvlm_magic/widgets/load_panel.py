@@ -21,7 +21,7 @@ import ipywidgets as w
 
 from ..printing import ready_line
 from . import defaults
-from .messages import error_html, escape, one_line
+from .messages import error_html, escape, one_line, text_markdown
 from .protocol import Engine, Loader
 
 STAGES = ("download", "convert", "compress", "compile")
@@ -103,6 +103,7 @@ class LoadPanel(w.VBox):
         self.note = w.HTML("")  # an export that is not exactly what was asked says so here, and it stays
         self.error = w.HTML("")
         self.error_message = ""
+        self.ready = ""  # the "ready" line of the last load that succeeded
         self.engine: Engine | None = None
         self.on_loading: list[Callable[[], None]] = []  # called in the loading thread, before loading starts
         self.on_loaded: list[Callable[[Engine], None]] = []  # called in the loading thread
@@ -128,7 +129,7 @@ class LoadPanel(w.VBox):
             return self
         self.load_button.disabled = True
         self.done.clear()
-        self.engine, self.exception, self.error_message = None, None, ""
+        self.engine, self.exception, self.error_message, self.ready = None, None, "", ""
         self.error.value, self.note.value, self.message.value = "", "", f"loading {model}…"
         for bar in self.bars.values():
             bar.reset()
@@ -169,7 +170,8 @@ class LoadPanel(w.VBox):
                 bar.finish("success")
                 if bar.started is None:
                     bar.elapsed.value = "not needed"
-            self.message.value = f"✓ {escape(ready_line(engine, time.monotonic() - started))}"
+            self.ready = ready_line(engine, time.monotonic() - started)
+            self.message.value = f"✓ {escape(self.ready)}"
             self.engine = engine
             for callback in list(self.on_loaded):
                 callback(engine)
@@ -182,6 +184,12 @@ class LoadPanel(w.VBox):
         finally:
             self.load_button.disabled = False
             self.done.set()
+
+    def static_copy(self) -> dict:
+        """How the load ended, as one line without widgets: what a saved notebook keeps (a widget needs the kernel
+        that made it; reopened without it, JupyterLab shows "Error displaying widget: model not found")."""
+        line = f"⚠ {self.error_message}" if self.error_message else f"✓ {self.ready}" if self.ready else ""
+        return {"text/plain": line, "text/markdown": text_markdown(line)}
 
     def _show_error(self, message: str) -> None:
         self.error_message = message
