@@ -602,6 +602,9 @@ def test_see_inside_shows_its_four_views_in_the_browser(lab, page):
         raise
     cell = page.locator(".jp-CodeCell", has_text="model_view(engine")
     cell.scroll_into_view_if_needed()
+    copy = cell.locator("[class*='mvlm-copy-']")  # the view's saved copy: hidden beside the live view
+    assert copy.count() == 1 and not copy.is_visible()
+    cell = cell.locator("[class*='mvlm-live-']")
     looked = cell.locator("img[alt*='lit where the answer looked']")
     wait_until(lambda: looked.count() == 1, 60, "the model view with where the answer looked", page)
     before = looked.get_attribute("src")
@@ -619,6 +622,23 @@ def test_see_inside_shows_its_four_views_in_the_browser(lab, page):
     compared.scroll_into_view_if_needed()
     save_screenshot(page, "browser-see-inside-tables.png")
 
+    # Saved and reopened without its kernel: the model view's copy (both pictures, the lit map) in its place.
+    page.evaluate("() => window.jupyterapp.commands.execute('docmanager:save')")
+    page.wait_for_function("() => !window.jupyterapp.shell.currentWidget.context.model.dirty", timeout=30_000)
+    page.evaluate("() => window.jupyterapp.shell.currentWidget.sessionContext.shutdown()")
+    wait_until(lambda: SEE_INSIDE.name not in api(lab, "/api/sessions").decode(), 60, "the kernel to shut down", page)
+    page.reload()
+    page.wait_for_function(NOTEBOOK_READY, timeout=120_000, polling=250)
+    cell = page.locator(".jp-CodeCell", has_text="model_view(engine")
+    cell.scroll_into_view_if_needed()
+    wait_until(lambda: copy.is_visible(), 30, "the model view's saved copy", page)
+    page.wait_for_timeout(500)  # the widget's renderer gives up once the (kernel-less) widget manager is restored
+    shown = cell.locator(".jp-Cell-outputArea").inner_text()
+    assert "144 image tokens" in shown and "Error displaying widget" not in shown and "Loading widget" not in shown
+    assert copy.locator("img[alt*='lit where the answer looked']").is_visible()
+    assert copy.locator("img[alt='the original picture']").is_visible()
+    save_screenshot(page, "browser-see-inside-reopened.png")
+
 
 # --- the ask panel -----------------------------------------------------------------------------------
 
@@ -635,7 +655,7 @@ PANEL_CELLS = [
 # The panel as the page shows it; positions relative to its cell (scroll-proof).
 PANEL_PROBE = f"""() => {{
     const cell = {CELL}[2];
-    const out = cell && cell.querySelector('.jp-Cell-outputArea');
+    const out = cell && cell.querySelector('.jp-Cell-outputArea [class*="mvlm-live-"]');  // the panel, not its copy
     const box = out && out.querySelector('.mvlm-question textarea');
     if (!box) return {{box: false}};
     const stop = [...out.querySelectorAll('button')].find(b => b.textContent.trim() === 'Stop' && b.offsetParent);
@@ -750,3 +770,26 @@ def test_the_ask_panel_asks_on_enter_and_keeps_its_question_box_in_place(lab, pa
     uploaded = wait_until(lambda: len((p := probe())["headings"]) == 2 and p, 30, "the uploaded picture", page)
     assert uploaded["picked"].split() == ["(pick", "a", "variable)"] and "(1)" not in uploaded["text"], uploaded
     assert len(uploaded["headings"]) == 2 and "uploaded green.png" in uploaded["headings"][1], uploaded
+
+    # Beside the live panel its saved copy is hidden (saved_copy.py's style rule); saved and reopened without the
+    # kernel, the copy shows the conversation in the panel's place, not "Error displaying widget: model not found".
+    copy = page.locator(".jp-CodeCell").nth(2).locator("[class*='mvlm-copy-']")
+    assert copy.count() == 1 and not copy.is_visible()
+    page.evaluate("() => window.jupyterapp.commands.execute('docmanager:save')")
+    page.wait_for_function("() => !window.jupyterapp.shell.currentWidget.context.model.dirty", timeout=30_000)
+    page.evaluate("() => window.jupyterapp.shell.currentWidget.sessionContext.shutdown()")
+    wait_until(lambda: name not in api(lab, "/api/sessions").decode(), 60, "the kernel to shut down", page)
+    page.reload()
+    copied = (f"() => !!(window.jupyterapp && window.jupyterapp.shell.currentWidget"
+              f" && window.jupyterapp.shell.currentWidget.content && {CELL}.length === 3"
+              f" && {CELL}[2].querySelector('.jp-RenderedMarkdown'))")
+    page.wait_for_function(copied, timeout=120_000, polling=250)
+    page.evaluate(f"() => {CELL}[2].scrollIntoView()")
+    page.wait_for_timeout(500)  # the widget's renderer gives up once the (kernel-less) widget manager is restored
+    reopened = page.evaluate(f"() => {CELL}[2].querySelector('.jp-Cell-outputArea').innerText")
+    assert copy.is_visible() and "Error displaying widget" not in reopened, reopened
+    for answer in final["answers"]:
+        assert " ".join(answer.split()) in " ".join(reopened.split()), (answer, reopened)
+    assert reopened.count("New conversation") == 2 and "uploaded green.png" in reopened, reopened
+    assert page.locator(".jp-CodeCell").nth(2).locator("img[alt='the picture asked about']").count() == 2
+    save_screenshot(page, f"browser-panel-{front_end}-reopened.png")

@@ -548,6 +548,40 @@ def test_the_question_box_stays_above_a_history_that_scrolls_on_its_own(tiny, pi
     assert panel.history_box.layout.flex_flow == "column-reverse"
 
 
+def test_the_ask_panel_is_displayed_with_a_saved_copy_of_its_conversation(tiny, picture):
+    """A saved notebook reopened without its kernel has no panel (a widget needs its kernel): the panel is displayed
+    with its static copy beside it, kept up to date by display id; the copy's style hides it beside the live panel
+    (tests/test_browser.py reloads the page and reads it)."""
+    from IPython.core.interactiveshell import InteractiveShell
+
+    shell = InteractiveShell.instance()
+    widget = "application/vnd.jupyter.widget-view+json"
+    other = shapes_picture(background=(200, 200, 200), seed=1)
+    with Published(shell) as messages:
+        panel = AskPanel(tiny, {"img": picture, "other": other}, image=picture, max_new_tokens=4, blocking=True)
+        shell.displayhook(panel)  # the panel as a cell's last line
+        before = len(messages)
+        first = panel.ask("What is this?")
+        panel.variable.value = "other"  # a new conversation
+        second = panel.ask("And this?")
+    (kind1, id1, live), (kind2, id2, copy) = messages[:before]
+    assert (kind1, id1, kind2) == ("display", None, "display") and id2 == panel.saved_copy.id
+    assert set(live) == {widget}  # no text form of its own: where no widget renders, the copy is the text
+    assert f"mvlm-live-{id2}" in panel._dom_classes and f"mvlm-copy-{id2}" in copy["text/markdown"]
+    assert "no question asked yet" in copy["text/plain"] and "<img" in copy["text/markdown"]
+    updates = messages[before:]
+    assert updates and all(kind == "update" and shown_id == id2 for kind, shown_id, _ in updates), updates
+    last = updates[-1][2]
+    for view in (first, second):
+        assert f"Q: {view.question}" in last["text/plain"] and view.text in last["text/plain"]
+        assert text_markdown(view.text) in last["text/markdown"]
+    assert "New conversation · new picture (variable other)" in last["text/plain"]
+    assert last["text/plain"].index(first.text) < last["text/plain"].index(second.text)
+    assert last["text/markdown"].count("<img") == 2  # each answer's own picture
+    panel.clear()
+    assert "no question asked yet" in panel.static_copy()["text/plain"]
+
+
 def test_a_new_picture_starts_a_new_conversation_with_its_own_pictures(tiny, picture):
     other = shapes_picture(background=(200, 200, 200), seed=1)
     namespace = {"img": picture, "other": other}

@@ -20,6 +20,7 @@ from ..errors import MvlmError
 from ..printing import token_label
 from ..runtime.preprocess import model_pixels
 from ..widgets.messages import escape, status_html
+from ..widgets.saved_copy import SavedCopy
 from ..widgets.thumbnail import img_tag, to_pil
 
 GRIDS = {"none": "no grid", "patches": "patches", "tokens": "image tokens"}
@@ -117,6 +118,7 @@ class ModelView(w.VBox):
         # (a block of its own line height: the widget's 28 px line height spread the caption's three lines apart)
         caption = w.HTML(f'<div style="line-height:1.4">{status_html(self.caption)}</div>')
         super().__init__([pictures, *controls, caption])
+        self.saved_copy = SavedCopy(self, self.static_copy)
 
     @staticmethod
     def _img(png: bytes, alt: str) -> str:
@@ -155,10 +157,9 @@ class ModelView(w.VBox):
         return {"text/markdown": " ".join(pictures) + f"\n\n*{escape(caption)}*", "text/plain": caption,
                 "image/png": base64.b64encode(png).decode("ascii")}
 
-    def _repr_mimebundle_(self, **kwargs):
-        bundle = super()._repr_mimebundle_(**kwargs) or {}
-        copy = self.static_copy()
-        return {**copy, **bundle, "text/plain": copy["text/plain"]}  # the widget where it renders, else the copy
+    def _ipython_display_(self) -> None:
+        """The view, and its static copy beside it for a saved notebook (see widgets/saved_copy.py)."""
+        self.saved_copy.display()
 
 
 def model_view(engine, image=None, grid: str = "tokens", *, chat=None, answer=None) -> ModelView:

@@ -18,10 +18,15 @@ front end that renders no inline handlers), Enter is a plain new line and the As
 
 Each history entry shows its own picture; choosing another picture starts a new conversation, marked in the
 history by a heading. The dropdown always names the variable whose picture is in use, or none.
+
+A saved notebook keeps the conversation: the panel is displayed with its static copy beside it (saved_copy.py),
+hidden while the panel is live and brought up to date whenever an answer ends or the conversation changes.
 """
 
 from __future__ import annotations
 
+import html
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -29,9 +34,10 @@ import ipywidgets as w
 
 from ..pictures import is_picture
 from .answer_view import AnswerView
-from .messages import STATUS_STYLE, error_html, escape, one_line
+from .messages import STATUS_STYLE, error_html, escape, one_line, text_markdown
 from .protocol import Answer, ChatSession, Engine
-from .thumbnail import THUMBNAIL_SIZE, thumbnail_png, to_pil
+from .saved_copy import SavedCopy
+from .thumbnail import THUMBNAIL_SIZE, img_tag, thumbnail_png, to_pil
 
 NO_VARIABLE = ("(pick a variable)", "")
 HISTORY_THUMBNAIL = 64  # pixels: each entry's own picture, small enough for a follow-up under the last
@@ -120,6 +126,7 @@ class AskPanel(w.VBox):
             self.error,
             self.history_box,
         ])
+        self.saved_copy = SavedCopy(self, self.static_copy)
         self.engine = engine
         self.refresh_variables()
         if image is not None:
@@ -137,6 +144,7 @@ class AskPanel(w.VBox):
         self._engine, self.session = engine, None  # a conversation belongs to one model
         name = getattr(engine, "name", "") if engine is not None else "no model loaded"
         self.model_note.value = f'<span style="color:#666">model: {escape(str(name))}</span>'
+        self.saved_copy.refresh()
 
     @property
     def streaming(self) -> bool:
@@ -163,6 +171,7 @@ class AskPanel(w.VBox):
             prepare(image)
         self._new_conversation(f"new picture ({self.image_label})" if self.image_label else "new picture")
         self._show_error("")
+        self.saved_copy.refresh()
 
     def refresh_variables(self) -> None:
         if self.namespace is None:
@@ -281,6 +290,7 @@ class AskPanel(w.VBox):
         self.session = None  # dropped, not reset: a stopped answer may still be finishing in its thread
         self.history.children = ()
         self._show_error("")
+        self.saved_copy.refresh()
 
     @property
     def conversations(self) -> list[list[AnswerView]]:
@@ -309,6 +319,32 @@ class AskPanel(w.VBox):
     def _answer_done(self, view: AnswerView) -> None:
         self.answer = view.answer
         self._streaming_buttons(False)
+        self.saved_copy.refresh()
+
+    # --- what a saved notebook keeps ----------------------------------------------------------------
+
+    def static_copy(self) -> dict:
+        """The conversation without widgets (Markdown and plain text): each answer's own static copy, the
+        headings between conversations; before any question, the picture in use."""
+        name = getattr(self.engine, "name", "") if self.engine is not None else "no model loaded"
+        markdown, text = [f"*model: {text_markdown(str(name))}*"], [f"model: {name}"]
+        for child in self.history.children:
+            if isinstance(child, AnswerView):
+                copy = child.static_copy()
+                markdown.append(copy["text/markdown"])
+                text.append(copy["text/plain"])
+            else:  # a heading: a new conversation and why
+                markdown.append(f"<div>{child.value}</div>")  # a block: the next answer's picture starts below
+                text.append(html.unescape(re.sub(r"<[^>]+>", "", child.value)))
+        if not self.conversations:
+            png = thumbnail_png(self.image) if self.image is not None else None
+            markdown.append((img_tag(png) + "\n\n" if png else "") + "*no question asked yet*")
+            text.append("no question asked yet")
+        return {"text/markdown": "\n\n".join(markdown), "text/plain": "\n".join(text)}
+
+    def _ipython_display_(self) -> None:
+        """The panel, and its static copy beside it (see saved_copy.py)."""
+        self.saved_copy.display()
 
     def _streaming_buttons(self, streaming: bool) -> None:
         self.ask_button.disabled, self.stop_button.disabled = streaming, not streaming
