@@ -29,7 +29,9 @@ KINDS = [
     ("our int8 MatMul (int8 layers, head)", ("Int8MatMul", "dot_panel_int8", "int8_tile")),
     ("activations quantized", ("quantize_input", "quantize_row")),
     # (mvlm::quantize: the cache write of new keys and values)
-    ("our attention (KVAttention)", ("attend", "KVAttention", "few_scores", "weigh_values", "mvlm::quantize")),
+    # (rotate_half: the rotary embedding, moved into the operation)
+    ("our attention (KVAttention)", ("attend", "KVAttention", "few_scores", "weigh_values", "mvlm::quantize",
+                                     "rotate_half")),
     ("threads waiting (TBB, scheduler)", ("libtbb", "sched", "schedule", "futex", "yield", "switch")),
     ("OpenVINO's nodes", ("libopenvino", "[JIT]")),
     ("Python, numpy, memory", ("python", "numpy", "multiarray", "libc", "malloc", "memmove", "memset")),

@@ -251,6 +251,45 @@ def test_kv_attention_equals_its_definition(heads, kv_heads, head, tmp_path):
         attention.infer([q[:, :, :1], k[:, :, :1], v[:, :, :1], np.ones((1, 1, 1, 2060), bool)])
 
 
+def rotate_half(x, cos, sin):
+    """LLaMA's rotary embedding, as the export traces it: x (H, T, D), cos and sin (T, D)."""
+    half = x.shape[-1] // 2
+    return x * cos + np.concatenate([-x[..., half:], x[..., :half]], axis=-1) * sin
+
+
+def test_kv_attention_rotates_q_and_k_itself_as_the_graph_did(tmp_path):
+    """Given cos and sin (inputs 7 and 8), the operation applies the rotary embedding the rewrite took out of the
+    graph: its answers equal those of q and k rotated beforehand, for a prompt and the tokens after it."""
+    assert build.extension().library is not None, build.extension().why_not
+    heads, kv_heads, head = 4, 2, 32
+    q = opset13.parameter([1, heads, -1, head], ov.Type.f32)
+    k, v = (opset13.parameter([1, kv_heads, -1, head], ov.Type.f32) for _ in range(2))
+    mask = opset13.parameter([1, 1, -1, -1], ov.Type.boolean)
+    rows, sources = (opset13.parameter([1], ov.Type.i64) for _ in range(2))
+    cos, sin = (opset13.parameter([1, -1, head], ov.Type.f32) for _ in range(2))
+    scale = opset13.constant(np.float32(head ** -0.5))
+    inputs = [q, k, v, mask, scale, rows, sources]
+    models = []
+    for extra in ([], [cos, sin]):
+        node = nodes.KVAttention([x.output(0) for x in inputs + extra])
+        parameters = [x for x in inputs + extra if x is not scale]
+        ov.save_model(ov.Model([node], parameters), tmp_path / f"attention{len(extra)}.xml")
+        models.append(core().compile_model(tmp_path / f"attention{len(extra)}.xml", "CPU").create_infer_request())
+    plain, rotating = models
+    rng = np.random.default_rng(3)
+    for past, new in ((0, 9), (9, 1), (10, 1), (11, 4)):
+        positions = np.arange(past, past + new)[:, None] * (10000.0 ** (-np.arange(0, head, 2) / head))[None]
+        angles = np.concatenate([positions, positions], axis=-1).astype(np.float32)  # (T, D)
+        c, s = np.cos(angles), np.sin(angles)
+        qs = rng.standard_normal((1, heads, new, head)).astype(np.float32)
+        ks, vs = (rng.standard_normal((1, kv_heads, new, head)).astype(np.float32) for _ in range(2))
+        masks = np.tril(np.ones((new, past + new), bool), past)[None, None]
+        row = [np.array([0]), np.array([-1])]
+        expected = plain.infer([rotate_half(qs, c, s), rotate_half(ks, c, s), vs, masks, *row])[0]
+        actual = rotating.infer([qs, ks, vs, masks, *row, c[None], s[None]])[0]
+        np.testing.assert_allclose(actual, expected, rtol=1e-5, atol=1e-5)
+
+
 def test_kv_attention_starts_a_row_from_the_start_of_another(tmp_path):
     """A conversation about a picture another row holds copies that row's first positions (input 6) instead of
     computing them: what it answers equals a row that computed them itself."""
@@ -304,6 +343,13 @@ def test_the_language_model_of_an_int4_export_is_rewritten_once(exported):
     assert types.count("VariadicSplit") == 2 * layers + head_split
     assert not any(patterns.int4_weight(op) for op in model.get_ordered_ops())
     assert types.count("KVAttention") == layers and "ScaledDotProductAttention" not in types
+    # the rotary embedding of q and k moved into it (inputs 7 and 8): no Sin/Cos products left around it
+    attentions = [op for op in model.get_ordered_ops() if op.get_type_name() == "KVAttention"]
+    assert all(op.get_input_size() == 9 for op in attentions)
+    live = {op.get_name() for op in model.get_ordered_ops()}  # what the results depend on
+    [cos] = [op for op in model.get_ordered_ops() if op.get_type_name() == "Cos"]
+    readers = [target.get_node() for target in cos.output(0).get_target_inputs()]
+    assert {node.get_type_name() for node in readers if node.get_name() in live} == {"KVAttention"}
     assert not model.get_variables() and not model.get_sinks()  # the operation keeps the cache
     assert "beam_idx" in {name for p in model.get_parameters() for name in p.output(0).get_names()}  # still fed
     offsets = [int(data.get("offset")) for data in ElementTree.parse(derived).iter("data") if data.get("offset")]

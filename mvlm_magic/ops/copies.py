@@ -23,7 +23,7 @@ from .layout import align_constants
 from .rewrite import rewrite_int4_matmuls, rewrite_int8_matmuls, use_kv_attention
 from .spill import Spill
 
-FORMAT = 13  # part of the derived IR's name: bump when what the copy holds changes
+FORMAT = 14  # part of the derived IR's name: bump when what the copy holds changes
 
 
 def copies(folder: Path, elsewhere: Path | None = None) -> tuple[Path | None, Path | None]:

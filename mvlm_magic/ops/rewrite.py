@@ -113,7 +113,16 @@ def use_kv_attention(model: ov.Model) -> int:
         if (new_keys is None or new_values is None or mask.get_element_type() != ov.Type.boolean
                 or not is_type(scale.get_node(), "Constant") or head.is_dynamic or head.get_length() % 8):
             continue
-        node = KVAttention([q, new_keys, new_values, mask, scale, rows.output(0), sources.output(0)])
+        rotary = [_rotary(q), _rotary(new_keys)]
+        if all(rotary) and all(_same(a, b) for a, b in zip(rotary[0][1:], rotary[1][1:])):  # the same angles:
+            for rotated, (x, _, _) in zip((q, new_keys), rotary):  # the rotation moves into the operation:
+                for target in rotated.get_target_inputs():  # what read only its shape reads x's (the same)
+                    if is_type(target.get_node(), "ShapeOf"):
+                        target.replace_source_output(x)
+            (q, cos, sin), (new_keys, _, _) = rotary
+            node = KVAttention([q, new_keys, new_values, mask, scale, rows.output(0), sources.output(0), cos, sin])
+        else:
+            node = KVAttention([q, new_keys, new_values, mask, scale, rows.output(0), sources.output(0)])
         node.set_friendly_name(sdpa.get_friendly_name())
         _redirect(sdpa.output(0), node.output(0))
         for concat in (keys.get_node(), values.get_node()):
@@ -135,6 +144,73 @@ def use_kv_attention(model: ov.Model) -> int:
                                  head.get_length(), shape_of.get_output_element_type(0))
             _redirect(shape_of.output(0), shape)
     return replaced
+
+
+def _rotary(rotated):
+    """(x, cos, sin) when `rotated` is LLaMA's rotary embedding of x (B, H, T, D) as the export traces it:
+    x * unsqueeze(cos, 1) + concat(-x[..., D/2:], x[..., :D/2]) * unsqueeze(sin, 1), cos and sin (B, T, D);
+    else None. KVAttention then rotates x itself (kv_attention.hpp, inputs 7 and 8)."""
+    add = rotated.get_node()
+    if not is_type(add, "Add"):
+        return None
+    products = [add.input_value(i).get_node() for i in range(2)]
+    if not all(is_type(node, "Multiply") for node in products):
+        return None
+    by_concat = [node for node in products if is_type(node.input_value(0).get_node(), "Concat")]
+    if len(by_concat) != 1:
+        return None
+    plain = products[1 - products.index(by_concat[0])]
+    x, cos = plain.input_value(0), _angles(plain.input_value(1), "Cos")
+    concat, sin = by_concat[0].input_value(0).get_node(), _angles(by_concat[0].input_value(1), "Sin")
+    head = x.get_partial_shape()[-1]
+    if cos is None or sin is None or head.is_dynamic or concat.get_input_size() != 2:
+        return None
+    half = head.get_length() // 2
+    negated, second = (concat.input_value(i).get_node() for i in range(2))
+    if not (is_type(negated, "Multiply") and _is_constant(negated.input_value(1), -1)):
+        return None
+    if _half(negated.input_value(0), x, half, head.get_length()) and _half(second.output(0), x, 0, half):
+        return x, cos, sin
+    return None
+
+
+def _angles(unsqueezed, kind: str):
+    """The (B, T, D) output of a Cos or Sin that `unsqueezed` is, unsqueezed on axis 1; else None."""
+    node = unsqueezed.get_node()
+    if not (is_type(node, "Unsqueeze") and _is_constant(node.input_value(1), 1)):
+        return None
+    source = node.input_value(0)
+    return source if is_type(source.get_node(), kind) else None
+
+
+def _half(sliced, x, begin: int, end: int) -> bool:
+    """Whether `sliced` is x[..., begin:end] (a Slice of step 1 on the last axis; an end past it counts as it)."""
+    node = sliced.get_node()
+    if not is_type(node, "Slice") or node.get_input_size() != 5 or not _same(node.input_value(0), x):
+        return False
+    values = [_constant(node.input_value(i)) for i in range(1, 5)]
+    if any(value is None or value.size != 1 for value in values):
+        return False
+    first, last, step, axis = (int(value.ravel()[0]) for value in values)
+    head = x.get_partial_shape()[-1].get_length()
+    return first == begin and (last == end or end == head <= last) and step == 1 and axis in (3, -1)
+
+
+def _same(a, b) -> bool:
+    """Whether two outputs are the same (node names are unique)."""
+    return a.get_node().get_name() == b.get_node().get_name() and a.get_index() == b.get_index()
+
+
+def _constant(output):
+    node = output.get_node()
+    if is_type(node, "Convert"):  # a constant converted to the input's type (ConvertLike, folded)
+        node = node.input_value(0).get_node()
+    return node.get_data() if is_type(node, "Constant") else None
+
+
+def _is_constant(output, value) -> bool:
+    data = _constant(output)
+    return data is not None and data.size == 1 and float(data.ravel()[0]) == value
 
 
 def _cache_shape(inputs_embeds, attention_mask, heads: int, head: int, element_type):

@@ -240,6 +240,15 @@ static auto attend_for(size_t G) {
     return G == 32 ? attend<R, 32> : G == 16 ? attend<R, 16> : attend<R, 8>;
 }
 
+// y = x * cos + rotate_half(x) * sin for T positions of one head (T, D), rotate_half(x) = (-x[D/2:], x[:D/2]).
+static void rotate_half(const float* x, float* y, const float* cos, const float* sin, size_t T, size_t D) {
+    const size_t half = D / 2;
+    for (size_t t = 0; t < T; ++t, x += D, y += D, cos += D, sin += D) {
+        for (size_t i = 0; i < half; ++i) y[i] = x[i] * cos[i] - x[i + half] * sin[i];
+        for (size_t i = half; i < D; ++i) y[i] = x[i] * cos[i] + x[i - half] * sin[i];
+    }
+}
+
 void KVAttention::validate_and_infer_types() {
     const auto q = get_input_partial_shape(0);
     NODE_VALIDATION_CHECK(this, q.rank().compatible(4), "q (B, H, T, D)");
@@ -313,6 +322,28 @@ bool KVAttention::evaluate(ov::TensorVector& outputs, const ov::TensorVector& in
         cache.filled = length[b];
     }
     const float *qs_ = q.data<const float>(), *ks_ = k.data<const float>(), *vs_ = v.data<const float>();
+    std::vector<float> q_rotated, k_rotated;
+    if (inputs.size() > 8) {  // rotary position embedding first (header: inputs 7 and 8)
+        const ov::Shape cs = inputs[7].get_shape();
+        OPENVINO_ASSERT(cs.size() == 3 && (cs[0] == B || cs[0] == 1) && cs[1] == T && cs[2] == D && D % 2 == 0,
+                        "KVAttention: cos/sin of shape ", cs, " for ", B, " rows of ", T, " positions of head size ", D);
+        q_rotated.resize(B * H * T * D);
+        k_rotated.resize(B * KV * T * D);
+        const float *cos = inputs[7].data<const float>(), *sin = inputs[8].data<const float>();
+        auto rotate_heads = [&](const float* x, float* y, size_t heads, size_t item) {  // item: (b, head)
+            const size_t b = item / heads, angles = (cs[0] == 1 ? 0 : b) * T * D;
+            rotate_half(x + item * T * D, y + item * T * D, cos + angles, sin + angles, T, D);
+        };
+        if (T == 1) {  // a few thousand values: not worth waking the other threads
+            for (size_t i = 0; i < B * H; ++i) rotate_heads(qs_, q_rotated.data(), H, i);
+            for (size_t i = 0; i < B * KV; ++i) rotate_heads(ks_, k_rotated.data(), KV, i);
+        } else {
+            ov::parallel_for(B * H, [&](size_t i) { rotate_heads(qs_, q_rotated.data(), H, i); });
+            ov::parallel_for(B * KV, [&](size_t i) { rotate_heads(ks_, k_rotated.data(), KV, i); });
+        }
+        qs_ = q_rotated.data();
+        ks_ = k_rotated.data();
+    }
     auto write = [&](size_t bh) {  // batch row b's new keys and values of kv head h into its cache row
         const size_t b = bh / KV, h = bh % KV, P = length[b] - T;
         KVCache& cache = caches[row[b]];

@@ -12,6 +12,9 @@
 //   6  from   i64 or i32 (B,)             a cache row whose first positions batch row b starts from, or -1
 //                                         (optional): a new conversation about a picture another row holds
 //                                         copies that row's system text and picture instead of computing them
+//   7  cos    f32 (B, T, D)               (optional, with sin; needs 5 and 6) rotary position embedding, LLaMA's
+//   8  sin    f32 (B, T, D)               rotate-half form: q and k are given before it and rotated here,
+//                                         x * cos + (-x[D/2:], x[:D/2]) * sin (four of OpenVINO's nodes a layer less)
 // Output: f32 (B, H, T, D).
 // A cache row is one conversation's keys and values. Batch row b's length L_b is one past the last key its last
 // query may see (the mask's length when the mask is all true; shorter rows of a batch end in false); the call
