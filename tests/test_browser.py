@@ -229,6 +229,15 @@ def wait_until(check, timeout: float, what: str, page, interval: float = 0.05):
         time.sleep(interval)
 
 
+def save_and_shut_down(page, lab: str, name: str) -> None:
+    """Save the open notebook `name` and shut its kernel down: a reload then shows what the saved file keeps."""
+    page.evaluate("() => window.jupyterapp.commands.execute('docmanager:save')")
+    page.wait_for_function("() => !window.jupyterapp.shell.currentWidget.context.model.dirty", timeout=30_000)
+    page.evaluate("() => window.jupyterapp.shell.currentWidget.sessionContext.shutdown()")
+    wait_until(lambda: not json.loads(api(lab, "/api/kernels")) or name not in api(lab, "/api/sessions").decode(),
+               60, "the kernel to shut down", page)
+
+
 def notebook_text(page) -> str:
     return page.evaluate("() => document.querySelector('.jp-Notebook').innerText")
 
@@ -444,11 +453,7 @@ def test_a_saved_answer_survives_a_reload_and_reads_well_in_both_themes(lab, pag
     assert displayed.strip()
     before_reload = page.evaluate(f"() => {CELL}[4].querySelector('.jp-Cell-outputArea').innerText")
     assert " ".join(displayed.split()) in " ".join(before_reload.split()), before_reload
-    page.evaluate("() => window.jupyterapp.commands.execute('docmanager:save')")
-    page.wait_for_function("() => !window.jupyterapp.shell.currentWidget.context.model.dirty", timeout=30_000)
-    page.evaluate("() => window.jupyterapp.shell.currentWidget.sessionContext.shutdown()")
-    wait_until(lambda: not json.loads(api(lab, "/api/kernels")) or
-               SAVED not in api(lab, "/api/sessions").decode(), 60, "the kernel to shut down", page)
+    save_and_shut_down(page, lab, SAVED)
 
     # Reopened without the kernel that made it (a fresh one has no widgets): the answer is still there.
     saved = json.loads(api(lab, f"/api/contents/{SAVED}"))["content"]
@@ -623,10 +628,7 @@ def test_see_inside_shows_its_four_views_in_the_browser(lab, page):
     save_screenshot(page, "browser-see-inside-tables.png")
 
     # Saved and reopened without its kernel: the model view's copy (both pictures, the lit map) in its place.
-    page.evaluate("() => window.jupyterapp.commands.execute('docmanager:save')")
-    page.wait_for_function("() => !window.jupyterapp.shell.currentWidget.context.model.dirty", timeout=30_000)
-    page.evaluate("() => window.jupyterapp.shell.currentWidget.sessionContext.shutdown()")
-    wait_until(lambda: SEE_INSIDE.name not in api(lab, "/api/sessions").decode(), 60, "the kernel to shut down", page)
+    save_and_shut_down(page, lab, SEE_INSIDE.name)
     page.reload()
     page.wait_for_function(NOTEBOOK_READY, timeout=120_000, polling=250)
     cell = page.locator(".jp-CodeCell", has_text="model_view(engine")
@@ -775,10 +777,7 @@ def test_the_ask_panel_asks_on_enter_and_keeps_its_question_box_in_place(lab, pa
     # kernel, the copy shows the conversation in the panel's place, not "Error displaying widget: model not found".
     copy = page.locator(".jp-CodeCell").nth(2).locator("[class*='mvlm-copy-']")
     assert copy.count() == 1 and not copy.is_visible()
-    page.evaluate("() => window.jupyterapp.commands.execute('docmanager:save')")
-    page.wait_for_function("() => !window.jupyterapp.shell.currentWidget.context.model.dirty", timeout=30_000)
-    page.evaluate("() => window.jupyterapp.shell.currentWidget.sessionContext.shutdown()")
-    wait_until(lambda: name not in api(lab, "/api/sessions").decode(), 60, "the kernel to shut down", page)
+    save_and_shut_down(page, lab, name)
     page.reload()
     copied = (f"() => !!(window.jupyterapp && window.jupyterapp.shell.currentWidget"
               f" && window.jupyterapp.shell.currentWidget.content && {CELL}.length === 3"

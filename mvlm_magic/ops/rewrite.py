@@ -114,9 +114,10 @@ def use_kv_attention(model: ov.Model) -> int:
                 or not is_type(scale.get_node(), "Constant") or head.is_dynamic or head.get_length() % 8):
             continue
         rotary = [_rotary(q), _rotary(new_keys)]
-        if all(rotary) and all(_same(a, b) for a, b in zip(rotary[0][1:], rotary[1][1:])):  # the same angles:
-            for rotated, (x, _, _) in zip((q, new_keys), rotary):  # the rotation moves into the operation:
-                for target in rotated.get_target_inputs():  # what read only its shape reads x's (the same)
+        if all(rotary) and all(_same(a, b) for a, b in zip(rotary[0][1:], rotary[1][1:])):  # by the same angles
+            # The rotation moves into the operation; what read only the rotated shape reads x's (the same one).
+            for rotated, (x, _, _) in zip((q, new_keys), rotary):
+                for target in rotated.get_target_inputs():
                     if is_type(target.get_node(), "ShapeOf"):
                         target.replace_source_output(x)
             (q, cos, sin), (new_keys, _, _) = rotary

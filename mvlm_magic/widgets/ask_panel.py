@@ -142,9 +142,13 @@ class AskPanel(w.VBox):
         if self.session is not None:
             self._new_conversation("new model")
         self._engine, self.session = engine, None  # a conversation belongs to one model
-        name = getattr(engine, "name", "") if engine is not None else "no model loaded"
-        self.model_note.value = f'<span style="color:#666">model: {escape(str(name))}</span>'
+        self.model_note.value = f'<span style="color:#666">model: {escape(self.model_name)}</span>'
         self.saved_copy.refresh()
+
+    @property
+    def model_name(self) -> str:
+        engine = self.engine
+        return str(getattr(engine, "name", "")) if engine is not None else "no model loaded"
 
     @property
     def streaming(self) -> bool:
@@ -326,8 +330,7 @@ class AskPanel(w.VBox):
     def static_copy(self) -> dict:
         """The conversation without widgets (Markdown and plain text): each answer's own static copy, the
         headings between conversations; before any question, the picture in use."""
-        name = getattr(self.engine, "name", "") if self.engine is not None else "no model loaded"
-        markdown, text = [f"*model: {text_markdown(str(name))}*"], [f"model: {name}"]
+        markdown, text = [f"*model: {text_markdown(self.model_name)}*"], [f"model: {self.model_name}"]
         for child in self.history.children:
             if isinstance(child, AnswerView):
                 copy = child.static_copy()

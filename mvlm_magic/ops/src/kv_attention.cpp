@@ -322,11 +322,13 @@ bool KVAttention::evaluate(ov::TensorVector& outputs, const ov::TensorVector& in
         cache.filled = length[b];
     }
     const float *qs_ = q.data<const float>(), *ks_ = k.data<const float>(), *vs_ = v.data<const float>();
-    std::vector<float> q_rotated, k_rotated;
     if (inputs.size() > 8) {  // rotary position embedding first (header: inputs 7 and 8)
         const ov::Shape cs = inputs[7].get_shape();
         OPENVINO_ASSERT(cs.size() == 3 && (cs[0] == B || cs[0] == 1) && cs[1] == T && cs[2] == D && D % 2 == 0,
                         "KVAttention: cos/sin of shape ", cs, " for ", B, " rows of ", T, " positions of head size ", D);
+        // kept between calls, so that a token allocates nothing and a prompt maps no fresh pages per layer
+        thread_local Buffer<float> kept_q, kept_k;
+        Buffer<float>&q_rotated = kept_q, &k_rotated = kept_k;  // (lambdas on other threads must see these)
         q_rotated.resize(B * H * T * D);
         k_rotated.resize(B * KV * T * D);
         const float *cos = inputs[7].data<const float>(), *sin = inputs[8].data<const float>();
