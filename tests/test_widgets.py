@@ -585,9 +585,11 @@ def test_the_ask_panel_is_displayed_with_a_saved_copy_of_its_conversation(tiny, 
 def test_a_new_picture_starts_a_new_conversation_with_its_own_pictures(tiny, picture):
     other = shapes_picture(background=(200, 200, 200), seed=1)
     namespace = {"img": picture, "other": other}
+    assert AskPanel().picture_note.value == "<i>no picture yet</i>"
+    assert AskPanel(image=picture).picture_note.value == "the given picture"  # no dropdown: the note says where from
     panel = AskPanel(tiny, namespace, image=picture, max_new_tokens=4, blocking=True)
-    # The picker names the picture in use, and its label renders as HTML (no literal tags).
-    assert panel.variable.value == "img" and panel.picture_note.value == "variable <code>img</code>"
+    # The picker names the picture in use, once: the note under it says nothing more.
+    assert panel.variable.value == "img" and panel.picture_note.value == ""
     panel.ask("What is this?")
     panel.ask("And what else?")
     first = panel.session
@@ -597,7 +599,7 @@ def test_a_new_picture_starts_a_new_conversation_with_its_own_pictures(tiny, pic
     panel.variable.value = "img"
     panel.variable.value = "other"  # picked and picked again before asking: one heading
     assert panel.session is None and panel.image is other
-    assert panel.picture_note.value == "variable <code>other</code>"
+    assert panel.picture_note.value == ""
     headings = [child for child in panel.history.children if not isinstance(child, AnswerView)]
     assert len(headings) == 1 and "New conversation" in headings[0].value and "<code>other</code>" in headings[0].value
     panel.ask("What is this?")
@@ -617,7 +619,7 @@ def test_a_new_picture_starts_a_new_conversation_with_its_own_pictures(tiny, pic
     assert panel.picture_note.value == "variable <code>other</code>, as it was when picked"
     namespace["same"] = other
     panel.refresh_variables()
-    assert panel.variable.value == "same" and panel.picture_note.value == "variable <code>same</code>"
+    assert panel.variable.value == "same" and panel.picture_note.value == ""
 
     panel.engine = tiny  # another model (here the same one again): a new conversation too
     assert panel.session is None and "new model" in panel.history.children[-1].value

@@ -168,7 +168,6 @@ class AskPanel(w.VBox):
         png = thumbnail_png(image)
         self.preview.value = png or b""
         self.preview.layout.visibility = None if png else "hidden"
-        self.picture_note.value = self.image_label
         self._show_variable(variable or "")
         prepare = getattr(self.engine, "prepare", None)  # optional (protocol.py): ready it before the question
         if prepare is not None:
@@ -194,7 +193,6 @@ class AskPanel(w.VBox):
             self.image_label = (f"variable <code>{escape(holder)}</code>" if holder
                                 else f"{self.image_label}, as it was when picked")
             self.image_variable = holder
-            self.picture_note.value = self.image_label
         self._show_variable(holder or "")
 
     def _variable_holding(self, image, prefer: str | None = None) -> str | None:
@@ -208,7 +206,8 @@ class AskPanel(w.VBox):
         return None
 
     def _show_variable(self, name: str) -> None:
-        """Set the dropdown without picking: it follows the picture in use."""
+        """Set the dropdown without picking: it follows the picture in use. The note under it says where the
+        picture came from where the dropdown does not (an upload, a picture no variable holds any more)."""
         if name not in dict(self.variable.options).values():
             name = ""
         self._showing_variable = True
@@ -216,6 +215,8 @@ class AskPanel(w.VBox):
             self.variable.value = name
         finally:
             self._showing_variable = False
+        named = bool(name) and self.variable.layout.display != "none"
+        self.picture_note.value = "" if named else self.image_label or "<i>no picture yet</i>"
 
     def _picked(self, change) -> None:
         if self._showing_variable:
