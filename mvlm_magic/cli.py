@@ -7,6 +7,7 @@
     mvlm demo                      # a generated picture, a question, a streamed answer
     mvlm serve [MODEL] [--host 127.0.0.1] [--port 8000] [--api-key KEY] [--pictures-folder DIR]  # OpenAI API
     mvlm serve [MODEL] --ray [ADDRESS] [--replicas N | --min-replicas A --max-replicas B]        # on Ray Serve
+    mvlm handout NOTEBOOK [-o OUT]  # a copy to hand out: widgets out, their saved copies in (handout.py)
 
 Bad input ends with one line on stderr and exit code 2; no traceback.
 """
@@ -82,6 +83,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = commands.add_parser("demo", help="answer a question about a generated picture with the bundled model")
     demo.add_argument("--cache-dir", default=None)
+
+    handout = commands.add_parser("handout", help="a copy of a saved notebook to hand out: its widgets' outputs "
+                                                  "left out, their saved copies kept (reads well untrusted)")
+    handout.add_argument("notebook", help="a saved .ipynb file")
+    handout.add_argument("-o", "--out", default=None, help="where to write it (default: NAME.handout.ipynb beside it)")
 
     serve = commands.add_parser("serve", help="answer the OpenAI chat-completions API over HTTP (docs/serving.md)")
     serve.add_argument("model", nargs="?", default=BUNDLED_NAME, help=DEFAULT_MODEL_HELP + " (default: nano)")
@@ -267,8 +273,17 @@ def run_serve_on_ray(args, settings, scaling) -> None:
         folder, settings, scaling, args.device, args.precision, args.cache_dir))
 
 
+def run_handout(args) -> None:
+    from .handout import write_handout
+
+    out, copied, other = write_handout(args.notebook, args.out)
+    left_out = f"; {other} other widget{'s' * (other != 1)} left out (no saved copy)" if other else ""
+    print(f"{out}: {copied} widget{'s' * (copied != 1)} replaced by {'their' if copied != 1 else 'its'} saved copy"
+          f"{left_out}")
+
+
 HANDLERS = {"export": run_export, "ask": run_ask, "list": run_list, "delete": run_delete, "demo": run_demo,
-            "compare": run_compare, "serve": run_serve}
+            "compare": run_compare, "serve": run_serve, "handout": run_handout}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -28,6 +28,8 @@ FORBIDDEN = {
     # shared by the widgets, the magics and the terminal, and imported by `%load_ext`: plain Python
     "mvlm_magic.printing": (*ABOVE_STORE, "openvino", "numpy", "PIL", "ipywidgets", *HEAVY),
     "mvlm_magic.pictures": (*ABOVE_STORE, "openvino", "numpy", "PIL", "ipywidgets", *HEAVY),
+    # a saved notebook made to read without its kernel: JSON in, JSON out (the terminal's `mvlm handout`)
+    "mvlm_magic.handout": (*ABOVE_STORE, "openvino", "numpy", "PIL", "ipywidgets", "IPython", *HEAVY),
     "mvlm_magic.runtime": ("mvlm_magic.model", "mvlm_magic.export", "mvlm_magic.notebook", "mvlm_magic.widgets",
                            "mvlm_magic.inspect",
                            "mvlm_magic.demo", "mvlm_magic.loader", *FRONT_ENDS, "IPython", "ipywidgets", *HEAVY),

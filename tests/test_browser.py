@@ -791,3 +791,29 @@ def test_the_ask_panel_asks_on_enter_and_keeps_its_question_box_in_place(lab, pa
     assert reopened.count("New conversation") == 2 and "uploaded green.png" in reopened, reopened
     assert page.locator(".jp-CodeCell").nth(2).locator("img[alt='the picture asked about']").count() == 2
     save_screenshot(page, f"browser-panel-{front_end}-reopened.png")
+    if front_end == "jupyterlab":
+        open_handout(page, lab, name, final["answers"])
+
+
+def open_handout(page, lab: str, name: str, answers: list[str]) -> None:
+    """`mvlm handout` of the saved notebook, opened as a student gets it (unsigned: untrusted, so no style rule
+    applies): the conversation shows in the panel's place, and no widget line at all."""
+    from mvlm_magic.handout import handout
+
+    handed, copied, other = handout(json.loads(api(lab, f"/api/contents/{name}?content=1"))["content"])
+    assert (copied, other) == (1, 0)
+    handout_name = name.replace(".ipynb", ".handout.ipynb")
+    upload(lab, handout_name, handed)
+    page.goto(f"{lab}/lab/tree/{handout_name}?reset&token={TOKEN}")
+    rendered = (f"() => !!(window.jupyterapp && window.jupyterapp.shell.currentWidget"
+                f" && window.jupyterapp.shell.currentWidget.content && {CELL}.length === 3"
+                f" && {CELL}[2].querySelector('.jp-RenderedMarkdown'))")
+    page.wait_for_function(rendered, timeout=120_000, polling=250)
+    page.evaluate(f"() => {CELL}[2].scrollIntoView()")
+    trusted = page.evaluate("() => window.jupyterapp.shell.currentWidget.content.model.cells.get(2).trusted")
+    shown = page.evaluate(f"() => {CELL}[2].querySelector('.jp-Cell-outputArea').innerText")
+    assert trusted is False and "widget" not in shown.lower(), (trusted, shown)
+    for answer in answers:
+        assert " ".join(answer.split()) in " ".join(shown.split()), (answer, shown)
+    assert shown.count("New conversation") == 2 and "uploaded green.png" in shown, shown
+    save_screenshot(page, "browser-panel-handout.png")

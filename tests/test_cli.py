@@ -71,6 +71,70 @@ def test_bad_input_is_one_line_and_exit_code_2(args, message, checkpoint, pictur
 def test_help_lists_the_commands():
     run = mvlm("--help")
     assert run.returncode == 0
-    for command in ("export", "ask", "list", "delete", "demo", "serve"):
+    for command in ("export", "ask", "list", "delete", "demo", "serve", "handout"):
         assert command in run.stdout
     assert shutil.which(MVLM)
+
+
+def test_handout_leaves_the_widgets_out_and_keeps_their_saved_copies(tmp_path):
+
+    import nbformat
+
+    from mvlm_magic.handout import WIDGET_STATE, WIDGET_VIEW
+    from mvlm_magic.widgets import AskPanel
+
+    panel = AskPanel(image=shapes_picture())  # no model: its copy shows the picture, no question asked yet
+    live = {kind: data for kind, data in panel._repr_mimebundle_().items() if kind != "text/plain"}
+    copy = panel.saved_copy.bundle()
+    copy["text/markdown"] = copy["text/markdown"].splitlines(keepends=True)  # as Jupyter saves text: lines
+    notebook = nbformat.v4.new_notebook(metadata={"widgets": {WIDGET_STATE: {"state": {}, "version_major": 2}}})
+    notebook.cells = [
+        nbformat.v4.new_markdown_cell("# A lesson"),
+        nbformat.v4.new_code_cell("print('before'); display(panel)", outputs=[
+            nbformat.v4.new_output("stream", name="stdout", text="before\n"),
+            nbformat.v4.new_output("display_data", data=live),
+            nbformat.v4.new_output("display_data", data=copy)]),
+        nbformat.v4.new_code_cell("IntSlider()", execution_count=3, outputs=[
+            nbformat.v4.new_output("execute_result", execution_count=3,
+                                   data={WIDGET_VIEW: {"model_id": "0123", "version_major": 2, "version_minor": 0},
+                                         "text/plain": "IntSlider(value=0)"})])]
+    path = tmp_path / "lesson.ipynb"
+    path.write_text(nbformat.writes(notebook))
+    before = path.read_bytes()
+
+    run = mvlm("handout", path)
+    assert run.returncode == 0, run.stderr
+    out = tmp_path / "lesson.handout.ipynb"
+    assert run.stdout.strip() == (f"{out}: 1 widget replaced by its saved copy; 1 other widget left out "
+                                  "(no saved copy)")
+    assert path.read_bytes() == before  # the teacher's own notebook is untouched
+    handed = nbformat.read(out, as_version=4)
+    nbformat.validate(handed)
+    outputs = handed.cells[1].outputs
+    assert [o.output_type for o in outputs] == ["stream", "display_data"] and outputs[0].text == "before\n"
+    # The copy without its style rule, which would now hide the print above it: shown as it is, trusted or not.
+    markdown = outputs[1].data["text/markdown"]
+    assert markdown.startswith('<div class="mvlm-copy-') and "<style>" not in markdown
+    assert "no question asked yet" in markdown and "<img" in markdown
+    assert handed.cells[2].outputs == [] and "widgets" not in handed.metadata
+
+    elsewhere = mvlm("handout", path, "-o", tmp_path / "class" / "lesson.ipynb")
+    assert elsewhere.returncode == 0 and (tmp_path / "class" / "lesson.ipynb").is_file(), elsewhere.stderr
+
+
+@pytest.mark.parametrize("args,message", [
+    (["/no/such/lesson.ipynb"], "no notebook at"),
+    (["{picture}"], "cannot read"),
+    (["{notebook}", "-o", "{notebook}"], "would replace"),
+    (["{text}"], "not a notebook"),
+])
+def test_handout_of_what_is_no_notebook_is_one_line_and_exit_code_2(args, message, picture_file, tmp_path):
+    import json
+
+    (tmp_path / "lesson.ipynb").write_text(json.dumps({"nbformat": 4, "nbformat_minor": 5, "cells": [],
+                                                      "metadata": {}}))
+    (tmp_path / "notes.json").write_text('{"cells": []}')
+    fill = {"picture": picture_file, "notebook": tmp_path / "lesson.ipynb", "text": tmp_path / "notes.json"}
+    run = mvlm("handout", *[a.format(**fill) for a in args])
+    lines = run.stderr.strip().splitlines()
+    assert run.returncode == 2 and len(lines) == 1 and message in lines[0], run.stderr

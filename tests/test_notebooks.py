@@ -8,12 +8,14 @@ answers blocking there and the widget state it records is final.
 from __future__ import annotations
 
 import html
+import json
 import shutil
 from pathlib import Path
 
 import nbformat
 import pytest
 
+from mvlm_magic.handout import COPY_CLASS, handout
 from mvlm_magic.widgets.messages import CONTROL_CHARACTERS
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
@@ -90,6 +92,21 @@ def test_notebook_runs_and_saves_the_answers_in_the_widget_state(path, tmp_path,
         check_classroom(answers, values, page)
     elif path.name == "stop_an_answer.ipynb":
         check_stop_an_answer(answers)
+    check_handout(notebook, len(asks), panels={"classroom.ipynb": 1, "see_inside.ipynb": 1}.get(path.name, 0))
+
+
+def check_handout(notebook, asks: int, panels: int) -> None:
+    """`mvlm handout` of the run notebook: no widget output left, each live widget's saved copy in its place (the
+    AskPanel's with its conversation), every answer still there."""
+    handed, copied, other = handout(json.loads(nbformat.writes(notebook)))
+    outputs = [o for cell in handed["cells"] for o in cell.get("outputs", [])]
+    assert (copied, other) == (panels, 0) and not any(WIDGET_VIEW in o.get("data", {}) for o in outputs)
+    copies = [o["data"] for o in outputs if COPY_CLASS in "".join(o.get("data", {}).get("text/markdown", ""))]
+    assert len(copies) == panels and all("<style>" not in copy["text/markdown"] for copy in copies)
+    if any("AskPanel(" in cell.source for cell in notebook.cells):
+        conversation = "".join(copies[0]["text/plain"])  # (saved text: a list of lines)
+        assert "yes" in conversation.partition("Q: Is there a blue cross?")[2].split(), conversation
+    assert as_html_text(nbformat.reads(json.dumps(handed), as_version=4)).count("first token") >= asks
 
 
 def answer_of(cell) -> str:

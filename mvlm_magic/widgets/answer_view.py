@@ -78,13 +78,13 @@ class AnswerView(w.HBox):
                                     tooltip="stop this answer", layout=w.Layout(width="90px", display="none"))
         self.stop_button.on_click(lambda _: self.stop())
         self.stats = w.HTML("")
-        self.on_done: list[Callable[[AnswerView], None]] = []  # called in the consuming thread, after `done` is set
+        self.on_done: list[Callable[[AnswerView], None]] = []  # called in the consuming thread, before `done` is set
         self.done = threading.Event()
         self.text = ""
         self.answer: Answer | None = None
         self.error = ""  # one line; empty when the answer ended normally
         self.exception: BaseException | None = None
-        self.finished = False  # the answer (or its error) is final; `done` is set just after the last refresh
+        self.finished = False  # the answer (or its error) is final; `done` is set after the last refresh and on_done
         self.updates = 0  # how many times the answer text was sent (throttling is checked against this)
         self._stream: AnswerStream | None = None
         self._stop_requested = False
@@ -204,13 +204,13 @@ class AnswerView(w.HBox):
             if acquired:
                 lock.release()
             self._show_static_copy()
-            self.done.set()
             for callback in list(self.on_done):
                 try:
                     callback(self)
                 except Exception as error:  # never print from here; keep the first problem visible
                     self.error = self.error or one_line(error)
                     self._show_stats()
+            self.done.set()  # last: once wait() returns, what the callbacks keep (a panel's saved copy) is final
 
     def _take_out_of_decode_time(self, held: float) -> None:
         """The seconds the pace held the stream back were the reader's, not the model's (our engines' Timings)."""

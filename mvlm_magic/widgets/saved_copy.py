@@ -11,13 +11,16 @@ replaces its output by its static copy once its answer ends; the AskPanel and th
 they stay usable after. So they are displayed as two outputs: the widget, and its static copy (Markdown and
 plain text) under a display id of its own, updated by that id. The copy's style rules hide it while the live
 widget is on the page, and hide the widget's output once it is not. Where styles do not apply (an
-untrusted notebook, nbviewer, GitHub, a front end without `:has()`) the copy simply shows.
+untrusted notebook, nbviewer, GitHub, a front end without `:has()`) the copy simply shows; a notebook to hand out
+keeps only the copies (`mvlm handout`, handout.py).
 """
 
 from __future__ import annotations
 
 import uuid
 from collections.abc import Callable
+
+from ..handout import COPY_CLASS  # the copies' class, by which `mvlm handout` finds them
 
 # Two rules per copy, by its id. While the page holds the live widget (`body:has(.mvlm-live-ID)`), the copy goes
 # (in JupyterLab and Notebook 7 its whole output row). In JupyterLab and Notebook 7, the output row just before
@@ -46,7 +49,7 @@ class SavedCopy:
         copy = self.static_copy()
         # An HTML block, blank lines, the Markdown, blank lines, its end: CommonMark keeps the Markdown inside.
         # (overflow-wrap: a long word, or a URL, wraps as in the live widget)
-        start = f'<div class="mvlm-copy-{self.id}" style="overflow-wrap:anywhere">'
+        start = f'<div class="{COPY_CLASS}{self.id}" style="overflow-wrap:anywhere">'
         markdown = f'{STYLE.format(id=self.id)}\n\n{start}\n\n{copy.get("text/markdown", "")}\n\n</div>'
         return {**copy, "text/markdown": markdown}
 
