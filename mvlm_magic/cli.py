@@ -277,6 +277,9 @@ def run_handout(args) -> None:
     from .handout import write_handout
 
     out, copied, other = write_handout(args.notebook, args.out)
+    if not copied and not other:
+        print(f"{out}: no widget outputs in it, written as it is")
+        return
     left_out = f"; {other} other widget{'s' * (other != 1)} left out (no saved copy)" if other else ""
     print(f"{out}: {copied} widget{'s' * (copied != 1)} replaced by {'their' if copied != 1 else 'its'} saved copy"
           f"{left_out}")

@@ -79,6 +79,7 @@ def write_handout(path: Path | str, out: Path | str | None = None) -> tuple[Path
         except BaseException:
             os.unlink(file.name)
             raise
+    os.chmod(file.name, path.stat().st_mode & 0o777)  # as readable as the notebook (the temporary file was private)
     os.replace(file.name, out)  # whole or not at all
     return out, copied, other
 

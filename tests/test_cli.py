@@ -118,8 +118,12 @@ def test_handout_leaves_the_widgets_out_and_keeps_their_saved_copies(tmp_path):
     assert "no question asked yet" in markdown and "<img" in markdown
     assert handed.cells[2].outputs == [] and "widgets" not in handed.metadata
 
-    elsewhere = mvlm("handout", path, "-o", tmp_path / "class" / "lesson.ipynb")
-    assert elsewhere.returncode == 0 and (tmp_path / "class" / "lesson.ipynb").is_file(), elsewhere.stderr
+    assert out.stat().st_mode & 0o777 == path.stat().st_mode & 0o777  # as readable as the notebook
+
+    plain = tmp_path / "class" / "plain.ipynb"
+    elsewhere = mvlm("handout", tmp_path / "lesson.handout.ipynb", "-o", plain)
+    assert elsewhere.returncode == 0 and plain.is_file(), elsewhere.stderr
+    assert elsewhere.stdout.strip() == f"{plain}: no widget outputs in it, written as it is"
 
 
 @pytest.mark.parametrize("args,message", [
