@@ -215,8 +215,7 @@ class AskPanel(w.VBox):
             self.variable.value = name
         finally:
             self._showing_variable = False
-        named = bool(name) and self.variable.layout.display != "none"
-        self.picture_note.value = "" if named else self.image_label or "<i>no picture yet</i>"
+        self.picture_note.value = "" if name else self.image_label or "<i>no picture yet</i>"
 
     def _picked(self, change) -> None:
         if self._showing_variable:
@@ -341,7 +340,7 @@ class AskPanel(w.VBox):
                 markdown.append(f"<div>{child.value}</div>")  # a block: the next answer's picture starts below
                 text.append(html.unescape(re.sub(r"<[^>]+>", "", child.value)))
         if not self.conversations:
-            png = thumbnail_png(self.image) if self.image is not None else None
+            png = self.preview.value or None  # the picture's thumbnail, made once when it was set
             markdown.append((img_tag(png) + "\n\n" if png else "") + "*no question asked yet*")
             text.append("no question asked yet")
         return {"text/markdown": "\n\n".join(markdown), "text/plain": "\n".join(text)}

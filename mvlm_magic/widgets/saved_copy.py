@@ -22,15 +22,17 @@ from collections.abc import Callable
 
 from ..handout import COPY_CLASS  # the copies' class, by which `mvlm handout` finds them
 
-# Two rules per copy, by its id. While the page holds the live widget (`body:has(.mvlm-live-ID)`), the copy goes
+LIVE_CLASS = "mvlm-live-"  # + the copy's id: the live widget's class
+
+# Two rules per copy, by its classes. While the page holds the live widget (`body:has(.{live})`), the copy goes
 # (in JupyterLab and Notebook 7 its whole output row). In JupyterLab and Notebook 7, the output row just before
 # the copy's is the widget's: unless it holds the live widget, it goes too, whether it reads "Loading widget..."
 # or "Error displaying widget: model not found".
 STYLE = (
     "<style>"
-    "body:has(.mvlm-live-{id}) .mvlm-copy-{id},"
-    " body:has(.mvlm-live-{id}) .jp-OutputArea-child:has(.mvlm-copy-{id}),"
-    " .jp-OutputArea-child:has(+ .jp-OutputArea-child .mvlm-copy-{id}):not(:has(.mvlm-live-{id}))"
+    "body:has(.{live}) .{copy},"
+    " body:has(.{live}) .jp-OutputArea-child:has(.{copy}),"
+    " .jp-OutputArea-child:has(+ .jp-OutputArea-child .{copy}):not(:has(.{live}))"
     " {{display: none}}"
     "</style>"
 )
@@ -42,15 +44,17 @@ class SavedCopy:
     def __init__(self, widget, static_copy: Callable[[], dict]):
         self.widget, self.static_copy = widget, static_copy
         self.id = uuid.uuid4().hex[:16]
+        self.live_class, self.copy_class = LIVE_CLASS + self.id, COPY_CLASS + self.id
         self.displayed = False
-        widget.add_class(f"mvlm-live-{self.id}")
+        widget.add_class(self.live_class)
 
     def bundle(self) -> dict:
         copy = self.static_copy()
         # An HTML block, blank lines, the Markdown, blank lines, its end: CommonMark keeps the Markdown inside.
         # (overflow-wrap: a long word, or a URL, wraps as in the live widget)
-        start = f'<div class="{COPY_CLASS}{self.id}" style="overflow-wrap:anywhere">'
-        markdown = f'{STYLE.format(id=self.id)}\n\n{start}\n\n{copy.get("text/markdown", "")}\n\n</div>'
+        start = f'<div class="{self.copy_class}" style="overflow-wrap:anywhere">'
+        style = STYLE.format(live=self.live_class, copy=self.copy_class)
+        markdown = f'{style}\n\n{start}\n\n{copy.get("text/markdown", "")}\n\n</div>'
         return {**copy, "text/markdown": markdown}
 
     def display(self) -> None:

@@ -332,17 +332,17 @@ bool KVAttention::evaluate(ov::TensorVector& outputs, const ov::TensorVector& in
         q_rotated.resize(B * H * T * D);
         k_rotated.resize(B * KV * T * D);
         const float *cos = inputs[7].data<const float>(), *sin = inputs[8].data<const float>();
-        auto rotate_heads = [&](const float* x, float* y, size_t heads, size_t item) {  // item: (b, head)
-            const size_t b = item / heads, angles = (cs[0] == 1 ? 0 : b) * T * D;
-            rotate_half(x + item * T * D, y + item * T * D, cos + angles, sin + angles, T, D);
+        auto rotate = [&](size_t item) {  // items 0..B*H-1: q's (b, head); then k's (b, kv head)
+            const bool is_q = item < B * H;
+            const size_t i = is_q ? item : item - B * H, heads = is_q ? H : KV;
+            const size_t angles = (cs[0] == 1 ? 0 : i / heads) * T * D;
+            rotate_half((is_q ? qs_ : ks_) + i * T * D, (is_q ? q_rotated : k_rotated).data() + i * T * D,
+                        cos + angles, sin + angles, T, D);
         };
-        if (T == 1) {  // a few thousand values: not worth waking the other threads
-            for (size_t i = 0; i < B * H; ++i) rotate_heads(qs_, q_rotated.data(), H, i);
-            for (size_t i = 0; i < B * KV; ++i) rotate_heads(ks_, k_rotated.data(), KV, i);
-        } else {
-            ov::parallel_for(B * H, [&](size_t i) { rotate_heads(qs_, q_rotated.data(), H, i); });
-            ov::parallel_for(B * KV, [&](size_t i) { rotate_heads(ks_, k_rotated.data(), KV, i); });
-        }
+        if (T == 1)  // a few thousand values: not worth waking the other threads
+            for (size_t item = 0; item < B * (H + KV); ++item) rotate(item);
+        else
+            ov::parallel_for(B * (H + KV), rotate);
         qs_ = q_rotated.data();
         ks_ = k_rotated.data();
     }
