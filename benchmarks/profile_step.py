@@ -3,6 +3,7 @@
     python benchmarks/run.py --export-only                     # the 1.7B-shaped export, once
     python benchmarks/profile_step.py --export /tmp/mvlm-bench/real/cache/checkpoint-v2--int4-sym-g64-r0.9--*
     python benchmarks/profile_step.py --export DIR --rows 16   # a batched step (batching.py), 16 cache rows
+    python benchmarks/profile_step.py --export DIR --compare-read-ahead 12   # steps without / with read_ahead.cpp
 
 A child process feeds a random prompt of `--context` positions, then decodes one token per cache row per step for
 `--seconds`; Linux `perf` samples it meanwhile (cpu-clock, so it works without hardware counters) and the samples
@@ -25,6 +26,7 @@ from pathlib import Path
 
 # What a sampled symbol or library ran, first match wins.
 KINDS = [
+    ("weights read ahead (read_ahead.cpp)", ("token_matmul_ends",)),  # (a task of the pool: before its "tbb")
     ("our int4 MatMul", ("int4_tile", "int4_tiles", "Int4MatMul")),
     ("our int8 MatMul (int8 layers, head)", ("Int8MatMul", "dot_panel_int8", "int8_tile")),
     ("activations quantized", ("quantize_input", "quantize_row")),
@@ -68,6 +70,40 @@ def child(args) -> None:
                       "context_end": pasts[0]}), flush=True)
 
 
+def compare_read_ahead(args) -> None:
+    """One process, batches of 40 steps from a fresh prompt of `--context` positions, our operations' read ahead
+    (src/read_ahead.cpp) off and on in turn: the machine's minutes change both alike."""
+    import ctypes
+
+    import numpy as np
+
+    from mvlm_magic.ops.build import extension
+    from mvlm_magic.runtime.engine import Engine
+
+    engine = Engine(args.export, threads=2)
+    switch = ctypes.CDLL(str(extension().library)).mvlm_read_ahead
+    kv = engine.kv
+    width = engine.text_embeddings.outputs[0].get_partial_shape()[-1].get_length()
+    rng = np.random.default_rng(0)
+    medians: dict[int, list[float]] = {0: [], 1: []}
+    with engine.lock:
+        for _ in range(args.compare_read_ahead):
+            for on in (0, 1):
+                switch(on)
+                kv.run(rng.standard_normal((1, args.context, width)).astype(np.float32) * 0.02, 0)
+                x = rng.standard_normal((1, 1, width)).astype(np.float32) * 0.02
+                times = []
+                for past in range(args.context, args.context + 43):
+                    started = time.perf_counter()
+                    kv.run(x, past)
+                    times.append(time.perf_counter() - started)
+                medians[on].append(float(np.median(times[3:])) * 1e3)
+            print(f"off {medians[0][-1]:.2f} ms, on {medians[1][-1]:.2f} ms a step", flush=True)
+    ratios = [on / off for off, on in zip(medians[0], medians[1])]
+    print(f"{engine.name}\nmedian step: off {np.median(medians[0]):.2f} ms, on {np.median(medians[1]):.2f} ms; "
+          f"on / off, pair by pair: median {np.median(ratios):.3f} (range {min(ratios):.3f}-{max(ratios):.3f})")
+
+
 def kind_of(line: str) -> str:
     lowered = line.lower()
     for kind, marks in KINDS:
@@ -97,8 +133,13 @@ def main(argv=None) -> dict:
     parser.add_argument("--rows", type=int, default=1, help="cache rows decoding together (1: one chat)")
     parser.add_argument("--context", type=int, default=250, help="cached positions before the first step")
     parser.add_argument("--seconds", type=float, default=8.0)
+    parser.add_argument("--compare-read-ahead", type=int, default=0, metavar="PAIRS",
+                        help="instead: step times with our read ahead off and on, PAIRS batches of each, alternated")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.compare_read_ahead:
+        compare_read_ahead(args)
+        return {}
     if args.child:
         child(args)
         return {}

@@ -3,12 +3,14 @@ used by the engine, and answers as good as OpenVINO's own int4 path."""
 
 from __future__ import annotations
 
+import ctypes
 import fnmatch
 import json
 import os
 import shutil
 import subprocess
 import sys
+import time
 import tomllib
 from dataclasses import replace
 from xml.etree import ElementTree
@@ -93,7 +95,7 @@ def test_the_avx2_build_passes_the_same_checks():
     """On an AVX-512 CPU the tests above run the AVX-512 build; the AVX2 one (CPUs without VNNI) in a process of
     its own, since one OpenVINO core cannot hold both."""
     run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__,
-                          "-k", "equals_its_definition or one_input or split_among_threads"],
+                          "-k", "equals_its_definition or one_input or split_among_threads or asks_for"],
                          env={**os.environ, "MVLM_OPS_ISA": "avx2"},
                          capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stdout[-3000:]
@@ -198,6 +200,53 @@ def test_the_split_among_threads_changes_no_output(tmp_path):
     for threads in (2, 3, 5):
         for alone, split in zip(outputs[1], outputs[threads]):
             np.testing.assert_array_equal(alone, split, err_msg=f"{threads} threads")
+
+
+def test_a_token_asks_for_the_next_weights_ahead_without_changing_its_output(tmp_path):
+    """From a model's second token on, as one of its MatMuls ends, the pool's other thread asks for the first
+    bytes of each share of the MatMul that followed it (src/read_ahead.cpp): bytes are asked for on two threads,
+    none on one or with it turned off, and the outputs are bit-identical to one thread's."""
+    assert build.extension().library is not None, build.extension().why_not
+    asked = ctypes.CDLL(str(build.extension().library)).mvlm_read_ahead_bytes
+    asked.restype = ctypes.c_uint64
+    rng = np.random.default_rng(8)
+    model, *_ = nncf_int4_model(256, 512, 64, rng)
+    head, *_ = nncf_int8_head(model.get_parameters()[0].output(0), 160, 512, rng)
+    model.add_results([opset13.result(head)])
+    assert rewrite.rewrite_int4_matmuls(model) == 1
+    ov.save_model(model, tmp_path / "m.xml", compress_to_fp16=False)
+    tokens = [rng.standard_normal((1, 512)).astype(np.float32) for _ in range(6)]
+
+    def settled() -> int:  # the count once no read ahead is running (they are tasks of the pool: asynchronous)
+        count, deadline = asked(), time.monotonic() + 10
+        while time.monotonic() < deadline:
+            time.sleep(0.05)
+            if asked() == count:
+                return count
+            count = asked()
+        return count
+
+    outputs, bytes_asked = {}, {}
+    for threads in (1, 2):
+        request = core().compile_model(tmp_path / "m.xml", "CPU", {"INFERENCE_NUM_THREADS": threads}) \
+            .create_infer_request()
+        before = settled()
+        outputs[threads] = [[y.copy() for y in request.infer(x).values()] for x in tokens]
+        bytes_asked[threads] = settled() - before
+    assert bytes_asked[1] == 0
+    assert bytes_asked[2] > 0
+    switch = ctypes.CDLL(str(build.extension().library)).mvlm_read_ahead  # (off: profile_step.py's comparison)
+    switch(0)
+    try:
+        before = settled()
+        outputs["2, off"] = [[y.copy() for y in request.infer(x).values()] for x in tokens]
+        assert settled() == before
+    finally:
+        switch(1)
+    for threads in (2, "2, off"):
+        for token, (alone, split) in enumerate(zip(outputs[1], outputs[threads])):
+            for a, b in zip(alone, split):
+                np.testing.assert_array_equal(a, b, err_msg=f"token {token}, {threads} threads")
 
 
 def attention_model(heads: int, kv_heads: int, head: int, tmp_path) -> ov.CompiledModel:

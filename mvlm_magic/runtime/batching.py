@@ -184,8 +184,7 @@ class Batcher:
         try:
             with engine.lock:
                 started = time.perf_counter()
-                tokens = np.array([[step.ids[-1]] for step in batch], dtype=np.int64)  # (B, 1)
-                embeds = engine.text_embeddings(tokens)[0]  # (B, 1, C)
+                embeds = engine.embed_ids([[step.ids[-1]] for step in batch])  # (B, 1, C)
                 pasts = [step.kv.positions(step.ids[:-1]) for step in batch]
                 logits = KVState.run_rows([step.kv for step in batch], pasts, embeds)  # (B, V)
                 for step, row in zip(batch, logits):

@@ -8,6 +8,7 @@
 // Figures: docs/benchmarks.md ("Figures behind the operations' design").
 
 #include "int4_matmul.hpp"
+#include "read_ahead.hpp"
 
 #include <cstring>
 
@@ -79,6 +80,8 @@ bool Int4MatMul::evaluate(ov::TensorVector& outputs, const ov::TensorVector& inp
     const uint16_t* s = static_cast<const uint16_t*>(scale.data());
     float* y = outputs[0].data<float>();
     const float* offsets = group_offsets(q, M, K, G);
+    const Weights weights{w, N / TILE, TILE * K / 2};
+    if (M == 1) token_matmul_starts(weights);
 #if MVLM_AVX512
     avx512::int4_tiles(q.values.data(), q.scale.data(), offsets, M, K, N, G, w, s, y);
 #else
@@ -92,6 +95,7 @@ bool Int4MatMul::evaluate(ov::TensorVector& outputs, const ov::TensorVector& inp
         });
     });
 #endif
+    if (M == 1) token_matmul_ends(weights);
     return true;
 }
 

@@ -2,6 +2,7 @@
 // 32 rows as Int4MatMul's (AVX-512 VNNI: int4_avx512.hpp).
 
 #include "int8_matmul.hpp"
+#include "read_ahead.hpp"
 
 #include <cstring>
 
@@ -71,6 +72,8 @@ bool Int8MatMul::evaluate(ov::TensorVector& outputs, const ov::TensorVector& inp
     const float* scale = inputs[3].data<const float>();
     float* y = outputs[0].data<float>();
     const float* offsets = group_offsets(q, M, K, K);
+    const Weights weights{w, N / TILE, TILE * K};
+    if (M == 1) token_matmul_starts(weights);
 #if MVLM_AVX512
     avx512::int8_tiles(q.values.data(), q.scale.data(), offsets, M, K, N, w, zero, scale, y);
 #else
@@ -83,6 +86,7 @@ bool Int8MatMul::evaluate(ov::TensorVector& outputs, const ov::TensorVector& inp
         });
     });
 #endif
+    if (M == 1) token_matmul_ends(weights);
     return true;
 }
 

@@ -5,6 +5,7 @@
 // behind the operations' design").
 
 #include "kv_attention.hpp"
+#include "read_ahead.hpp"
 
 #include <cmath>
 #include <utility>
@@ -281,6 +282,7 @@ static size_t cache_row(const ov::Tensor& rows, size_t b) {
 }
 
 bool KVAttention::evaluate(ov::TensorVector& outputs, const ov::TensorVector& inputs) const {
+    stop_reading_ahead();
     const ov::Tensor &q = inputs[0], &k = inputs[1], &v = inputs[2], &mask = inputs[3];
     const ov::Shape qs = q.get_shape(), ms = mask.get_shape();
     const size_t B = qs[0], H = qs[1], T = qs[2], D = qs[3], KV = k.get_shape()[1], L = ms[3];
