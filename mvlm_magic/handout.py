@@ -15,12 +15,11 @@ which JupyterLab, Notebook 7, nbviewer and GitHub show alike, trusted or not.
 from __future__ import annotations
 
 import json
-import os
 import re
-import tempfile
 from pathlib import Path
 
 from .errors import MvlmError
+from .store import write_json
 
 COPY_CLASS = "mvlm-copy-"  # + an id: the block that holds a widget's saved copy (widgets/saved_copy.py writes it)
 WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
@@ -72,15 +71,7 @@ def write_handout(path: Path | str, out: Path | str | None = None) -> tuple[Path
         raise MvlmError(f"the handout would replace {path} itself; give another path with -o.")
     notebook, copied, other = handout(notebook)
     out.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", encoding="utf-8", dir=out.parent, suffix=".partial", delete=False) as file:
-        try:
-            json.dump(notebook, file, indent=1, ensure_ascii=False)
-            file.write("\n")
-        except BaseException:
-            os.unlink(file.name)
-            raise
-    os.chmod(file.name, path.stat().st_mode & 0o777)  # as readable as the notebook (the temporary file was private)
-    os.replace(file.name, out)  # whole or not at all
+    write_json(out, notebook, mode=path.stat().st_mode & 0o777)  # as readable as the notebook
     return out, copied, other
 
 

@@ -150,6 +150,23 @@ class CachedExport:
         return f"{m['model_id']} [{m['compression']['label']}] {self.size_bytes / 1e6:.1f} MB  {self.path}"
 
 
+def write_json(path: Path, data, mode: int | None = None) -> None:
+    """`data` as JSON at `path`, whole or not at all (a temporary sibling renamed over it); `mode`: its permissions
+    (None: private to this user, as the temporary file is made)."""
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}-", suffix=".partial")
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as file:
+            json.dump(data, file, indent=1, ensure_ascii=False)
+            file.write("\n")
+        if mode is not None:
+            os.chmod(temporary, mode)
+        os.replace(temporary, path)
+    except BaseException:
+        if os.path.exists(temporary):
+            os.unlink(temporary)
+        raise
+
+
 def read_manifest(folder: Path) -> dict | None:
     try:
         manifest = json.loads((Path(folder) / MANIFEST).read_text())

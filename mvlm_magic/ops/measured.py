@@ -10,9 +10,7 @@ still force either path.
 from __future__ import annotations
 
 import json
-import os
 import platform
-import tempfile
 import time
 from pathlib import Path
 
@@ -21,7 +19,7 @@ import openvino as ov
 
 from ..runtime.device import compile_model, core
 from ..runtime.kv_state import compiled_state
-from ..store import private_cache_dir
+from ..store import private_cache_dir, write_json
 from .copies import FORMAT
 from .cpu import cpu_flags, instruction_set
 
@@ -70,10 +68,7 @@ def remember(key: str, ours: bool, timings: dict) -> None:
     except (OSError, ValueError):
         choices = {}
     choices[key] = {"ours": ours, "timings": timings}
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=".choices-")
-    with os.fdopen(handle, "w") as f:
-        json.dump(choices, f, indent=1)
-    os.replace(temporary, path)
+    write_json(path, choices)
 
 
 def decide(timings: dict) -> bool:
