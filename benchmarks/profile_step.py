@@ -4,6 +4,7 @@
     python benchmarks/profile_step.py --export /tmp/mvlm-bench/real/cache/checkpoint-v2--int4-sym-g64-r0.9--*
     python benchmarks/profile_step.py --export DIR --rows 16   # a batched step (batching.py), 16 cache rows
     python benchmarks/profile_step.py --export DIR --compare-read-ahead 12   # steps without / with read_ahead.cpp
+    python benchmarks/profile_step.py --export DIR --compare-language OLD.xml --pairs 12   # another IR / this copy
 
 A child process feeds a random prompt of `--context` positions, then decodes one token per cache row per step for
 `--seconds`; Linux `perf` samples it meanwhile (cpu-clock, so it works without hardware counters) and the samples
@@ -70,26 +71,35 @@ def child(args) -> None:
                       "context_end": pasts[0]}), flush=True)
 
 
-def compare_read_ahead(args) -> None:
-    """One process, batches of 40 steps from a fresh prompt of `--context` positions, our operations' read ahead
-    (src/read_ahead.cpp) off and on in turn: the machine's minutes change both alike."""
+def compare(args) -> None:
+    """One process, batches of 40 steps from a fresh prompt of `--context` positions, two variants in turn (the
+    machine's minutes change both alike): our operations' read ahead (src/read_ahead.cpp) off and on, or
+    (--compare-language) another language IR, e.g. a copy an earlier version made, and the export's own copy."""
     import ctypes
 
     import numpy as np
 
     from mvlm_magic.ops.build import extension
+    from mvlm_magic.runtime.device import compile_model, core
     from mvlm_magic.runtime.engine import Engine
+    from mvlm_magic.runtime.kv_state import compiled_state
 
     engine = Engine(args.export, threads=2)
-    switch = ctypes.CDLL(str(extension().library)).mvlm_read_ahead
-    kv = engine.kv
+    if args.compare_language:
+        other = compiled_state(core().read_model(str(args.compare_language)),
+                               lambda model: compile_model(model, engine.device, engine.precision, 2),
+                               engine.num_image_tokens, engine.context_length)
+        variants = {"other IR": (other, lambda: None), "this copy": (engine.kv, lambda: None)}
+    else:
+        switch = ctypes.CDLL(str(extension().library)).mvlm_read_ahead
+        variants = {"off": (engine.kv, lambda: switch(0)), "on": (engine.kv, lambda: switch(1))}
     width = engine.text_embeddings.outputs[0].get_partial_shape()[-1].get_length()
     rng = np.random.default_rng(0)
-    medians: dict[int, list[float]] = {0: [], 1: []}
+    medians: dict[str, list[float]] = {name: [] for name in variants}
     with engine.lock:
-        for _ in range(args.compare_read_ahead):
-            for on in (0, 1):
-                switch(on)
+        for _ in range(args.pairs):
+            for name, (kv, setup) in variants.items():
+                setup()
                 kv.run(rng.standard_normal((1, args.context, width)).astype(np.float32) * 0.02, 0)
                 x = rng.standard_normal((1, 1, width)).astype(np.float32) * 0.02
                 times = []
@@ -97,11 +107,13 @@ def compare_read_ahead(args) -> None:
                     started = time.perf_counter()
                     kv.run(x, past)
                     times.append(time.perf_counter() - started)
-                medians[on].append(float(np.median(times[3:])) * 1e3)
-            print(f"off {medians[0][-1]:.2f} ms, on {medians[1][-1]:.2f} ms a step", flush=True)
-    ratios = [on / off for off, on in zip(medians[0], medians[1])]
-    print(f"{engine.name}\nmedian step: off {np.median(medians[0]):.2f} ms, on {np.median(medians[1]):.2f} ms; "
-          f"on / off, pair by pair: median {np.median(ratios):.3f} (range {min(ratios):.3f}-{max(ratios):.3f})")
+                medians[name].append(float(np.median(times[3:])) * 1e3)
+            print(", ".join(f"{name} {times[-1]:.2f} ms" for name, times in medians.items()) + " a step", flush=True)
+    (first, before), (second, after) = medians.items()
+    ratios = [b / a for a, b in zip(before, after)]
+    print(f"{engine.name}\nmedian step: {first} {np.median(before):.2f} ms, {second} {np.median(after):.2f} ms; "
+          f"{second} / {first}, pair by pair: median {np.median(ratios):.3f} "
+          f"(range {min(ratios):.3f}-{max(ratios):.3f})")
 
 
 def kind_of(line: str) -> str:
@@ -135,10 +147,14 @@ def main(argv=None) -> dict:
     parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument("--compare-read-ahead", type=int, default=0, metavar="PAIRS",
                         help="instead: step times with our read ahead off and on, PAIRS batches of each, alternated")
+    parser.add_argument("--compare-language", type=Path, metavar="XML",
+                        help="instead: step times of this language IR and of the export's copy, alternated")
+    parser.add_argument("--pairs", type=int, default=12, help="batches of each for --compare-language")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if args.compare_read_ahead:
-        compare_read_ahead(args)
+    if args.compare_read_ahead or args.compare_language:
+        args.pairs = args.compare_read_ahead or args.pairs
+        compare(args)
         return {}
     if args.child:
         child(args)

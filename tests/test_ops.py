@@ -7,6 +7,7 @@ import ctypes
 import fnmatch
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -22,26 +23,31 @@ from openvino import opset13
 
 from mvlm_magic import ops
 from mvlm_magic.errors import MvlmError
-from mvlm_magic.ops import build, copies, cpu, layout, nodes, patterns, rewrite
+from mvlm_magic.ops import build, copies, cpu, fold, layout, nodes, patterns, rewrite
 from mvlm_magic.runtime.device import core
 
 pytestmark = pytest.mark.skipif(not cpu.NEEDED_FLAGS <= cpu.cpu_flags(), reason="needs an AVX2 CPU")
 
 
-def nncf_int4_model(n: int, k: int, group: int, rng) -> tuple[ov.Model, np.ndarray, np.ndarray]:
-    """x (M, K) @ W.T with W in NNCF's symmetric int4 layout: i4 constant -> f16 -> * scale -> (N, K) -> f32.
-    group == k gives NNCF's one-scale-per-row form (no Reshape)."""
+def nncf_int4_weight(n: int, k: int, group: int, rng) -> tuple[ov.Output, np.ndarray, np.ndarray]:
+    """W (N, K) in NNCF's symmetric int4 layout: i4 constant -> f16 -> * scale -> (N, K) -> f32, with its int4 values
+    and scales. group == k gives NNCF's one-scale-per-row form (no Reshape)."""
     q = rng.integers(-8, 8, (n, k)).astype(np.int8)
     scales = (rng.random((n, k // group)) * 0.05 + 0.001).astype(np.float16)
-    x = opset13.parameter([-1, k], ov.Type.f32, name="x")
     if group == k:
         unscaled = opset13.convert(opset13.constant(q, ov.Type.i4), ov.Type.f16)
         weight = opset13.multiply(unscaled, opset13.constant(scales))
     else:
         grouped = opset13.convert(opset13.constant(q.reshape(n, k // group, group), ov.Type.i4), ov.Type.f16)
         weight = opset13.reshape(opset13.multiply(grouped, opset13.constant(scales[:, :, None])), [n, k], False)
-    y = opset13.matmul(x, opset13.convert(weight, ov.Type.f32), False, True)
-    return ov.Model([y], [x]), q, scales.astype(np.float32)
+    return opset13.convert(weight, ov.Type.f32).output(0), q, scales.astype(np.float32)
+
+
+def nncf_int4_model(n: int, k: int, group: int, rng) -> tuple[ov.Model, np.ndarray, np.ndarray]:
+    """x (M, K) @ W.T with W in NNCF's symmetric int4 layout (nncf_int4_weight)."""
+    x = opset13.parameter([-1, k], ov.Type.f32, name="x")
+    weight, q, scales = nncf_int4_weight(n, k, group, rng)
+    return ov.Model([opset13.matmul(x, weight, False, True)], [x]), q, scales
 
 
 def nncf_int8_head(x, n: int, k: int, rng) -> tuple[ov.Output, np.ndarray, np.ndarray, np.ndarray]:
@@ -90,12 +96,50 @@ def test_int4_matmul_equals_its_definition(n, k, group, tmp_path):
         assert np.abs(y - plain(x)[0]).max() < 0.02 * scale  # OpenVINO's own f32 path: int8 activations only
 
 
+def test_a_layers_norm_gate_and_residual_sum_fold_into_the_operations(tmp_path):
+    """fold.py: the RMS norm before gate and up, the SiLU gate before down and the residual sum after it, computed
+    inside the operations, give what the graph's own nodes gave."""
+    assert build.extension().library is not None, build.extension().why_not
+    rng = np.random.default_rng(5)
+    k, inner, eps = 256, 512, 1e-5
+    h = opset13.parameter([1, -1, k], ov.Type.f32, name="h")
+    gamma = (rng.random(k) + 0.5).astype(np.float32)
+    mean = opset13.reduce_mean(opset13.power(h, opset13.constant(np.float32(2))), opset13.constant([-1]), True)
+    root = opset13.sqrt(opset13.add(mean, opset13.constant(np.float32(eps))))
+    normed = opset13.multiply(opset13.constant(gamma), opset13.multiply(h, opset13.divide(np.float32(1), root)))
+    (wg, qg, sg), (wu, qu, su), (wd, qd, sd) = (nncf_int4_weight(n, m, 128, rng)
+                                                for n, m in ((inner, k), (inner, k), (k, inner)))
+    gate, up = (opset13.matmul(normed, w, False, True) for w in (wg, wu))
+    down = opset13.matmul(opset13.multiply(opset13.swish(gate), up), wd, False, True)
+    model = ov.Model([opset13.add(h, down)], [h])
+    plain = core().compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    unfolded = model.clone()
+    assert rewrite.rewrite_int4_matmuls(unfolded) == 3 and rewrite.rewrite_int4_matmuls(model) == 3
+    assert fold.fold_neighbours(model) == 3  # the norm, the gate, the sum
+    types = {op.get_type_name() for op in model.get_ordered_ops()}
+    assert not {"Power", "Swish", "Multiply", "Add", "VariadicSplit"} & types
+    compiled = []
+    for name, graph in (("unfolded", unfolded), ("folded", model)):
+        ov.save_model(graph, tmp_path / f"{name}.xml", compress_to_fp16=False)
+        compiled.append(core().compile_model(tmp_path / f"{name}.xml", "CPU", {"INFERENCE_NUM_THREADS": 2}))
+    for t in (1, 5):  # a token and a prompt
+        x = (rng.standard_normal((1, t, k)) * 3).astype(np.float32)
+        before, ours = (model(x)[0][0] for model in compiled)
+        n = (x[0] * (1 / np.sqrt((x[0] ** 2).mean(-1, keepdims=True) + eps)) * gamma).astype(np.float32)
+        g, u = by_definition(n, qg, sg), by_definition(n, qu, su)
+        expected = x[0] + by_definition((g / (1 + np.exp(-g)) * u).astype(np.float32), qd, sd)
+        scale = np.abs(expected - x[0]).max()  # of what the MatMuls add
+        np.testing.assert_allclose(ours, expected, atol=2e-3 * scale)
+        np.testing.assert_allclose(ours, before, atol=2e-3 * scale)
+        assert np.abs(ours - plain(x)[0][0]).max() < 0.03 * scale  # OpenVINO's own f32 path
+
+
 @pytest.mark.skipif(cpu.instruction_set() != "avx512", reason="the AVX2 build is the one the tests above run")
 def test_the_avx2_build_passes_the_same_checks():
     """On an AVX-512 CPU the tests above run the AVX-512 build; the AVX2 one (CPUs without VNNI) in a process of
     its own, since one OpenVINO core cannot hold both."""
     run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__,
-                          "-k", "equals_its_definition or one_input or split_among_threads or asks_for"],
+                          "-k", "equals_its_definition or one_input or split_among_threads or asks_for or fold_into"],
                          env={**os.environ, "MVLM_OPS_ISA": "avx2"},
                          capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stdout[-3000:]
@@ -399,7 +443,12 @@ def test_the_language_model_of_an_int4_export_is_rewritten_once(exported):
     assert types.count("Int8MatMul") <= 1  # the head, if int8
     vocab = model.output("logits").get_partial_shape()[-1].get_length()
     head_split = types.count("Int8MatMul") and vocab % 32 != 0  # the rows up to a whole tile, split off
-    assert types.count("VariadicSplit") == 2 * layers + head_split
+    assert types.count("VariadicSplit") == layers + head_split  # q, k, v's (down reads gate and up whole)
+    # each layer's norms, SiLU gate and residual sums folded into the operations around them (fold.py)
+    assert not {"Power", "ReduceMean", "Sqrt", "Swish"} & set(types)
+    layer = [("k_proj+q_proj+v_proj", ["norm"]), ("o_proj", ["add"]), ("gate_proj+up_proj", ["norm"]),
+             ("down_proj", ["gated", "add"])]
+    assert folded_attributes(derived) == layer * layers + [("lm_head", ["norm"])]
     assert not any(patterns.int4_weight(op) for op in model.get_ordered_ops())
     assert types.count("KVAttention") == layers and "ScaledDotProductAttention" not in types
     # the rotary embedding of q and k moved into it (inputs 7 and 8): no Sin/Cos products left around it
@@ -416,6 +465,16 @@ def test_the_language_model_of_an_int4_export_is_rewritten_once(exported):
     assert copies.int4_language_model(folder) == derived  # cached
     assert not list(folder.glob(".copy-*"))  # written under a temporary name, renamed into place
     assert copies.int4_language_model(exported("v2", "int8")) is None  # nothing to rewrite
+
+
+def folded_attributes(xml) -> list[tuple[str, list[str]]]:
+    """Per Int4MatMul / Int8MatMul of an IR, in order: the projections it computes and what is folded into it."""
+    found = []
+    for layer in ElementTree.parse(xml).iter("layer"):
+        if layer.get("type") in ("Int4MatMul", "Int8MatMul"):
+            names = sorted(set(re.findall(r"\w+_proj|lm_head", layer.get("name"))))
+            found.append(("+".join(names), [k for k, v in layer.find("data").attrib.items() if v == "true"]))
+    return found
 
 
 def test_the_vision_model_of_an_int4_export_gets_a_copy_with_our_int8_operation(exported):

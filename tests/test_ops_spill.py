@@ -7,7 +7,7 @@ import re
 
 import numpy as np
 
-from mvlm_magic.ops import copies, rewrite
+from mvlm_magic.ops import copies
 from mvlm_magic.ops.spill import Spill
 from mvlm_magic.runtime.device import core
 from mvlm_magic.runtime.memory import mapped_ranges, resident_bytes, shed
@@ -31,8 +31,7 @@ def test_spilled_arrays_are_read_back_from_the_file_on_64_byte_boundaries(tmp_pa
 def test_the_copy_written_through_a_spill_file_holds_the_bytes_of_one_made_in_memory(exported, tmp_path):
     folder = exported("v2", "int4")
     model = core().read_model(folder / "language.xml")
-    assert rewrite.rewrite_int4_matmuls(model) > 0  # in memory
-    rewrite.use_kv_attention(model)
+    assert copies.rewrite_language(model)  # in memory
     (tmp_path / "memory").mkdir()
     (tmp_path / "spilled").mkdir()
     in_memory = copies.save_copy(model, tmp_path / "memory" / f"language.int4-v{copies.FORMAT}.xml")

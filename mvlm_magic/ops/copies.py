@@ -19,11 +19,12 @@ from ..runtime.device import core
 from ..runtime.memory import shedding
 from ..store import MANIFEST, private_cache_dir, writable_only_by_me
 from .cpu import instruction_set
+from .fold import fold_neighbours
 from .layout import align_constants
 from .rewrite import rewrite_int4_matmuls, rewrite_int8_matmuls, use_kv_attention
 from .spill import Spill
 
-FORMAT = 14  # part of the derived IR's name: bump when what the copy holds changes
+FORMAT = 15  # part of the derived IR's name: bump when what the copy holds changes
 
 
 def copies(folder: Path, elsewhere: Path | None = None) -> tuple[Path | None, Path | None]:
@@ -58,14 +59,16 @@ def int4_language_model(folder: Path, place: Path | None = None) -> Path | None:
     derived = Path(place or folder) / f"language.int4-v{FORMAT}.xml"
     if found(derived):
         return derived
-    return _rewritten_copy(Path(folder) / "language.xml", derived, _int4_rewrite)
+    return _rewritten_copy(Path(folder) / "language.xml", derived, rewrite_language)
 
 
-def _int4_rewrite(model: ov.Model, spill: Spill) -> bool:
-    """The language IR's rewrite: its int4 MatMuls (false where none), then its attention."""
+def rewrite_language(model: ov.Model, spill: Spill | None = None) -> bool:
+    """The language IR's rewrite: its int4 MatMuls (false where none), then its attention, then the norms, gates
+    and residual sums around the MatMuls folded into them."""
     if not rewrite_int4_matmuls(model, spill):
         return False
     use_kv_attention(model)
+    fold_neighbours(model)
     return True
 
 

@@ -28,12 +28,32 @@ class _StandIn(ov.Op):
         return True
 
 
-class Int4MatMul(_StandIn):
+class _WeightMatMul(_StandIn):
+    """Int4MatMul's and Int8MatMul's stand-in, with the attributes of what is folded into them (fold.py;
+    src/weight_matmul.hpp: Folded): norm, gated, add and eps."""
+
+    WEIGHTS = 0  # inputs after x that hold the weight
+
+    def __init__(self, inputs=None, folded=None):
+        self.folded = {"norm": False, "gated": False, "add": False, "eps": 0.0, **(folded or {})}
+        super().__init__(inputs)
+
+    def clone_with_new_inputs(self, new_inputs):
+        return type(self)(new_inputs, self.folded)
+
+    def visit_attributes(self, visitor):
+        visitor.on_attributes(self.folded)
+        return True
+
+
+class Int4MatMul(_WeightMatMul):
     class_type_info = ov.DiscreteTypeInfo("Int4MatMul", "mvlm")
+    WEIGHTS = 2  # values, scales
 
 
-class Int8MatMul(_StandIn):
+class Int8MatMul(_WeightMatMul):
     class_type_info = ov.DiscreteTypeInfo("Int8MatMul", "mvlm")
+    WEIGHTS = 3  # values, zero points, scales
 
 
 class KVAttention(_StandIn):

@@ -1,5 +1,6 @@
-"""NNCF's compressed weights, recognised in an IR: which MatMuls read symmetric int4 or per-row int8 weights,
-and those weights in the form our operations take (the same bytes and scales, never requantized)."""
+"""What the rewrites recognise in an IR: NNCF's compressed weights (which MatMuls read symmetric int4 or per-row
+int8 weights, and those weights in the form our operations take: the same bytes and scales, never requantized),
+and the small questions asked of nodes and outputs on the way."""
 
 from __future__ import annotations
 
@@ -10,6 +11,31 @@ import openvino as ov
 def is_type(node, type_name: str) -> bool:
     """Whether `node` is an operation of type `type_name` (e.g. "MatMul")."""
     return node.get_type_name() == type_name
+
+
+def same_output(a, b) -> bool:
+    """Whether two outputs are the same (node names are unique)."""
+    return a.get_node().get_name() == b.get_node().get_name() and a.get_index() == b.get_index()
+
+
+def constant_value(output):
+    """The data of the Constant `output` comes from (through a Convert of it), else None."""
+    node = output.get_node()
+    if is_type(node, "Convert"):  # a constant converted to the input's type (ConvertLike, folded)
+        node = node.input_value(0).get_node()
+    return node.get_data() if is_type(node, "Constant") else None
+
+
+def is_constant(output, value) -> bool:
+    """Whether `output` is a constant of one element equal to `value`."""
+    data = constant_value(output)
+    return data is not None and data.size == 1 and float(data.ravel()[0]) == value
+
+
+def redirect(old, new) -> None:
+    """Make everything that reads output `old` read `new` instead."""
+    for target in old.get_target_inputs():
+        target.replace_source_output(new)
 
 
 def shape_size(node) -> int:

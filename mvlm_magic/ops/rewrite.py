@@ -9,7 +9,17 @@ from openvino import opset13
 
 from .layout import TILE, int4_tiles, int8_tiles
 from .nodes import Int4MatMul, Int8MatMul, KVAttention
-from .patterns import int4_constants, int4_data, int8_constants, int8_data, is_type
+from .patterns import (
+    constant_value,
+    int4_constants,
+    int4_data,
+    int8_constants,
+    int8_data,
+    is_constant,
+    is_type,
+    redirect,
+    same_output,
+)
 
 
 def rewrite_int4_matmuls(model: ov.Model, spill=None) -> int:
@@ -114,7 +124,7 @@ def use_kv_attention(model: ov.Model) -> int:
                 or not is_type(scale.get_node(), "Constant") or head.is_dynamic or head.get_length() % 8):
             continue
         rotary = [_rotary(q), _rotary(new_keys)]
-        if all(rotary) and all(_same(a, b) for a, b in zip(rotary[0][1:], rotary[1][1:])):  # by the same angles
+        if all(rotary) and all(same_output(a, b) for a, b in zip(rotary[0][1:], rotary[1][1:])):  # by the same angles
             # The rotation moves into the operation; what read only the rotated shape reads x's (the same one).
             for rotated, (x, _, _) in zip((q, new_keys), rotary):
                 for target in rotated.get_target_inputs():
@@ -125,7 +135,7 @@ def use_kv_attention(model: ov.Model) -> int:
         else:
             node = KVAttention([q, new_keys, new_values, mask, scale, rows.output(0), sources.output(0)])
         node.set_friendly_name(sdpa.get_friendly_name())
-        _redirect(sdpa.output(0), node.output(0))
+        redirect(sdpa.output(0), node.output(0))
         for concat in (keys.get_node(), values.get_node()):
             for target in concat.output(0).get_target_inputs():
                 if is_type(target.get_node(), "Assign"):
@@ -143,7 +153,7 @@ def use_kv_attention(model: ov.Model) -> int:
             _, heads, _, head = cache.get_output_partial_shape(0)
             shape = _cache_shape(inputs["inputs_embeds"], inputs["attention_mask"], heads.get_length(),
                                  head.get_length(), shape_of.get_output_element_type(0))
-            _redirect(shape_of.output(0), shape)
+            redirect(shape_of.output(0), shape)
     return replaced
 
 
@@ -168,7 +178,7 @@ def _rotary(rotated):
         return None
     half = head.get_length() // 2
     negated, second = (concat.input_value(i).get_node() for i in range(2))
-    if not (is_type(negated, "Multiply") and _is_constant(negated.input_value(1), -1)):
+    if not (is_type(negated, "Multiply") and is_constant(negated.input_value(1), -1)):
         return None
     if _half(negated.input_value(0), x, half, head.get_length()) and _half(second.output(0), x, 0, half):
         return x, cos, sin
@@ -178,7 +188,7 @@ def _rotary(rotated):
 def _angles(unsqueezed, kind: str):
     """The (B, T, D) output of a Cos or Sin that `unsqueezed` is, unsqueezed on axis 1; else None."""
     node = unsqueezed.get_node()
-    if not (is_type(node, "Unsqueeze") and _is_constant(node.input_value(1), 1)):
+    if not (is_type(node, "Unsqueeze") and is_constant(node.input_value(1), 1)):
         return None
     source = node.input_value(0)
     return source if is_type(source.get_node(), kind) else None
@@ -187,31 +197,14 @@ def _angles(unsqueezed, kind: str):
 def _half(sliced, x, begin: int, end: int) -> bool:
     """Whether `sliced` is x[..., begin:end] (a Slice of step 1 on the last axis; an end past it counts as it)."""
     node = sliced.get_node()
-    if not is_type(node, "Slice") or node.get_input_size() != 5 or not _same(node.input_value(0), x):
+    if not is_type(node, "Slice") or node.get_input_size() != 5 or not same_output(node.input_value(0), x):
         return False
-    values = [_constant(node.input_value(i)) for i in range(1, 5)]
+    values = [constant_value(node.input_value(i)) for i in range(1, 5)]
     if any(value is None or value.size != 1 for value in values):
         return False
     first, last, step, axis = (int(value.ravel()[0]) for value in values)
     head = x.get_partial_shape()[-1].get_length()
     return first == begin and (last == end or end == head <= last) and step == 1 and axis in (3, -1)
-
-
-def _same(a, b) -> bool:
-    """Whether two outputs are the same (node names are unique)."""
-    return a.get_node().get_name() == b.get_node().get_name() and a.get_index() == b.get_index()
-
-
-def _constant(output):
-    node = output.get_node()
-    if is_type(node, "Convert"):  # a constant converted to the input's type (ConvertLike, folded)
-        node = node.input_value(0).get_node()
-    return node.get_data() if is_type(node, "Constant") else None
-
-
-def _is_constant(output, value) -> bool:
-    data = _constant(output)
-    return data is not None and data.size == 1 and float(data.ravel()[0]) == value
 
 
 def _cache_shape(inputs_embeds, attention_mask, heads: int, head: int, element_type):
@@ -240,10 +233,4 @@ def _replace(matmuls: list, operation, weights, shared: bool = False) -> None:
     if len(matmuls) > 1 or padding:
         outputs = opset13.variadic_split(outputs[0], -1, lengths + [padding] * bool(padding)).outputs()
     for matmul, output in zip(matmuls, outputs):
-        _redirect(matmul.output(0), output)
-
-
-def _redirect(old, new) -> None:
-    """Make everything that reads output `old` read `new` instead."""
-    for target in old.get_target_inputs():
-        target.replace_source_output(new)
+        redirect(matmul.output(0), output)

@@ -71,15 +71,17 @@ static void int4_tile_avx2(const uint8_t* w, const uint16_t* scale, const int8_t
 }
 
 bool Int4MatMul::evaluate(ov::TensorVector& outputs, const ov::TensorVector& inputs) const {
-    const ov::Tensor &x = inputs[0], &weight = inputs[1], &scale = inputs[2];
-    const size_t K = x.get_shape().back(), M = x.get_size() / K, N = weight.get_shape()[0];
-    const size_t groups = scale.get_shape()[1] / 2, G = K / groups, blocks = K / BLOCK;
-    OPENVINO_ASSERT(N % TILE == 0 && G % 64 == 0, "Int4MatMul: ", N, " weight rows (whole tiles of 32), groups of ", G);
-    const Quantized& q = quantize_input(x, N, outputs[0]);
+    const ov::Tensor &weight = inputs[1], &scale = inputs[2];
+    const size_t N = weight.get_shape()[0];
+    const Quantized& q = quantized_input(inputs, N, outputs[0]);
+    const size_t K = q.K, M = q.rows, groups = scale.get_shape()[1] / 2, G = K / groups, blocks = K / BLOCK;
+    OPENVINO_ASSERT(N % TILE == 0 && G % 64 == 0 && weight.get_shape()[1] * 2 == K, "Int4MatMul: ", N,
+                    " weight rows (whole tiles of 32) of ", weight.get_shape()[1] * 2, " inputs, groups of ", G,
+                    ", for x rows of ", K);
     const uint8_t* w = static_cast<const uint8_t*>(weight.data());
     const uint16_t* s = static_cast<const uint16_t*>(scale.data());
     float* y = outputs[0].data<float>();
-    const float* offsets = group_offsets(q, M, K, G);
+    const float* offsets = group_offsets(q, G);
     const Weights weights{w, N / TILE, TILE * K / 2};
     if (M == 1) token_matmul_starts(weights);
 #if MVLM_AVX512
@@ -96,6 +98,7 @@ bool Int4MatMul::evaluate(ov::TensorVector& outputs, const ov::TensorVector& inp
     });
 #endif
     if (M == 1) token_matmul_ends(weights);
+    add_folded(inputs, outputs[0]);
     return true;
 }
 

@@ -10,6 +10,7 @@
 //   2  scale   u8  (N, 2K/G)   one f16 scale per group of G consecutive inputs (G a multiple of 64), per tile as
 //                               (groups, 32 rows), as its two bytes: the CPU plugin hands f16 and u16 inputs over
 //                               as f32 / i32, twice the bytes
+//   3...    gamma, then the residual, where the attributes norm and add fold them in (weight_matmul.hpp: Folded)
 // Output: f32 (..., N).
 #pragma once
 
@@ -20,6 +21,7 @@ namespace mvlm {
 class Int4MatMul : public WeightMatMul<Int4MatMul> {
 public:
     OPENVINO_OP("Int4MatMul", "mvlm");
+    static constexpr size_t WEIGHTS = 2;  // inputs after x; then gamma and the residual, where folded in
 
     Int4MatMul() = default;
     explicit Int4MatMul(const ov::OutputVector& args) : WeightMatMul(args) { constructor_validate_and_infer_types(); }

@@ -64,14 +64,16 @@ static void int8_tile_avx2(const int8_t* w, const float* scale, const float* zer
 }
 
 bool Int8MatMul::evaluate(ov::TensorVector& outputs, const ov::TensorVector& inputs) const {
-    const size_t K = inputs[0].get_shape().back(), M = inputs[0].get_size() / K, N = inputs[1].get_shape()[0];
-    OPENVINO_ASSERT(N % TILE == 0, "Int8MatMul: ", N, " weight rows (whole tiles of 32)");
-    const Quantized& q = quantize_input(inputs[0], N, outputs[0]);
+    const size_t N = inputs[1].get_shape()[0];
+    const Quantized& q = quantized_input(inputs, N, outputs[0]);
+    const size_t K = q.K, M = q.rows;
+    OPENVINO_ASSERT(N % TILE == 0 && inputs[1].get_shape()[1] == K, "Int8MatMul: ", N, " weight rows (whole tiles of 32) of ",
+                    inputs[1].get_shape()[1], " inputs, for x rows of ", K);
     const int8_t* w = static_cast<const int8_t*>(inputs[1].data());
     const float* zero = inputs[2].data<const float>();
     const float* scale = inputs[3].data<const float>();
     float* y = outputs[0].data<float>();
-    const float* offsets = group_offsets(q, M, K, K);
+    const float* offsets = group_offsets(q, K);
     const Weights weights{w, N / TILE, TILE * K};
     if (M == 1) token_matmul_starts(weights);
 #if MVLM_AVX512
@@ -87,6 +89,7 @@ bool Int8MatMul::evaluate(ov::TensorVector& outputs, const ov::TensorVector& inp
     });
 #endif
     if (M == 1) token_matmul_ends(weights);
+    add_folded(inputs, outputs[0]);
     return true;
 }
 
