@@ -1,7 +1,8 @@
 // A token's weights, asked for ahead in the gaps between its MatMuls.
 //
 // Why: between two of a token's MatMuls one thread runs what lies between (OpenVINO's nodes, KVAttention) and the next
-// operation's set-up while the pool's other thread waits and the memory rests: ~7 % of a decode step on two cores.
+// operation's set-up while the pool's other thread waits and the memory rests (~7 % of a decode step on two cores
+// before the norms and residual sums were folded into the MatMuls, ops/fold.py).
 // The MatMuls come in the same order every step, so as one ends, the pool gets a task that asks for the first
 // bytes of each share of the one that followed it the step before; the waiting thread runs it, and the next
 // MatMul starts on weights already in the cache. Measured: docs/benchmarks.md ("Results (2026-12-05j)").
