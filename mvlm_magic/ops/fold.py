@@ -7,14 +7,25 @@ operation (docs/benchmarks.md, "Results (2026-12-05k)")."""
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 import openvino as ov
 from openvino import opset13
 
 from .nodes import Int4MatMul, Int8MatMul
-from .patterns import constant_value, is_constant, is_type, redirect, same_output
+from .patterns import constant_value, is_constant, is_type, redirect, redirect_shape_readers, same_output
 
 OPERATIONS = {"Int4MatMul": Int4MatMul, "Int8MatMul": Int8MatMul}
+
+
+class Norm(NamedTuple):
+    """An RMS norm in the graph: `output` is gamma * (h * (1 / sqrt(mean(h^2, last axis) + eps)))."""
+
+    h: ov.Output
+    gamma: np.ndarray  # f32 (K,)
+    eps: float
+    output: ov.Output
 
 
 def fold_neighbours(model: ov.Model) -> int:
@@ -27,13 +38,13 @@ def fold_neighbours(model: ov.Model) -> int:
             continue
         x, extra, attributes = op.input_value(0), [], {}
         gate = _gate_and_up(x)
-        norm = None if gate is not None else _rms_norm(x) or _sliced_rms_norm(x)
+        norm, read = (None, x) if gate is not None else _norm_before(x)
         if gate is not None:
             x, attributes["gated"] = gate, True
         elif norm is not None:
-            x, gamma, attributes["eps"] = norm
-            extra.append(opset13.constant(gamma).output(0))
-            attributes["norm"] = True
+            redirect_shape_readers(norm.output, norm.h)  # (so that the norm's nodes leave the graph)
+            x, attributes["norm"], attributes["eps"] = read, True, norm.eps
+            extra.append(opset13.constant(norm.gamma).output(0))
         residual = _residual_sum(op)
         if residual is not None:
             add, other = residual
@@ -65,9 +76,7 @@ def _gate_and_up(x):
             and same_output(gate, split.output(0)) and same_output(up, split.output(1))):
         return None
     lengths, joined = constant_value(split.input_value(2)), split.input_value(0)
-    rank = joined.get_partial_shape().rank
-    if (lengths is None or len(set(lengths.ravel().tolist())) != 1 or rank.is_dynamic
-            or not (is_constant(split.input_value(1), -1) or is_constant(split.input_value(1), rank.get_length() - 1))):
+    if lengths is None or len(set(lengths.ravel().tolist())) != 1 or not _last_axis(split.input_value(1), joined):
         return None
     return joined if joined.get_node().get_type_name() in OPERATIONS else None
 
@@ -77,9 +86,22 @@ def _silu(swish) -> bool:
     return swish.get_input_size() == 1 or is_constant(swish.input_value(1), 1)
 
 
-def _rms_norm(x):
-    """(h, gamma f32 (K,), eps) when `x` is LLaMA's RMS norm of h as the export traces it,
-    gamma * (h * (1 / sqrt(mean(h^2, last axis) + eps))); else None."""
+def _norm_before(x):
+    """(the RMS norm, what the operation reads instead of x) when x is an RMS norm's output (h) or a slice of its
+    positions, as before the head (the same slice of h: the norm is per row); else (None, x)."""
+    norm = _rms_norm(x)
+    if norm is not None:
+        return norm, norm.h
+    sliced = x.get_node()
+    if is_type(sliced, "Slice") and sliced.get_input_size() == 5 and not _names_last_axis(sliced.input_value(4), x):
+        norm = _rms_norm(sliced.input_value(0))
+        if norm is not None:
+            return norm, opset13.slice(norm.h, *(sliced.input_value(i) for i in range(1, 5))).output(0)
+    return None, x
+
+
+def _rms_norm(x) -> Norm | None:
+    """The RMS norm `x` is the output of, as LLaMA's export traces it; else None."""
     scaled = x.get_node()
     if not is_type(scaled, "Multiply"):
         return None
@@ -108,25 +130,7 @@ def _rms_norm(x):
             or not same_output(square.input_value(0), h) or width is None or width.is_dynamic
             or gamma.size != width.get_length()):
         return None
-    for target in x.get_target_inputs():  # what read the norm's shape alone reads h's (the same one)
-        if is_type(target.get_node(), "ShapeOf"):
-            target.replace_source_output(h)
-    return h, gamma.astype(np.float32).reshape(-1), float(constant_value(eps).ravel()[0])
-
-
-def _sliced_rms_norm(x):
-    """(slice of h, gamma, eps) when `x` is a slice of positions (not of the last axis) of an RMS norm of h, as
-    before the head (the norm is per row: the slice moves before it); else None."""
-    sliced = x.get_node()
-    if not is_type(sliced, "Slice") or sliced.get_input_size() != 5:
-        return None
-    if _last_axis(sliced.input_value(4), x, any_of=True):
-        return None
-    norm = _rms_norm(sliced.input_value(0))
-    if norm is None:
-        return None
-    h, gamma, eps = norm
-    return opset13.slice(h, *(sliced.input_value(i) for i in range(1, 5))).output(0), gamma, eps
+    return Norm(h, gamma.astype(np.float32).reshape(-1), float(constant_value(eps).ravel()[0]), x)
 
 
 def _pair(node, kind: str):
@@ -139,13 +143,16 @@ def _pair(node, kind: str):
     return inputs[1 - inputs.index(found[0])], found[0].get_node()
 
 
-def _last_axis(axes, x, any_of: bool = False) -> bool:
-    """Whether the constant `axes` names x's last axis alone (`any_of`: among others; true where unknown)."""
+def _last_axis(axes, x) -> bool:
+    """Whether the constant `axes` names x's last axis alone."""
     rank = x.get_partial_shape().rank
-    if any_of:
-        named = constant_value(axes)
-        return rank.is_dynamic or named is None or bool({-1, rank.get_length() - 1} & set(named.ravel().tolist()))
     return rank.is_static and (is_constant(axes, -1) or is_constant(axes, rank.get_length() - 1))
+
+
+def _names_last_axis(axes, x) -> bool:
+    """Whether `axes` may name x's last axis, among others (true where unknown)."""
+    rank, named = x.get_partial_shape().rank, constant_value(axes)
+    return rank.is_dynamic or named is None or bool({-1, rank.get_length() - 1} & set(named.ravel().tolist()))
 
 
 def _residual_sum(op):

@@ -38,6 +38,14 @@ def redirect(old, new) -> None:
         target.replace_source_output(new)
 
 
+def redirect_shape_readers(old, new) -> None:
+    """Make what reads only the shape of output `old` (a ShapeOf) read `new`'s, the same shape: once its other
+    readers are gone, `old`'s nodes leave the graph."""
+    for target in old.get_target_inputs():
+        if is_type(target.get_node(), "ShapeOf"):
+            target.replace_source_output(new)
+
+
 def shape_size(node) -> int:
     """How many elements a node's output holds (a constant's, without reading its data)."""
     return int(np.prod(list(node.get_output_shape(0))))

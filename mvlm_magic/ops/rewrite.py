@@ -18,6 +18,7 @@ from .patterns import (
     is_constant,
     is_type,
     redirect,
+    redirect_shape_readers,
     same_output,
 )
 
@@ -127,9 +128,7 @@ def use_kv_attention(model: ov.Model) -> int:
         if all(rotary) and all(same_output(a, b) for a, b in zip(rotary[0][1:], rotary[1][1:])):  # by the same angles
             # The rotation moves into the operation; what read only the rotated shape reads x's (the same one).
             for rotated, (x, _, _) in zip((q, new_keys), rotary):
-                for target in rotated.get_target_inputs():
-                    if is_type(target.get_node(), "ShapeOf"):
-                        target.replace_source_output(x)
+                redirect_shape_readers(rotated, x)
             (q, cos, sin), (new_keys, _, _) = rotary
             node = KVAttention([q, new_keys, new_values, mask, scale, rows.output(0), sources.output(0), cos, sin])
         else:
