@@ -86,7 +86,7 @@ def test_int4_matmul_equals_its_definition(n, k, group, tmp_path):
     assert rewrite.rewrite_int4_matmuls(model) == 1
     ov.save_model(model, tmp_path / "m.xml", compress_to_fp16=False)
     ours = core().compile_model(tmp_path / "m.xml", "CPU", {"INFERENCE_NUM_THREADS": 2})
-    for m in (1, 4, 7):  # one token (streamed weights) and prompts (unpacked weights, 4 rows at a time + rest)
+    for m in (1, 5, 6, 7):  # one token (streamed weights); prompts, 4 rows at a time and then 1, 2 or 3
         x = rng.standard_normal((m, k)).astype(np.float32)
         x[0, :32] = 0  # an all-zero block
         y = ours(x)[0]
@@ -219,7 +219,7 @@ def test_int8_head_equals_its_definition(k, tmp_path):
     ov.save_model(model, tmp_path / "m.xml", compress_to_fp16=False)
     ours = core().compile_model(tmp_path / "m.xml", "CPU", {"INFERENCE_NUM_THREADS": 2})
     weights = (q.astype(np.float64) - zero) * scale.astype(np.float64)
-    for m in (1, 5, 7):
+    for m in (1, 5, 6, 7):  # a token; prompts, 4 rows at a time and then 1, 2 or 3
         x = rng.standard_normal((m, k)).astype(np.float32)
         y = ours(x)[1]
         np.testing.assert_allclose(y, rounded_x(x) @ weights.T, atol=2e-5 * np.abs(y).max())

@@ -8,6 +8,7 @@
 #include <atomic>
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 #include <new>
 #include <type_traits>
 #include <vector>
@@ -109,6 +110,22 @@ struct Quantized {
     Buffer<int8_t> values;        // (M, K)
     Buffer<float> scale, offset;  // (M, K/32)
 };
+
+// A 32-bit value (4 int8) broadcast to every lane.
+static inline __m256i broadcast4(const int8_t* four_bytes) {
+    int four;
+    std::memcpy(&four, four_bytes, 4);
+    return _mm256_set1_epi32(four);
+}
+
+// 8 f16 scales as floats.
+static inline __m256 scales8(const uint16_t* f16) {
+    return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(f16)));
+}
+
+// Keeps a chain of adds into `v` in order: without it GCC re-associates a fully unrolled chain into a tree whose
+// partial results spill to the stack (the AVX2 kernels' 16-bit sums: 1.2-1.3x slower; docs/benchmarks.md).
+static inline void keep_in_register(__m256i& v) { __asm__("" : "+x"(v)); }
 
 // The sum of a vector's 8 floats.
 static inline float hsum(__m256 v) {
