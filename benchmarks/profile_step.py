@@ -28,8 +28,8 @@ from pathlib import Path
 # What a sampled symbol or library ran, first match wins.
 KINDS = [
     ("weights read ahead (read_ahead.cpp)", ("token_matmul_ends",)),  # (a task of the pool: before its "tbb")
-    ("our int4 MatMul", ("int4_tile", "int4_tiles", "Int4MatMul")),
-    ("our int8 MatMul (int8 layers, head)", ("Int8MatMul", "dot_panel_int8", "int8_tile")),
+    ("our int4 MatMul", ("int4_tile", "int4_half_tiles", "Int4MatMul")),
+    ("our int8 MatMul (int8 layers, head)", ("Int8MatMul", "int8_tile", "int8_half_tiles")),
     ("activations quantized", ("quantize_input", "quantize_row")),
     # (mvlm::quantize: the cache write of new keys and values)
     # (rotate_half: the rotary embedding, moved into the operation)
