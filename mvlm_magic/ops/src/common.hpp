@@ -124,7 +124,7 @@ static inline __m256 scales8(const uint16_t* f16) {
 }
 
 // Keeps a chain of adds into `v` in order: without it GCC re-associates a fully unrolled chain into a tree whose
-// partial results spill to the stack (the AVX2 kernels' 16-bit sums: 1.2-1.3x slower; docs/benchmarks.md).
+// partial results spill to the stack (the AVX2 kernels' integer sums: 1.2-1.3x slower; docs/benchmarks.md).
 static inline void keep_in_register(__m256i& v) { __asm__("" : "+x"(v)); }
 
 // The sum of a vector's 8 floats.
