@@ -16,11 +16,23 @@ namespace mvlm {
 // over a block of 8 steps and scaled. Per row of the tile: `scale` and `zero`; per x row: `xscale` per block,
 // `xoffset` (8 * scale * sum, over all blocks).
 
+// Each lane's 4 weights (`w`, and `magnitude` = |w|) times the 4 x bytes broadcast, summed in int32.
+static inline __m256i signed_dot4(__m256i w, __m256i magnitude, __m256i broadcast) {
+    const __m256i pairs = _mm256_maddubs_epi16(magnitude, _mm256_sign_epi8(broadcast, w));
+    return _mm256_madd_epi16(pairs, _mm256_set1_epi16(1));
+}
+
+// 8 rows' outputs from their sums `acc` (w . x over the x scales): scale * (w . x - zero * sum of x), where the x
+// row's `xoffset` is 8 * its scale * sum.
+static inline __m256 unzeroed(__m256 acc, const float* scale, const float* zero, float xoffset) {
+    const __m256 centred = _mm256_fnmadd_ps(_mm256_loadu_ps(zero), _mm256_set1_ps(xoffset / 8.f), acc);
+    return _mm256_mul_ps(_mm256_loadu_ps(scale), centred);
+}
+
 // One x row (a token) against one tile: the tile's bytes read once, in order, asked for `ahead` bytes ahead.
 [[maybe_unused]]  // (the AVX-512 build has its own)
 static void int8_tile_avx2(const int8_t* w, const float* scale, const float* zero, const int8_t* x,
                            const float* xscale, float xoffset, size_t K, float* y, size_t ahead) {
-    const __m256i ones = _mm256_set1_epi16(1);
     const size_t blocks = K / BLOCK;
     __m256 acc[4];  // weight rows 0-7, 8-15, 16-23, 24-31
     for (auto& a : acc) a = _mm256_setzero_ps();
@@ -35,18 +47,13 @@ static void int8_tile_avx2(const int8_t* w, const float* scale, const float* zer
                 if (j % 2 == 0) _mm_prefetch(reinterpret_cast<const char*>(here + ahead), _MM_HINT_T0);
                 const __m256i wv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(here));
                 const __m256i magnitude = _mm256_sign_epi8(wv, wv);  // |w| (-128 stays 0x80: 128 unsigned)
-                const __m256i pairs = _mm256_maddubs_epi16(magnitude, _mm256_sign_epi8(broadcast, wv));
-                sums[j] = _mm256_add_epi32(sums[j], _mm256_madd_epi16(pairs, ones));
+                sums[j] = _mm256_add_epi32(sums[j], signed_dot4(wv, magnitude, broadcast));
             }
         }
         const __m256 xs = _mm256_set1_ps(xscale[b]);
         for (int j = 0; j < 4; ++j) acc[j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sums[j]), xs, acc[j]);
     }
-    const __m256 offset = _mm256_set1_ps(xoffset / 8.f);  // (x offsets are 8 * scale * sum)
-    for (int j = 0; j < 4; ++j) {  // scale * (w . x - zero * sum of x)
-        const __m256 centred = _mm256_fnmadd_ps(_mm256_loadu_ps(zero + 8 * j), offset, acc[j]);
-        _mm256_storeu_ps(y + 8 * j, _mm256_mul_ps(_mm256_loadu_ps(scale + 8 * j), centred));
-    }
+    for (int j = 0; j < 4; ++j) _mm256_storeu_ps(y + 8 * j, unzeroed(acc[j], scale + 8 * j, zero + 8 * j, xoffset));
 }
 
 // MR x rows (a prompt's, or a batch's) against one tile, in two halves (rows 0-15, then 16-31), so that each weight
@@ -55,7 +62,6 @@ static void int8_tile_avx2(const int8_t* w, const float* scale, const float* zer
 template <int MR>
 static void int8_half_tiles_avx2(const int8_t* w, const float* scale, const float* zero, const int8_t* x,
                                  const float* xscale, const float* xoffset, size_t K, float* y, size_t y_stride) {
-    const __m256i ones = _mm256_set1_epi16(1);
     const size_t blocks = K / BLOCK;
     for (int half = 0; half < 2; ++half) {
         alignas(32) float acc[MR][2][8] = {};  // per x row: weight rows 0-7, 8-15 (or 16-23, 24-31)
@@ -74,8 +80,7 @@ static void int8_half_tiles_avx2(const int8_t* w, const float* scale, const floa
                 for (int i = 0; i < MR; ++i) {
                     const __m256i broadcast = broadcast4(x + i * K + b * BLOCK + step * 4);
                     for (int j = 0; j < 2; ++j) {
-                        const __m256i pairs = _mm256_maddubs_epi16(magnitude[j], _mm256_sign_epi8(broadcast, wv[j]));
-                        sums[i][j] = _mm256_add_epi32(sums[i][j], _mm256_madd_epi16(pairs, ones));
+                        sums[i][j] = _mm256_add_epi32(sums[i][j], signed_dot4(wv[j], magnitude[j], broadcast));
                         keep_in_register(sums[i][j]);
                     }
                 }
@@ -83,17 +88,16 @@ static void int8_half_tiles_avx2(const int8_t* w, const float* scale, const floa
             for (int i = 0; i < MR; ++i) {
                 const __m256 xs = _mm256_set1_ps(xscale[i * blocks + b]);
                 for (int j = 0; j < 2; ++j)
-                    _mm256_store_ps(acc[i][j], _mm256_fmadd_ps(_mm256_cvtepi32_ps(sums[i][j]), xs, _mm256_load_ps(acc[i][j])));
+                    _mm256_store_ps(acc[i][j],
+                                    _mm256_fmadd_ps(_mm256_cvtepi32_ps(sums[i][j]), xs, _mm256_load_ps(acc[i][j])));
             }
         }
-        for (int i = 0; i < MR; ++i) {
-            const __m256 offset = _mm256_set1_ps(xoffset[i] / 8.f);
+        for (int i = 0; i < MR; ++i)
             for (int j = 0; j < 2; ++j) {
                 const size_t row = 16 * half + 8 * j;
-                const __m256 centred = _mm256_fnmadd_ps(_mm256_loadu_ps(zero + row), offset, _mm256_load_ps(acc[i][j]));
-                _mm256_storeu_ps(y + i * y_stride + row, _mm256_mul_ps(_mm256_loadu_ps(scale + row), centred));
+                _mm256_storeu_ps(y + i * y_stride + row,
+                                 unzeroed(_mm256_load_ps(acc[i][j]), scale + row, zero + row, xoffset[i]));
             }
-        }
     }
 }
 
