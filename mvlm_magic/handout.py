@@ -5,11 +5,12 @@
 
 A widget needs the kernel that made it. Where a notebook opens without it, a widget's output reads "Error
 displaying widget: model not found"; the AskPanel and the model view keep a static copy beside their widget
-(widgets/saved_copy.py) whose style rule hides that line, but only in a trusted notebook, and a notebook a
-teacher hands out opens untrusted on every other machine. So the handout leaves out every widget output (none
-can show without its kernel) and the saved widget state, and takes the style rule out of each copy: it would hide
-whatever output comes before the copy once the widget's is gone. What is left is Markdown, text and pictures,
-which JupyterLab, Notebook 7, nbviewer and GitHub show alike, trusted or not.
+(widgets/saved_copy.py) whose style rule hides that line in a trusted notebook. A notebook a teacher hands out
+opens untrusted on every other machine: JupyterLab and Notebook 7 render no widget output there (only the copy
+shows), but a front end that renders widgets whatever the trust may show the line. So the handout leaves out every
+widget output (none can show without its kernel) and the saved widget state, and takes the style rule out of each
+copy: it would hide whatever output comes before the copy once the widget's is gone. What is left is Markdown,
+text and pictures, which every front end shows alike, trusted or not.
 """
 
 from __future__ import annotations

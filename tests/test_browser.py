@@ -10,7 +10,7 @@ A second notebook is saved, its kernel shut down and the page reloaded: the answ
 magic's and one of an AnswerView displayed from Python; its stats and error lines keep a 4.5:1 contrast in
 the light and the dark theme. In an AskPanel, in JupyterLab and in Notebook 7: Enter asks, Shift+Enter is a new
 line, the question box stays put while the answer streams and when the picture changes, and a new picture starts a
-new conversation.
+new conversation; its saved notebook, opened untrusted as it is and as its handout, shows the conversation alone.
 
 The browser is Debian's chromium (/usr/bin/chromium, or $MVLM_CHROMIUM) driven by Playwright; Playwright's
 own browser downloads are never used. Everything Jupyter writes (config, data, runtime, IPython, the
@@ -796,24 +796,44 @@ def test_the_ask_panel_asks_on_enter_and_keeps_its_question_box_in_place(lab, pa
 
 
 def open_handout(page, lab: str, name: str, answers: list[str]) -> None:
-    """`mvlm handout` of the saved notebook, opened as a student gets it (unsigned: untrusted, so no style rule
-    applies): the conversation shows in the panel's place, and no widget line at all."""
-    from mvlm_magic.handout import handout
+    """The saved notebook as a student gets it, opened unsigned (untrusted: no style rule applies, and JupyterLab
+    renders no widget output of an untrusted cell): as it was saved, then its `mvlm handout`. Both show the
+    conversation in the panel's place and no widget line at all."""
+    from mvlm_magic.handout import WIDGET_VIEW, handout
 
-    handed, copied, other = handout(json.loads(api(lab, f"/api/contents/{name}?content=1"))["content"])
+    saved = json.loads(api(lab, f"/api/contents/{name}?content=1"))["content"]
+    as_saved = json.loads(json.dumps(saved))
+    for cell in as_saved["cells"]:
+        cell["metadata"].pop("trusted", None)  # the server signs a notebook only if every cell is trusted
+    # This server's notary keeps the signature of the notebook as saved (the teacher's machine); a student's has
+    # another secret. One field more makes the content new here too.
+    as_saved["metadata"]["copied_to"] = "a student's machine"
+    shown = open_unsigned(page, lab, name.replace(".ipynb", ".as-saved.ipynb"), as_saved, answers)
+    assert any(WIDGET_VIEW in output.get("data", {}) for output in as_saved["cells"][2]["outputs"])  # still there
+    save_screenshot(page, "browser-panel-untrusted.png")
+
+    handed, copied, other = handout(saved)
     assert (copied, other) == (1, 0)
-    handout_name = name.replace(".ipynb", ".handout.ipynb")
-    upload(lab, handout_name, handed)
-    page.goto(f"{lab}/lab/tree/{handout_name}?reset&token={TOKEN}")
+    handed_shown = open_unsigned(page, lab, name.replace(".ipynb", ".handout.ipynb"), handed, answers)
+    assert handed_shown.split() == shown.split(), (handed_shown, shown)
+    save_screenshot(page, "browser-panel-handout.png")
+
+
+def open_unsigned(page, lab: str, name: str, notebook: dict, answers: list[str]) -> str:
+    """Upload `notebook` as `name` (no cell trusted, so unsigned) and open it: its third cell shows the AskPanel's
+    conversation, untrusted, with no widget line. Returns what that cell's outputs show."""
+    upload(lab, name, notebook)
+    page.goto(f"{lab}/lab/tree/{name}?reset&token={TOKEN}")
     rendered = (f"() => !!(window.jupyterapp && window.jupyterapp.shell.currentWidget"
                 f" && window.jupyterapp.shell.currentWidget.content && {CELL}.length === 3"
                 f" && {CELL}[2].querySelector('.jp-RenderedMarkdown'))")
     page.wait_for_function(rendered, timeout=120_000, polling=250)
     page.evaluate(f"() => {CELL}[2].scrollIntoView()")
+    page.wait_for_timeout(500)  # time for a widget renderer to give up, were one used
     trusted = page.evaluate("() => window.jupyterapp.shell.currentWidget.content.model.cells.get(2).trusted")
     shown = page.evaluate(f"() => {CELL}[2].querySelector('.jp-Cell-outputArea').innerText")
-    assert trusted is False and "widget" not in shown.lower(), (trusted, shown)
+    assert trusted is False and "widget" not in shown.lower(), (name, trusted, shown)
     for answer in answers:
-        assert " ".join(answer.split()) in " ".join(shown.split()), (answer, shown)
-    assert shown.count("New conversation") == 2 and "uploaded green.png" in shown, shown
-    save_screenshot(page, "browser-panel-handout.png")
+        assert " ".join(answer.split()) in " ".join(shown.split()), (name, answer, shown)
+    assert shown.count("New conversation") == 2 and "uploaded green.png" in shown, (name, shown)
+    return shown

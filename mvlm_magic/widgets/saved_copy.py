@@ -11,8 +11,9 @@ replaces its output by its static copy once its answer ends; the AskPanel and th
 they stay usable after. So they are displayed as two outputs: the widget, and its static copy (Markdown and
 plain text) under a display id of its own, updated by that id. The copy's style rules hide it while the live
 widget is on the page, and hide the widget's output once it is not. Where styles do not apply (an
-untrusted notebook, nbviewer, GitHub, a front end without `:has()`) the copy simply shows; a notebook to hand out
-keeps only the copies (`mvlm handout`, handout.py).
+untrusted notebook, nbviewer, GitHub, a front end without `:has()`) the copy simply shows (JupyterLab and
+Notebook 7 render no widget output of an untrusted cell); a notebook to hand out keeps only the copies
+(`mvlm handout`, handout.py).
 """
 
 from __future__ import annotations
