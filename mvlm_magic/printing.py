@@ -42,10 +42,15 @@ def ready_line(engine, seconds: float) -> str:
     return f"{engine.name} is ready in {seconds:.1f} s ({how})."
 
 
-def print_progress(stage: str, fraction: float | None, message: str = "", *, file=None) -> None:
-    """A loader progress report as one line, `[stage  40%] message` (file None: stdout, looked up now)."""
+def progress_line(stage: str, fraction: float | None, message: str = "") -> str:
+    """A loader progress report as one line: `[stage  40%] message`."""
     share = f" {fraction:4.0%}" if fraction is not None else ""
-    print(f"[{stage}{share}] {message}", file=file, flush=True)
+    return f"[{stage}{share}] {message}"
+
+
+def print_progress(stage: str, fraction: float | None, message: str = "", *, file=None) -> None:
+    """A loader progress report printed (file None: stdout, looked up now)."""
+    print(progress_line(stage, fraction, message), file=file, flush=True)
 
 
 def stderr_progress(stage: str, fraction: float | None, message: str = "") -> None:

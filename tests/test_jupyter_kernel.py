@@ -124,6 +124,8 @@ def test_a_run_notebook_keeps_the_answer_as_markdown_text_and_picture(tmp_path, 
     client = NotebookClient(notebook, timeout=120, kernel_name="python3",
                             resources={"metadata": {"path": str(tmp_path)}})
     client.execute(env={**os.environ, "IPYTHONDIR": str(tmp_path / "ipython")})
+    [loaded] = notebook.cells[0].outputs  # the load's progress line replaced itself by the ready line
+    assert loaded.output_type == "display_data" and " is ready in " in loaded.data["text/plain"], loaded
     printed = "".join(o.get("text", "") for o in notebook.cells[2].outputs)
     text = eval(printed.splitlines()[0])
     assert text and "calc(var(--jp-content-font-size1,14px) * 1.5)" in printed  # %config font_scale reached the view

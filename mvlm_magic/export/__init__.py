@@ -161,10 +161,17 @@ def _weight_progress(progress: Progress, role: str, index: int, count: int):
         percent = int(100 * done / total)
         if percent // 5 > shown[0]:
             shown[0] = percent // 5
-            progress("compress", (index + done / total) / count, f"compressing the {role} model: {percent}% of "
-                                                                 f"{total / 1e6:.0f} M weights")
+            progress("compress", (index + done / total) / count,
+                     f"compressing the {role} model: {percent}% of {_count(total)} weights")
 
     return on_weight
+
+
+def _count(n: int) -> str:
+    """1 300 000 000 -> "1300 M", 2 400 000 -> "2.4 M", 56 000 -> "56 k": a count at a glance."""
+    if n >= 10**7:
+        return f"{n / 1e6:.0f} M"
+    return f"{n / 1e6:.1f} M" if n >= 10**6 else f"{n / 1e3:.0f} k"
 
 
 def _torch_model(folder: Path, compression: Compression, progress: Progress):

@@ -50,7 +50,8 @@ def load(magics, args) -> None:
     options = loader_options(magics, args)
     with user_errors():
         model = args.model or magics.default_model or bundled_model()
-        if output_mode.detect(magics.shell) == output_mode.WIDGET:
+        mode = output_mode.detect(magics.shell)
+        if mode == output_mode.WIDGET:
             from ..widgets import LoadPanel
 
             # The panel shows the progress, then gives way to its one "ready" line (or its error), which a saved
@@ -63,6 +64,19 @@ def load(magics, args) -> None:
                 engine = panel.load(blocking=True).engine
             finally:
                 handle.update(panel.static_copy(), raw=True)
+        elif mode == output_mode.DISPLAY:
+            from ..printing import progress_line, ready_line
+
+            # Nobody watches (nbclient, papermill): one line that replaces itself, so the saved notebook keeps the
+            # ready line, not the sixty progress lines of an export before it.
+            handle = display({"text/plain": f"[load] {model}"}, raw=True, display_id=True)
+
+            def progress(*report):
+                handle.update({"text/plain": progress_line(*report)}, raw=True)
+
+            started = time.monotonic()
+            engine = load_engine(model, compression, device, progress=progress, **options)
+            handle.update({"text/plain": ready_line(engine, time.monotonic() - started)}, raw=True)
         else:
             from ..printing import print_progress, ready_line
 
