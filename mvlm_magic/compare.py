@@ -41,7 +41,7 @@ class FormatRow:
     exported: bool = False  # the load had to export first
     first_token_ms: float = 0.0
     tokens_per_s: float = 0.0
-    peak_mb: float | None = None  # most memory held while answering, above what the process held before loading
+    peak_mb: float | None = None  # most memory held answering, above what the process held loading it (after any export)
     same_answer: bool | None = None  # as the most precise format's (None for that one itself)
     first_difference: int | None = None  # index of the first answer token that differs
     error: str = ""
@@ -113,6 +113,11 @@ def measure(row: FormatRow, model, image, question, device, cache_dir, max_new_t
     try:
         engine = load_engine(model, row.label, device, cache_dir=cache_dir, progress=progress)
         row.load_s, row.exported = time.perf_counter() - started, not engine.was_cached
+        if row.exported:  # what the export leaves resident (torch, its heap) is not the format's: load it again
+            del engine
+            gc.collect()
+            start_mb = resident_mb()
+            engine = load_engine(model, row.label, device, cache_dir=cache_dir)
         row.written = engine.manifest["compression"]["label"]
         measured = reset_peak()  # after the load: an export's own transient memory is not the format's
         own, derived = export_bytes(engine.folder)

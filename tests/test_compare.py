@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 import subprocess
 import sys
 from contextlib import redirect_stdout
@@ -80,3 +81,18 @@ def test_the_magic_and_the_terminal_show_the_table(checkpoint, cache_dir, magic_
                          capture_output=True, text=True, timeout=600)
     assert cli.returncode == 0, cli.stderr
     assert "same answer" in cli.stdout or "parts at token" in cli.stdout
+
+
+def test_a_format_the_comparison_exports_is_measured_without_the_exports_leftovers(checkpoint, tmp_path):
+    """In a fresh process (as `mvlm compare` is), a format exported by the comparison itself: what the export leaves
+    resident (torch, its heap: hundreds of MB) is not the format's memory; the tiny model answers in tens of MB."""
+    picture = tmp_path / "picture.png"
+    shapes_picture(seed=11).save(picture)
+    cli = subprocess.run([sys.executable, "-m", "mvlm_magic.cli", "compare", "int8", "--image", str(picture),
+                          "--model", str(checkpoint("v2")), "--cache-dir", str(tmp_path / "cache"),
+                          "--max-new-tokens", "4"], capture_output=True, text=True, timeout=600)
+    assert cli.returncode == 0, cli.stderr
+    [row] = [line for line in cli.stdout.splitlines() if line.startswith("int8 ")]
+    cells = dict(zip(COLUMNS, re.split(r"\s{2,}", row)))
+    assert cells["load"].endswith("(exported)"), cells
+    assert cells["peak memory"].endswith(" MB") and float(cells["peak memory"][:-3]) < 150, cells
