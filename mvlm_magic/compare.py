@@ -41,7 +41,7 @@ class FormatRow:
     exported: bool = False  # the load had to export first
     first_token_ms: float = 0.0
     tokens_per_s: float = 0.0
-    peak_mb: float | None = None  # most memory held answering, above what the process held loading it (after any export)
+    peak_mb: float | None = None  # most memory held answering, above what the process held before (after any export)
     same_answer: bool | None = None  # as the most precise format's (None for that one itself)
     first_difference: int | None = None  # index of the first answer token that differs
     error: str = ""
