@@ -90,16 +90,22 @@ def select(folder: Path | str, mode: str = "auto", device: str = "CPU", precisio
 
 
 def plan(manifest: dict, mode: str = "auto", device: str = "CPU", precision: str = "auto") -> str:
-    """What `select` will run for an export with this manifest, in words, without building anything:
-    "ours", or "OpenVINO's (why)"."""
+    """What `select` will run for an export with this manifest, in words, without building anything: "ours",
+    "ours for the picture, OpenVINO's for the text (why)" or "OpenVINO's (why)"."""
     from . import cpu, measured
 
-    why = run_why(mode, device, precision) or export_why(manifest)
+    why = run_why(mode, device, precision)
+    if why:
+        return f"OpenVINO's ({why})"
+    why = export_why(manifest)
     if not why and mode == "auto" and cpu.helps_here() is None:
         found = measured.remembered()
         if found is None:
             return "ours or OpenVINO's: timed at first load"
-        why = "" if found["ours"] else "timed faster on this CPU"
+        if not found["ours"]:
+            return "OpenVINO's (timed faster on this CPU)"
+    if why and not export_why(manifest, vision_too=True):  # the vision copy runs ours all the same
+        return f"ours for the picture, OpenVINO's for the text ({why})"
     return f"OpenVINO's ({why})" if why else "ours"
 
 
