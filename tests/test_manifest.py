@@ -113,18 +113,16 @@ def test_our_operations_asked_for_an_asymmetric_export_say_why_openvinos_run(asy
 
 
 def test_the_listing_names_the_operations_and_counts_their_copy_apart(exported, cache_dir, asymmetric):
-    folder = exported("v2", "int4")
+    folder, int8 = exported("v2", "int4"), exported("v2", "int8")
     Engine(folder, ops="on")  # writes our operations' copy beside the export, when they build here
     rows = {row[0]: row for row in cached_exports(cache_dir)}
     assert LISTING_COLUMNS[3] == "operations here"
-    symmetric, asym = rows[folder.name], rows[asymmetric.key]
+    symmetric = rows[folder.name]
     assert symmetric[3] == ops.plan(read_manifest(folder))
     # The language models OpenVINO's (asymmetric int4, int8); the picture ours where the vision copy runs.
-    int8 = exported("v2", "int8")
-    listed = {row[0]: row[3] for row in cached_exports(cache_dir)}
     for export in (asymmetric.path, int8):
         picture = "ours for the picture, OpenVINO's for the text (" if Engine(export).vision_ops else "OpenVINO's ("
-        assert listed[export.name].startswith(picture), (export.name, listed[export.name])
+        assert rows[export.name][3].startswith(picture), (export.name, rows[export.name])
     copy = [f for f in folder.iterdir() if f.name.startswith(("language.int4-v", "vision.int8-v"))]
     own = sum(f.stat().st_size for f in folder.iterdir() if f.is_file() and f not in copy)
     assert symmetric[4].startswith(f"{own / 1e6:.1f} MB")
