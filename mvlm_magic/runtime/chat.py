@@ -271,7 +271,7 @@ class AnswerStream:
 def check_question(question) -> None:
     """The one check of a question's text, before any work (the terminal, the notebook and widgets ask here)."""
     if not isinstance(question, str) or not question.strip():
-        raise MvlmError("the question is empty; write it in the cell (or pass a non-empty string).")
+        raise MvlmError("the question is empty; ask something about the picture.")
     try:
         question.encode("utf-8")
     except UnicodeEncodeError as error:
