@@ -157,7 +157,7 @@ def test_misused_magics_get_our_one_line_help_not_the_inspector(ip, magics, caps
 # --- %mvlm_load -----------------------------------------------------------------------------------
 
 
-def test_load_says_a_cached_export_was_only_compiled_and_lists_the_cache(ip, magics, capsys):
+def test_load_says_a_cached_export_was_only_compiled_and_lists_the_cache(ip, magics, capsys, monkeypatch):
     out, err = run(ip, capsys, "%mvlm_load {export_folder} --precision f32")
     assert "cached export, compiled only" in out and "[compile 100%]" in out, out + err
     assert out.count(" is ready in ") == 1, out  # one "ready" line
@@ -165,6 +165,14 @@ def test_load_says_a_cached_export_was_only_compiled_and_lists_the_cache(ip, mag
     out, _ = run(ip, capsys, "%mvlm_load --list")
     key = ip.user_ns["export_folder"].rsplit("/", 1)[-1]
     assert key in out and "MB" in out and "fp32" in out
+    display = DisplayRecorder()  # in a notebook: a table (its long cells would wrap as text), the text beside it
+    monkeypatch.setattr(output_mode, "detect", lambda shell: output_mode.DISPLAY)
+    monkeypatch.setattr(load, "display", display)
+    run(ip, capsys, "%mvlm_load --list")
+    [shown] = display.shown
+    assert shown["text/plain"] == out.rstrip("\n"), shown
+    rows = [line for line in shown["text/markdown"].splitlines() if line.startswith("| ")]
+    assert rows[0] == "| export | model | weights | operations here | size |" and any(text_markdown(key) in r for r in rows[1:])
 
 
 def test_delete_removes_a_cached_export(ip, magics, capsys, tmp_path, cache_dir):
@@ -196,6 +204,7 @@ def test_load_alone_in_a_widget_front_end_shows_the_panel(ip, magics, capsys, mo
     run(ip, capsys, "%mvlm_load")
     panel = magics.panel
     assert panel is not None and magics.engine is engine  # nothing loaded until Load is clicked
+    assert panel.model.value == "nano"  # the bundled model by its name, not its folder
     panel.model.value = ip.user_ns["export_folder"]
     panel.loader_options["precision"] = "f32"
     panel.load_button.click()

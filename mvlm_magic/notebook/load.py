@@ -16,7 +16,7 @@ STOP_WAIT_S = 10.0
 def run(magics, args) -> None:
     """`%mvlm_load`'s parsed line: list or delete cached exports, show the panel, or load the model named."""
     if args.list:
-        return list_cache(magics.cache_dir)
+        return list_cache(magics)
     if args.delete:
         return delete_cached(args.delete, magics.cache_dir)
     if args.server:
@@ -104,20 +104,28 @@ def stop_answers(magics) -> None:
     magics.stop(wait=STOP_WAIT_S)
 
 
-def list_cache(cache_dir: str) -> None:
+def list_cache(magics) -> None:
+    """The cached exports: aligned text in a terminal, a table in a notebook (its cells would wrap as text)."""
     from ..loader import LISTING_COLUMNS, cached_exports
     from ..store import default_cache_dir
 
-    folder = cache_dir or default_cache_dir()
+    folder = magics.cache_dir or default_cache_dir()
     rows = cached_exports(folder)
     if not rows:
         print(f"no cached exports in {folder}")
         return
     table = [LISTING_COLUMNS, *rows]
     widths = [max(len(row[i]) for row in table) for i in range(len(LISTING_COLUMNS) - 1)]
-    print(f"cached exports in {folder}:")
-    for row in table:
-        print("  " + "  ".join(cell.ljust(width) for cell, width in zip(row, widths)) + "  " + row[-1])
+    text = "\n".join([f"cached exports in {folder}:"] + [
+        "  " + "  ".join(cell.ljust(width) for cell, width in zip(row, widths)) + "  " + row[-1] for row in table])
+    if output_mode.detect(magics.shell) == output_mode.PRINT:
+        print(text)
+        return
+    from ..widgets.messages import markdown_table, text_markdown
+
+    cells = [[text_markdown(cell) for cell in row] for row in rows]
+    markdown = f"cached exports in {text_markdown(str(folder))}:\n\n" + markdown_table(LISTING_COLUMNS, cells)
+    display({"text/markdown": markdown, "text/plain": text}, raw=True)
 
 
 def delete_cached(key: str, cache_dir: str) -> None:

@@ -37,10 +37,12 @@ def device_choices() -> list[str]:
 
 
 def bundled_model() -> tuple[str | None, str]:
-    """(the bundled model's folder or None, why there is none)."""
+    """(the bundled model's name, "nano", or None, why there is none)."""
     try:
+        from mvlm_magic.demo import BUNDLED_NAME
         from mvlm_magic.demo import bundled_model as find
 
-        return str(find()), ""
+        find()  # (raises where this version has none)
+        return BUNDLED_NAME, ""
     except Exception as error:  # MvlmError: no bundled model in this version
         return None, str(error)
