@@ -172,7 +172,8 @@ def test_load_says_a_cached_export_was_only_compiled_and_lists_the_cache(ip, mag
     [shown] = display.shown
     assert shown["text/plain"] == out.rstrip("\n"), shown
     rows = [line for line in shown["text/markdown"].splitlines() if line.startswith("| ")]
-    assert rows[0] == "| export | model | weights | operations here | size |" and any(text_markdown(key) in r for r in rows[1:])
+    assert rows[0] == "| export | model | weights | operations here | size |"
+    assert any(text_markdown(key) in row for row in rows[1:]), rows
 
 
 def test_delete_removes_a_cached_export(ip, magics, capsys, tmp_path, cache_dir):
