@@ -16,7 +16,7 @@ STOP_WAIT_S = 10.0
 def run(magics, args) -> None:
     """`%mvlm_load`'s parsed line: list or delete cached exports, show the panel, or load the model named."""
     if args.list:
-        return list_cache(magics)
+        return list_cache(magics.cache_dir, magics.shell)
     if args.delete:
         return delete_cached(args.delete, magics.cache_dir)
     if args.server:
@@ -104,12 +104,12 @@ def stop_answers(magics) -> None:
     magics.stop(wait=STOP_WAIT_S)
 
 
-def list_cache(magics) -> None:
+def list_cache(cache_dir: str, shell=None) -> None:
     """The cached exports: aligned text in a terminal, a table in a notebook (its cells would wrap as text)."""
     from ..loader import LISTING_COLUMNS, cached_exports
     from ..store import default_cache_dir
 
-    folder = magics.cache_dir or default_cache_dir()
+    folder = cache_dir or default_cache_dir()
     rows = cached_exports(folder)
     if not rows:
         print(f"no cached exports in {folder}")
@@ -118,7 +118,7 @@ def list_cache(magics) -> None:
     widths = [max(len(row[i]) for row in table) for i in range(len(LISTING_COLUMNS) - 1)]
     text = "\n".join([f"cached exports in {folder}:"] + [
         "  " + "  ".join(cell.ljust(width) for cell, width in zip(row, widths)) + "  " + row[-1] for row in table])
-    if output_mode.detect(magics.shell) == output_mode.PRINT:
+    if shell is None or output_mode.detect(shell) == output_mode.PRINT:
         print(text)
         return
     from ..widgets.messages import markdown_table, text_markdown
