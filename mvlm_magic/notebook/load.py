@@ -64,25 +64,24 @@ def load(magics, args) -> None:
                 engine = panel.load(blocking=True).engine
             finally:
                 handle.update(panel.static_copy(), raw=True)
-        elif mode == output_mode.DISPLAY:
+        else:
             from ..printing import progress_line, ready_line
 
-            # Nobody watches (nbclient, papermill): one line that replaces itself, so the saved notebook keeps the
-            # ready line, not the sixty progress lines of an export before it.
-            handle = display({"text/plain": f"[load] {model}"}, raw=True, display_id=True)
+            def show(line: str) -> None:  # a line each, as in a terminal
+                print(line, flush=True)
 
-            def progress(*report):
-                handle.update({"text/plain": progress_line(*report)}, raw=True)
+            if mode == output_mode.DISPLAY:
+                # Nobody watches (nbclient, papermill): one line that replaces itself, so the saved notebook keeps
+                # the ready line, not the sixty progress lines of an export before it.
+                handle = display({"text/plain": f"[load] {model}"}, raw=True, display_id=True)
 
-            started = time.monotonic()
-            engine = load_engine(model, compression, device, progress=progress, **options)
-            handle.update({"text/plain": ready_line(engine, time.monotonic() - started)}, raw=True)
-        else:
-            from ..printing import print_progress, ready_line
+                def show(line: str) -> None:
+                    handle.update({"text/plain": line}, raw=True)
 
             started = time.monotonic()
-            engine = load_engine(model, compression, device, progress=print_progress, **options)
-            print(ready_line(engine, time.monotonic() - started))
+            engine = load_engine(model, compression, device, progress=lambda *report: show(progress_line(*report)),
+                                 **options)
+            show(ready_line(engine, time.monotonic() - started))
     magics.set_engine(engine)
 
 
